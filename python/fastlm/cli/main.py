@@ -1,0 +1,34 @@
+"""`fastlm` entry point: dispatches to subcommand groups (`fastlm data ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastlm", description="Train a language model from scratch.")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND")
+    groups.required = True
+
+    from fastlm.cli import data as data_cli
+
+    data_cli.register(groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # DataError and clear user errors: message, no traceback
+        print(f"fastlm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Incremental in-place build of fastlm._C for development: builds into build/dev (or $1) and
+# copies the module into python/fastlm/, so `PYTHONPATH=python pytest` uses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bdir=${1:-build/dev}
+if [ ! -f "$bdir/build.ninja" ]; then
+  cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DPython_EXECUTABLE="$(command -v python3)" \
+    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >/dev/null
+fi
+cmake --build "$bdir" -- -j2
+cp -f "$bdir"/_C*.so python/fastlm/
