@@ -32,7 +32,9 @@ output key that would overwrite one raises ConversionError("field_conflict").
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
+
+from fastlm.data.records import ErrorLog, Record
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 TARGETS = ("alpaca", "messages", "sharegpt")
@@ -276,3 +278,23 @@ def record_text(data: dict[str, Any], text_field: str = "text") -> str:
     if isinstance(value, str):
         return value
     return "\n\n".join(t.content for t in parse(data).turns)
+
+
+def convert_records(records: Iterable[Record], to: str, *, errors: ErrorLog) -> Iterator[dict[str, Any]]:
+    """Convert a stream of records, passing each unconvertible one to ``errors`` with its file:line.
+
+    ``errors.counts`` then holds the failures per reason; with ``ErrorLog(strict=True)`` the first
+    failure raises DataError instead.
+
+    >>> log = ErrorLog()
+    >>> recs = [Record({"prompt": "a", "completion": "b"}, "x.jsonl", 1), Record({"text": "t"}, "x.jsonl", 2)]
+    >>> list(convert_records(recs, "messages", errors=log)), str(log.samples[0])
+    ([{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'}]}], 'x.jsonl:2: not_chat: no messages/conversations/instruction+output/prompt+completion fields')
+    """
+    for record in records:
+        try:
+            out = convert(record.data, to)
+        except ConversionError as e:
+            errors.add(record.source, record.line, e.reason, e.detail)
+            continue
+        yield from out
