@@ -187,8 +187,8 @@ _COMPRESSIONS = {None: "", "gz": ".gz", "gzip": ".gz", "zst": ".zst", "zstd": ".
 class ShardWriter:
     """Write records (dicts) into numbered shard files, each written atomically.
 
-    A shard is closed when it holds ``max_records`` records or about ``max_bytes`` bytes of JSON
-    (uncompressed), whichever comes first; the shard in progress is held in memory (default cap 100 MB). JSONL shards may be gzip/zstd compressed; Parquet shards
+    A shard holds at most ``max_records`` records and at most ``max_bytes`` bytes of JSON lines
+    (uncompressed; a single larger record gets a shard of its own); the shard in progress is held in memory (default cap 100 MB). JSONL shards may be gzip/zstd compressed; Parquet shards
     (``fmt="parquet"``, needs pyarrow) use ``compression`` as the Parquet codec. An exception inside
     the ``with`` block discards the shard in progress; finished shards stay complete.
 
@@ -237,12 +237,13 @@ class ShardWriter:
     def write(self, record: dict[str, Any]) -> None:
         """Add one record; closes the current shard when it is full."""
         line = json.dumps(record, ensure_ascii=False)
+        size = len(line.encode("utf-8")) + 1
+        if self.max_bytes is not None and self._rows and self._rows_bytes + size > self.max_bytes:
+            self.flush_shard()  # a shard exceeds max_bytes only when one record alone does
         self._rows.append(line)
-        self._rows_bytes += len(line.encode("utf-8")) + 1
+        self._rows_bytes += size
         self.records_written += 1
-        if (self.max_records is not None and len(self._rows) >= self.max_records) or (
-            self.max_bytes is not None and self._rows_bytes >= self.max_bytes
-        ):
+        if self.max_records is not None and len(self._rows) >= self.max_records:
             self.flush_shard()
 
     def flush_shard(self) -> None:
