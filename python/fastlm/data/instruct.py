@@ -6,8 +6,11 @@ the rules:
 
 - ``instruct:empty_response``: an assistant turn that is empty or whitespace only.
 - ``instruct:repeats_prompt``: an assistant turn that repeats its prompt: equal after normalization
-  (case folded, punctuation dropped, whitespace collapsed), or sharing at least ``repeat_overlap``
-  of its words with it (multiset overlap divided by the longer of the two word counts).
+  (case folded, punctuation dropped, whitespace collapsed), or word-sequence similarity at least
+  ``repeat_overlap`` (difflib ratio on the word lists: 2 * matched words / total words; order
+  matters, so "What is X?" -> "X is Y." is not a repeat). A response that mostly copies an Alpaca
+  ``input`` (e.g. a small grammar fix of a long input) can be flagged: raise the threshold or
+  switch the rule off for such data.
 - ``instruct:too_long_chars`` / ``instruct:too_long_words``: the rendered record (``record_text``)
   exceeds ``max_chars`` / ``max_words`` (off by default).
 - ``instruct:duplicate_prompt``: the record's prompt (system and user turns, normalized) was already
@@ -17,9 +20,9 @@ the rules:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import re
-from collections import Counter
 from typing import Any, Iterable, Optional
 
 from fastlm.data import chat
@@ -89,7 +92,7 @@ class RepeatsPrompt(InstructFilter):
     'instruct:repeats_prompt'
     """
 
-    def __init__(self, *, overlap: float = 0.9):
+    def __init__(self, *, overlap: float = 0.8):
         if not 0.0 < overlap <= 1.0:
             raise ValueError(f"overlap must be in (0, 1], got {overlap}")
         self.overlap = overlap
@@ -100,8 +103,9 @@ class RepeatsPrompt(InstructFilter):
             return False
         if p == r:
             return True
-        shared = sum((Counter(p) & Counter(r)).values())
-        return shared / max(len(p), len(r)) >= self.overlap
+        if 2 * min(len(p), len(r)) < self.overlap * (len(p) + len(r)):
+            return False  # the ratio below cannot reach the threshold: skip the O(n*m) matcher
+        return difflib.SequenceMatcher(None, p, r, autojunk=False).ratio() >= self.overlap
 
     def check_record(self, data: Any) -> Optional[str]:
         c = _parse(data)
@@ -162,7 +166,7 @@ class DuplicatePrompt(InstructFilter):
 class InstructConfig:
     empty_response: bool = True  # an empty answer teaches nothing
     repeats_prompt: bool = True  # echoing the prompt is a common scraping/generation failure
-    repeat_overlap: float = 0.9  # high, so that short rewrites of the input (grammar fixes) survive more often
+    repeat_overlap: float = 0.8  # near-verbatim echo (e.g. one word of ten dropped), not a rephrased answer
     max_chars: Optional[int] = None  # off: the right limit depends on the model's context length
     max_words: Optional[int] = None  # off, for the same reason
     duplicate_prompts: bool = True  # many datasets repeat the same prompt; keep the first answer
