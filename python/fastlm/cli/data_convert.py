@@ -68,8 +68,16 @@ def run(args: argparse.Namespace) -> int:
                            errors=malformed)
     converted = convert_records(counted(records), args.to, errors=failed)
     if args.output == "-":
-        n_out = _write(sys.stdout.buffer, converted, "")
         sys.stdout.flush()
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a text-only stdout (e.g. replaced in tests)
+            n_out = 0
+            for record in converted:
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n_out += 1
+        else:
+            n_out = _write(buffer, converted, "")
+            buffer.flush()
     else:
         name = args.output.lower()
         compression = "gz" if name.endswith(".gz") else "zst" if name.endswith((".zst", ".zstd")) else ""
