@@ -114,7 +114,7 @@ def test_parquet_rows_and_compressed_parquet(tmp_path):
     recs, log = read(path)
     assert [(r.line, r.data) for r in recs] == [(1, records[0]), (3, records[2])]
     assert [(s.source, s.line, s.reason) for s in log.samples] == [(path, 2, "wrong_type")]
-    gz = write(tmp_path / "p.parquet.gz", open(path, "rb").read(), "gz")
+    gz = write(tmp_path / "p.parquet.gz", (tmp_path / "p.parquet").read_bytes(), "gz")
     assert [r.data for r in read(gz)[0]] == [records[0], records[2]]
 
 
@@ -240,7 +240,8 @@ def test_stdin_text_only_stream(monkeypatch):
 def test_open_text_reads_all_compressions(tmp_path):
     for c in (None, "gz", "zst"):
         path = write(tmp_path / f"x{c}", "héllo\nwörld\n".encode(), c)
-        assert open_text(path).read() == "héllo\nwörld\n"
+        with open_text(path) as f:
+            assert f.read() == "héllo\nwörld\n"
 
 
 # ---- writing -----------------------------------------------------------------------------------

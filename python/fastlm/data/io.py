@@ -67,7 +67,10 @@ def open_binary(path: str) -> IO[bytes]:
     reader = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
     head = reader.peek(4)[:4]  # type: ignore[union-attr]
     if head[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=reader, mode="rb")  # type: ignore[return-value]
+        gz = gzip.GzipFile(fileobj=reader, mode="rb")
+        if path != STDIN:
+            gz.myfileobj = reader  # type: ignore[attr-defined]  # close() then closes the file too, as gzip.open does
+        return gz  # type: ignore[return-value]
     if head == ZSTD_MAGIC:
         import zstandard
 
