@@ -178,8 +178,7 @@ def _read_parquet(stream: IO[bytes], source: str, text_field: str, errors: Error
                 yield record
 
 
-def _text_record(lines: list[bytes], first: int, source: str, text_field: str, errors: ErrorLog) -> Optional[Record]:
-    data = b"".join(lines)
+def _text_record(data: bytes, first: int, source: str, text_field: str, errors: ErrorLog) -> Optional[Record]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -196,7 +195,7 @@ def _read_text(
         data = stream.read()
         if data.startswith(_BOM):
             data = data[len(_BOM) :]
-        record = _text_record([data], 1, source, text_field, errors)
+        record = _text_record(data, 1, source, text_field, errors)
         if record is not None:
             yield record
         return
@@ -211,12 +210,12 @@ def _read_text(
                 first = lineno
             para.append(body)
         elif para:
-            record = _text_record([b"\n".join(para)], first, source, text_field, errors)
+            record = _text_record(b"\n".join(para), first, source, text_field, errors)
             if record is not None:
                 yield record
             para = []
     if para:
-        record = _text_record([b"\n".join(para)], first, source, text_field, errors)
+        record = _text_record(b"\n".join(para), first, source, text_field, errors)
         if record is not None:
             yield record
 
