@@ -1,0 +1,300 @@
+"""Instruction and chat record formats: detect, parse into one internal form, convert between them.
+
+Formats recognised (first match wins, in this order):
+
+- ``messages``: OpenAI style, ``{"messages": [{"role": ..., "content": ...}, ...]}``; ``content``
+  may also be a list of ``{"type": "text", "text": ...}`` parts.
+- ``sharegpt``: Vicuna/ShareGPT, ``{"conversations" | "conversation": [...]}`` whose items use
+  ``from``/``value`` or ``role``/``content``.
+- ``alpaca``: ``{"instruction", "input" (optional), "output"}``, optional ``system``.
+- ``prompt_completion``: ``{"prompt", "completion"}``.
+
+Roles map to system/user/assistant: system; human, user, prompter -> user; gpt, assistant, chatgpt,
+bing, bard, bot, model, gpt4 -> assistant. Any other role (tool, function, ...) is reported as
+``unknown_role`` rather than guessed.
+
+Conversion layouts:
+
+- to ``alpaca``: one record per assistant turn. ``instruction`` is the user turn just before it,
+  ``input`` is every earlier turn (system included) rendered as ``"System: ...\\n\\nUser: ...\\n\\n
+  Assistant: ..."`` (empty when there are none), ``output`` is the assistant turn. A chat whose last
+  user turn has no answer, or an assistant turn with no user turn before it, raises ConversionError
+  instead of losing text. An Alpaca record's user turn is ``instruction + "\\n\\n" + input``, so
+  alpaca -> messages -> alpaca moves ``input`` into ``instruction``; alpaca -> alpaca is exact.
+- to ``messages``: ``{"messages": [{"role", "content"}, ...]}``; to ``sharegpt``:
+  ``{"conversations": [{"from": "system"|"human"|"gpt", "value"}, ...]}``. Extra keys of each turn
+  (``name``, ``weight``...) are kept on that turn.
+
+Every other field of the record (ids, metadata, ``text``) is copied into every output record; an
+output key that would overwrite one raises ConversionError("field_conflict").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Iterator, Optional
+
+from fastlm.data.records import ErrorLog, Record
+
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+TARGETS = ("alpaca", "messages", "sharegpt")
+ROLE_ALIASES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "prompter": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "gpt4": "assistant",
+}
+SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+class ConversionError(ValueError):
+    """A chat/instruction record that cannot be parsed or converted; ``reason`` is a short category."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclasses.dataclass
+class Turn:
+    role: str  # "system", "user" or "assistant"
+    content: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # other keys of the turn object
+
+
+@dataclasses.dataclass
+class Chat:
+    """The internal form of every chat/instruction record."""
+
+    turns: list[Turn]
+    fields: dict[str, Any]  # every field of the record not consumed by the format, in order
+    fmt: str  # the format it was parsed from
+    alpaca: Optional[dict[str, str]] = None  # original instruction/input/output when fmt == "alpaca"
+
+
+def detect_format(data: Any) -> Optional[str]:
+    """The chat format of a record, or None when it is not a chat/instruction record.
+
+    >>> detect_format({"instruction": "Say hi", "output": "hi"})
+    'alpaca'
+    """
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("messages"), list):
+        return "messages"
+    if isinstance(data.get("conversations"), list) or isinstance(data.get("conversation"), list):
+        return "sharegpt"
+    if "instruction" in data and "output" in data:
+        return "alpaca"
+    if "prompt" in data and "completion" in data:
+        return "prompt_completion"
+    return None
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts
+        parts = []
+        for part in value:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ConversionError("non_text_content", f"{where}: content part of type {kind!r}")
+        return "".join(parts)
+    raise ConversionError("wrong_type", f"{where}: content is {type(value).__name__}, expected a string")
+
+
+def _parse_turns(items: list, key: str) -> list[Turn]:
+    turns = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConversionError("wrong_type", f"{where} is {type(item).__name__}, expected an object")
+        if "from" in item or "value" in item:
+            role_key, content_key = "from", "value"
+        else:
+            role_key, content_key = "role", "content"
+        if role_key not in item or content_key not in item:
+            raise ConversionError("missing_field", f"{where} has no {role_key!r}/{content_key!r}")
+        raw_role = item[role_key]
+        role = ROLE_ALIASES.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
+        if role is None:
+            raise ConversionError("unknown_role", f"{where}: role {raw_role!r}")
+        extra = {k: v for k, v in item.items() if k not in (role_key, content_key)}
+        turns.append(Turn(role, _content(item[content_key], where), extra))
+    if not turns:
+        raise ConversionError("empty_conversation", f"{key} has no turns")
+    return turns
+
+
+def _str_field(data: dict, key: str, *, optional: bool = False) -> str:
+    value = data.get(key)
+    if value is None and (optional or key not in data):
+        if optional:
+            return ""
+        raise ConversionError("missing_field", f"no {key!r} field")
+    if not isinstance(value, str):
+        raise ConversionError("wrong_type", f"{key!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def parse(data: Any) -> Chat:
+    """Parse a chat/instruction record into turns plus its other fields; raises ConversionError.
+
+    >>> parse({"id": 7, "prompt": "2+2?", "completion": "4"}).turns[1].content
+    '4'
+    """
+    fmt = detect_format(data)
+    if fmt is None:
+        raise ConversionError("not_chat", "no messages/conversations/instruction+output/prompt+completion fields")
+    if fmt == "messages":
+        turns, consumed = _parse_turns(data["messages"], "messages"), {"messages"}
+    elif fmt == "sharegpt":
+        key = "conversations" if isinstance(data.get("conversations"), list) else "conversation"
+        turns, consumed = _parse_turns(data[key], key), {key}
+    elif fmt == "alpaca":
+        instruction, inp = _str_field(data, "instruction"), _str_field(data, "input", optional=True)
+        output, system = _str_field(data, "output"), _str_field(data, "system", optional=True)
+        turns = [Turn("system", system)] if system else []
+        turns.append(Turn("user", instruction + ("\n\n" + inp if inp else "")))
+        turns.append(Turn("assistant", output))
+        consumed = {"instruction", "input", "output", "system"}
+        fields = {k: v for k, v in data.items() if k not in consumed}
+        alpaca = {"instruction": instruction, "input": inp, "output": output}
+        if system:
+            alpaca["system"] = system
+        return Chat(turns, fields, fmt, alpaca)
+    else:
+        turns = [Turn("user", _str_field(data, "prompt")), Turn("assistant", _str_field(data, "completion"))]
+        consumed = {"prompt", "completion"}
+    return Chat(turns, {k: v for k, v in data.items() if k not in consumed}, fmt)
+
+
+def render_turns(turns: list[Turn]) -> str:
+    """Turns as a transcript: ``"User: ...\\n\\nAssistant: ..."`` (the Alpaca ``input`` context layout)."""
+    return "\n\n".join(f"{ROLE_LABELS[t.role]}: {t.content}" for t in turns)
+
+
+def _with_fields(out: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    clash = sorted(set(out) & set(fields))
+    if clash:
+        raise ConversionError("field_conflict", f"record field(s) {clash} collide with the output format's keys")
+    return {**fields, **out}
+
+
+def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
+    if chat.alpaca is not None:  # alpaca -> alpaca: exact, keeps the instruction/input split
+        return [_with_fields(dict(chat.alpaca), chat.fields)]
+    out = []
+    for i, turn in enumerate(chat.turns):
+        if turn.role != "assistant":
+            continue
+        j = i - 1
+        while j >= 0 and chat.turns[j].role != "user":
+            j -= 1
+        if j < 0:
+            raise ConversionError("no_user_turn", f"assistant turn {i} has no user turn before it")
+        if j != i - 1:  # e.g. user, assistant, assistant: the second answer would lose its place
+            raise ConversionError("consecutive_assistant_turns", f"turn {i} follows another assistant turn")
+        prev = i - 1
+        out.append(
+            _with_fields(
+                {"instruction": chat.turns[prev].content, "input": render_turns(chat.turns[:prev]),
+                 "output": turn.content},
+                chat.fields,
+            )
+        )
+    if not out:
+        raise ConversionError("no_assistant_turn", "the conversation has no assistant turn")
+    last_assistant = max(i for i, t in enumerate(chat.turns) if t.role == "assistant")
+    if last_assistant != len(chat.turns) - 1:
+        raise ConversionError("unanswered_turn", f"turns after {last_assistant} have no assistant answer")
+    return out
+
+
+def convert(data: Any, to: str) -> list[dict[str, Any]]:
+    """Convert one chat/instruction record to ``alpaca``, ``messages`` or ``sharegpt`` records.
+
+    Returns a list (a multi-turn chat gives one Alpaca record per assistant turn); raises
+    ConversionError with a ``reason`` when the record cannot be converted without losing text.
+
+    >>> convert({"id": 1, "conversations": [{"from": "human", "value": "Hi"},
+    ...                                     {"from": "gpt", "value": "Hello!"}]}, to="alpaca")
+    [{'id': 1, 'instruction': 'Hi', 'input': '', 'output': 'Hello!'}]
+    """
+    if to not in TARGETS:
+        raise ValueError(f"convert target must be one of {', '.join(TARGETS)}, got {to!r}")
+    chat = parse(data)
+    if to == "alpaca":
+        return _to_alpaca(chat)
+    if to == "messages":
+        turns = [{"role": t.role, "content": t.content, **t.extra} for t in chat.turns]
+        return [_with_fields({"messages": turns}, chat.fields)]
+    turns = [{"from": SHAREGPT_ROLES[t.role], "value": t.content, **t.extra} for t in chat.turns]
+    return [_with_fields({"conversations": turns}, chat.fields)]
+
+
+def get_field(data: dict[str, Any], field: str) -> Any:
+    """A record's field by plain key, or by dotted path (``"meta.body"``) when no such plain key exists.
+
+    Returns None when absent.
+
+    >>> get_field({"meta": {"body": "x"}}, "meta.body")
+    'x'
+    """
+    if field in data:
+        return data[field]
+    if "." not in field:
+        return None
+    value: Any = data
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def record_text(data: dict[str, Any], text_field: str = "text") -> str:
+    """The text used by filters and dedup: the text field when it is a string, else the conversation.
+
+    A conversation renders as its turn contents joined by blank lines (no role labels, so that they
+    do not count as words or shingles). Raises ConversionError for a record that has neither.
+
+    >>> record_text({"instruction": "Add 2 and 2.", "input": "", "output": "4"})
+    'Add 2 and 2.\\n\\n4'
+    """
+    value = get_field(data, text_field)
+    if isinstance(value, str):
+        return value
+    return "\n\n".join(t.content for t in parse(data).turns)
+
+
+def convert_records(records: Iterable[Record], to: str, *, errors: ErrorLog) -> Iterator[dict[str, Any]]:
+    """Convert a stream of records, passing each unconvertible one to ``errors`` with its file:line.
+
+    ``errors.counts`` then holds the failures per reason; with ``ErrorLog(strict=True)`` the first
+    failure raises DataError instead.
+
+    >>> log = ErrorLog()
+    >>> recs = [Record({"prompt": "a", "completion": "b"}, "x.jsonl", 1), Record({"text": "t"}, "x.jsonl", 2)]
+    >>> list(convert_records(recs, "messages", errors=log)), str(log.samples[0])
+    ([{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'}]}], 'x.jsonl:2: not_chat: no messages/conversations/instruction+output/prompt+completion fields')
+    """
+    for record in records:
+        try:
+            out = convert(record.data, to)
+        except ConversionError as e:
+            errors.add(record.source, record.line, e.reason, e.detail)
+            continue
+        yield from out

@@ -1,0 +1,296 @@
+"""File plumbing for the data stage: transparent decompression, input expansion, atomic writes, shards.
+
+Compression is recognised by magic bytes (gzip ``1f 8b``, zstd ``28 b5 2f fd``), so a compressed file
+with a plain name still reads; ``-`` is stdin. Every output goes through a temp file in the target
+directory that is fsync'ed and renamed, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import io
+import json
+import os
+import sys
+import tempfile
+from typing import IO, Any, Iterable, Iterator, Optional
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BUILTIN_PREFIX = "builtin:"
+STDIN = "-"
+
+
+class MissingDependencyError(ImportError, ValueError):
+    """An optional extra is not installed; the message says what to install.
+
+    Also a ValueError so that the CLI prints it as a clear error instead of a traceback.
+    """
+
+
+def require_pyarrow():
+    """Import pyarrow (+ parquet) or raise MissingDependencyError naming the extra to install."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"Parquet support needs pyarrow: pip install fastlm[parquet] ({e})") from e
+    return pyarrow
+
+
+def source_name(path: str) -> str:
+    """The name used in error reports: the path, or "<stdin>" for ``-``."""
+    return "<stdin>" if path == STDIN else path
+
+
+def _raw_stdin() -> IO[bytes]:
+    stream = sys.stdin
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return buffer
+    # sys.stdin replaced by a text-only stream (e.g. io.StringIO in tests): re-encode it.
+    return io.BytesIO(stream.read().encode("utf-8"))
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a file (or stdin for ``-``) for reading bytes, decompressing gzip/zstd by magic bytes.
+
+    >>> import os, tempfile, gzip
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.txt")   # no .gz extension on purpose
+    >>> with gzip.open(p, "wb") as f: _ = f.write(b"hello")
+    >>> open_binary(p).read()
+    b'hello'
+    """
+    raw: IO[bytes] = _raw_stdin() if path == STDIN else open(path, "rb")
+    reader = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
+    head = reader.peek(4)[:4]  # type: ignore[union-attr]
+    if head[:2] == GZIP_MAGIC:
+        gz = gzip.GzipFile(fileobj=reader, mode="rb")
+        if path != STDIN:
+            gz.myfileobj = reader  # type: ignore[attr-defined]  # close() then closes the file too, as gzip.open does
+        return gz  # type: ignore[return-value]
+    if head == ZSTD_MAGIC:
+        import zstandard
+
+        # read_across_frames: files written by several zstd streams (e.g. `cat a.zst b.zst`).
+        stream = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True, closefd=True)
+        return io.BufferedReader(stream)  # type: ignore[arg-type]
+    return reader
+
+
+def open_text(path: str, *, encoding: str = "utf-8", errors: str = "strict") -> IO[str]:
+    """Open a plain, .gz or .zst file (or stdin for ``-``) as text; compression is detected by content.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.txt")
+    >>> _ = open(p, "w").write("one\\ntwo\\n")
+    >>> open_text(p).read().split()
+    ['one', 'two']
+    """
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, errors=errors, newline="")
+
+
+def _walk(directory: str) -> list[str]:
+    """All non-hidden files under a directory, recursively, in sorted order."""
+    out = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+    return sorted(out)
+
+
+def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
+    """Expand files, directories (recursive, sorted, hidden files skipped), globs, ``-`` and ``builtin:NAME``.
+
+    Each path is listed once, in the order first given. An input that matches nothing raises
+    FileNotFoundError naming it.
+
+    >>> expand_inputs(["builtin:pydoc", "-"])
+    ['builtin:pydoc', '-']
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: str) -> None:
+        if path not in seen:
+            seen.add(path)
+            out.append(path)
+
+    for item in inputs:
+        if item == STDIN:
+            add(item)
+        elif item.startswith(BUILTIN_PREFIX):
+            from fastlm.data.builtin import builtin_names
+
+            name = item[len(BUILTIN_PREFIX) :]
+            if name not in builtin_names():
+                known = ", ".join(BUILTIN_PREFIX + n for n in builtin_names())
+                raise FileNotFoundError(f"unknown built-in corpus {item!r} (known: {known})")
+            add(item)
+        elif os.path.isdir(item):
+            files = _walk(item)
+            if not files:
+                raise FileNotFoundError(f"input directory {item!r} contains no (non-hidden) files")
+            for f in files:
+                add(f)
+        elif os.path.exists(item):
+            add(item)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            files = []
+            for m in matches:
+                files.extend(_walk(m) if os.path.isdir(m) else [m])
+            if not files:
+                raise FileNotFoundError(f"input {item!r} matches no file or directory")
+            for f in files:
+                add(f)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8") -> Iterator[IO[Any]]:
+    """Write a file all-or-nothing: a temp file in the same directory, fsync'ed, then os.replace'd.
+
+    On an exception the temp file is removed and ``path`` is left as it was.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "out.txt")
+    >>> with atomic_write(p) as f: _ = f.write("done")
+    >>> open(p).read()
+    'done'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        if mode == "wb":
+            f: IO[Any] = os.fdopen(fd, "wb")
+        else:
+            f = os.fdopen(fd, "w", encoding=encoding, newline="")
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+_COMPRESSIONS = {None: "", "gz": ".gz", "gzip": ".gz", "zst": ".zst", "zstd": ".zst"}
+
+
+class ShardWriter:
+    """Write records (dicts) into numbered shard files, each written atomically.
+
+    A shard holds at most ``max_records`` records and at most ``max_bytes`` bytes of JSON lines
+    (uncompressed; a single larger record gets a shard of its own); the shard in progress is held in memory (default cap 100 MB). JSONL shards may be gzip/zstd compressed; Parquet shards
+    (``fmt="parquet"``, needs pyarrow) use ``compression`` as the Parquet codec. An exception inside
+    the ``with`` block discards the shard in progress; finished shards stay complete.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with ShardWriter(d, max_records=2) as w:
+    ...     for i in range(3): w.write({"text": str(i)})
+    >>> [os.path.basename(p) for p in w.paths]
+    ['shard-00000.jsonl', 'shard-00001.jsonl']
+    """
+
+    def __init__(
+        self,
+        out_dir: str,
+        *,
+        prefix: str = "shard",
+        fmt: str = "jsonl",
+        max_records: Optional[int] = None,
+        max_bytes: Optional[int] = 100_000_000,
+        compression: Optional[str] = None,
+    ):
+        if fmt not in ("jsonl", "parquet"):
+            raise ValueError(f"shard format must be 'jsonl' or 'parquet', got {fmt!r}")
+        if compression not in _COMPRESSIONS:
+            raise ValueError(f"compression must be one of None, 'gz', 'zst', got {compression!r}")
+        for name, value in (("max_records", max_records), ("max_bytes", max_bytes)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if fmt == "parquet":
+            require_pyarrow()
+        self.out_dir, self.prefix, self.fmt = out_dir, prefix, fmt
+        self.max_records, self.max_bytes, self.compression = max_records, max_bytes, compression
+        self.paths: list[str] = []  # finished shards, in order
+        self.records_written = 0
+        self._rows: list[str] = []  # JSON lines of the shard in progress
+        self._rows_bytes = 0
+        os.makedirs(out_dir, exist_ok=True)
+
+    def _shard_path(self) -> str:
+        if self.fmt == "parquet":
+            name = f"{self.prefix}-{len(self.paths):05d}.parquet"
+        else:
+            name = f"{self.prefix}-{len(self.paths):05d}.jsonl{_COMPRESSIONS[self.compression]}"
+        return os.path.join(self.out_dir, name)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Add one record; closes the current shard when it is full."""
+        line = json.dumps(record, ensure_ascii=False)
+        size = len(line.encode("utf-8")) + 1
+        if self.max_bytes is not None and self._rows and self._rows_bytes + size > self.max_bytes:
+            self.flush_shard()  # a shard exceeds max_bytes only when one record alone does
+        self._rows.append(line)
+        self._rows_bytes += size
+        self.records_written += 1
+        if self.max_records is not None and len(self._rows) >= self.max_records:
+            self.flush_shard()
+
+    def flush_shard(self) -> None:
+        """Write the shard in progress (if any) to its final name."""
+        if not self._rows:
+            return
+        path = self._shard_path()
+        if self.fmt == "parquet":
+            self._write_parquet(path)
+        else:
+            data = ("\n".join(self._rows) + "\n").encode("utf-8")
+            if self.compression in ("gz", "gzip"):
+                data = gzip.compress(data, mtime=0)
+            elif self.compression in ("zst", "zstd"):
+                import zstandard
+
+                data = zstandard.ZstdCompressor().compress(data)
+            with atomic_write(path, "wb") as f:
+                f.write(data)
+        self.paths.append(path)
+        self._rows, self._rows_bytes = [], 0
+
+    def _write_parquet(self, path: str) -> None:
+        pa = require_pyarrow()
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.Table.from_pylist([json.loads(r) for r in self._rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(f"records cannot be stored as one Parquet table (mixed field types?): {e}") from e
+        codec = {None: "snappy", "gz": "gzip", "gzip": "gzip", "zst": "zstd", "zstd": "zstd"}[self.compression]
+        with atomic_write(path, "wb") as f:
+            pq.write_table(table, f, compression=codec)
+
+    def close(self) -> list[str]:
+        """Write the last shard and return the list of shard files."""
+        self.flush_shard()
+        return self.paths
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._rows, self._rows_bytes = [], 0  # discard the partial shard

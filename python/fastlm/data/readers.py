@@ -1,0 +1,285 @@
+"""Read records from text, JSONL, JSON, Parquet and built-in corpora, counting every malformed one.
+
+Formats (``fmt="auto"`` picks by extension after stripping .gz/.zst/.zstd; unknown extensions and
+stdin are sniffed: a first non-blank byte ``{`` means JSONL, ``[`` a JSON array, else text):
+
+- text (.txt, .md, anything else): one document per file (``text_mode="document"``, line 1) or one
+  per blank-line-separated paragraph (``text_mode="paragraphs"``, line = the paragraph's first line;
+  line endings become ``\\n``). Invalid UTF-8 makes the unit that holds it (the file, or the
+  paragraph) malformed: it is reported at the line of the first bad byte and skipped, exactly like
+  a bad JSONL line; the rest of the file is still read. Records are ``{text_field: text}``.
+- JSONL (.jsonl, .ndjson): one object per line; blank lines are skipped; line numbers are 1-based.
+  Each line is decoded on its own, so invalid UTF-8 costs that line only.
+- JSON (.json): an array of objects (line = 1-based index), or a single object (line 1); a .json
+  file holding several objects line by line is read as JSONL.
+- Parquet (.parquet, .pq; needs pyarrow): one record per row, line = 1-based row index.
+- ``builtin:NAME``: see ``fastlm.data.builtin``.
+
+A record is valid when ``text_field`` (a plain key, or a dotted path like ``meta.body`` when there
+is no such key) is a string, or when it is absent and the record is a parseable chat/instruction
+record (``fastlm.data.chat``). Malformed records go to ``errors.add(source, line, reason, detail)``
+with reasons ``invalid_utf8``, ``bad_json``, ``not_object``, ``missing_field``, ``wrong_type``
+or a chat parse reason (``unknown_role``, ``empty_conversation``, ...), and reading continues
+(``ErrorLog(strict=True)`` raises DataError with file:line instead).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import IO, Any, Iterable, Iterator, Optional
+
+from fastlm.data import chat
+from fastlm.data.io import (
+    BUILTIN_PREFIX,
+    STDIN,
+    expand_inputs,
+    open_binary,
+    require_pyarrow,
+    source_name,
+)
+from fastlm.data.records import ErrorLog, Record
+
+FORMATS = ("auto", "jsonl", "json", "text", "parquet")
+TEXT_MODES = ("document", "paragraphs")
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+_TEXT_EXTENSIONS = {".txt", ".text", ".md", ".rst"}
+_BOM = b"\xef\xbb\xbf"
+
+
+def format_from_name(path: str) -> Optional[str]:
+    """The format implied by a file name (compression suffix ignored), or None when unknown.
+
+    >>> format_from_name("data/part-0.jsonl.zst")
+    'jsonl'
+    """
+    name = path.lower()
+    for suffix in (".gz", ".zst", ".zstd"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    ext = os.path.splitext(name)[1]
+    if ext in _EXTENSIONS:
+        return _EXTENSIONS[ext]
+    return "text" if ext in _TEXT_EXTENSIONS else None
+
+
+def _sniff(stream: IO[bytes]) -> str:
+    head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""  # type: ignore[attr-defined]
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    stripped = head.lstrip(_BOM).lstrip()
+    if stripped.startswith(b"{"):
+        return "jsonl"
+    if stripped.startswith(b"["):
+        return "json"
+    return "text"
+
+
+def _utf8_error(data: bytes, e: UnicodeDecodeError, first_line: int) -> tuple[int, str]:
+    """Line number and message for the first bad byte of ``data`` (which starts at ``first_line``)."""
+    line = first_line + data.count(b"\n", 0, e.start)
+    col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return line, f"invalid UTF-8 byte 0x{data[e.start]:02x} at column {col}"
+
+
+def _check(data: Any, text_field: str) -> Optional[tuple[str, str]]:
+    """(reason, detail) when a parsed object is not a valid record, else None."""
+    if not isinstance(data, dict):
+        return "not_object", f"expected a JSON object, got {type(data).__name__}"
+    value = chat.get_field(data, text_field)
+    if value is not None:
+        if isinstance(value, str):
+            return None
+        return "wrong_type", f"field {text_field!r} is {type(value).__name__}, expected a string"
+    if chat.detect_format(data) is None:
+        if text_field in data:  # present but null
+            return "wrong_type", f"field {text_field!r} is null, expected a string"
+        return "missing_field", f"no {text_field!r} field (and not a chat/instruction record)"
+    try:
+        chat.parse(data)
+    except chat.ConversionError as e:
+        return e.reason, e.detail
+    return None
+
+
+def _emit(data: Any, source: str, line: int, text_field: str, errors: ErrorLog) -> Optional[Record]:
+    problem = _check(data, text_field)
+    if problem is not None:
+        errors.add(source, line, *problem)
+        return None
+    return Record(data, source, line)
+
+
+def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog) -> Iterator[Record]:
+    for lineno, raw in enumerate(stream, 1):
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            errors.add(source, lineno, "invalid_utf8", _utf8_error(raw, e, lineno)[1])
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            errors.add(source, lineno, "bad_json", f"{e.msg} at column {e.colno}")
+            continue
+        record = _emit(data, source, lineno, text_field, errors)
+        if record is not None:
+            yield record
+
+
+def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog) -> Iterator[Record]:
+    raw = stream.read()
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, detail = _utf8_error(raw, e, 1)
+        errors.add(source, line, "invalid_utf8", detail)
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
+            yield from _read_jsonl(io.BytesIO(raw), source, text_field, errors)
+        else:
+            errors.add(source, e.lineno, "bad_json", f"{e.msg} at column {e.colno}")
+        return
+    if isinstance(data, dict):
+        items: list[Any] = [data]
+    elif isinstance(data, list):
+        items = data
+    else:
+        errors.add(source, 1, "not_object", f"expected a JSON array or object, got {type(data).__name__}")
+        return
+    for index, item in enumerate(items, 1):
+        record = _emit(item, source, index, text_field, errors)
+        if record is not None:
+            yield record
+
+
+def _read_parquet(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog) -> Iterator[Record]:
+    require_pyarrow()
+    import pyarrow.parquet as pq
+
+    if not (isinstance(stream, io.BufferedReader) and stream.seekable()) or source == "<stdin>":
+        stream = io.BytesIO(stream.read())  # compressed or piped: Parquet needs random access
+    row = 0
+    for batch in pq.ParquetFile(stream).iter_batches(batch_size=4096):
+        for data in batch.to_pylist():
+            row += 1
+            record = _emit(data, source, row, text_field, errors)
+            if record is not None:
+                yield record
+
+
+def _text_record(data: bytes, first: int, source: str, text_field: str, errors: ErrorLog) -> Optional[Record]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, detail = _utf8_error(data, e, first)
+        errors.add(source, line, "invalid_utf8", detail)
+        return None
+    return Record({text_field: text}, source, first)
+
+
+def _read_text(
+    stream: IO[bytes], source: str, text_field: str, text_mode: str, errors: ErrorLog
+) -> Iterator[Record]:
+    if text_mode == "document":
+        data = stream.read()
+        if data.startswith(_BOM):
+            data = data[len(_BOM) :]
+        record = _text_record(data, 1, source, text_field, errors)
+        if record is not None:
+            yield record
+        return
+    para: list[bytes] = []
+    first = 0
+    for lineno, raw in enumerate(stream, 1):
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        body = raw.rstrip(b"\r\n")
+        if body.strip():
+            if not para:
+                first = lineno
+            para.append(body)
+        elif para:
+            record = _text_record(b"\n".join(para), first, source, text_field, errors)
+            if record is not None:
+                yield record
+            para = []
+    if para:
+        record = _text_record(b"\n".join(para), first, source, text_field, errors)
+        if record is not None:
+            yield record
+
+
+def read_records(
+    inputs: Iterable[str] | str,
+    *,
+    text_field: str = "text",
+    text_mode: str = "document",
+    fmt: str = "auto",
+    errors: Optional[ErrorLog] = None,
+    formats: Optional[dict[str, str]] = None,
+) -> Iterator[Record]:
+    """Yield the valid records of every input (files, dirs, globs, ``-``, ``builtin:NAME``), in order.
+
+    Malformed records are passed to ``errors`` (an ErrorLog; default: a strict one, so that nothing
+    is ever dropped uncounted) with their file and line. ``formats``, when given, is filled with
+    ``{source: format}`` as each input is opened (for reports).
+
+    >>> log = ErrorLog()
+    >>> recs = list(read_records("builtin:pydoc", errors=log))
+    >>> recs[0].source, recs[0].data["id"], log.total
+    ('builtin:pydoc', 'pydoc/assert', 0)
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if text_mode not in TEXT_MODES:
+        raise ValueError(f"text_mode must be one of {', '.join(TEXT_MODES)}, got {text_mode!r}")
+    if errors is None:
+        errors = ErrorLog(strict=True)
+    for path in expand_inputs(inputs):
+        if path.startswith(BUILTIN_PREFIX):
+            from fastlm.data.builtin import iter_builtin
+
+            if formats is not None:
+                formats[path] = "builtin"
+            yield from iter_builtin(path[len(BUILTIN_PREFIX) :], text_field=text_field, text_mode=text_mode)
+            continue
+        source = source_name(path)
+        stream = open_binary(path)
+        try:
+            kind = fmt
+            if kind == "auto":
+                kind = (format_from_name(path) if path != STDIN else None) or _sniff(stream)
+            if formats is not None:
+                formats[source] = kind
+            if kind == "jsonl":
+                yield from _read_jsonl(stream, source, text_field, errors)
+            elif kind == "json":
+                yield from _read_json(stream, source, text_field, errors)
+            elif kind == "parquet":
+                yield from _read_parquet(stream, source, text_field, errors)
+            else:
+                yield from _read_text(stream, source, text_field, text_mode, errors)
+        finally:
+            if path != STDIN:  # never close the process's stdin
+                stream.close()
+
+
+def record_text(record: Record | dict[str, Any], text_field: str = "text") -> str:
+    """The text of a record for filtering and dedup (its text field, or its rendered conversation).
+
+    >>> record_text(Record({"messages": [{"role": "user", "content": "hi"}]}, "x", 1))
+    'hi'
+    """
+    data = record.data if isinstance(record, Record) else record
+    return chat.record_text(data, text_field)
