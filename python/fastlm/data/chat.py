@@ -32,7 +32,7 @@ output key that would overwrite one raises ConversionError("field_conflict").
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from fastlm.data.records import ErrorLog, Record
 
@@ -278,6 +278,35 @@ def record_text(data: dict[str, Any], text_field: str = "text") -> str:
     if isinstance(value, str):
         return value
     return "\n\n".join(t.content for t in parse(data).turns)
+
+
+def map_contents(data: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of a chat/instruction record with ``fn`` applied to every text it holds, layout kept.
+
+    Used by normalization, which must not change a record's format: message/turn contents,
+    Alpaca instruction/input/output/system and prompt/completion are mapped; other fields are not.
+
+    >>> map_contents({"id": 1, "messages": [{"role": "user", "content": " hi "}]}, str.strip)
+    {'id': 1, 'messages': [{'role': 'user', 'content': 'hi'}]}
+    """
+    fmt = detect_format(data)
+    out = dict(data)
+    if fmt in ("messages", "sharegpt"):
+        key = "messages" if fmt == "messages" else ("conversations" if "conversations" in data else "conversation")
+        turns = []
+        for turn in data[key]:
+            turn = dict(turn) if isinstance(turn, dict) else turn
+            if isinstance(turn, dict):
+                for field in ("content", "value"):
+                    if isinstance(turn.get(field), str):
+                        turn[field] = fn(turn[field])
+            turns.append(turn)
+        out[key] = turns
+    elif fmt is not None:
+        for field in ("instruction", "input", "output", "system", "prompt", "completion"):
+            if isinstance(out.get(field), str):
+                out[field] = fn(out[field])
+    return out
 
 
 def convert_records(records: Iterable[Record], to: str, *, errors: ErrorLog) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,114 @@
+"""`fastlm data clean INPUT... -o OUT`: read -> normalize -> filter -> dedup -> write shards + report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from fastlm.config import apply_overrides, from_dict, load_config_file
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "clean",
+        help="normalize, filter and deduplicate documents into JSONL/Parquet shards",
+        description="Read -> normalize -> filter -> dedup -> write shards and report.json. "
+        "Options come from --config (YAML/TOML, sections input/normalize/filters/dedup/output), "
+        "then --set key=value, then the flags below.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs, '-' or builtin:NAME")
+    p.add_argument("-o", "--out", required=True, help="output folder for shards and report.json")
+    p.add_argument("--config", help="YAML or TOML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. dedup.threshold=0.7")
+    p.add_argument("--text-field", help="JSON field holding the text (default: text)")
+    p.add_argument("--text-mode", choices=("document", "paragraphs"), help="plain text: one document per file or per paragraph")
+    p.add_argument("--format", dest="fmt", choices=("auto", "jsonl", "json", "text", "parquet"), help="input format")
+    p.add_argument("--strict", action="store_true", default=None, help="stop at the first malformed record")
+    p.add_argument("--near", choices=("minhash", "simhash", "none"), help="near-duplicate method (default minhash)")
+    p.add_argument("--threshold", type=float, help="MinHash Jaccard threshold (default 0.8)")
+    p.add_argument("--no-exact", action="store_true", help="keep exact duplicates")
+    p.add_argument("--no-quality", action="store_true", help="switch off the Gopher quality/repetition filters")
+    p.add_argument("--c4", action="store_true", default=None, help="also apply the C4 filter")
+    p.add_argument("--fineweb", action="store_true", default=None, help="also apply the FineWeb filter")
+    p.add_argument("--lexicon", help="word-list file for the toxicity lexicon filter")
+    p.add_argument("--classifier", help="classifier model from `fastlm data train-classifier`")
+    p.add_argument("--classifier-label", help="label thresholded by --classifier (default toxic)")
+    p.add_argument("--classifier-threshold", type=float, help="drop when P(label) >= this (default 0.5)")
+    p.add_argument("--output-format", choices=("jsonl", "parquet"), help="shard format (default jsonl)")
+    p.add_argument("--compression", choices=("gz", "zst"), help="compress JSONL shards")
+    p.add_argument("--threads", type=int, help="native threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The CleanConfig of a command line: config file, then --set, then explicit flags."""
+    from fastlm.data.normalize import NormalizeConfig
+    from fastlm.data.pipeline import CleanConfig
+
+    data = load_config_file(args.config) if args.config else {}
+    data = apply_overrides(data, args.set)
+    flags = {
+        ("input", "text_field"): args.text_field,
+        ("input", "text_mode"): args.text_mode,
+        ("input", "format"): args.fmt,
+        ("input", "strict"): args.strict,
+        ("dedup", "near"): args.near,
+        ("dedup", "threshold"): args.threshold,
+        ("dedup", "exact"): False if args.no_exact else None,
+        ("filters", "gopher_quality"): False if args.no_quality else None,
+        ("filters", "gopher_repetition"): False if args.no_quality else None,
+        ("filters", "c4"): args.c4,
+        ("filters", "fineweb"): args.fineweb,
+        ("filters", "lexicon"): args.lexicon,
+        ("filters", "classifier"): args.classifier,
+        ("filters", "classifier_label"): args.classifier_label,
+        ("filters", "classifier_threshold"): args.classifier_threshold,
+        ("output", "format"): args.output_format,
+        ("output", "compression"): args.compression,
+        ("num_threads",): args.threads,
+    }
+    for path, value in flags.items():
+        if value is None:
+            continue
+        node = data
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    where = args.config or "config"
+    normalize = data.pop("normalize", None)
+    cfg = from_dict(CleanConfig, data, where=where)
+    cfg.normalize = from_dict(NormalizeConfig, normalize or {}, where=f"{where}.normalize")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastlm.data.pipeline import clean
+
+    cfg = config_from_args(args)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" docs", desc="clean", file=sys.stderr, dynamic_ncols=True)
+        last = [0]
+
+        def progress(docs: int, nbytes: int) -> None:
+            bar.update(docs - last[0])
+            last[0] = docs
+            secs = max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix_str(f"{nbytes / 1e6 / secs:.1f} MB/s", refresh=False)
+
+    else:
+        progress = None
+    try:
+        report = clean(args.inputs, args.out, cfg, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        report.print_table()
+        print(f"wrote {len(report.outputs)} shard(s) and report.json to {os.path.abspath(args.out)}")
+    return 0

@@ -1,0 +1,294 @@
+"""`fastlm data clean` as a library function: read -> normalize -> filter -> dedup -> write shards.
+
+Two passes, so memory holds per-document hashes and signatures but never the corpus:
+1. stream the inputs in batches: normalize, drop empty documents, run the instruction and document
+   filters, and append each survivor to a staging JSONL file while computing its exact-dup hash
+   and near-dup signature natively;
+2. cluster duplicates over all signatures, then stream the staging file once more and write the
+   kept records into shards.
+Shards and the report are written under a staging folder and moved into the output folder only
+when the run completes, so an interrupted run leaves no half-written shard and can be re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional
+
+from fastlm.data import chat
+from fastlm.data.filter_base import DocFilter
+from fastlm.data.records import ErrorLog, Record
+from fastlm.data.report import StageReport
+
+
+@dataclasses.dataclass
+class InputConfig:
+    text_field: str = "text"  # JSON field holding the document; chat records need none
+    text_mode: Literal["document", "paragraphs"] = "document"  # plain text: per file or per blank-line paragraph
+    format: Literal["auto", "jsonl", "json", "text", "parquet"] = "auto"  # auto: by extension, else sniffed
+    strict: bool = False  # stop at the first malformed record instead of counting and skipping it
+
+
+@dataclasses.dataclass
+class FilterConfig:
+    drop_empty: bool = True  # documents empty after normalization carry nothing to train on
+    gopher_quality: bool = True  # Rae et al. 2021 heuristics (word counts, symbols, stop words)
+    gopher_repetition: bool = True  # Rae et al. 2021 repetition heuristics (dup lines, n-grams)
+    c4: bool = False  # Raffel et al. 2020: strict on line punctuation, off by default for non-web text
+    fineweb: bool = False  # Penedo et al. 2024: web-page heuristics, off by default for non-web text
+    instruct: bool = True  # empty / prompt-repeating responses and duplicate prompts in chat records
+    max_chars: Optional[int] = None  # instruction records longer than this are dropped (None: no limit)
+    lexicon: Optional[str] = None  # word-list file: documents with a listed word are dropped
+    classifier: Optional[str] = None  # a `fastlm data train-classifier` model file
+    classifier_label: str = "toxic"  # the label whose probability is thresholded
+    classifier_threshold: float = 0.5  # drop when P(label) >= threshold
+    detoxify: Optional[str] = None  # detoxify model name ("original", ...), when installed locally
+    detoxify_threshold: float = 0.5  # drop when the toxicity score >= threshold
+
+
+@dataclasses.dataclass
+class DedupConfig:
+    exact: bool = True  # drop exact copies of the normalized text (128-bit hash)
+    near: Literal["minhash", "simhash", "none"] = "minhash"  # near-duplicate method
+    threshold: float = 0.8  # MinHash: Jaccard similarity of word n-gram sets
+    num_perm: int = 128  # MinHash permutations (datasketch's default)
+    ngram: int = 5  # word n-gram shingle size (text-dedup / datatrove use 5)
+    seed: int = 1  # permutation seed
+    hash: Literal["fast", "datasketch"] = "fast"  # datasketch: bit-identical signatures, slower
+    simhash_k: int = 3  # SimHash: max Hamming distance of 64-bit fingerprints
+    keep: Literal["first", "longest"] = "first"  # which document of a cluster is kept
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    format: Literal["jsonl", "parquet"] = "jsonl"  # shard file format
+    compression: Optional[Literal["gz", "zst"]] = None  # JSONL shard compression
+    max_records: Optional[int] = None  # records per shard (None: bounded by max_bytes only)
+    max_bytes: int = 100_000_000  # uncompressed bytes per shard
+    prefix: str = "shard"  # shard file names: <prefix>-00000.jsonl
+
+
+@dataclasses.dataclass
+class CleanConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    normalize: Any = None  # NormalizeConfig (fastlm.data.normalize); None: its defaults
+    filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+    dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    batch_size: int = 2048  # documents per native call (amortizes the GIL release)
+    num_threads: int = 0  # native threads; 0 = all cores
+
+
+def build_doc_filters(config: FilterConfig) -> list[DocFilter]:
+    """The document filters the config enables, in the order they run."""
+    filters: list[DocFilter] = []
+    if config.gopher_quality or config.gopher_repetition or config.c4 or config.fineweb:
+        from fastlm.data import quality
+
+        filters += quality.build_filters(
+            gopher_quality=config.gopher_quality,
+            gopher_repetition=config.gopher_repetition,
+            c4=config.c4,
+            fineweb=config.fineweb,
+        )
+    if config.lexicon:
+        from fastlm.data.lexicon import LexiconFilter
+
+        filters.append(LexiconFilter.from_file(config.lexicon))
+    if config.classifier:
+        from fastlm.data.classifier import ClassifierFilter, TextClassifier
+
+        model = TextClassifier.load(config.classifier)
+        filters.append(ClassifierFilter(model, label=config.classifier_label, threshold=config.classifier_threshold))
+    if config.detoxify:
+        from fastlm.data.classifier import DetoxifyFilter
+
+        filters.append(DetoxifyFilter(model=config.detoxify, threshold=config.detoxify_threshold))
+    return filters
+
+
+def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for r in records:
+        batch.append(r)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Normalizer:
+    """Applies fastlm.data.normalize to a batch of records, keeping each record's layout."""
+
+    def __init__(self, config: Any, text_field: str, num_threads: int):
+        from fastlm.data.normalize import NormalizeConfig, Normalizer
+
+        self.norm = Normalizer(config if config is not None else NormalizeConfig(), num_threads=num_threads)
+        self.text_field = text_field
+
+    def __call__(self, batch: list[Record]) -> None:
+        plain = [r for r in batch if isinstance(chat.get_field(r.data, self.text_field), str)]
+        if plain:
+            texts = self.norm.normalize_batch([chat.get_field(r.data, self.text_field) for r in plain])
+            for r, t in zip(plain, texts):
+                _set_field(r.data, self.text_field, t)
+        for r in batch:
+            if not isinstance(chat.get_field(r.data, self.text_field), str):
+                r.data = chat.map_contents(r.data, self.norm.normalize)
+
+
+def _set_field(data: dict[str, Any], field: str, value: str) -> None:
+    if field in data or "." not in field:
+        data[field] = value
+        return
+    node = data
+    parts = field.split(".")
+    for p in parts[:-1]:
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def clean(
+    inputs: list[str],
+    out_dir: str,
+    config: Optional[CleanConfig] = None,
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> StageReport:
+    """Run read -> normalize -> filter -> dedup -> write over ``inputs``; return the report.
+
+    ``progress(docs, bytes)`` is called after each batch. The shards, ``report.json`` and nothing
+    else appear in ``out_dir`` (earlier shards of the same prefix there are replaced).
+
+    >>> import tempfile
+    >>> rep = clean(["builtin:pydoc"], tempfile.mkdtemp())
+    >>> rep.documents_in == rep.kept + sum(rep.removed.values()) + sum(rep.malformed.values())
+    True
+    """
+    from fastlm.data import dedup as dd
+    from fastlm.data.instruct import InstructConfig, build_instruct_filters, check_instruct
+    from fastlm.data.io import ShardWriter
+    from fastlm.data.readers import read_records
+
+    cfg = config or CleanConfig()
+    t0 = time.perf_counter()
+    report = StageReport(params=dataclasses.asdict(cfg))
+    errors = ErrorLog(strict=cfg.input.strict)
+    normalizer = _Normalizer(cfg.normalize, cfg.input.text_field, cfg.num_threads)
+    doc_filters = build_doc_filters(cfg.filters)
+    instruct_filters = (
+        build_instruct_filters(InstructConfig(max_chars=cfg.filters.max_chars)) if cfg.filters.instruct else []
+    )
+    collector = dd.DedupCollector(
+        exact=cfg.dedup.exact,
+        near=cfg.dedup.near,
+        threshold=cfg.dedup.threshold,
+        num_perm=cfg.dedup.num_perm,
+        ngram=cfg.dedup.ngram,
+        seed=cfg.dedup.seed,
+        hash=cfg.dedup.hash,
+        simhash_k=cfg.dedup.simhash_k,
+        keep=cfg.dedup.keep,
+        num_threads=cfg.num_threads,
+    )
+
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
+    try:
+        survivors = 0
+        stage_path = os.path.join(staging, "survivors.jsonl")
+        with open(stage_path, "w", encoding="utf-8") as stage:
+            records = read_records(
+                inputs,
+                text_field=cfg.input.text_field,
+                text_mode=cfg.input.text_mode,
+                fmt=cfg.input.format,
+                errors=errors,
+            )
+            for batch in _batches(records, cfg.batch_size):
+                report.documents_in += len(batch)
+                report.bytes_in += sum(len(chat.record_text(r.data, cfg.input.text_field).encode("utf-8", "surrogatepass")) for r in batch)
+                normalizer(batch)
+                texts = [chat.record_text(r.data, cfg.input.text_field) for r in batch]
+                reasons: list[Optional[str]] = [None] * len(batch)
+                for i, (r, t) in enumerate(zip(batch, texts)):
+                    if cfg.filters.drop_empty and not t.strip():
+                        reasons[i] = "empty"
+                    elif instruct_filters:
+                        reasons[i] = check_instruct(r.data, instruct_filters)
+                for f in doc_filters:
+                    live = [i for i, why in enumerate(reasons) if why is None]
+                    if not live:
+                        break
+                    for i, why in zip(live, f.check_batch([texts[i] for i in live])):
+                        reasons[i] = why
+                kept_texts = []
+                for r, t, why in zip(batch, texts, reasons):
+                    if why is not None:
+                        report.removed[why] += 1
+                        continue
+                    stage.write(json.dumps(r.data, ensure_ascii=False) + "\n")
+                    kept_texts.append(t)
+                survivors += len(kept_texts)
+                collector.add(kept_texts)
+                if progress is not None:
+                    progress(report.documents_in, report.bytes_in)
+
+        result = collector.finish()
+        for reason, n in result.removed_counts().items():
+            report.removed[reason] += n
+        report.clusters = result.num_clusters
+        keep = result.keep
+
+        # Pass 2: the kept records, in input order, into shards under staging/out.
+        shard_dir = os.path.join(staging, "out")
+        samples: dict[int, str] = {}
+        wanted = {members[0]: idx for idx, members in enumerate(result.largest_clusters(5))}
+        with open(stage_path, encoding="utf-8") as stage, ShardWriter(
+            shard_dir,
+            prefix=cfg.output.prefix,
+            fmt=cfg.output.format,
+            max_records=cfg.output.max_records,
+            max_bytes=cfg.output.max_bytes,
+            compression=cfg.output.compression,
+        ) as writer:
+            for i, line in enumerate(stage):
+                if i in wanted:
+                    samples[i] = chat.record_text(json.loads(line), cfg.input.text_field)
+                if keep[i]:
+                    data = json.loads(line)
+                    writer.write(data)
+                    report.kept += 1
+                    report.bytes_out += len(chat.record_text(data, cfg.input.text_field).encode("utf-8", "surrogatepass"))
+        if survivors != len(keep):
+            raise AssertionError(f"dedup saw {len(keep)} documents, the filters passed {survivors}")
+        report.largest_clusters = [
+            {"size": len(members), "members": members[:10], "sample": samples.get(members[0], "")[:300]}
+            for members in result.largest_clusters(5)
+        ]
+
+        report.malformed.update(errors.counts)
+        report.documents_in += errors.total
+        report.malformed_samples = [dataclasses.asdict(b) for b in errors.samples]
+        report.seconds = time.perf_counter() - t0
+        report.check()
+
+        # Publish: replace earlier shards of this prefix, then move the new ones in.
+        for old in glob.glob(os.path.join(out_dir, f"{cfg.output.prefix}-*")):
+            os.unlink(old)
+        for path in writer.paths:
+            final = os.path.join(out_dir, os.path.basename(path))
+            os.replace(path, final)
+            report.outputs.append(final)
+        report.write_json(os.path.join(out_dir, "report.json"))
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
