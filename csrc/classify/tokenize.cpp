@@ -115,8 +115,23 @@ void tokenize(std::string_view text, Words& out) {
   size_t i = 0;
   while (i < text.size()) {
     unsigned char c = static_cast<unsigned char>(text[i]);
-    // ASCII fast path: most text is ASCII.
-    uint32_t cp = c < 0x80 ? (++i, c) : decode_utf8(text, i);
+    if (c < 0x80) {  // ASCII fast path (inline, no table calls): most text is ASCII
+      ++i;
+      const unsigned char lc = c | 0x20;  // lowercases letters; digits are unchanged
+      if ((lc >= 'a' && lc <= 'z') || (c >= '0' && c <= '9')) {
+        if (!in_word) {
+          if (!out.begin.empty()) out.buf.push_back(' ');
+          out.begin.push_back(out.buf.size());
+          in_word = true;
+        }
+        out.buf.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? lc : c));
+      } else if (in_word) {
+        out.end.push_back(out.buf.size());
+        in_word = false;
+      }
+      continue;
+    }
+    const uint32_t cp = decode_utf8(text, i);
     if (is_word_cp(cp)) {
       if (!in_word) {
         if (!out.begin.empty()) out.buf.push_back(' ');
