@@ -384,3 +384,12 @@ def test_train_classifier_cli(monkeypatch, tmp_path, capsys):
     assert TextClassifier.load(out).labels == ["class0", "class1"]
     rc = cli_main.main(["data", "train-classifier", "a.jsonl", "-o", str(out), "--strict"])
     assert rc == 2 and "a.jsonl:6" in capsys.readouterr().err
+
+
+def test_large_documents():
+    word = "a" * 1_000_000  # one huge word: 1 unigram + (L+2-n+1) char n-grams for n = 3, 4, 5
+    offsets, ids = _C.classify_featurize([word, "x " * 500_000], 2**20, 2, 3, 5)
+    assert int(offsets[1]) == 1 + sum(1_000_002 - n + 1 for n in (3, 4, 5))
+    assert int(offsets[2] - offsets[1]) == 500_000 + 499_999 + 500_000  # unigrams, bigrams, "<x>"
+    clf = TextClassifier.train([word, "b " * 100_000], ["x", "y"], buckets=2**10, epochs=1)
+    assert clf.predict([word]) == ["x"]
