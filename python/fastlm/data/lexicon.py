@@ -6,7 +6,9 @@ word characters; punctuation, symbols and spaces separate words) and are lowerca
 matching is case-insensitive and never inside a word: "ass" matches "Ass!" and "ass_hat" (the
 underscore separates words) but not "class" or "assé". Multi-word entries
 match consecutive words whatever separates them ("bad  word", "bad-word", "bad, word").
-Text is expected NFC-normalized (the normalize step does it) for accented entries to match.
+Entries and texts are compared in Unicode NFC, so "naïve" matches whether the text spells the
+"ï" as one code point or as "i" + combining diaeresis (texts already in NFC, such as the output
+of the normalize step, are passed through without copying).
 Scripts written without spaces (Chinese, Japanese, Thai) have no word boundaries here: an
 entry matches only a whole run of such characters.
 """
@@ -14,6 +16,7 @@ entry matches only a whole run of such characters.
 from __future__ import annotations
 
 import os
+import unicodedata
 from typing import Iterable, Optional, Sequence
 
 from fastlm.data.filter_base import DocFilter
@@ -95,13 +98,24 @@ class LexiconFilter(DocFilter):
         self.max_hits = max_hits if max_hits is not None else (0 if max_ratio is None else None)
         self.max_ratio = max_ratio
         self.num_threads = num_threads
-        self._lexicon = _C.Lexicon(words)  # TypeError / ValueError on bad entries
+        for i, w in enumerate(words):
+            if not isinstance(w, str):
+                raise TypeError(f"lexicon entry {i} must be str, not {type(w).__name__}")
+        self._lexicon = _C.Lexicon([unicodedata.normalize("NFC", w) for w in words])
 
     def __len__(self) -> int:
         return self._lexicon.size
 
     def count(self, texts: Sequence[str]) -> tuple[list[int], list[int]]:
-        """(hits, words) per document."""
+        """(hits, words) per document.
+
+        >>> LexiconFilter.from_words(["bad", "bad word"]).count(["A bad word.", "fine"])
+        ([2, 0], [3, 1])
+        """
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a list of str, not a single string")
+        texts = [t if not isinstance(t, str) or unicodedata.is_normalized("NFC", t)
+                 else unicodedata.normalize("NFC", t) for t in texts]
         hits, words = self._lexicon.count(texts, self.num_threads)
         return hits.tolist(), words.tolist()
 
