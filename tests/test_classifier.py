@@ -393,3 +393,35 @@ def test_large_documents():
     assert int(offsets[2] - offsets[1]) == 500_000 + 499_999 + 500_000  # unigrams, bigrams, "<x>"
     clf = TextClassifier.train([word, "b " * 100_000], ["x", "y"], buckets=2**10, epochs=1)
     assert clf.predict([word]) == ["x"]
+
+
+def test_classify_cli(monkeypatch, tmp_path, capsys):
+    from fastlm.cli import main as cli_main
+    from fastlm.data.records import Record
+
+    texts, labels = synthetic(300, 2, 31)
+    model = tmp_path / "m.fastlm-cls"
+    TextClassifier.train(texts, labels, buckets=2**12).save(model)
+    rows = [{"id": i, "text": t} for i, t in enumerate(texts[:50])]
+    rows[3] = {"id": 3}
+
+    def read_records(inputs, *, text_field, errors):
+        for i, row in enumerate(rows, 1):
+            yield Record(dict(row), "b.jsonl", i)
+
+    if "fastlm.data.readers" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "fastlm.data.readers", types.SimpleNamespace(read_records=read_records))
+    else:
+        monkeypatch.setattr(sys.modules["fastlm.data.readers"], "read_records", read_records)
+    out = tmp_path / "scored.jsonl"
+    rc = cli_main.main(["data", "classify", "b.jsonl", "-m", str(model), "-o", str(out), "--batch-size", "7"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "b.jsonl:4: missing_field" in captured.err and "scored 49 records" in captured.out
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in got] == [i for i in range(50) if i != 3]
+    want = TextClassifier.load(model).predict_proba([r["text"] for r in got])
+    for r, p in zip(got, want):
+        assert r["classifier"]["class0"] == pytest.approx(p[0], abs=1e-6)
+        assert r["classifier"]["class1"] == pytest.approx(p[1], abs=1e-6)
+    assert sorted(os.listdir(tmp_path)) == ["m.fastlm-cls", "scored.jsonl"]

@@ -1,11 +1,16 @@
-"""`fastlm data train-classifier`: train a hashed n-gram text classifier on labeled records."""
+"""`fastlm data train-classifier` and `fastlm data classify`: train a hashed n-gram text
+classifier on labeled records, and score records with it."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import sys
+import tempfile
 import time
+from collections import Counter
 
 from fastlm.data.records import ErrorLog
 
@@ -42,6 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="training threads; 1 is deterministic (default 1)")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed record")
     p.set_defaults(func=run)
+
+    c = subparsers.add_parser(
+        "classify", help="score records with a trained classifier (adds class probabilities)",
+        description="Add each record's class probabilities (a {label: probability} object) under "
+                    "--field and write JSONL; every other field is kept.")
+    c.add_argument("inputs", nargs="+", metavar="INPUT", help="files (txt/JSONL/JSON/Parquet), dirs, globs or -")
+    c.add_argument("-m", "--model", required=True, help="model written by train-classifier")
+    c.add_argument("-o", "--output", required=True, help="JSONL file to write (atomically)")
+    c.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    c.add_argument("--field", default="classifier", help="output field for the probabilities (default: classifier)")
+    c.add_argument("--batch-size", type=int, default=4096, help="records per native call (default 4096)")
+    c.add_argument("--threads", type=int, default=0, help="prediction threads, 0 = all (default)")
+    c.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    c.set_defaults(func=run_classify)
 
 
 def _read_labeled(args, errors: ErrorLog):
@@ -112,5 +131,58 @@ def run(args: argparse.Namespace) -> int:
     if valid:
         _print_eval("valid", clf.evaluate([texts[i] for i in valid], [labels[i] for i in valid]))
     clf.save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from fastlm.data.classifier import TextClassifier
+    from fastlm.data.readers import read_records
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = TextClassifier.load(args.model)
+    errors = ErrorLog(strict=args.strict)
+    predicted: Counter = Counter()
+    written = 0
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=out_dir)
+    t0 = time.perf_counter()
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            batch: list = []
+
+            def flush() -> None:
+                nonlocal written
+                proba = model.predict_proba([r.data[args.text_field] for r in batch], num_threads=args.threads)
+                for rec, p in zip(batch, proba):
+                    rec.data[args.field] = {str(label): round(float(x), 6) for label, x in zip(model.labels, p)}
+                    predicted[model.labels[int(p.argmax())]] += 1
+                    out.write(json.dumps(rec.data, ensure_ascii=False) + "\n")
+                written += len(batch)
+                batch.clear()
+
+            for rec in read_records(args.inputs, text_field=args.text_field, errors=errors):
+                if not isinstance(rec.data.get(args.text_field), str):
+                    errors.add(rec.source, rec.line, "missing_field", f"no string field {args.text_field!r}")
+                    continue
+                batch.append(rec)
+                if len(batch) >= args.batch_size:
+                    flush()
+            if batch:
+                flush()
+        os.replace(tmp, args.output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dt = time.perf_counter() - t0
+    if errors.total:
+        print(f"skipped {errors.total} malformed records: "
+              + ", ".join(f"{r} {n}" for r, n in sorted(errors.counts.items())), file=sys.stderr)
+        for bad in errors.samples:
+            print(f"  {bad}", file=sys.stderr)
+    print(f"scored {written} records in {dt:.2f} s; predicted: "
+          + ", ".join(f"{label}: {predicted[label]}" for label in model.labels))
     print(f"wrote {args.output}")
     return 0
