@@ -57,3 +57,13 @@ void Lexicon::count_batch(const std::vector<std::string_view>& texts, int64_t* h
 }
 
 }  // namespace fastlm::classify
+
+// Performance notes (4 MB of pydoc + Shakespeare paragraphs, 1 thread, shared 2-core VM, so
+// +-30% between runs; benchmarks/bench_classifier.py):
+// - Tokenize once + one hash lookup per word (more only while a run is a phrase prefix):
+//   ~100-120 MB/s with 1, 18 or 20,000 entries alike (the table size barely matters), vs ~33 MB/s
+//   for one Python `re` alternation with \b (which also misses overlapping matches) and ~7 MB/s
+//   for Python tokenize + set lookups. Kept.
+// - Aho-Corasick over the lowercased word buffer was considered, not built: the tokenizer pass
+//   (needed anyway for Unicode boundaries and lowercasing) is about half of the time, so it could
+//   at most roughly double the speed, at the cost of an automaton and boundary re-checks.
