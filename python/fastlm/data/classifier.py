@@ -140,11 +140,11 @@ class TextClassifier:
         """
         from fastlm import _C
 
-        config = ClassifierConfig(buckets=buckets, word_ngrams=word_ngrams,
-                                  char_ngrams=tuple(char_ngrams) if char_ngrams is not None else None,
-                                  epochs=epochs, lr=float(lr) if isinstance(lr, (int, float)) else lr,
-                                  l2=float(l2) if isinstance(l2, (int, float)) else l2, seed=seed)
+        config = ClassifierConfig(buckets=buckets, word_ngrams=word_ngrams, char_ngrams=char_ngrams,
+                                  epochs=epochs, lr=lr, l2=l2, seed=seed)
         config.validate()
+        config.char_ngrams = tuple(char_ngrams) if char_ngrams is not None else None
+        config.lr, config.l2 = float(lr), float(l2)
         texts = _check_texts(texts)
         labels = _check_labels(labels)
         if len(texts) != len(labels):
