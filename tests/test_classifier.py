@@ -355,6 +355,16 @@ def test_detoxify_with_weights_uses_local_checkpoint(monkeypatch, tmp_path):
 
 # -- CLI ----------------------------------------------------------------------------------------------
 
+def _patch_readers(monkeypatch, read_records):
+    """Replace fastlm.data.readers.read_records (a stand-in module until the readers land)."""
+    try:
+        import fastlm.data.readers as readers
+    except ModuleNotFoundError:
+        monkeypatch.setitem(sys.modules, "fastlm.data.readers", types.SimpleNamespace(read_records=read_records))
+    else:
+        monkeypatch.setattr(readers, "read_records", read_records)
+
+
 def test_train_classifier_cli(monkeypatch, tmp_path, capsys):
     from fastlm.cli import main as cli_main
     from fastlm.data.records import Record
@@ -369,10 +379,7 @@ def test_train_classifier_cli(monkeypatch, tmp_path, capsys):
         for i, row in enumerate(rows, 1):
             yield Record(row, "a.jsonl", i)
 
-    if "fastlm.data.readers" not in sys.modules:
-        monkeypatch.setitem(sys.modules, "fastlm.data.readers", types.SimpleNamespace(read_records=read_records))
-    else:
-        monkeypatch.setattr(sys.modules["fastlm.data.readers"], "read_records", read_records)
+    _patch_readers(monkeypatch, read_records)
     out = tmp_path / "m.fastlm-cls"
     rc = cli_main.main(["data", "train-classifier", "a.jsonl", "-o", str(out), "--buckets", "4096",
                         "--valid-fraction", "0.25"])
@@ -409,10 +416,7 @@ def test_classify_cli(monkeypatch, tmp_path, capsys):
         for i, row in enumerate(rows, 1):
             yield Record(dict(row), "b.jsonl", i)
 
-    if "fastlm.data.readers" not in sys.modules:
-        monkeypatch.setitem(sys.modules, "fastlm.data.readers", types.SimpleNamespace(read_records=read_records))
-    else:
-        monkeypatch.setattr(sys.modules["fastlm.data.readers"], "read_records", read_records)
+    _patch_readers(monkeypatch, read_records)
     out = tmp_path / "scored.jsonl"
     rc = cli_main.main(["data", "classify", "b.jsonl", "-m", str(model), "-o", str(out), "--batch-size", "7"])
     captured = capsys.readouterr()
@@ -425,3 +429,22 @@ def test_classify_cli(monkeypatch, tmp_path, capsys):
         assert r["classifier"]["class0"] == pytest.approx(p[0], abs=1e-6)
         assert r["classifier"]["class1"] == pytest.approx(p[1], abs=1e-6)
     assert sorted(os.listdir(tmp_path)) == ["m.fastlm-cls", "scored.jsonl"]
+
+
+def test_train_classifier_cli_real_reader(tmp_path, capsys):
+    pytest.importorskip("fastlm.data.readers")
+    from fastlm.cli import main as cli_main
+
+    texts, labels = synthetic(400, 2, 41)
+    src = tmp_path / "lab.jsonl"
+    lines = [json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels)]
+    lines[2] = json.dumps({"text": "unlabeled"})
+    lines[4] = "{not json"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m.fastlm-cls"
+    rc = cli_main.main(["data", "train-classifier", str(src), "-o", str(out), "--buckets", "4096"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"{src}:3: missing_label" in captured.err and f"{src}:5:" in captured.err
+    assert "read 398 labeled records" in captured.out
+    assert TextClassifier.load(out).labels == ["class0", "class1"]
