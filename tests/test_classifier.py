@@ -357,6 +357,9 @@ def test_detoxify_with_weights_uses_local_checkpoint(monkeypatch, tmp_path):
 
 def _patch_readers(monkeypatch, read_records):
     """Replace fastlm.data.readers.read_records (a stand-in module until the readers land)."""
+    from fastlm.cli import main as cli_main
+
+    cli_main.build_parser()  # import every command module first, so none binds the stand-in for good
     try:
         import fastlm.data.readers as readers
     except ModuleNotFoundError:
