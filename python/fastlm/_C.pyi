@@ -1,3 +1,33 @@
 """Type stub of the private native module fastlm._C (use the fastlm package API)."""
 
 __version__: str
+
+# -- classifier area (csrc/classify, csrc/bindings/classifier.cpp) ---------------------------------
+import numpy as np
+from typing import Sequence
+
+def classify_tokenize(text: str) -> list[str]:
+    """Lowercased words of a text (Unicode-aware word boundaries)."""
+
+def classify_featurize(texts: Sequence[str], buckets: int, word_ngrams: int, char_min: int, char_max: int,
+                       num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Feature ids of each text as CSR: (offsets uint64 [n+1], ids uint32)."""
+
+def classify_train(texts: Sequence[str], labels: np.ndarray, num_classes: int, buckets: int, word_ngrams: int,
+                   char_min: int, char_max: int, epochs: int, lr: float, l2: float, seed: int,
+                   num_threads: int = 1) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """AdaGrad training: (weights float32 [buckets, k], bias float32 [k], mean loss per epoch)."""
+
+def classify_predict_proba(texts: Sequence[str], weights: np.ndarray, bias: np.ndarray, word_ngrams: int,
+                           char_min: int, char_max: int, num_threads: int = 0) -> np.ndarray:
+    """Class probabilities float32 [n, k]."""
+
+class Lexicon:
+    """Word/phrase lexicon matched on Unicode word boundaries."""
+    def __init__(self, phrases: Sequence[str]) -> None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def max_words(self) -> int: ...
+    def count(self, texts: Sequence[str], num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(hits int64 [n], words int64 [n])."""
