@@ -86,7 +86,7 @@ class CleanConfig:
     num_threads: int = 0  # native threads; 0 = all cores
 
 
-def build_doc_filters(config: FilterConfig) -> list[DocFilter]:
+def build_doc_filters(config: FilterConfig, *, num_threads: int = 0) -> list[DocFilter]:
     """The document filters the config enables, in the order they run."""
     filters: list[DocFilter] = []
     if config.gopher_quality or config.gopher_repetition or config.c4 or config.fineweb:
@@ -101,12 +101,12 @@ def build_doc_filters(config: FilterConfig) -> list[DocFilter]:
     if config.lexicon:
         from fastlm.data.lexicon import LexiconFilter
 
-        filters.append(LexiconFilter.from_file(config.lexicon))
+        filters.append(LexiconFilter(config.lexicon, num_threads=num_threads))
     if config.classifier:
-        from fastlm.data.classifier import ClassifierFilter, TextClassifier
+        from fastlm.data.classifier import ClassifierFilter
 
-        model = TextClassifier.load(config.classifier)
-        filters.append(ClassifierFilter(model, label=config.classifier_label, threshold=config.classifier_threshold))
+        filters.append(ClassifierFilter(config.classifier, label=config.classifier_label,
+                                        threshold=config.classifier_threshold, num_threads=num_threads))
     if config.detoxify:
         from fastlm.data.classifier import DetoxifyFilter
 
@@ -183,7 +183,7 @@ def clean(
     report = StageReport(params=dataclasses.asdict(cfg))
     errors = ErrorLog(strict=cfg.input.strict)
     normalizer = _Normalizer(cfg.normalize, cfg.input.text_field, cfg.num_threads)
-    doc_filters = build_doc_filters(cfg.filters)
+    doc_filters = build_doc_filters(cfg.filters, num_threads=cfg.num_threads)
     instruct_filters = (
         build_instruct_filters(InstructConfig(max_chars=cfg.filters.max_chars)) if cfg.filters.instruct else []
     )
