@@ -62,10 +62,11 @@ FTFY_DEFAULTS: dict = {
 }
 
 _HTML_DROP = frozenset({"script", "style", "noscript", "template", "head", "svg"})
-_HTML_BLOCK = frozenset(
-    "address article aside blockquote br dd details dialog div dl dt fieldset figcaption figure "
-    "footer form h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table tbody "
-    "td tfoot th thead title tr ul".split())
+# Tags that end a paragraph (a blank line) and tags that end a line (one newline).
+_HTML_PARAGRAPH = frozenset(
+    "address article aside blockquote details dialog div dl fieldset figcaption figure footer "
+    "form h1 h2 h3 h4 h5 h6 header hr main nav ol p pre section summary table title ul".split())
+_HTML_LINE = frozenset("br dd dt li tr".split())
 
 
 @dataclass
@@ -283,36 +284,48 @@ class _TextExtractor(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.parts: list = []
         self.skip = 0  # depth inside script/style/...
+        self.pending = 0  # newlines owed before the next text (2 = paragraph break)
+
+    def _break(self, tag):
+        if tag in _HTML_PARAGRAPH:
+            self.pending = 2
+        elif tag in _HTML_LINE:
+            self.pending = max(self.pending, 1)
 
     def handle_starttag(self, tag, attrs):
         if tag in _HTML_DROP:
             self.skip += 1
-        elif tag in _HTML_BLOCK:
-            self.parts.append("\n")
+        self._break(tag)
 
     def handle_startendtag(self, tag, attrs):
-        if tag in _HTML_BLOCK:
-            self.parts.append("\n")
+        self._break(tag)
 
     def handle_endtag(self, tag):
         if tag in _HTML_DROP:
             self.skip = max(0, self.skip - 1)
-        elif tag in _HTML_BLOCK:
-            self.parts.append("\n")
+        self._break(tag)
 
     def handle_data(self, data):
-        if not self.skip:
-            self.parts.append(data)
+        if self.skip or not data:
+            return
+        if data.isspace():  # source formatting between tags: a space at most
+            if not self.pending:
+                self.parts.append(" ")
+            return
+        if self.pending and self.parts:
+            self.parts.append("\n" * self.pending)
+        self.pending = 0
+        self.parts.append(data)
 
 
 def html_to_text(text: str) -> str:
     """Text content of an HTML document: tags and script/style dropped, entities decoded.
 
-    Block-level tags (p, div, br, li, h1..., tr, ...) become newlines; the whitespace step later
-    collapses the runs this leaves.
+    Paragraph-level tags (p, div, h1..., ul, table, ...) become a blank line; br, li, tr, dt, dd
+    a newline. Whitespace inside text is left for the whitespace step.
 
-    >>> html_to_text("<p>Fish &amp; chips</p><script>x()</script><p>two</p>")
-    '\\nFish & chips\\n\\ntwo\\n'
+    >>> html_to_text("<p>Fish &amp; chips</p><script>x()</script><ul><li>a<li>b</ul>")
+    'Fish & chips\\n\\na\\nb'
     """
     parser = _TextExtractor()
     parser.feed(text)
