@@ -7,8 +7,11 @@ import random
 import pydoc_data.topics
 import pytest
 
+from fastlm import _C
+
 from fastlm.data.quality import (C4QualityFilter, FineWebQualityFilter, GopherQualityConfig,
-                                 GopherQualityFilter, GopherRepetitionFilter, words_of)
+                                 GopherQualityFilter, GopherRepetitionFilter, _STRIP_CODEPOINTS,
+                                 words_of)
 from reference_text import (fineweb_stats, gopher_quality_stats, gopher_repetition_stats,
                             ref_words)
 
@@ -265,3 +268,23 @@ def test_config_overrides_and_errors():
     assert GopherQualityFilter(min_words=None, min_stop_words=None).check("") is None
     with pytest.raises(ValueError, match="known options"):
         GopherQualityFilter(min_wrods=3)
+
+
+def test_native_repetition_stats_match_python():
+    f = GopherRepetitionFilter(top_ngrams=((1, 0.5), (2, 0.2), (3, 0.18)),
+                               dup_ngrams=((2, 0.1), (5, 0.15), (10, 0.1)))
+    rng = random.Random(11)
+    alphabet = list("ab .,\n\n\r\t\x0b\x1c\x85\u2028\u3000é😀-") + ["the ", "cat ", "x\r\n"]
+    docs = SAMPLE + ["".join(rng.choice(alphabet) for _ in range(rng.randrange(60)))
+                     for _ in range(800)]
+    rows = _C.text_repetition_stats(docs, strip=_STRIP_CODEPOINTS, top_ns=[1, 2, 3],
+                                    dup_ns=[2, 5, 10], num_threads=2)
+    for d, row in zip(docs, rows):
+        assert row.tolist() == f.stats_python(d), repr(d[:80])
+
+
+def test_native_repetition_bad_input():
+    with pytest.raises(ValueError, match="n-gram"):
+        _C.text_repetition_stats(["a b"], strip=[], top_ns=[0], dup_ns=[])
+    with pytest.raises(TypeError):
+        _C.text_repetition_stats([1], strip=[], top_ns=[2], dup_ns=[])

@@ -1,5 +1,6 @@
 // Bindings for the text area: reads CPython's PEP 393 string storage without copying,
 // releases the GIL for the scans, and builds result strings in canonical form.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -8,6 +9,7 @@
 
 #include "common/error.h"
 #include "text/clean.h"
+#include "text/repetition.h"
 #include "text/scan.h"
 
 namespace py = pybind11;
@@ -109,4 +111,24 @@ void bind_text(py::module_& m) {
       py::arg("texts"), py::kw_only(), py::arg("remove_control"), py::arg("whitespace"),
       py::arg("keep_indentation"), py::arg("max_blank_lines"), py::arg("num_threads") = 0,
       "Control-character removal and whitespace normalization of each text, one pass each.");
+  m.def(
+      "text_repetition_stats",
+      [](const py::object& texts, const std::vector<uint32_t>& strip, const std::vector<int>& top_ns,
+         const std::vector<int>& dup_ns, int num_threads) {
+        py::sequence seq = as_sequence(texts);
+        fastlm::text::RepetitionOptions opt{strip, top_ns, dup_ns};
+        std::vector<CodeUnits> views = views_of(seq);
+        std::vector<int64_t> flat;
+        {
+          py::gil_scoped_release release;
+          flat = fastlm::text::repetition_stats_batch(views, opt, num_threads);
+        }
+        const size_t width = fastlm::text::kRepetitionFixed + top_ns.size() + dup_ns.size();
+        py::array_t<int64_t> out({views.size(), width});
+        std::copy(flat.begin(), flat.end(), out.mutable_data());
+        return out;
+      },
+      py::arg("texts"), py::kw_only(), py::arg("strip"), py::arg("top_ns"), py::arg("dup_ns"),
+      py::arg("num_threads") = 0,
+      "Gopher repetition counts per text as an int64 array (layout: csrc/text/repetition.h).");
 }

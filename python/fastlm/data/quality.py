@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
+from fastlm import _C
 from fastlm.data.filter_base import DocFilter
 
 __all__ = ["C4QualityConfig", "C4QualityFilter", "FineWebQualityConfig", "FineWebQualityFilter",
@@ -41,6 +42,7 @@ __all__ = ["C4QualityConfig", "C4QualityFilter", "FineWebQualityConfig", "FineWe
            "GopherRepetitionFilter", "words_of"]
 
 _STRIP = string.punctuation + "“”‘’«»‹›„‚…–—―·•¡¿"
+_STRIP_CODEPOINTS = sorted(map(ord, set(_STRIP)))
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*(?:\s|$)")
 
@@ -166,6 +168,7 @@ class GopherRepetitionConfig:
     top_ngrams: tuple = ((2, 0.20), (3, 0.18), (4, 0.16))  # top n-gram character fraction
     dup_ngrams: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11),
                          (10, 0.10))  # duplicate n-gram character fraction
+    num_threads: int = 0  # native statistics threads; 0 = all cores
 
 
 def _duplicates(items: list) -> tuple:
@@ -222,29 +225,49 @@ class GopherRepetitionFilter(_ConfiguredFilter):
     config_class = GopherRepetitionConfig
 
     def check(self, text: str) -> Optional[str]:
+        return self.check_batch([text])[0]
+
+    def check_batch(self, texts) -> list:
+        """Reasons for a batch: one native statistics pass (GIL released, threads)."""
         c = self.config
-        total = len(text)
+        rows = _C.text_repetition_stats(list(texts), strip=_STRIP_CODEPOINTS,
+                                        top_ns=[n for n, _ in c.top_ngrams],
+                                        dup_ns=[n for n, _ in c.dup_ngrams],
+                                        num_threads=c.num_threads)
+        return [self._decide(row.tolist()) for row in rows]
+
+    def stats_python(self, text: str) -> list:
+        """The statistics row of ``_C.text_repetition_stats`` in plain Python (the reference)."""
+        c = self.config
+        paragraphs = _PARAGRAPH_RE.split(text.strip())
+        lines = [line for line in text.splitlines() if line.strip()]
+        words = words_of(text)
+        return [len(text), len(paragraphs), *_duplicates(paragraphs), len(lines),
+                *_duplicates(lines), *(_top_ngram_chars(words, n) for n, _ in c.top_ngrams),
+                *(_dup_ngram_chars(words, n) for n, _ in c.dup_ngrams)]
+
+    def _decide(self, row: list) -> Optional[str]:
+        c = self.config
+        total, n_para, dup_para, dup_para_chars, n_lines, dup_lines, dup_line_chars = row[:7]
         if total == 0:
             return None
-        paragraphs = _PARAGRAPH_RE.split(text.strip())
-        count, chars = _duplicates(paragraphs)
-        if c.max_dup_para_frac is not None and count / len(paragraphs) > c.max_dup_para_frac:
+        if c.max_dup_para_frac is not None and dup_para / n_para > c.max_dup_para_frac:
             return self._reject("dup_para_frac")
-        if c.max_dup_para_char_frac is not None and chars / total > c.max_dup_para_char_frac:
+        if c.max_dup_para_char_frac is not None and dup_para_chars / total > c.max_dup_para_char_frac:
             return self._reject("dup_para_char_frac")
-        lines = [line for line in text.splitlines() if line.strip()]
-        count, chars = _duplicates(lines)
-        if c.max_dup_line_frac is not None and count / max(1, len(lines)) > c.max_dup_line_frac:
+        if c.max_dup_line_frac is not None and dup_lines / max(1, n_lines) > c.max_dup_line_frac:
             return self._reject("dup_line_frac")
-        if c.max_dup_line_char_frac is not None and chars / total > c.max_dup_line_char_frac:
+        if c.max_dup_line_char_frac is not None and dup_line_chars / total > c.max_dup_line_char_frac:
             return self._reject("dup_line_char_frac")
-        words = words_of(text)
+        k = 7
         for n, frac in c.top_ngrams:
-            if _top_ngram_chars(words, n) / total > frac:
+            if row[k] / total > frac:
                 return self._reject(f"top_{n}_gram")
+            k += 1
         for n, frac in c.dup_ngrams:
-            if _dup_ngram_chars(words, n) / total > frac:
+            if row[k] / total > frac:
                 return self._reject(f"dup_{n}_gram")
+            k += 1
         return None
 
 

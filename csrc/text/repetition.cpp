@@ -1,0 +1,199 @@
+// Gopher repetition statistics in one native pass per document; the Python definitions in
+// python/fastlm/data/quality.py are the reference (tests/test_quality.py compares them).
+#include "text/repetition.h"
+
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+
+namespace fastlm {
+namespace text {
+
+namespace {
+
+// A [begin, end) range of code units in the document; equality compares contents exactly
+// (no hash-only comparisons, so the counts match Python's set/Counter semantics).
+struct Span {
+  size_t begin, end;
+};
+
+template <typename CharT>
+struct SpanOps {
+  const CharT* s;
+  size_t operator()(const Span& x) const {  // FNV-1a over code units
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = x.begin; i < x.end; ++i) h = (h ^ s[i]) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+  bool operator()(const Span& a, const Span& b) const {
+    return a.end - a.begin == b.end - b.begin && std::equal(s + a.begin, s + a.end, s + b.begin);
+  }
+};
+
+// Count items already seen, and their total length (Python: _duplicates).
+template <typename CharT>
+void duplicates(const CharT* s, const std::vector<Span>& items, int64_t& count, int64_t& chars) {
+  SpanOps<CharT> ops{s};
+  std::unordered_set<Span, SpanOps<CharT>, SpanOps<CharT>> seen(items.size() * 2 + 1, ops, ops);
+  count = chars = 0;
+  for (const Span& x : items) {
+    if (!seen.insert(x).second) {
+      ++count;
+      chars += static_cast<int64_t>(x.end - x.begin);
+    }
+  }
+}
+
+// n-grams as start indices into the word-id array; equality compares n ids.
+struct GramOps {
+  const std::vector<uint32_t>* ids;
+  int n;
+  size_t operator()(size_t start) const {
+    uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (int k = 0; k < n; ++k) h = (h ^ (*ids)[start + k]) * 0xFF51AFD7ED558CCDull;
+    return static_cast<size_t>(h ^ (h >> 29));
+  }
+  bool operator()(size_t a, size_t b) const {
+    return std::equal(ids->begin() + a, ids->begin() + a + n, ids->begin() + b);
+  }
+};
+
+template <typename CharT>
+std::vector<int64_t> stats_impl(const CharT* s, size_t n, const RepetitionOptions& opt) {
+  std::vector<int64_t> row(kRepetitionFixed + opt.top_ns.size() + opt.dup_ns.size(), 0);
+  row[0] = static_cast<int64_t>(n);
+  auto strip_char = [&](uint32_t c) {
+    return std::find(opt.strip.begin(), opt.strip.end(), c) != opt.strip.end();
+  };
+
+  // Paragraphs: text.strip() split on runs of two or more "\n".
+  size_t b = 0, e = n;
+  while (b < e && is_py_space(s[b])) ++b;
+  while (e > b && is_py_space(s[e - 1])) --e;
+  std::vector<Span> paras;
+  size_t start = b;
+  for (size_t i = b; i < e;) {
+    if (s[i] == '\n' && i + 1 < e && s[i + 1] == '\n') {
+      paras.push_back({start, i});
+      while (i < e && s[i] == '\n') ++i;
+      start = i;
+    } else {
+      ++i;
+    }
+  }
+  paras.push_back({start, e});
+  row[1] = static_cast<int64_t>(paras.size());
+  duplicates(s, paras, row[2], row[3]);
+
+  // Lines: str.splitlines(), keeping those with a non-space character.
+  std::vector<Span> lines;
+  start = 0;
+  bool content = false;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t c = s[i];
+    if (is_py_line_break(c)) {
+      if (content) lines.push_back({start, i});
+      if (c == '\r' && i + 1 < n && s[i + 1] == '\n') ++i;
+      start = i + 1;
+      content = false;
+    } else if (!is_py_space(c)) {
+      content = true;
+    }
+  }
+  if (content) lines.push_back({start, n});
+  row[4] = static_cast<int64_t>(lines.size());
+  duplicates(s, lines, row[5], row[6]);
+
+  // Words -> ids (exact content equality), and their lengths.
+  SpanOps<CharT> ops{s};
+  std::unordered_map<Span, uint32_t, SpanOps<CharT>, SpanOps<CharT>> vocab(64, ops, ops);
+  std::vector<uint32_t> ids;
+  std::vector<int64_t> lens;
+  for (size_t i = 0; i < n;) {
+    while (i < n && is_py_space(s[i])) ++i;
+    size_t tb = i;
+    while (i < n && !is_py_space(s[i])) ++i;
+    size_t te = i;
+    while (tb < te && strip_char(s[tb])) ++tb;
+    while (te > tb && strip_char(s[te - 1])) --te;
+    if (tb == te) continue;
+    auto it = vocab.emplace(Span{tb, te}, static_cast<uint32_t>(vocab.size())).first;
+    ids.push_back(it->second);
+    lens.push_back(static_cast<int64_t>(te - tb));
+  }
+  std::vector<int64_t> prefix(lens.size() + 1, 0);  // prefix sums of word lengths
+  for (size_t i = 0; i < lens.size(); ++i) prefix[i + 1] = prefix[i] + lens[i];
+  auto gram_chars = [&](size_t at, int g) { return prefix[at + g] - prefix[at] + (g - 1); };
+
+  for (size_t t = 0; t < opt.top_ns.size(); ++t) {
+    int g = opt.top_ns[t];
+    if (g <= 0 || ids.size() < static_cast<size_t>(g)) continue;
+    GramOps gops{&ids, g};
+    std::unordered_map<size_t, int64_t, GramOps, GramOps> counts(ids.size() * 2, gops, gops);
+    for (size_t i = 0; i + g <= ids.size(); ++i) ++counts[i];  // key: first occurrence
+    // Counter.most_common(1) returns, among the most frequent, the first inserted n-gram, i.e.
+    // the one that occurs earliest; the map keeps each n-gram's first start as its key.
+    int64_t best_count = 0;
+    size_t first_best = 0;
+    for (const auto& kv : counts) {
+      if (kv.second > best_count || (kv.second == best_count && kv.first < first_best)) {
+        best_count = kv.second;
+        first_best = kv.first;
+      }
+    }
+    row[kRepetitionFixed + t] = gram_chars(first_best, g) * best_count;
+  }
+  for (size_t t = 0; t < opt.dup_ns.size(); ++t) {
+    int g = opt.dup_ns[t];
+    if (g <= 0 || ids.size() < static_cast<size_t>(g)) continue;
+    GramOps gops{&ids, g};
+    std::unordered_set<size_t, GramOps, GramOps> seen(ids.size() * 2, gops, gops);
+    int64_t chars = 0;
+    for (size_t i = 0; i + g <= ids.size();) {
+      if (!seen.insert(i).second) {
+        chars += gram_chars(i, g);
+        i += g;
+      } else {
+        ++i;
+      }
+    }
+    row[kRepetitionFixed + opt.top_ns.size() + t] = chars;
+  }
+  return row;
+}
+
+}  // namespace
+
+std::vector<int64_t> repetition_stats(const CodeUnits& s, const RepetitionOptions& opt) {
+  switch (s.kind) {
+    case 1:
+      return stats_impl(static_cast<const uint8_t*>(s.data), s.len, opt);
+    case 2:
+      return stats_impl(static_cast<const uint16_t*>(s.data), s.len, opt);
+    case 4:
+      return stats_impl(static_cast<const uint32_t*>(s.data), s.len, opt);
+    default:
+      throw ValueError("string kind must be 1, 2 or 4");
+  }
+}
+
+std::vector<int64_t> repetition_stats_batch(const std::vector<CodeUnits>& docs,
+                                            const RepetitionOptions& opt, int num_threads) {
+  for (int g : opt.top_ns) check(g > 0, "n-gram sizes must be > 0");
+  for (int g : opt.dup_ns) check(g > 0, "n-gram sizes must be > 0");
+  const size_t width = kRepetitionFixed + opt.top_ns.size() + opt.dup_ns.size();
+  std::vector<int64_t> out(docs.size() * width, 0);
+  parallel_for(docs.size(), num_threads, 8, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      std::vector<int64_t> row = repetition_stats(docs[i], opt);
+      std::copy(row.begin(), row.end(), out.begin() + i * width);
+    }
+  });
+  return out;
+}
+
+}  // namespace text
+}  // namespace fastlm

@@ -1,0 +1,47 @@
+// Gopher repetition statistics (duplicate paragraphs/lines, top and duplicate word n-grams).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "text/scan.h"
+
+namespace fastlm {
+namespace text {
+
+// Which statistics to compute. Word boundaries follow Python's str.split(); each token is
+// stripped of leading/trailing code points in `strip` and dropped if nothing is left
+// (python/fastlm/data/quality.py::words_of).
+struct RepetitionOptions {
+  std::vector<uint32_t> strip;  // punctuation stripped from word ends
+  std::vector<int> top_ns;      // n for "top n-gram character fraction"
+  std::vector<int> dup_ns;      // n for "duplicate n-gram character fraction"
+};
+
+// Row layout of the result, per document (all counts in code points / items):
+// [0] len(text)  [1] paragraphs  [2] duplicate paragraphs  [3] their characters
+// [4] non-empty lines  [5] duplicate lines  [6] their characters
+// [7 + i] characters of the top top_ns[i]-gram  [7 + |top| + j] duplicate dup_ns[j]-gram chars
+constexpr size_t kRepetitionFixed = 7;
+
+std::vector<int64_t> repetition_stats(const CodeUnits& s, const RepetitionOptions& opt);
+
+// Rows for every document, row-major, (kRepetitionFixed + |top_ns| + |dup_ns|) per document.
+std::vector<int64_t> repetition_stats_batch(const std::vector<CodeUnits>& docs,
+                                            const RepetitionOptions& opt, int num_threads);
+
+// Python's str.isspace() for one code point (the separators of str.split / str.strip).
+inline bool is_py_space(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
+         c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+// Line boundaries of Python's str.splitlines() (\r\n counts as one).
+inline bool is_py_line_break(uint32_t c) {
+  return c == '\n' || c == '\r' || c == 0x0B || c == 0x0C || c == 0x1C || c == 0x1D ||
+         c == 0x1E || c == 0x85 || c == 0x2028 || c == 0x2029;
+}
+
+}  // namespace text
+}  // namespace fastlm
