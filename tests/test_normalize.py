@@ -253,3 +253,8 @@ def test_strip_latex():
     assert "$" not in drop and "mc^2" not in drop and "sum_i" not in drop
     with pytest.raises(ValueError):
         strip_latex("x", math="maybe")
+
+
+def test_normalizer_num_threads_override():
+    n = Normalizer(NormalizeConfig(num_threads=4), num_threads=1)
+    assert n.config.num_threads == 1 and n.normalize("a  b") == "a b"

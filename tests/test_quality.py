@@ -288,3 +288,11 @@ def test_native_repetition_bad_input():
         _C.text_repetition_stats(["a b"], strip=[], top_ns=[0], dup_ns=[])
     with pytest.raises(TypeError):
         _C.text_repetition_stats([1], strip=[], top_ns=[2], dup_ns=[])
+
+
+def test_build_filters():
+    from fastlm.data.quality import build_filters
+
+    assert [f.name for f in build_filters()] == ["gopher_quality", "gopher_repetition"]
+    names = [f.name for f in build_filters(gopher_quality=False, c4=True, fineweb=True, num_threads=1)]
+    assert names == ["gopher_repetition", "c4_quality", "fineweb_quality"]

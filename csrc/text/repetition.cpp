@@ -47,18 +47,61 @@ void duplicates(const CharT* s, const std::vector<Span>& items, int64_t& count, 
   }
 }
 
-// n-grams as start indices into the word-id array; equality compares n ids.
-struct GramOps {
-  const std::vector<uint32_t>* ids;
-  int n;
-  size_t operator()(size_t start) const {
-    uint64_t h = 0x9E3779B97F4A7C15ull;
-    for (int k = 0; k < n; ++k) h = (h ^ (*ids)[start + k]) * 0xFF51AFD7ED558CCDull;
-    return static_cast<size_t>(h ^ (h >> 29));
+// Open-addressing set of word n-grams, keyed by their first start index. Hashes are
+// polynomial rolling hashes of the word ids (O(1) per n-gram from prefix hashes); equal hashes
+// are confirmed by comparing the n ids, so results are exact.
+class GramTable {
+ public:
+  GramTable(const std::vector<uint32_t>& ids, const std::vector<uint64_t>& prefix,
+            const std::vector<uint64_t>& powers, int n)
+      : ids_(ids), prefix_(prefix), pow_n_(powers[n]), n_(n) {
+    size_t grams = ids.size() + 1 - static_cast<size_t>(n);
+    size_t cap = 16;
+    while (cap < grams * 2) cap <<= 1;
+    mask_ = cap - 1;
+    start_.assign(cap, kEmpty);
+    hash_.assign(cap, 0);
+    count_.assign(cap, 0);
   }
-  bool operator()(size_t a, size_t b) const {
-    return std::equal(ids->begin() + a, ids->begin() + a + n, ids->begin() + b);
+
+  // Adds the n-gram starting at word i; returns its slot (count_[slot] is its count so far).
+  size_t add(size_t i) {
+    uint64_t h = fmix(prefix_[i + n_] - prefix_[i] * pow_n_);
+    for (size_t slot = h & mask_;; slot = (slot + 1) & mask_) {
+      if (start_[slot] == kEmpty) {
+        start_[slot] = i;
+        hash_[slot] = h;
+        count_[slot] = 1;
+        return slot;
+      }
+      if (hash_[slot] == h &&
+          std::equal(ids_.begin() + i, ids_.begin() + i + n_, ids_.begin() + start_[slot])) {
+        ++count_[slot];
+        return slot;
+      }
+    }
   }
+  int64_t count(size_t slot) const { return count_[slot]; }
+  size_t start(size_t slot) const { return start_[slot]; }
+  size_t capacity() const { return start_.size(); }
+
+ private:
+  static constexpr size_t kEmpty = ~size_t{0};
+  static uint64_t fmix(uint64_t k) {  // MurmurHash3 finalizer: spreads the low bits we mask
+    k ^= k >> 33;
+    k *= 0xFF51AFD7ED558CCDull;
+    k ^= k >> 33;
+    k *= 0xC4CEB9FE1A85EC53ull;
+    return k ^ (k >> 33);
+  }
+  const std::vector<uint32_t>& ids_;
+  const std::vector<uint64_t>& prefix_;
+  uint64_t pow_n_;
+  size_t n_;
+  size_t mask_ = 0;
+  std::vector<size_t> start_;
+  std::vector<uint64_t> hash_;
+  std::vector<int64_t> count_;
 };
 
 template <typename CharT>
@@ -128,20 +171,28 @@ std::vector<int64_t> stats_impl(const CharT* s, size_t n, const RepetitionOption
   for (size_t i = 0; i < lens.size(); ++i) prefix[i + 1] = prefix[i] + lens[i];
   auto gram_chars = [&](size_t at, int g) { return prefix[at + g] - prefix[at] + (g - 1); };
 
+  // Rolling-hash prefixes over word ids: H[i+1] = H[i] * P + (id + 1).
+  constexpr uint64_t kP = 0x100000001B3ull;
+  std::vector<uint64_t> hprefix(ids.size() + 1, 0), powers(ids.size() + 1, 1);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    hprefix[i + 1] = hprefix[i] * kP + ids[i] + 1;
+    powers[i + 1] = powers[i] * kP;
+  }
+
   for (size_t t = 0; t < opt.top_ns.size(); ++t) {
     int g = opt.top_ns[t];
     if (g <= 0 || ids.size() < static_cast<size_t>(g)) continue;
-    GramOps gops{&ids, g};
-    std::unordered_map<size_t, int64_t, GramOps, GramOps> counts(ids.size() * 2, gops, gops);
-    for (size_t i = 0; i + g <= ids.size(); ++i) ++counts[i];  // key: first occurrence
+    GramTable table(ids, hprefix, powers, g);
+    for (size_t i = 0; i + g <= ids.size(); ++i) table.add(i);
     // Counter.most_common(1) returns, among the most frequent, the first inserted n-gram, i.e.
-    // the one that occurs earliest; the map keeps each n-gram's first start as its key.
+    // the one that occurs earliest; each slot keeps its n-gram's first start.
     int64_t best_count = 0;
     size_t first_best = 0;
-    for (const auto& kv : counts) {
-      if (kv.second > best_count || (kv.second == best_count && kv.first < first_best)) {
-        best_count = kv.second;
-        first_best = kv.first;
+    for (size_t slot = 0; slot < table.capacity(); ++slot) {
+      int64_t c = table.count(slot);
+      if (c > best_count || (c == best_count && c > 0 && table.start(slot) < first_best)) {
+        best_count = c;
+        first_best = table.start(slot);
       }
     }
     row[kRepetitionFixed + t] = gram_chars(first_best, g) * best_count;
@@ -149,11 +200,10 @@ std::vector<int64_t> stats_impl(const CharT* s, size_t n, const RepetitionOption
   for (size_t t = 0; t < opt.dup_ns.size(); ++t) {
     int g = opt.dup_ns[t];
     if (g <= 0 || ids.size() < static_cast<size_t>(g)) continue;
-    GramOps gops{&ids, g};
-    std::unordered_set<size_t, GramOps, GramOps> seen(ids.size() * 2, gops, gops);
+    GramTable table(ids, hprefix, powers, g);
     int64_t chars = 0;
     for (size_t i = 0; i + g <= ids.size();) {
-      if (!seen.insert(i).second) {
+      if (table.count(table.add(i)) > 1) {  // seen before: a repeat
         chars += gram_chars(i, g);
         i += g;
       } else {
@@ -197,3 +247,11 @@ std::vector<int64_t> repetition_stats_batch(const std::vector<CodeUnits>& docs,
 
 }  // namespace text
 }  // namespace fastlm
+
+// Performance notes (10 MB of pydoc + Shakespeare paragraphs, 66k documents, 1 thread):
+// - Python GopherRepetitionFilter (tuples in sets/Counter per n): ~2.9 MB/s.
+// - v1 here, std::unordered_map/set keyed by n-gram start for every n: 0.84 s (12 MB/s).
+// - v2 (this file), open addressing + rolling hashes for the 9 n-gram passes: 0.52 s (19 MB/s);
+//   the n-gram passes are now ~0.02 s. What remains is per-document setup: paragraph/line sets,
+//   the word vocabulary map and small vectors (malloc/free dominate a perf profile on these
+//   short documents). Per-thread scratch buffers and a flat table for spans would be next.

@@ -24,6 +24,7 @@ the lines that might change; the output is identical to calling ftfy on every do
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -394,8 +395,11 @@ class Normalizer:
     '  Café au lait\\n\\n\\nbonjour'
     """
 
-    def __init__(self, config: Optional[NormalizeConfig] = None):
+    def __init__(self, config: Optional[NormalizeConfig] = None, *,
+                 num_threads: Optional[int] = None):
         self.config = config or NormalizeConfig()
+        if num_threads is not None:  # the pipeline's thread setting overrides the config's
+            self.config = dataclasses.replace(self.config, num_threads=num_threads)
         c = self.config
         self._mojibake = (_Mojibake(c.ftfy_options, c.ftfy_prescan, c.num_threads)
                           if c.fix_mojibake else None)

@@ -37,7 +37,7 @@ from typing import Optional
 from fastlm import _C
 from fastlm.data.filter_base import DocFilter
 
-__all__ = ["C4QualityConfig", "C4QualityFilter", "FineWebQualityConfig", "FineWebQualityFilter",
+__all__ = ["build_filters", "C4QualityConfig", "C4QualityFilter", "FineWebQualityConfig", "FineWebQualityFilter",
            "GopherQualityConfig", "GopherQualityFilter", "GopherRepetitionConfig",
            "GopherRepetitionFilter", "words_of"]
 
@@ -393,3 +393,25 @@ class FineWebQualityFilter(_ConfiguredFilter):
             if text.count("\n") / max(1, n_words) > c.new_line_ratio:
                 return self._reject("list_ratio")
         return None
+
+
+def build_filters(*, gopher_quality: bool = True, gopher_repetition: bool = True, c4: bool = False,
+                  fineweb: bool = False, num_threads: int = 0) -> list:
+    """The enabled quality filters with their default thresholds, in the order they run.
+
+    Gopher's rules suit any prose; C4's and FineWeb's line rules target web pages (they reject
+    verse and code), so they are off unless asked for.
+
+    >>> [f.name for f in build_filters(c4=True)]
+    ['gopher_quality', 'gopher_repetition', 'c4_quality']
+    """
+    filters: list = []
+    if gopher_quality:
+        filters.append(GopherQualityFilter())
+    if gopher_repetition:
+        filters.append(GopherRepetitionFilter(num_threads=num_threads))
+    if c4:
+        filters.append(C4QualityFilter())
+    if fineweb:
+        filters.append(FineWebQualityFilter())
+    return filters
