@@ -258,3 +258,12 @@ def test_strip_latex():
 def test_normalizer_num_threads_override():
     n = Normalizer(NormalizeConfig(num_threads=4), num_threads=1)
     assert n.config.num_threads == 1 and n.normalize("a  b") == "a b"
+
+
+def test_prescan_falls_back_to_plain_ftfy_on_unknown_ftfy(monkeypatch):
+    import fastlm.data.normalize as nm
+
+    monkeypatch.setattr(nm, "_badness_triggers", lambda: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.warns(UserWarning, match="pre-scan disabled"):
+        m = _Mojibake({}, prescan=True, num_threads=1)
+    assert not m.prescan and m(["CafÃ©"]) == ["Café"]

@@ -10,7 +10,7 @@ Steps run in this order, each switchable in ``NormalizeConfig``:
    control-character and Unicode-normalization steps are switched off by default, because steps 1,
    4, 5 and 6 own those jobs; so this step means "mojibake and encoding glitches" only.
 4. ``unicode_form``: ``unicodedata.normalize`` with NFC (default), NFKC, or None.
-5. ``remove_control``: drop C0/C1 control characters except ``\\t``, ``\\n``, ``\\r``, and U+FEFF.
+5. ``remove_control``: drop C0/C1 control characters (keeping ``\\t``, ``\\n``, ``\\r``) and U+FEFF.
 6. ``whitespace``: ``\\r\\n``, ``\\r``, U+2028, U+2029 become ``\\n``; runs of spaces/tabs inside a line
    become one space (leading indentation kept unless ``keep_indentation=False``); trailing spaces
    removed; at most ``max_blank_lines`` consecutive empty lines; leading/trailing blank lines and
@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Optional, Sequence
@@ -229,7 +230,17 @@ class _Mojibake:
         self.is_bad = is_bad
         self.prescan = prescan
         self.num_threads = num_threads
-        bad, fix = ftfy_trigger_set(self.opts)
+        # The trigger sets are derived from ftfy 6.x's fixers and tables. If this ftfy has other
+        # options (new fixers) or a badness regex we cannot read, plain ftfy is the safe answer.
+        known = set(FTFY_DEFAULTS) | {"explain"}
+        try:
+            if set(ftfy.TextFixerConfig._fields) != known:
+                raise RuntimeError(f"ftfy {ftfy.__version__} has options {ftfy.TextFixerConfig._fields}")
+            bad, fix = ftfy_trigger_set(self.opts)
+        except Exception as e:  # noqa: BLE001 - any surprise means: no fast path
+            warnings.warn(f"ftfy pre-scan disabled, calling ftfy on every document: {e}")
+            self.prescan = False
+            bad, fix = set(), set()
         bits = bytearray(0x110000 // 8)
         for cp in bad | fix:
             bits[cp >> 3] |= 1 << (cp & 7)

@@ -53,12 +53,8 @@ def words_of(text: str) -> list:
     >>> words_of("Hello, world -- it's (fine).")
     ['Hello', 'world', "it's", 'fine']
     """
-    out = []
-    for tok in text.split():
-        w = tok.strip(_STRIP)
-        if w:
-            out.append(w)
-    return out
+    strip = _STRIP
+    return [w for w in [tok.strip(strip) for tok in text.split()] if w]
 
 
 class _ConfiguredFilter(DocFilter):
@@ -146,7 +142,7 @@ class GopherQualityFilter(_ConfiguredFilter):
             if frac > c.max_ellipsis_lines:
                 return self._reject("ellipsis_lines")
         if c.min_alpha_words is not None:
-            frac = sum(any(ch.isalpha() for ch in w) for w in words) / n
+            frac = sum(w.isalpha() or any(map(str.isalpha, w)) for w in words) / n
             if frac < c.min_alpha_words:
                 return self._reject("alpha_words")
         if c.min_stop_words is not None:
