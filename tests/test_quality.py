@@ -296,3 +296,22 @@ def test_build_filters():
     assert [f.name for f in build_filters()] == ["gopher_quality", "gopher_repetition"]
     names = [f.name for f in build_filters(gopher_quality=False, c4=True, fineweb=True, num_threads=1)]
     assert names == ["gopher_repetition", "c4_quality", "fineweb_quality"]
+
+
+def test_native_quality_stats_match_python():
+    f = GopherQualityFilter(stop_words=("the", "of", "für", "i\u0307", "ⅰ"), bullets=("•", "- ", "ⅰ"))
+    rng = random.Random(12)
+    alphabet = list("ab .#\n\n\r\t\x0b\x1c\x85\u2028\u3000é😀-…•İIⅠ") + [
+        "the ", "THE ", "Für ", "...", "x\r\n", " - ", "º", "²"]
+    docs = SAMPLE + ["".join(rng.choice(alphabet) for _ in range(rng.randrange(60)))
+                     for _ in range(1500)]
+    from fastlm.data.quality import _unicode_tables
+
+    bits, lower = _unicode_tables()
+    rows = _C.text_quality_stats(docs, strip=_STRIP_CODEPOINTS, alpha_bits=bits, lower=lower,
+                                 stop_words=sorted(f._stop), bullets=list(f.config.bullets),
+                                 num_threads=2)
+    for d, row in zip(docs, rows):
+        assert row.tolist() == f.stats_python(d), repr(d[:80])
+    with pytest.raises(ValueError, match="alpha bitmap"):
+        _C.text_quality_stats(["x"], strip=[], alpha_bits=b"", lower={}, stop_words=[], bullets=[])

@@ -5,10 +5,12 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/error.h"
 #include "text/clean.h"
+#include "text/quality_stats.h"
 #include "text/repetition.h"
 #include "text/scan.h"
 
@@ -131,4 +133,27 @@ void bind_text(py::module_& m) {
       py::arg("texts"), py::kw_only(), py::arg("strip"), py::arg("top_ns"), py::arg("dup_ns"),
       py::arg("num_threads") = 0,
       "Gopher repetition counts per text as an int64 array (layout: csrc/text/repetition.h).");
+  m.def(
+      "text_quality_stats",
+      [](const py::object& texts, const std::vector<uint32_t>& strip, const py::bytes& alpha_bits,
+         const std::unordered_map<uint32_t, std::u32string>& lower,
+         const std::vector<std::u32string>& stop_words, const std::vector<std::u32string>& bullets,
+         int num_threads) {
+        py::sequence seq = as_sequence(texts);
+        std::string bits = alpha_bits;
+        fastlm::text::QualityOptions opt{strip, std::vector<uint8_t>(bits.begin(), bits.end()),
+                                         lower, stop_words, bullets};
+        std::vector<CodeUnits> views = views_of(seq);
+        std::vector<int64_t> flat;
+        {
+          py::gil_scoped_release release;
+          flat = fastlm::text::quality_stats_batch(views, opt, num_threads);
+        }
+        py::array_t<int64_t> out({views.size(), fastlm::text::kQualityColumns});
+        std::copy(flat.begin(), flat.end(), out.mutable_data());
+        return out;
+      },
+      py::arg("texts"), py::kw_only(), py::arg("strip"), py::arg("alpha_bits"), py::arg("lower"),
+      py::arg("stop_words"), py::arg("bullets"), py::arg("num_threads") = 0,
+      "Gopher quality counts per text as an int64 array (layout: csrc/text/quality_stats.h).");
 }

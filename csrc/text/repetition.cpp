@@ -108,9 +108,7 @@ template <typename CharT>
 std::vector<int64_t> stats_impl(const CharT* s, size_t n, const RepetitionOptions& opt) {
   std::vector<int64_t> row(kRepetitionFixed + opt.top_ns.size() + opt.dup_ns.size(), 0);
   row[0] = static_cast<int64_t>(n);
-  auto strip_char = [&](uint32_t c) {
-    return std::find(opt.strip.begin(), opt.strip.end(), c) != opt.strip.end();
-  };
+  const CharSet strip(opt.strip);
 
   // Paragraphs: text.strip() split on runs of two or more "\n".
   size_t b = 0, e = n;
@@ -155,18 +153,11 @@ std::vector<int64_t> stats_impl(const CharT* s, size_t n, const RepetitionOption
   std::unordered_map<Span, uint32_t, SpanOps<CharT>, SpanOps<CharT>> vocab(64, ops, ops);
   std::vector<uint32_t> ids;
   std::vector<int64_t> lens;
-  for (size_t i = 0; i < n;) {
-    while (i < n && is_py_space(s[i])) ++i;
-    size_t tb = i;
-    while (i < n && !is_py_space(s[i])) ++i;
-    size_t te = i;
-    while (tb < te && strip_char(s[tb])) ++tb;
-    while (te > tb && strip_char(s[te - 1])) --te;
-    if (tb == te) continue;
-    auto it = vocab.emplace(Span{tb, te}, static_cast<uint32_t>(vocab.size())).first;
+  for_each_word(s, n, strip, [&](size_t wb, size_t we) {
+    auto it = vocab.emplace(Span{wb, we}, static_cast<uint32_t>(vocab.size())).first;
     ids.push_back(it->second);
-    lens.push_back(static_cast<int64_t>(te - tb));
-  }
+    lens.push_back(static_cast<int64_t>(we - wb));
+  });
   std::vector<int64_t> prefix(lens.size() + 1, 0);  // prefix sums of word lengths
   for (size_t i = 0; i < lens.size(); ++i) prefix[i + 1] = prefix[i] + lens[i];
   auto gram_chars = [&](size_t at, int g) { return prefix[at + g] - prefix[at] + (g - 1); };

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "text/scan.h"
+#include "text/words.h"
 
 namespace fastlm {
 namespace text {
@@ -29,19 +30,6 @@ std::vector<int64_t> repetition_stats(const CodeUnits& s, const RepetitionOption
 // Rows for every document, row-major, (kRepetitionFixed + |top_ns| + |dup_ns|) per document.
 std::vector<int64_t> repetition_stats_batch(const std::vector<CodeUnits>& docs,
                                             const RepetitionOptions& opt, int num_threads);
-
-// Python's str.isspace() for one code point (the separators of str.split / str.strip).
-inline bool is_py_space(uint32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-// Line boundaries of Python's str.splitlines() (\r\n counts as one).
-inline bool is_py_line_break(uint32_t c) {
-  return c == '\n' || c == '\r' || c == 0x0B || c == 0x0C || c == 0x1C || c == 0x1D ||
-         c == 0x1E || c == 0x85 || c == 0x2028 || c == 0x2029;
-}
 
 }  // namespace text
 }  // namespace fastlm

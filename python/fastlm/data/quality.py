@@ -90,6 +90,7 @@ class GopherQualityConfig:
     min_stop_words: Optional[int] = 2  # "at least two of the following English words"
     stop_words: tuple = ("the", "be", "to", "of", "and", "that", "have", "with")  # the paper's list
     bullets: tuple = ("•", "‣", "◦", "⁃", "∙", "- ", "* ")  # line starts counted as bullet points
+    num_threads: int = 0  # native statistics threads; 0 = all cores
 
 
 class GopherQualityFilter(_ConfiguredFilter):
@@ -112,43 +113,76 @@ class GopherQualityFilter(_ConfiguredFilter):
         self._stop = frozenset(w.lower() for w in self.config.stop_words)
 
     def check(self, text: str) -> Optional[str]:
+        return self.check_batch([text])[0]
+
+    def check_batch(self, texts) -> list:
+        """Reasons for a batch: one native statistics pass (GIL released, threads)."""
         c = self.config
+        alpha_bits, lower = _unicode_tables()
+        rows = _C.text_quality_stats(list(texts), strip=_STRIP_CODEPOINTS, alpha_bits=alpha_bits,
+                                     lower=lower, stop_words=sorted(self._stop),
+                                     bullets=list(c.bullets), num_threads=c.num_threads)
+        return [self._decide(row.tolist()) for row in rows]
+
+    def stats_python(self, text: str) -> list:
+        """The statistics row of ``_C.text_quality_stats`` in plain Python (the reference)."""
         words = words_of(text)
-        n = len(words)
+        lines = text.splitlines() or [""]
+        bullets = tuple(self.config.bullets)
+        return [len(words), sum(map(len, words)), text.count("#"),
+                text.count("...") + text.count("…"), len(lines),
+                sum(line.lstrip().startswith(bullets) for line in lines),
+                sum(line.rstrip().endswith(("...", "…")) for line in lines),
+                sum(any(map(str.isalpha, w)) for w in words),
+                sum(w.lower() in self._stop for w in words)]
+
+    def _decide(self, row: list) -> Optional[str]:
+        c = self.config
+        n, chars, hashes, ellipses, n_lines, bullet_lines, ellipsis_lines, alpha, stop = row
         if c.min_words is not None and n < c.min_words:
             return self._reject("min_words")
         if c.max_words is not None and n > c.max_words:
             return self._reject("max_words")
         if n == 0:
             return None  # every remaining rule is a ratio over words, and min_words is off
-        mean = sum(len(w) for w in words) / n
+        mean = chars / n
         if c.min_mean_word_length is not None and mean < c.min_mean_word_length:
             return self._reject("min_mean_word_length")
         if c.max_mean_word_length is not None and mean > c.max_mean_word_length:
             return self._reject("max_mean_word_length")
-        if c.max_hash_ratio is not None and text.count("#") / n > c.max_hash_ratio:
+        if c.max_hash_ratio is not None and hashes / n > c.max_hash_ratio:
             return self._reject("hash_ratio")
-        if (c.max_ellipsis_ratio is not None
-                and (text.count("...") + text.count("…")) / n > c.max_ellipsis_ratio):
+        if c.max_ellipsis_ratio is not None and ellipses / n > c.max_ellipsis_ratio:
             return self._reject("ellipsis_ratio")
-        lines = text.splitlines() or [""]
-        if c.max_bullet_lines is not None:
-            bullets = tuple(c.bullets)
-            frac = sum(line.lstrip().startswith(bullets) for line in lines) / len(lines)
-            if frac > c.max_bullet_lines:
-                return self._reject("bullet_lines")
-        if c.max_ellipsis_lines is not None:
-            frac = sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines)
-            if frac > c.max_ellipsis_lines:
-                return self._reject("ellipsis_lines")
-        if c.min_alpha_words is not None:
-            frac = sum(w.isalpha() or any(map(str.isalpha, w)) for w in words) / n
-            if frac < c.min_alpha_words:
-                return self._reject("alpha_words")
-        if c.min_stop_words is not None:
-            if sum(w.lower() in self._stop for w in words) < c.min_stop_words:
-                return self._reject("stop_words")
+        if c.max_bullet_lines is not None and bullet_lines / n_lines > c.max_bullet_lines:
+            return self._reject("bullet_lines")
+        if c.max_ellipsis_lines is not None and ellipsis_lines / n_lines > c.max_ellipsis_lines:
+            return self._reject("ellipsis_lines")
+        if c.min_alpha_words is not None and alpha / n < c.min_alpha_words:
+            return self._reject("alpha_words")
+        if c.min_stop_words is not None and stop < c.min_stop_words:
+            return self._reject("stop_words")
         return None
+
+
+_UNICODE_TABLES: Optional[tuple] = None
+
+
+def _unicode_tables() -> tuple:
+    """(isalpha bitmap over all code points, {code point: lower()} where lower() differs)."""
+    global _UNICODE_TABLES
+    if _UNICODE_TABLES is None:
+        bits = bytearray(0x110000 // 8)
+        lower = {}
+        for cp in range(0x110000):
+            ch = chr(cp)
+            if ch.isalpha():
+                bits[cp >> 3] |= 1 << (cp & 7)
+            low = ch.lower()
+            if low != ch:
+                lower[cp] = low
+        _UNICODE_TABLES = (bytes(bits), lower)
+    return _UNICODE_TABLES
 
 
 # ---------------------------------------------------------------------------------------------
