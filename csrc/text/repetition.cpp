@@ -239,10 +239,12 @@ std::vector<int64_t> repetition_stats_batch(const std::vector<CodeUnits>& docs,
 }  // namespace text
 }  // namespace fastlm
 
-// Performance notes (10 MB of pydoc + Shakespeare paragraphs, 66k documents, 1 thread):
+// Performance notes (10 MB of pydoc + Shakespeare paragraphs, 66k documents; whole filter incl.
+// the Python decision per row, 2 threads on the shared 2-core dev machine):
 // - Python GopherRepetitionFilter (tuples in sets/Counter per n): ~2.9 MB/s.
-// - v1 here, std::unordered_map/set keyed by n-gram start for every n: 0.84 s (12 MB/s).
-// - v2 (this file), open addressing + rolling hashes for the 9 n-gram passes: 0.52 s (19 MB/s);
-//   the n-gram passes are now ~0.02 s. What remains is per-document setup: paragraph/line sets,
-//   the word vocabulary map and small vectors (malloc/free dominate a perf profile on these
-//   short documents). Per-thread scratch buffers and a flat table for spans would be next.
+// - v1, std::unordered_map/set keyed by n-gram start for every n: ~11 MB/s.
+// - v2, open addressing + rolling hashes for the 9 n-gram passes: ~19 MB/s (the n-gram passes
+//   became ~5% of the time; the strip-character test was a linear scan per token end).
+// - v3 (this file), CharSet bitmap for the strip set (text/words.h): ~34 MB/s. What remains is
+//   per-document setup on these short documents (paragraph/line sets, the vocabulary map, small
+//   vectors: malloc/free lead the perf profile); per-thread scratch buffers would be next.
