@@ -30,7 +30,7 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from fastlm import _C
 
@@ -77,11 +77,12 @@ class NormalizeConfig:
 
     html: bool = False  # most corpora are plain text; HTML parsing would eat "<" in code
     latex: bool = False  # only for arXiv-like sources
-    latex_math: str = "keep"  # "keep" math verbatim ($x^2$) or "drop" it
+    latex_math: Literal["keep", "drop"] = "keep"  # keep math verbatim ($x^2$) or drop it
     fix_mojibake: bool = True  # ftfy: cheap with the native pre-scan, and mojibake is common
     ftfy_options: dict = field(default_factory=dict)  # overrides of FTFY_DEFAULTS
     ftfy_prescan: bool = True  # skip ftfy where the native scan proves it a no-op (same output)
-    unicode_form: Optional[str] = "NFC"  # NFC keeps meaning; NFKC folds ligatures/widths/superscripts
+    unicode_form: Optional[Literal["NFC", "NFKC", "NFD", "NFKD"]] = "NFC"  # NFC keeps meaning;
+    # NFKC also folds compatibility forms (ligatures, widths, superscripts: "x²" -> "x2")
     remove_control: bool = True  # control characters carry no text and break tokenizers
     whitespace: bool = True  # collapse spaces, normalize newlines, cap blank lines
     keep_indentation: bool = True  # code and verse rely on leading spaces
