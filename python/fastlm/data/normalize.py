@@ -292,6 +292,10 @@ class _Mojibake:
 # HTML and LaTeX
 # ---------------------------------------------------------------------------------------------
 
+# HTML: the stdlib parser (robust on broken markup, decodes every entity) runs at ~5-10 MB/s on
+# the benchmark's HTML pages (benchmarks/bench_normalize.py). The step is off by default and HTML
+# corpora are usually extracted upstream (trafilatura, resiliparse), so a native tag scanner was
+# not worth its second definition of HTML yet.
 class _TextExtractor(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
