@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
+import numpy as np
+
 from fastlm.data import chat
 from fastlm.data.filter_base import DocFilter
 from fastlm.data.records import ErrorLog, Record
@@ -64,6 +66,7 @@ class DedupConfig:
     hash: Literal["fast", "datasketch"] = "fast"  # datasketch: bit-identical signatures, slower
     simhash_k: int = 3  # SimHash: max Hamming distance of 64-bit fingerprints
     keep: Literal["first", "longest"] = "first"  # which document of a cluster is kept
+    verify: Literal["auto", "signature", "jaccard"] = "auto"  # MinHash candidate check (see dedup.minhash_dedup)
 
 
 @dataclasses.dataclass
@@ -112,6 +115,45 @@ def build_doc_filters(config: FilterConfig, *, num_threads: int = 0) -> list[Doc
 
         filters.append(DetoxifyFilter(model=config.detoxify, threshold=config.detoxify_threshold))
     return filters
+
+
+def deduplicate(
+    texts: list[str], config: DedupConfig, *, num_threads: int = 0
+) -> tuple[np.ndarray, Counter, list[list[int]]]:
+    """(keep mask, removed counts {"exact_dup", "near_dup"}, clusters as index lists) for texts.
+
+    Exact duplicates go first; near-duplicates are then searched among the exact survivors, so
+    each removed document is counted once, under the first reason that applies.
+    """
+    from fastlm.data import dedup as dd
+
+    n = len(texts)
+    keep = np.ones(n, dtype=bool)
+    removed: Counter = Counter()
+    clusters: list[list[int]] = []
+    if n == 0:
+        return keep, removed, clusters
+    if config.exact:
+        r = dd.exact_dedup(texts, keep=config.keep, num_threads=num_threads)
+        keep &= r.keep
+        removed["exact_dup"] = int(n - r.keep.sum())
+        clusters += r.clusters
+    if config.near != "none":
+        idx = np.flatnonzero(keep)
+        sub = [texts[i] for i in idx]
+        if config.near == "minhash":
+            r = dd.minhash_dedup(
+                sub, threshold=config.threshold, num_perm=config.num_perm, ngram=config.ngram,
+                seed=config.seed, hash=config.hash, verify=config.verify, keep=config.keep,
+                num_threads=num_threads,
+            )
+        else:
+            r = dd.simhash_dedup(sub, k=config.simhash_k, keep=config.keep, num_threads=num_threads)
+        keep[idx[~r.keep]] = False
+        removed["near_dup"] = int((~r.keep).sum())
+        clusters += [idx[c].tolist() for c in r.clusters]
+    removed = Counter({k: v for k, v in removed.items() if v})
+    return keep, removed, clusters
 
 
 def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -173,7 +215,6 @@ def clean(
     >>> rep.documents_in == rep.kept + sum(rep.removed.values()) + sum(rep.malformed.values())
     True
     """
-    from fastlm.data import dedup as dd
     from fastlm.data.instruct import InstructConfig, build_instruct_filters, check_instruct
     from fastlm.data.io import ShardWriter
     from fastlm.data.readers import read_records
@@ -187,18 +228,7 @@ def clean(
     instruct_filters = (
         build_instruct_filters(InstructConfig(max_chars=cfg.filters.max_chars)) if cfg.filters.instruct else []
     )
-    collector = dd.DedupCollector(
-        exact=cfg.dedup.exact,
-        near=cfg.dedup.near,
-        threshold=cfg.dedup.threshold,
-        num_perm=cfg.dedup.num_perm,
-        ngram=cfg.dedup.ngram,
-        seed=cfg.dedup.seed,
-        hash=cfg.dedup.hash,
-        simhash_k=cfg.dedup.simhash_k,
-        keep=cfg.dedup.keep,
-        num_threads=cfg.num_threads,
-    )
+    kept_texts_all: list[str] = []  # survivors' texts, for dedup after the filters
 
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
@@ -238,20 +268,20 @@ def clean(
                     stage.write(json.dumps(r.data, ensure_ascii=False) + "\n")
                     kept_texts.append(t)
                 survivors += len(kept_texts)
-                collector.add(kept_texts)
+                kept_texts_all.extend(kept_texts)
                 if progress is not None:
                     progress(report.documents_in, report.bytes_in)
 
-        result = collector.finish()
-        for reason, n in result.removed_counts().items():
-            report.removed[reason] += n
-        report.clusters = result.num_clusters
-        keep = result.keep
+        keep, removed, clusters = deduplicate(kept_texts_all, cfg.dedup, num_threads=cfg.num_threads)
+        del kept_texts_all
+        report.removed.update(removed)
+        report.clusters = len(clusters)
+        largest = sorted(clusters, key=lambda c: (-len(c), c[0]))[:5]
 
         # Pass 2: the kept records, in input order, into shards under staging/out.
         shard_dir = os.path.join(staging, "out")
         samples: dict[int, str] = {}
-        wanted = {members[0]: idx for idx, members in enumerate(result.largest_clusters(5))}
+        wanted = {members[0] for members in largest}
         with open(stage_path, encoding="utf-8") as stage, ShardWriter(
             shard_dir,
             prefix=cfg.output.prefix,
@@ -272,7 +302,7 @@ def clean(
             raise AssertionError(f"dedup saw {len(keep)} documents, the filters passed {survivors}")
         report.largest_clusters = [
             {"size": len(members), "members": members[:10], "sample": samples.get(members[0], "")[:300]}
-            for members in result.largest_clusters(5)
+            for members in largest
         ]
 
         report.malformed.update(errors.counts)
