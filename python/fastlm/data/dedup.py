@@ -225,12 +225,6 @@ class MinHasher:
         return self.signatures_and_counts(texts, num_threads=num_threads)[0]
 
 
-def _leggauss_area(f, lo: float, hi: float, nodes: int = 96) -> float:
-    x, w = np.polynomial.legendre.leggauss(nodes)
-    s = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
-    return float(0.5 * (hi - lo) * np.dot(w, f(s)))
-
-
 def optimal_bands(threshold: float, num_perm: int, *,
                   weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
     """(bands, rows) minimizing fp_weight * FP area + fn_weight * FN area, as datasketch's
@@ -244,16 +238,24 @@ def optimal_bands(threshold: float, num_perm: int, *,
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if num_perm < 1:
         raise ValueError(f"num_perm must be >= 1, got {num_perm}")
-    fpw, fnw = weights
-    nodes = max(64, num_perm // 2 + 2)
-    best, opt = float("inf"), (0, 0)
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            fp = _leggauss_area(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold, nodes)
-            fn = _leggauss_area(lambda s: (1 - s ** r) ** b, threshold, 1.0, nodes)
-            err = fp * fpw + fn * fnw
-            if err < best:
-                best, opt = err, (b, r)
+    return _optimal_bands(float(threshold), int(num_perm), float(weights[0]), float(weights[1]))
+
+
+@lru_cache(maxsize=256)
+def _optimal_bands(threshold: float, num_perm: int, fpw: float, fnw: float) -> tuple[int, int]:
+    # Gauss-Legendre with m nodes is exact for degree 2m-1; the integrands have degree b*r.
+    x, w = np.polynomial.legendre.leggauss(max(64, num_perm // 2 + 2))
+    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    bs = np.array([p[0] for p in pairs], np.float64)
+    rs = np.array([p[1] for p in pairs], np.float64)
+
+    def area(lo, hi, miss):  # integral over [lo, hi] of P(candidate) (or of 1 - it if miss)
+        s = (0.5 * (hi - lo) * x + 0.5 * (hi + lo))[:, None]
+        q = (1.0 - s ** rs) ** bs
+        return 0.5 * (hi - lo) * (w @ (q if miss else 1.0 - q))
+
+    err = area(0.0, threshold, False) * fpw + area(threshold, 1.0, True) * fnw
+    opt = pairs[int(np.argmin(err))]  # first minimum, as datasketch's strict "<" scan
     return opt
 
 
