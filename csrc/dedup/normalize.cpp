@@ -56,25 +56,27 @@ inline uint32_t to_lower(uint32_t cp) {
   return cp;
 }
 
-inline void append_utf8(std::string& s, uint32_t cp) {
+// Writes cp as UTF-8 at o; returns the end. Lowercasing never changes the encoded length.
+inline char* append_utf8(char* o, uint32_t cp) {
   if (cp < 0x80) {
-    s.push_back(char(cp));
+    *o++ = char(cp);
   } else if (cp < 0x800) {
-    s.push_back(char(0xC0 | (cp >> 6)));
-    s.push_back(char(0x80 | (cp & 0x3F)));
+    *o++ = char(0xC0 | (cp >> 6));
+    *o++ = char(0x80 | (cp & 0x3F));
   } else if (cp < 0x10000) {
-    s.push_back(char(0xE0 | (cp >> 12)));
-    s.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(char(0x80 | (cp & 0x3F)));
+    *o++ = char(0xE0 | (cp >> 12));
+    *o++ = char(0x80 | ((cp >> 6) & 0x3F));
+    *o++ = char(0x80 | (cp & 0x3F));
   } else {
-    s.push_back(char(0xF0 | (cp >> 18)));
-    s.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    s.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(char(0x80 | (cp & 0x3F)));
+    *o++ = char(0xF0 | (cp >> 18));
+    *o++ = char(0x80 | ((cp >> 12) & 0x3F));
+    *o++ = char(0x80 | ((cp >> 6) & 0x3F));
+    *o++ = char(0x80 | (cp & 0x3F));
   }
+  return o;
 }
 
-// ASCII class table: 0 = separator, 1 = word byte (lowercased through kLower).
+// ASCII tables: word[c] = c is a word byte; lower[c] = its lowercase.
 struct AsciiTables {
   bool word[128];
   char lower[128];
@@ -90,53 +92,60 @@ const AsciiTables kAscii;
 }  // namespace
 
 void normalize_words(const char* data, size_t len, Words& out) {
-  out.text.clear();
   out.start.clear();
   out.end.clear();
-  out.text.reserve(len);
+  // The output is never longer than the input (lowercasing keeps UTF-8 lengths, separator runs
+  // become one space, invalid bytes are copied), so write through a raw pointer and shrink.
+  out.text.resize(len);
+  char* o = out.text.data();
+  char* const o0 = o;
   const unsigned char* p = reinterpret_cast<const unsigned char*>(data);
+  const unsigned char* const e = p + len;
   bool in_word = false;
-  size_t i = 0;
-  while (i < len) {
-    unsigned char c = p[i];
-    bool word_char;
-    uint32_t cp = 0;
-    size_t step;
-    bool invalid = false;
-    if (c < 0x80) {  // fast path: ASCII
-      word_char = kAscii.word[c];
-      step = 1;
-      cp = c;
-    } else {
-      step = decode_utf8(p + i, len - i, cp);
-      if (step == 0) {  // invalid byte: a word character kept verbatim
-        invalid = true;
-        step = 1;
-        word_char = true;
+  while (p < e) {
+    unsigned char c = *p;
+    if (c < 0x80) {  // fast path: ASCII, the common case
+      if (kAscii.word[c]) {
+        if (!in_word) {
+          if (o != o0) *o++ = ' ';
+          out.start.push_back(size_t(o - o0));
+          in_word = true;
+        }
+        *o++ = kAscii.lower[c];
+        ++p;
+        while (p < e && *p < 0x80 && kAscii.word[*p]) *o++ = kAscii.lower[*p++];
       } else {
-        word_char = !is_separator(cp);
+        if (in_word) {
+          out.end.push_back(size_t(o - o0));
+          in_word = false;
+        }
+        ++p;
       }
+      continue;
     }
-    if (word_char) {
+    uint32_t cp = 0;
+    size_t step = decode_utf8(p, size_t(e - p), cp);
+    bool invalid = step == 0;  // invalid byte: a word character kept verbatim
+    if (invalid || !is_separator(cp)) {
       if (!in_word) {
-        if (!out.start.empty()) out.text.push_back(' ');
-        out.start.push_back(out.text.size());
+        if (o != o0) *o++ = ' ';
+        out.start.push_back(size_t(o - o0));
         in_word = true;
       }
       if (invalid) {
-        out.text.push_back(char(c));
-      } else if (c < 0x80) {
-        out.text.push_back(kAscii.lower[c]);
+        *o++ = char(c);
+        step = 1;
       } else {
-        append_utf8(out.text, to_lower(cp));
+        o = append_utf8(o, to_lower(cp));
       }
     } else if (in_word) {
-      out.end.push_back(out.text.size());
+      out.end.push_back(size_t(o - o0));
       in_word = false;
     }
-    i += step;
+    p += step;
   }
-  if (in_word) out.end.push_back(out.text.size());
+  if (in_word) out.end.push_back(size_t(o - o0));
+  out.text.resize(size_t(o - o0));
 }
 
 }  // namespace fastlm::dedup
