@@ -41,29 +41,46 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
     }
   });
 
-  // Shingle sets for exact checks, computed once per doc: up front in parallel for every doc in
-  // a shared bucket (kJaccard), lazily for the few borderline pairs (kAuto).
+  auto estimate = [&](size_t i, size_t j) {
+    const uint64_t* x = a.sig + i * a.num_perm;
+    const uint64_t* y = a.sig + j * a.num_perm;
+    size_t eq = 0;
+    for (size_t k = 0; k < a.num_perm; ++k) eq += x[k] == y[k];
+    return double(eq) / double(a.num_perm);
+  };
+  auto borderline = [&](double est) {
+    return est > a.threshold - a.margin && est < a.threshold + a.margin;
+  };
+
+  // Shingle sets for exact checks, computed once per doc and in parallel up front: for every doc
+  // in a shared bucket (kJaccard), or for the docs of borderline pairs with their bucket's first
+  // doc (kAuto, a good guess of the pairs the scan will check; any other is computed lazily).
   std::vector<std::vector<uint64_t>> sets;
   std::vector<char> have;
   if (a.verify != Verify::kSignature) {
     sets.resize(a.n);
     have.assign(a.n, 0);
-    if (a.verify == Verify::kJaccard) {
-      std::vector<char> need(a.n, 0);
-      for (const auto& e : entries) {
-        for (size_t k = 0; k + 1 < e.size(); ++k) {
-          if (e[k].first == e[k + 1].first) need[e[k].second] = need[e[k + 1].second] = 1;
+    std::vector<char> need(a.n, 0);
+    for (const auto& e : entries) {
+      size_t g = 0;
+      for (size_t k = 1; k < e.size(); ++k) {
+        if (e[k].first != e[g].first) {
+          g = k;
+          continue;
+        }
+        if (a.verify == Verify::kJaccard || borderline(estimate(e[g].second, e[k].second))) {
+          need[e[g].second] = need[e[k].second] = 1;
         }
       }
-      parallel_for(a.n, num_threads, 16, [&](size_t begin, size_t end) {
-        for (size_t i = begin; i < end; ++i) {
-          if (need[i]) {
-            sets[i] = shingle_set((*a.texts)[i], a.ngram);
-            have[i] = 1;
-          }
-        }
-      });
     }
+    parallel_for(a.n, num_threads, 16, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) {
+        if (need[i]) {
+          sets[i] = shingle_set((*a.texts)[i], a.ngram);
+          have[i] = 1;
+        }
+      }
+    });
   }
   auto exact = [&](size_t i, size_t j) {
     for (size_t d : {i, j}) {
@@ -81,12 +98,8 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
       ++st.exact_checks;
       return exact(i, j);
     }
-    const uint64_t* x = a.sig + i * a.num_perm;
-    const uint64_t* y = a.sig + j * a.num_perm;
-    size_t eq = 0;
-    for (size_t k = 0; k < a.num_perm; ++k) eq += x[k] == y[k];
-    double est = double(eq) / double(a.num_perm);
-    if (a.verify == Verify::kAuto && est > a.threshold - a.margin && est < a.threshold + a.margin) {
+    double est = estimate(i, j);
+    if (a.verify == Verify::kAuto && borderline(est)) {
       ++st.exact_checks;
       return exact(i, j);
     }
