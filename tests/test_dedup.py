@@ -101,7 +101,7 @@ def test_fast_permutations_match_reference():
 
 
 def test_simd_and_scalar_agree(real):
-    mh = dedup.MinHasher(num_perm=37)  # 16 + 16 + 5: both SIMD widths and the scalar tail
+    mh = dedup.MinHasher(num_perm=77)  # 2 x 32 + 8 + 5: every SIMD block width and the scalar tail
     texts = real[:100] + random_texts(50)
     prev = _C.dedup_set_simd(False)
     try:

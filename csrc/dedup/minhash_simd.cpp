@@ -45,53 +45,65 @@ void block_scalar(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_
 // One lane: a = a1*2^32 + a0, x = x1*2^32 + x0 (a1, x1 < 2^29). With 2^61 == 1 (mod p):
 //   a*x == 8*a1*x1 + (mid >> 29) + (mid & (2^29-1)) * 2^32 + a0*x0,  mid = a1*x0 + a0*x1 < 2^62,
 // and a0*x0 (< 2^64) is folded to (lo & p) + (lo >> 61) first, so the sum with b stays < 2^64.
-__attribute__((target("avx512f"))) inline __m512i mulmod_avx512(__m512i a0, __m512i a1, __m512i b,
-                                                                 __m512i x0, __m512i x1) {
+// _mm512_mul_epu32 reads only the low 32 bits of each lane, so `a` and `x` need no masking;
+// a1 and a1x8 = 8*a1 (< 2^32) are precomputed per block of perms.
+struct Lanes {
+  __m512i a, a1, a1x8, b, sig;
+};
+
+__attribute__((target("avx512f"))) inline Lanes load_lanes(const uint64_t* a, const uint64_t* b,
+                                                           const uint64_t* sig) {
+  Lanes l;
+  l.a = _mm512_loadu_si512(a);
+  l.a1 = _mm512_srli_epi64(l.a, 32);
+  l.a1x8 = _mm512_slli_epi64(l.a1, 3);
+  l.b = _mm512_loadu_si512(b);
+  l.sig = _mm512_loadu_si512(sig);
+  return l;
+}
+
+__attribute__((target("avx512f"))) inline void update_lanes(Lanes& l, __m512i x, __m512i x1) {
   const __m512i p = _mm512_set1_epi64(int64_t(kP));
-  const __m512i m29 = _mm512_set1_epi64((int64_t(1) << 29) - 1);
-  __m512i lo = _mm512_mul_epu32(a0, x0);
-  __m512i mid = _mm512_add_epi64(_mm512_mul_epu32(a1, x0), _mm512_mul_epu32(a0, x1));
-  __m512i hi = _mm512_slli_epi64(_mm512_mul_epu32(a1, x1), 3);
+  __m512i lo = _mm512_mul_epu32(l.a, x);
+  __m512i mid = _mm512_add_epi64(_mm512_mul_epu32(l.a1, x), _mm512_mul_epu32(l.a, x1));
   __m512i s = _mm512_add_epi64(_mm512_and_si512(lo, p), _mm512_srli_epi64(lo, 61));
-  s = _mm512_add_epi64(s, hi);
+  s = _mm512_add_epi64(s, _mm512_mul_epu32(l.a1x8, x1));
   s = _mm512_add_epi64(s, _mm512_srli_epi64(mid, 29));
-  s = _mm512_add_epi64(s, _mm512_slli_epi64(_mm512_and_si512(mid, m29), 32));
-  s = _mm512_add_epi64(s, b);  // < 4*2^61 + 2^34 < 2^64
+  s = _mm512_add_epi64(s, _mm512_and_si512(_mm512_slli_epi64(mid, 32), p));
+  s = _mm512_add_epi64(s, l.b);  // < 4*2^61 + 2^34 < 2^64
   s = _mm512_add_epi64(_mm512_and_si512(s, p), _mm512_srli_epi64(s, 61));  // < p + 5
-  return _mm512_min_epu64(s, _mm512_sub_epi64(s, p));  // s - p wraps huge when s < p
+  s = _mm512_min_epu64(s, _mm512_sub_epi64(s, p));  // s - p wraps huge when s < p
+  l.sig = _mm512_min_epu64(l.sig, s);
 }
 
 __attribute__((target("avx512f"))) void block_avx512(const uint64_t* xs, size_t m,
                                                      const uint64_t* a, const uint64_t* b,
                                                      uint64_t* sig, size_t P) {
-  const __m512i lo32 = _mm512_set1_epi64(0xFFFFFFFFll);
   size_t k = 0;
-  // 16 perms per pass: two signature vectors and their a, b stay in registers over all shingles.
-  for (; k + 16 <= P; k += 16) {
-    __m512i av0 = _mm512_loadu_si512(a + k), av1 = _mm512_loadu_si512(a + k + 8);
-    __m512i a00 = _mm512_and_si512(av0, lo32), a01 = _mm512_srli_epi64(av0, 32);
-    __m512i a10 = _mm512_and_si512(av1, lo32), a11 = _mm512_srli_epi64(av1, 32);
-    __m512i b0 = _mm512_loadu_si512(b + k), b1 = _mm512_loadu_si512(b + k + 8);
-    __m512i s0 = _mm512_loadu_si512(sig + k), s1 = _mm512_loadu_si512(sig + k + 8);
+  // 32 perms per pass: four signature vectors and their a, b stay in registers over all shingles
+  // (4 x 5 + 2 broadcasts + constants < 32 zmm registers).
+  for (; k + 32 <= P; k += 32) {
+    Lanes l0 = load_lanes(a + k, b + k, sig + k), l1 = load_lanes(a + k + 8, b + k + 8, sig + k + 8);
+    Lanes l2 = load_lanes(a + k + 16, b + k + 16, sig + k + 16);
+    Lanes l3 = load_lanes(a + k + 24, b + k + 24, sig + k + 24);
     for (size_t i = 0; i < m; ++i) {
-      __m512i x0 = _mm512_set1_epi64(int64_t(xs[i] & 0xFFFFFFFFu));
-      __m512i x1 = _mm512_set1_epi64(int64_t(xs[i] >> 32));
-      s0 = _mm512_min_epu64(s0, mulmod_avx512(a00, a01, b0, x0, x1));
-      s1 = _mm512_min_epu64(s1, mulmod_avx512(a10, a11, b1, x0, x1));
+      __m512i x = _mm512_set1_epi64(int64_t(xs[i])), x1 = _mm512_set1_epi64(int64_t(xs[i] >> 32));
+      update_lanes(l0, x, x1);
+      update_lanes(l1, x, x1);
+      update_lanes(l2, x, x1);
+      update_lanes(l3, x, x1);
     }
-    _mm512_storeu_si512(sig + k, s0);
-    _mm512_storeu_si512(sig + k + 8, s1);
+    _mm512_storeu_si512(sig + k, l0.sig);
+    _mm512_storeu_si512(sig + k + 8, l1.sig);
+    _mm512_storeu_si512(sig + k + 16, l2.sig);
+    _mm512_storeu_si512(sig + k + 24, l3.sig);
   }
   for (; k + 8 <= P; k += 8) {
-    __m512i av = _mm512_loadu_si512(a + k);
-    __m512i a0 = _mm512_and_si512(av, lo32), a1 = _mm512_srli_epi64(av, 32);
-    __m512i bv = _mm512_loadu_si512(b + k), s = _mm512_loadu_si512(sig + k);
+    Lanes l = load_lanes(a + k, b + k, sig + k);
     for (size_t i = 0; i < m; ++i) {
-      __m512i x0 = _mm512_set1_epi64(int64_t(xs[i] & 0xFFFFFFFFu));
-      __m512i x1 = _mm512_set1_epi64(int64_t(xs[i] >> 32));
-      s = _mm512_min_epu64(s, mulmod_avx512(a0, a1, bv, x0, x1));
+      update_lanes(l, _mm512_set1_epi64(int64_t(xs[i])), _mm512_set1_epi64(int64_t(xs[i] >> 32)));
     }
-    _mm512_storeu_si512(sig + k, s);
+    _mm512_storeu_si512(sig + k, l.sig);
   }
   if (k < P) block_scalar(xs, m, a + k, b + k, sig + k, P - k);
 }
