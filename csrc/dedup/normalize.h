@@ -29,12 +29,14 @@ struct TextView {
   size_t size;
 };
 
-// Normalized words of one document; reused across documents to avoid reallocation.
+// Normalized words of one document; reused across documents to avoid reallocation. start/end
+// are sized for the worst case of the largest document seen (only the first size() are valid).
 struct Words {
   std::string text;           // words joined by ' '
   std::vector<size_t> start;  // byte offset of word i in text
   std::vector<size_t> end;    // one past its last byte
-  size_t size() const { return start.size(); }
+  size_t count = 0;           // number of words
+  size_t size() const { return count; }
 };
 
 // Fills `out` (cleared first) with the normalized words of data[0, len).
