@@ -94,7 +94,7 @@ void bind_dedup(py::module_& m) {
     Texts t = to_texts(py::make_tuple(text));
     dd::Words w;
     dd::normalize_words(t.views[0].data, t.views[0].size, w);
-    return py::bytes(w.text);
+    return py::bytes(w.text(), w.length);
   });
 
   m.def("dedup_shingle_hashes", [](const py::object& text, size_t ngram, int mode) {

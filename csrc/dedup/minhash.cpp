@@ -2,6 +2,7 @@
 #include "dedup/minhash.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/error.h"
 #include "common/hash.h"
@@ -55,6 +56,39 @@ void update(uint64_t* sig, const MinHashParams& p, uint64_t x) {
   }
 }
 
+// hash64 (murmur3_128 low half, seed 0) for data followed by >= 16 readable bytes: the tail is
+// loaded whole and masked instead of the byte switch, whose jump mispredicts on the random
+// shingle lengths. Mixing an all-zero k1/k2 is a no-op (0 * c = 0, rotl 0 = 0, h ^= 0), so
+// always mixing both masked halves gives exactly murmur3's result.
+inline uint64_t padded_hash64(const char* key, size_t len) {
+  const uint8_t* data = reinterpret_cast<const uint8_t*>(key);
+  const size_t nblocks = len / 16;
+  const uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
+  uint64_t h1 = 0, h2 = 0;
+  for (size_t i = 0; i < nblocks; i++) {
+    uint64_t k1, k2;
+    std::memcpy(&k1, data + i * 16, 8);
+    std::memcpy(&k2, data + i * 16 + 8, 8);
+    k1 *= c1; k1 = rotl64(k1, 31); k1 *= c2; h1 ^= k1;
+    h1 = rotl64(h1, 27); h1 += h2; h1 = h1 * 5 + 0x52dce729;
+    k2 *= c2; k2 = rotl64(k2, 33); k2 *= c1; h2 ^= k2;
+    h2 = rotl64(h2, 31); h2 += h1; h2 = h2 * 5 + 0x38495ab5;
+  }
+  size_t rem = len & 15;
+  uint64_t k1, k2;
+  std::memcpy(&k1, data + nblocks * 16, 8);
+  std::memcpy(&k2, data + nblocks * 16 + 8, 8);
+  size_t n1 = rem < 8 ? rem : 8, n2 = rem > 8 ? rem - 8 : 0;
+  k1 &= n1 == 8 ? ~uint64_t(0) : (uint64_t(1) << (8 * n1)) - 1;
+  k2 &= (uint64_t(1) << (8 * n2)) - 1;  // n2 <= 7
+  k2 *= c2; k2 = rotl64(k2, 33); k2 *= c1; h2 ^= k2;
+  k1 *= c1; k1 = rotl64(k1, 31); k1 *= c2; h1 ^= k1;
+  h1 ^= len; h2 ^= len;
+  h1 += h2; h2 += h1;
+  h1 = fmix64(h1); h2 = fmix64(h2);
+  return h1 + h2;
+}
+
 }  // namespace
 
 void exact_hashes(const std::vector<TextView>& texts, uint64_t* out, int num_threads) {
@@ -62,7 +96,7 @@ void exact_hashes(const std::vector<TextView>& texts, uint64_t* out, int num_thr
     Words w;
     for (size_t i = begin; i < end; ++i) {
       normalize_words(texts[i].data, texts[i].size, w);
-      Hash128 h = murmur3_128(w.text.data(), w.text.size());
+      Hash128 h = murmur3_128(w.text(), w.length);
       out[2 * i] = h.lo;
       out[2 * i + 1] = h.hi;
     }
@@ -75,9 +109,9 @@ void shingle_hashes(const Words& w, size_t ngram, MinHashMode mode, std::vector<
   out.resize(m);
   size_t span = std::min(ngram, w.size());
   for (size_t k = 0; k < m; ++k) {
-    const char* s = w.text.data() + w.start[k];
+    const char* s = w.text() + w.start[k];
     size_t len = w.end[k + span - 1] - w.start[k];
-    out[k] = mode == MinHashMode::kFast ? hash64(s, len) : uint64_t(sha1_hash32(s, len));
+    out[k] = mode == MinHashMode::kFast ? padded_hash64(s, len) : uint64_t(sha1_hash32(s, len));
   }
 }
 

@@ -97,14 +97,15 @@ const AsciiTables kAscii;
 // Non-ASCII bytes take the per-code-point path, which keeps the same state.
 void normalize_words(const char* data, size_t len, Words& out) {
   // Output is never longer than the input (lowercasing keeps UTF-8 lengths, separator runs
-  // become one space, invalid bytes are copied); +1 for the unconditional write at the end.
-  out.text.resize(len + 1);
+  // become one space, invalid bytes are copied); +16 for the unconditional write at the end and
+  // the padding promised in normalize.h. Buffers only grow, so steady state allocates nothing.
+  if (out.buf.size() < len + 16) out.buf.resize(len + 16);
   size_t max_words = len / 2 + 2;
   if (out.start.size() < max_words) {
     out.start.resize(max_words);
     out.end.resize(max_words);
   }
-  char* o = out.text.data();
+  char* o = out.buf.data();
   char* const o0 = o;
   size_t* const starts = out.start.data();
   size_t* const ends = out.end.data();
@@ -151,7 +152,7 @@ void normalize_words(const char* data, size_t len, Words& out) {
   }
   if (in_word) ends[ne++] = size_t(o - o0);
   out.count = ns;
-  out.text.resize(size_t(o - o0));
+  out.length = size_t(o - o0);
 }
 
 }  // namespace fastlm::dedup

@@ -16,7 +16,6 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace fastlm::dedup {
@@ -32,11 +31,13 @@ struct TextView {
 // Normalized words of one document; reused across documents to avoid reallocation. start/end
 // are sized for the worst case of the largest document seen (only the first size() are valid).
 struct Words {
-  std::string text;           // words joined by ' '
+  std::vector<char> buf;      // words joined by ' ' (first `length` bytes), then >= 16 readable
+  size_t length = 0;          //   padding bytes so hashes may load 16-byte tails unconditionally
   std::vector<size_t> start;  // byte offset of word i in text
   std::vector<size_t> end;    // one past its last byte
   size_t count = 0;           // number of words
   size_t size() const { return count; }
+  const char* text() const { return buf.data(); }
 };
 
 // Fills `out` (cleared first) with the normalized words of data[0, len).
