@@ -105,10 +105,12 @@ def test_simd_and_scalar_agree(real):
     texts = real[:100] + random_texts(50)
     prev = _C.dedup_set_simd(False)
     try:
-        scalar = mh.signatures(texts)
+        assert _C.dedup_kernel() == "scalar"
+        scalar = mh.signatures(texts), dedup.simhash(texts, ngram=2)
     finally:
         _C.dedup_set_simd(prev)
-    assert np.array_equal(scalar, mh.signatures(texts))
+    assert np.array_equal(scalar[0], mh.signatures(texts))
+    assert np.array_equal(scalar[1], dedup.simhash(texts, ngram=2))
 
 
 @pytest.mark.parametrize("scheme,hash", [("affine32", "datasketch"), ("legacy", "datasketch-legacy")])

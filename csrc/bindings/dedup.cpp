@@ -8,7 +8,7 @@
 #include "common/error.h"
 #include "dedup/lsh.h"
 #include "dedup/minhash.h"
-#include "dedup/minhash_simd.h"
+#include "dedup/simd.h"
 #include "dedup/normalize.h"
 #include "dedup/simhash.h"
 
@@ -87,8 +87,8 @@ void check_vec(const U64& a, size_t n, const char* name) {
 void bind_dedup(py::module_& m) {
   m.attr("DEDUP_NORMALIZATION_VERSION") = dd::kNormalizationVersion;
 
-  m.def("dedup_set_simd", &dd::set_minhash_simd, "Test hook: enable/disable SIMD; returns previous");
-  m.def("dedup_kernel", &dd::minhash_kernel_name);
+  m.def("dedup_set_simd", &dd::set_dedup_simd, "Test hook: enable/disable SIMD; returns previous");
+  m.def("dedup_kernel", &dd::dedup_kernel_name);
 
   m.def("dedup_normalize", [](const py::object& text) {
     Texts t = to_texts(py::make_tuple(text));

@@ -7,7 +7,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/thread_pool.h"
-#include "dedup/minhash_simd.h"
+#include "dedup/simd.h"
 #include "dedup/sha1.h"
 
 namespace fastlm::dedup {

@@ -7,6 +7,7 @@
 #include "common/hash.h"
 #include "common/thread_pool.h"
 #include "dedup/minhash.h"
+#include "dedup/simd.h"
 
 namespace fastlm::dedup {
 
@@ -19,13 +20,11 @@ void simhash_fingerprints(const std::vector<TextView>& texts, size_t ngram, uint
     for (size_t i = begin; i < end; ++i) {
       normalize_words(texts[i].data, texts[i].size, w);
       shingle_hashes(w, ngram, MinHashMode::kFast, hashes);
-      // v[b] = sum of +-1; int64 so a 20 MB document cannot overflow. Inner loop vectorizes.
-      int64_t v[64] = {0};
-      for (uint64_t h : hashes) {
-        for (int b = 0; b < 64; ++b) v[b] += int64_t((h >> b) & 1) * 2 - 1;
-      }
+      // v[b] = sum of +-1 = 2 * ones[b] - total; bit b is set iff v[b] > 0.
+      uint64_t ones[64] = {0};
+      count_bits(hashes.data(), hashes.size(), ones);
       uint64_t fp = 0;
-      for (int b = 0; b < 64; ++b) fp |= uint64_t(v[b] > 0) << b;
+      for (int b = 0; b < 64; ++b) fp |= uint64_t(2 * ones[b] > hashes.size()) << b;
       out[i] = fp;
       counts[i] = hashes.size();
     }

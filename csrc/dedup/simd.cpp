@@ -1,10 +1,10 @@
-// Fast-mode MinHash kernels: portable scalar (unsigned __int128) and AVX-512 (8 lanes, 32-bit limbs).
+// Dedup kernels: fast-mode MinHash (scalar u128 / AVX-512 32-bit limbs) and SimHash bit counts.
 //
 // Performance notes (2-core Xeon with AVX-512, 128 perms, ~1.3 KB docs, one thread):
 // - scalar u128 mulmod, shingle-outer loop: ~22 MB/s for signatures (about 2 ns per perm).
 // - AVX-512, perm blocks of 16 outer / shingles inner (signature block and a, b in registers):
 //   see the module header of benchmarks/bench_dedup.py for the end-to-end numbers.
-#include "dedup/minhash_simd.h"
+#include "dedup/simd.h"
 
 #include <algorithm>
 #include <atomic>
@@ -108,6 +108,30 @@ __attribute__((target("avx512f"))) void block_avx512(const uint64_t* xs, size_t 
   if (k < P) block_scalar(xs, m, a + k, b + k, sig + k, P - k);
 }
 
+// 64 uint32 counters in four vectors; each hash adds 1 to the lanes of its set bits (the hash's
+// 16-bit slices are used directly as write masks). Flushed to uint64 every 2^31 hashes.
+__attribute__((target("avx512f"))) void count_bits_avx512(const uint64_t* h, size_t m,
+                                                          uint64_t ones[64]) {
+  const __m512i one = _mm512_set1_epi32(1);
+  for (size_t begin = 0; begin < m; begin += (size_t(1) << 31)) {
+    size_t end = std::min(m, begin + (size_t(1) << 31));
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+    for (size_t i = begin; i < end; ++i) {
+      uint64_t x = h[i];
+      c0 = _mm512_mask_add_epi32(c0, __mmask16(x), c0, one);
+      c1 = _mm512_mask_add_epi32(c1, __mmask16(x >> 16), c1, one);
+      c2 = _mm512_mask_add_epi32(c2, __mmask16(x >> 32), c2, one);
+      c3 = _mm512_mask_add_epi32(c3, __mmask16(x >> 48), c3, one);
+    }
+    alignas(64) uint32_t tmp[64];
+    _mm512_store_si512(tmp, c0);
+    _mm512_store_si512(tmp + 16, c1);
+    _mm512_store_si512(tmp + 32, c2);
+    _mm512_store_si512(tmp + 48, c3);
+    for (int b = 0; b < 64; ++b) ones[b] += tmp[b];
+  }
+}
+
 bool cpu_has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
   return has;
@@ -131,9 +155,21 @@ void fast_minhash_block(const uint64_t* xs, size_t m, const uint64_t* a, const u
   block_scalar(xs, m, a, b, sig, P);
 }
 
-bool set_minhash_simd(bool enable) { return g_simd.exchange(enable); }
+void count_bits(const uint64_t* hashes, size_t m, uint64_t ones[64]) {
+#ifdef FASTLM_DEDUP_X86
+  if (g_simd.load(std::memory_order_relaxed) && cpu_has_avx512()) {
+    count_bits_avx512(hashes, m, ones);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < m; ++i) {
+    for (int b = 0; b < 64; ++b) ones[b] += (hashes[i] >> b) & 1;
+  }
+}
 
-const char* minhash_kernel_name() {
+bool set_dedup_simd(bool enable) { return g_simd.exchange(enable); }
+
+const char* dedup_kernel_name() {
 #ifdef FASTLM_DEDUP_X86
   if (g_simd.load() && cpu_has_avx512()) return "avx512";
 #endif

@@ -1,4 +1,4 @@
-// SIMD kernels of the fast MinHash mode: min over shingles of (a_k*x + b_k) mod (2^61-1).
+// SIMD kernels of dedup with run-time dispatch: fast-mode MinHash and SimHash bit counting.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -11,10 +11,13 @@ namespace fastlm::dedup {
 void fast_minhash_block(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
                         uint64_t* sig, size_t P);
 
-// Test hook: enable/disable the SIMD path (returns the previous setting). Results are identical.
-bool set_minhash_simd(bool enable);
+// ones[b] += number of hashes with bit b set, for b < 64 (uint64 counters; any m).
+void count_bits(const uint64_t* hashes, size_t m, uint64_t ones[64]);
 
-// Name of the kernel fast_minhash_block uses now: "avx512" or "scalar".
-const char* minhash_kernel_name();
+// Test hook: enable/disable the SIMD paths (returns the previous setting). Results are identical.
+bool set_dedup_simd(bool enable);
+
+// Name of the kernels in use now: "avx512" or "scalar".
+const char* dedup_kernel_name();
 
 }  // namespace fastlm::dedup
