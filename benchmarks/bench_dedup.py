@@ -7,6 +7,7 @@ time over --repeats, docs/s, MB/s, the ratio to the peer, peak memory (ru_maxrss
 process) and recall/precision of same-cluster pairs against exact 5-gram Jaccard >= 0.8 (brute
 force over all pairs). The peers are slow, so they run on the first --peer-docs documents and
 their rate is extrapolated (the table says so); quality is measured on the docs each one saw.
+Peers shingle with a plain Python tokenizer (``\w+`` words, lowercased), as a datasketch user would.
 
     PYTHONPATH=python python benchmarks/bench_dedup.py            # ~1-2 min on 2 cores
     PYTHONPATH=python python benchmarks/bench_dedup.py --docs 20000 --repeats 5
@@ -85,7 +86,7 @@ def simhash_package(docs, args):
 def _child(fn, docs, args, extra, q):
     start = _rss_mb()
     times, cluster = [], None
-    for _ in range(args.repeats if fn.__module__ == __name__ and fn.__name__.startswith("fastlm") else 1):
+    for _ in range(args.repeats if fn.__name__.startswith("fastlm") else args.peer_repeats):
         t = time.perf_counter()
         cluster = fn(docs, args, *extra)
         times.append(time.perf_counter() - t)
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=8000, help="base real documents (before near-copies)")
     ap.add_argument("--peer-docs", type=int, default=1500, help="documents given to datasketch/simhash")
     ap.add_argument("--repeats", type=int, default=5, help="repeats of the fastlm runs (median)")
+    ap.add_argument("--peer-repeats", type=int, default=3, help="repeats of the peer runs (median)")
     ap.add_argument("--threads", type=int, default=0, help="fastlm threads (0 = all cores)")
     args = ap.parse_args()
 
@@ -120,7 +122,8 @@ def main() -> None:
     truth = ref.true_pairs(sets, 0.8)
     print(f"{len(docs)} docs, {mb:.1f} MB ({len(base)} real + {len(docs) - len(base)} near-copies), "
           f"{len(truth)} pairs with J >= 0.8 (ground truth {time.perf_counter() - t:.1f}s), "
-          f"{os.cpu_count()} cpus, kernel={_C.dedup_kernel()}")
+          f"{os.cpu_count()} cpus, fastlm threads={args.threads or os.cpu_count()}, "
+          f"kernel={_C.dedup_kernel()}, load average {os.getloadavg()[0]:.2f}")
     peer = docs[: args.peer_docs]
     peer_mb = sum(len(d.encode()) for d in peer) / 1e6
     peer_truth = {(i, j) for i, j in truth if j < len(peer)}
@@ -152,6 +155,9 @@ def main() -> None:
         ratio = f"{mbps / mbs[peers[name]]:.0f}x" if name in peers else "1x"
         print(f"{name:28s} {n:6d} {size:6.1f} {sec:7.3f} {dps:9.0f} {mbps:8.1f} {ratio:>7s} "
               f"{rss:8.1f} {r:7.3f} {p:6.3f}  {note}")
+    print(f"median of {args.repeats} (fastlm) / {args.peer_repeats} (peers) runs; load average now "
+          f"{os.getloadavg()[0]:.2f} (other processes on this machine slow the 2-thread fastlm runs more "
+          "than the 1-thread peers)")
     print("recall/precision: same-cluster pairs vs exact 5-gram Jaccard >= 0.8 (SimHash k=3 targets "
           "closer copies, so its recall at J >= 0.8 is low by design)")
 
