@@ -100,17 +100,19 @@ def test_fast_permutations_match_reference():
     assert mh.a.tolist() == a and mh.b.tolist() == b
 
 
-def test_simd_and_scalar_agree(real):
+def test_simd_levels_agree(real):
     mh = dedup.MinHasher(num_perm=77)  # 2 x 32 + 8 + 5: every SIMD block width and the scalar tail
     texts = real[:100] + random_texts(50)
-    prev = _C.dedup_set_simd(False)
+    want = mh.signatures(texts), dedup.simhash(texts, ngram=2)
+    prev = _C.dedup_set_simd(2)
     try:
-        assert _C.dedup_kernel() == "scalar"
-        scalar = mh.signatures(texts), dedup.simhash(texts, ngram=2)
+        for level, names in ((0, {"scalar"}), (1, {"avx2", "scalar"})):
+            _C.dedup_set_simd(level)
+            assert _C.dedup_kernel() in names
+            assert np.array_equal(mh.signatures(texts), want[0]), _C.dedup_kernel()
+            assert np.array_equal(dedup.simhash(texts, ngram=2), want[1])
     finally:
         _C.dedup_set_simd(prev)
-    assert np.array_equal(scalar[0], mh.signatures(texts))
-    assert np.array_equal(scalar[1], dedup.simhash(texts, ngram=2))
 
 
 @pytest.mark.parametrize("scheme,hash", [("affine32", "datasketch"), ("legacy", "datasketch-legacy")])
