@@ -270,3 +270,11 @@ def test_20mb_single_line_document(real):
     assert sig[0].tolist() == want and counts[0] == count
     fps, c = dedup.simhash_and_counts([doc])
     assert (int(fps[0]), int(c[0])) == ref.simhash(doc, 3)
+
+
+def test_empty_inputs():
+    for f in (dedup.exact_dedup, dedup.minhash_dedup, dedup.simhash_dedup):
+        r = f([])
+        assert r.counts == {"documents": 0, "kept": 0, "removed": 0, "clusters": 0} and r.clusters == []
+    assert dedup.MinHasher().signatures([]).shape == (0, 128)
+    assert dedup.exact_hashes([]).shape == (0, 2) and dedup.simhash([]).shape == (0,)

@@ -73,3 +73,26 @@ def test_exact_dedup_finds_copies(corpus):
     r = dedup.exact_dedup(docs + extra)
     assert r.duplicate_of[len(docs) :].tolist()[:50] == list(range(50))
     assert (r.duplicate_of[len(docs) + 50 :] >= 0).all()
+
+
+def test_datasketch_mode_gives_datasketch_duplicate_sets(corpus):
+    # Same signatures (hash="datasketch"), same banding as MinHashLSH(0.8, 128) and no extra
+    # verification (threshold ~0 accepts every candidate): the clusters are the connected
+    # components of datasketch's LSH candidate pairs.
+    datasketch = pytest.importorskip("datasketch")
+    docs = corpus[0][:600]
+    lsh = datasketch.MinHashLSH(threshold=0.8, num_perm=128)
+    uf = ref.UnionFind(len(docs))
+    for i, d in enumerate(docs):
+        m = datasketch.MinHash(num_perm=128)
+        for s in ref.shingles(d, 5):
+            m.update(s)
+        if ref.shingles(d, 5):
+            for j in lsh.query(m):
+                uf.unite(i, j)
+            lsh.insert(i, m)
+    want = [uf.find(i) for i in range(len(docs))]
+    r = dedup.minhash_dedup(docs, hash="datasketch", bands=(lsh.b, lsh.r), verify="signature",
+                            threshold=1e-9)
+    assert r.cluster.tolist() == want
+    assert r.counts["clusters"] > 20

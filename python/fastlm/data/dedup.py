@@ -98,6 +98,14 @@ class DedupResult:
         bounds = np.flatnonzero(np.diff(ids)) + 1
         return [g.tolist() for g in np.split(order, bounds) if len(g) >= 2]
 
+    def largest(self, k: int = 5) -> list[list[int]]:
+        """The k largest clusters (ties: smaller first index first), for reports and samples.
+
+        >>> exact_dedup(["a", "b", "A", "a!", "b"]).largest(1)
+        [[0, 2, 3]]
+        """
+        return sorted(self.clusters, key=lambda c: (-len(c), c[0]))[:k]
+
     @property
     def counts(self) -> dict:
         """documents, kept, removed, clusters (size >= 2): kept + removed == documents."""
