@@ -101,8 +101,10 @@ def _fmix32(h: int) -> int:
 
 def minhash(text, num_perm=128, ngram=5, seed=1, mode="fast", perms=None) -> tuple[list[int], int]:
     """(signature, number of shingles). perms: (a, b) for the datasketch modes."""
-    hs = set(shingle_hashes(text, ngram, "fast" if mode == "fast" else "sha1"))
-    count = len(shingles(text, ngram))
+    sh = shingles(text, ngram)
+    f = hash64 if mode == "fast" else sha1_hash32
+    hs = {f(s) for s in set(sh)}  # the min over a multiset is the min over its distinct values
+    count = len(sh)
     if mode == "fast":
         a, b = fast_permutations(num_perm, seed)
         sig = [min([(ak * x + bk) % P61 for x in hs], default=M64) for ak, bk in zip(a, b)]
