@@ -5,7 +5,12 @@ characters), ASCII non-alphanumerics and Unicode punctuation/space blocks are se
 lowercased (ASCII, Latin-1, Greek, Cyrillic) and joined by one space. Shingles are word n-grams of
 that text; a document with fewer than n words has one shingle (all its words); an empty document
 has none and is never a near-duplicate. Texts may be ``str`` or ``bytes`` (bytes need not be valid
-UTF-8).
+UTF-8). Exact duplicates are documents with equal normalized text (so case, punctuation and
+spacing differences do not count), compared by a 128-bit murmur3 hash.
+
+Clusters: union-find over verified pairs; every result has the same shape (DedupResult). The kept
+document of a cluster is the first (lowest index) by default, or with ``keep="longest"`` the one
+with the largest ``len()`` (characters for str, bytes for bytes; ties: lowest index).
 
 MinHash hash modes (``MinHasher(hash=...)``):
 - ``"fast"`` (default): shingle x = murmur3 x64-128 low 64 bits; h_k(x) = (a_k*x + b_k) mod
@@ -28,7 +33,8 @@ from fastlm import _C
 
 __all__ = [
     "NORMALIZATION_VERSION", "DedupResult", "MinHasher", "exact_hashes", "exact_dedup",
-    "optimal_bands", "recall_bands", "minhash_dedup", "simhash", "simhash_dedup", "normalize",
+    "optimal_bands", "recall_bands", "minhash_dedup", "simhash", "simhash_and_counts",
+    "simhash_dedup", "normalize",
 ]
 
 NORMALIZATION_VERSION: int = _C.DEDUP_NORMALIZATION_VERSION
