@@ -232,8 +232,8 @@ def jaccard(a, b, n=5) -> float:
 
 
 def real_documents(max_docs: int = 2000, words_per_doc: int = 200) -> list[str]:
-    """Real text: pydoc topics and modern-spelling Shakespeare, cut into ~words_per_doc-word docs
-    at paragraph boundaries, interleaved so any prefix mixes both sources."""
+    """Real text: pydoc topics and Shakespeare (modern and Folio editions), cut into
+    ~words_per_doc-word docs at paragraph boundaries, interleaved so any prefix mixes sources."""
     import os
 
     import pydoc_data.topics
@@ -256,7 +256,7 @@ def real_documents(max_docs: int = 2000, words_per_doc: int = 200) -> list[str]:
 
         d = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
         for f in sorted(os.listdir(d)):
-            if f.endswith("_gut.txt"):  # modern editions only (Folio copies are not near-dups)
+            if f.endswith(".txt"):  # modern and First Folio editions (their 5-gram J < 0.1)
                 with open(os.path.join(d, f), encoding="utf-8", errors="replace") as fh:
                     shakes.extend(chunks(fh.read()))
     except ImportError:
