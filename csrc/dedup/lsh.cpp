@@ -1,0 +1,114 @@
+// MinHash LSH: per-band sort of (key, doc), bucket scan with verification, union-find clusters.
+#include "dedup/lsh.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/hash.h"
+#include "common/thread_pool.h"
+#include "dedup/minhash.h"
+
+namespace fastlm::dedup {
+
+void band_keys(const uint64_t* sig, size_t n, size_t num_perm, size_t bands, size_t rows,
+               uint64_t* keys, int num_threads) {
+  check(bands >= 1 && rows >= 1 && bands * rows <= num_perm,
+        "bands * rows must be <= num_perm (and both >= 1)");
+  parallel_for(n, num_threads, 256, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      const uint64_t* s = sig + i * num_perm;
+      for (size_t j = 0; j < bands; ++j) keys[i * bands + j] = hash64(s + j * rows, rows * 8, j);
+    }
+  });
+}
+
+ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* duplicate_of,
+                         int num_threads) {
+  check(a.n < (uint64_t(1) << 32), "at most 2^32-1 documents per clustering call");
+  check(a.verify == Verify::kSignature || (a.texts && a.texts->size() == a.n),
+        "exact Jaccard verification needs the texts of all documents");
+  check(a.num_perm >= 1 && a.bands >= 1, "num_perm and bands must be >= 1");
+  // Per band: (key, doc) of non-empty docs, sorted; docs ascending within a key.
+  std::vector<std::vector<std::pair<uint64_t, uint32_t>>> entries(a.bands);
+  parallel_for(a.bands, num_threads, 1, [&](size_t begin, size_t end) {
+    for (size_t j = begin; j < end; ++j) {
+      auto& e = entries[j];
+      e.reserve(a.n);
+      for (size_t i = 0; i < a.n; ++i) {
+        if (a.counts[i] > 0) e.emplace_back(a.keys[i * a.bands + j], uint32_t(i));
+      }
+      std::sort(e.begin(), e.end());
+    }
+  });
+
+  auto estimate = [&](size_t i, size_t j) {
+    const uint64_t* x = a.sig + i * a.num_perm;
+    const uint64_t* y = a.sig + j * a.num_perm;
+    size_t eq = 0;
+    for (size_t k = 0; k < a.num_perm; ++k) eq += x[k] == y[k];
+    return double(eq) / double(a.num_perm);
+  };
+  auto borderline = [&](double est) {
+    return est > a.threshold - a.margin && est < a.threshold + a.margin;
+  };
+
+  // Shingle sets for exact checks, computed once per doc and in parallel up front: for every doc
+  // in a shared bucket (kJaccard), or for the docs of borderline pairs with their bucket's first
+  // doc (kAuto, a good guess of the pairs the scan will check; any other is computed lazily).
+  std::vector<std::vector<uint64_t>> sets;
+  std::vector<char> have;
+  if (a.verify != Verify::kSignature) {
+    sets.resize(a.n);
+    have.assign(a.n, 0);
+    std::vector<char> need(a.n, 0);
+    for (const auto& e : entries) {
+      size_t g = 0;
+      for (size_t k = 1; k < e.size(); ++k) {
+        if (e[k].first != e[g].first) {
+          g = k;
+          continue;
+        }
+        if (a.verify == Verify::kJaccard || borderline(estimate(e[g].second, e[k].second))) {
+          need[e[g].second] = need[e[k].second] = 1;
+        }
+      }
+    }
+    parallel_for(a.n, num_threads, 16, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) {
+        if (need[i]) {
+          sets[i] = shingle_set((*a.texts)[i], a.ngram);
+          have[i] = 1;
+        }
+      }
+    });
+  }
+  auto exact = [&](size_t i, size_t j) {
+    for (size_t d : {i, j}) {
+      if (!have[d]) {
+        sets[d] = shingle_set((*a.texts)[d], a.ngram);
+        have[d] = 1;
+      }
+    }
+    return jaccard_sorted(sets[i], sets[j]) >= a.threshold;
+  };
+
+  ClusterStats st;
+  auto verify = [&](size_t i, size_t j) {
+    if (a.verify == Verify::kJaccard) {
+      ++st.exact_checks;
+      return exact(i, j);
+    }
+    double est = estimate(i, j);
+    if (a.verify == Verify::kAuto && borderline(est)) {
+      ++st.exact_checks;
+      return exact(i, j);
+    }
+    return est >= a.threshold;
+  };
+  UnionFind uf(a.n);
+  for (const auto& e : entries) scan_buckets(e, a.max_compare, uf, st, verify);
+  finalize_clusters(uf, a.lengths, a.keep_longest, cluster, duplicate_of);
+  return st;
+}
+
+}  // namespace fastlm::dedup

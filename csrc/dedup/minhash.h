@@ -1,0 +1,50 @@
+// Exact-duplicate hashes, shingle hashes and MinHash signatures over normalized documents.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "dedup/normalize.h"
+
+namespace fastlm::dedup {
+
+// How shingles are hashed and permuted (see python/fastlm/data/dedup.py for the contract).
+enum class MinHashMode : int {
+  kFast = 0,           // x = murmur3 low 64 bits; h_i = (a_i*x + b_i) mod (2^61-1), exact (u128)
+  kDatasketch = 1,     // datasketch>=2 "affine32": x = fmix32(sha1_hash32); h_i = a_i*x + b_i mod 2^32
+  kDatasketchLegacy = 2,  // datasketch<2 "legacy": ((a_i*x + b_i) mod 2^64) mod (2^61-1), low 32 bits
+};
+
+constexpr uint64_t kMersenne61 = (uint64_t(1) << 61) - 1;
+
+// Value of an empty signature slot: nothing hashed yet.
+inline uint64_t empty_slot(MinHashMode mode) {
+  return mode == MinHashMode::kFast ? ~uint64_t(0) : uint64_t(0xFFFFFFFFu);
+}
+
+struct MinHashParams {
+  size_t num_perm;
+  size_t ngram;
+  MinHashMode mode;
+  const uint64_t* a;  // num_perm permutation multipliers
+  const uint64_t* b;  // num_perm permutation offsets
+};
+
+// out[2*i], out[2*i+1] = (lo, hi) of murmur3_128 of the normalized text of document i.
+void exact_hashes(const std::vector<TextView>& texts, uint64_t* out, int num_threads);
+
+// Hashes of the shingles of one normalized document, in order (duplicates kept): murmur 64-bit
+// for kFast, sha1_hash32 (before any mixing) for the datasketch modes.
+void shingle_hashes(const Words& words, size_t ngram, MinHashMode mode, std::vector<uint64_t>& out);
+
+// sig[i*num_perm + k] = min over shingles of permutation k; counts[i] = number of shingles.
+void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams& p, uint64_t* sig,
+                        uint64_t* counts, int num_threads);
+
+// Sorted distinct 64-bit murmur shingle hashes of one document (for exact Jaccard checks).
+std::vector<uint64_t> shingle_set(const TextView& text, size_t ngram);
+
+// |A & B| / |A | B| of two sorted distinct sets; 0 when both are empty.
+double jaccard_sorted(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b);
+
+}  // namespace fastlm::dedup

@@ -1,0 +1,171 @@
+"""Staged MinHash dedup over shards: signatures -> band keys -> clusters -> per-shard keep masks.
+
+Each stage reads the previous stage's files, so shards can be hashed by separate processes or
+machines and merged in one clustering step. Files are ``.npz`` (no pickle) holding numpy arrays
+and a JSON ``header`` with the parameters that produced them: kind, format, method, num_perm,
+ngram, seed, hash, normalization (+ bands, rows for keys; threshold for clusters) and the shard
+index. Combining files whose parameters differ is refused with an error naming both files.
+Writes are atomic (temp file in the same directory, then ``os.replace``).
+
+Document ids: shards are ordered by their ``shard`` index (not by argument order), and document
+(shard, i) gets the global id offset[shard] + i, so merging is deterministic.
+
+>>> import tempfile, os
+>>> d = tempfile.mkdtemp()
+>>> mh = MinHasher(num_perm=32, ngram=3)
+>>> _ = write_signatures(os.path.join(d, "s0.npz"), ["a b c d", "x y z"], minhasher=mh, shard=0)
+>>> _ = write_signatures(os.path.join(d, "s1.npz"), ["a b c d"], minhasher=mh, shard=1)
+>>> keys = [write_band_keys(os.path.join(d, f"k{i}.npz"), os.path.join(d, f"s{i}.npz"))["path"]
+...         for i in (0, 1)]
+>>> r = cluster_files(os.path.join(d, "c.npz"), keys)
+>>> r.duplicate_of.tolist(), shard_keep_mask(os.path.join(d, "c.npz"), 1).tolist()
+([-1, -1, 0], [False])
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from fastlm import _C
+from fastlm.data.dedup import DedupResult, MinHasher, _keep_longest, _lengths, _texts, recall_bands
+
+__all__ = ["write_signatures", "write_band_keys", "cluster_files", "shard_keep_mask", "read_header"]
+
+FORMAT_VERSION = 1
+_PARAMS = ("method", "num_perm", "ngram", "seed", "hash", "normalization")
+_KEY_PARAMS = _PARAMS + ("bands", "rows")
+
+
+def _save(path: str, header: dict, **arrays: np.ndarray) -> None:
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            hdr = np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8)
+            np.savez(f, header=hdr, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load(path: str, kind: str) -> tuple[dict, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable dedup file ({e})") from None
+    if "header" not in arrays:
+        raise ValueError(f"{path}: no header (not a fastlm dedup file)")
+    header = json.loads(arrays.pop("header").tobytes().decode())
+    if header.get("kind") != kind:
+        raise ValueError(f"{path}: expected a {kind} file, found {header.get('kind')!r}")
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {header.get('format')} is not {FORMAT_VERSION}")
+    return header, arrays
+
+
+def read_header(path: str) -> dict:
+    """The JSON header of a dedup file (any stage)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(z["header"].tobytes().decode())
+
+
+def _check_same(files: Sequence[tuple[str, dict]], fields: Sequence[str]) -> None:
+    first_path, first = files[0]
+    for path, h in files[1:]:
+        for k in fields:
+            if h.get(k) != first.get(k):
+                raise ValueError(
+                    f"cannot combine {first_path} ({k}={first.get(k)!r}) with {path} "
+                    f"({k}={h.get(k)!r}): dedup files must come from the same parameters")
+
+
+def write_signatures(path: str, texts: Sequence[str | bytes], *, minhasher: MinHasher | None = None,
+                     shard: int = 0, num_threads: int = 0) -> dict:
+    """Stage 1: MinHash signatures of one shard's documents; returns the header (with "path").
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "sig.npz")
+    >>> write_signatures(p, ["some text"], shard=3)["num_docs"]
+    1
+    """
+    mh = minhasher or MinHasher()
+    if not isinstance(shard, int) or shard < 0:
+        raise ValueError(f"shard must be a non-negative int, got {shard!r}")
+    texts = _texts(texts)
+    sig, counts = mh.signatures_and_counts(texts, num_threads=num_threads)
+    header = {"kind": "minhash-signatures", "format": FORMAT_VERSION, **mh.params(),
+              "shard": shard, "num_docs": len(texts)}
+    _save(path, header, signatures=sig, counts=counts, lengths=_lengths(texts))
+    return {**header, "path": os.fspath(path)}
+
+
+def write_band_keys(path: str, signature_file: str, *, threshold: float = 0.8,
+                    bands: tuple[int, int] | None = None, num_threads: int = 0) -> dict:
+    """Stage 2: LSH band keys of one signature file (banding as minhash_dedup: recall_bands).
+
+    The keys file also carries the signatures (needed to verify candidates) and counts.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_signatures(os.path.join(d, "s.npz"), ["a b c d e f"])
+    >>> h = write_band_keys(os.path.join(d, "k.npz"), os.path.join(d, "s.npz")); (h["bands"], h["rows"])
+    (21, 6)
+    """
+    h, a = _load(signature_file, "minhash-signatures")
+    b, r = bands if bands is not None else recall_bands(min(threshold, 0.99), h["num_perm"])
+    if b < 1 or r < 1 or b * r > h["num_perm"]:
+        raise ValueError(f"bands={b} x rows={r} must be >= 1 and use at most num_perm={h['num_perm']}")
+    keys = _C.dedup_band_keys(a["signatures"], b, r, num_threads)
+    header = {**h, "kind": "minhash-band-keys", "bands": b, "rows": r}
+    _save(path, header, keys=keys, **a)
+    return {**header, "path": os.fspath(path)}
+
+
+def cluster_files(path: str, key_files: Sequence[str], *, threshold: float = 0.8,
+                  max_compare: int = 64, keep: str = "first", num_threads: int = 0) -> DedupResult:
+    """Stage 3: merge the band-key files of all shards, verify candidates by the signature
+    estimate (texts are not available here) and cluster; writes the cluster file.
+
+    Gives the same clusters as ``minhash_dedup(all_texts, verify="signature")`` with the same
+    parameters and banding, documents ordered by shard index.
+    """
+    if not key_files:
+        raise ValueError("cluster_files needs at least one band-key file")
+    loaded = [(os.fspath(p), *_load(p, "minhash-band-keys")) for p in key_files]
+    _check_same([(p, h) for p, h, _ in loaded], _KEY_PARAMS)
+    loaded.sort(key=lambda t: t[1]["shard"])
+    for (p, h, _), (q, g, _) in zip(loaded, loaded[1:]):
+        if h["shard"] == g["shard"]:
+            raise ValueError(f"{p} and {q} are both shard {h['shard']}")
+    shards = [h["shard"] for _, h, _ in loaded]
+    sizes = [len(a["counts"]) for _, _, a in loaded]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    cat = {k: np.concatenate([a[k] for _, _, a in loaded]) for k in ("keys", "signatures", "counts", "lengths")}
+    cluster, dup, stats = _C.dedup_lsh_cluster(
+        cat["keys"], cat["signatures"], cat["counts"], cat["lengths"], threshold, 0, 0.0, None,
+        loaded[0][1]["ngram"], max_compare, _keep_longest(keep), num_threads)
+    h0 = loaded[0][1]
+    header = {"kind": "minhash-clusters", "format": FORMAT_VERSION,
+              **{k: h0[k] for k in _KEY_PARAMS}, "threshold": threshold, "keep": keep,
+              "shards": shards, "offsets": offsets.tolist(), "stats": stats}
+    _save(path, header, cluster=cluster, duplicate_of=dup)
+    stats.update(bands=h0["bands"], rows=h0["rows"])
+    return DedupResult("minhash", cluster, dup, stats)
+
+
+def shard_keep_mask(cluster_file: str, shard: int) -> np.ndarray:
+    """Stage 4 (filter): bool mask of the documents of `shard` to keep, in the shard's order."""
+    h, a = _load(cluster_file, "minhash-clusters")
+    if shard not in h["shards"]:
+        raise ValueError(f"{cluster_file}: no shard {shard} (has {h['shards']})")
+    i = h["shards"].index(shard)
+    lo, hi = h["offsets"][i], h["offsets"][i + 1]
+    return a["duplicate_of"][lo:hi] < 0
