@@ -80,6 +80,8 @@ def test_clean_counts_add_up_and_fields_kept(corpus, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["documents_in"] == rep.documents_in and report["kept"] == rep.kept
     assert report["malformed_samples"][0]["line"] == 5
+    members = {m for c in report["largest_clusters"] for m in c["members"]}
+    assert members == {f"{path}:1", f"{path}:{len(rows) - 2}", f"{path}:2", f"{path}:{len(rows) - 1}"}  # +1: the bad line 5
     assert sorted(os.listdir(out)) == sorted(["report.json"] + [os.path.basename(p) for p in rep.outputs])
 
 

@@ -229,6 +229,7 @@ def clean(
         build_instruct_filters(InstructConfig(max_chars=cfg.filters.max_chars)) if cfg.filters.instruct else []
     )
     kept_texts_all: list[str] = []  # survivors' texts, for dedup after the filters
+    origins: list[str] = []  # survivors' "source:line", to name cluster members in the report
 
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
@@ -267,6 +268,7 @@ def clean(
                         continue
                     stage.write(json.dumps(r.data, ensure_ascii=False) + "\n")
                     kept_texts.append(t)
+                    origins.append(f"{r.source}:{r.line}")
                 survivors += len(kept_texts)
                 kept_texts_all.extend(kept_texts)
                 if progress is not None:
@@ -301,7 +303,7 @@ def clean(
         if survivors != len(keep):
             raise AssertionError(f"dedup saw {len(keep)} documents, the filters passed {survivors}")
         report.largest_clusters = [
-            {"size": len(members), "members": members[:10], "sample": samples.get(members[0], "")[:300]}
+            {"size": len(members), "members": [origins[i] for i in members[:10]], "sample": samples.get(members[0], "")[:300]}
             for members in largest
         ]
 
