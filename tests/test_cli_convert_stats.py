@@ -114,7 +114,7 @@ def test_stats_json_matches_reference(tmp_path, capsys):
 
 
 def test_stats_table_with_chat_and_text(tmp_path, capsys):
-    src = write_input(tmp_path)
+    write_input(tmp_path)
     (tmp_path / "notes.txt").write_text("para one here\n\npara two\n")
     assert main(["data", "stats", str(tmp_path), "--text-mode", "paragraphs"]) == 0
     out = capsys.readouterr().out

@@ -159,13 +159,6 @@ def run_staged(tmp_path, shards, flags=(), sig_flags=None, cluster_flags=(), fil
     return 0
 
 
-def _has_one_shot_bands():
-    import dataclasses
-
-    from fastlm.data.pipeline import DedupConfig
-
-    return "bands" in {f.name for f in dataclasses.fields(DedupConfig)}
-
 
 @pytest.mark.parametrize("sig, band, cluster", [
     ([], [], []),
@@ -175,8 +168,6 @@ def _has_one_shot_bands():
     (["--num-perm", "64"], ["--bands", "16", "--rows", "4"], []),
 ])
 def test_staged_equals_one_shot(tmp_path, shards, sig, band, cluster):
-    if "--bands" in band and not _has_one_shot_bands():
-        pytest.skip("one-shot --bands needs pipeline.DedupConfig.bands")
     assert run_staged(tmp_path, shards, flags=band, sig_flags=[sig] * len(shards), cluster_flags=cluster) == 0
     flags = sig + band + cluster
     assert dedup_cli(*shards, "-o", tmp_path / "one", "--verify", "signature", "--quiet", *flags) == 0

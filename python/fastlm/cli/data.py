@@ -1,5 +1,5 @@
 """`fastlm data ...`: the data-stage commands. Each command lives in its own module and
-registers itself here: clean, dedup, convert, stats, train-classifier."""
+registers itself here: clean, dedup, convert, stats, train-classifier, classify."""
 
 from __future__ import annotations
 
@@ -15,10 +15,4 @@ def register(groups: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"fastlm.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"fastlm.cli.{name}":
-                raise
-            continue  # command not built yet
-        module.register(commands)
+        importlib.import_module(f"fastlm.cli.{name}").register(commands)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import sys
 
+from fastlm.cli.progress import DocProgress
 from fastlm.config import apply_overrides, from_dict, load_config_file
 
 
@@ -88,26 +87,11 @@ def run(args: argparse.Namespace) -> int:
     from fastlm.data.pipeline import clean
 
     cfg = config_from_args(args)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(unit=" docs", desc="clean", file=sys.stderr, dynamic_ncols=True)
-        last = [0]
-
-        def progress(docs: int, nbytes: int) -> None:
-            bar.update(docs - last[0])
-            last[0] = docs
-            secs = max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix_str(f"{nbytes / 1e6 / secs:.1f} MB/s", refresh=False)
-
-    else:
-        progress = None
+    progress = DocProgress("clean", enabled=not args.quiet)
     try:
-        report = clean(args.inputs, args.out, cfg, progress=progress)
+        report = clean(args.inputs, args.out, cfg, progress=progress.callback)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if not args.quiet:
         report.print_table()
         print(f"wrote {len(report.outputs)} shard(s) and report.json to {os.path.abspath(args.out)}")

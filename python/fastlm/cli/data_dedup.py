@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
+
+from fastlm.cli.progress import DocProgress
 
 STAGES = ("signatures", "bands", "cluster", "filter")
 # Flags with a default of None, the defaults used when they apply and were not given.
@@ -109,7 +109,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--stage supports --method minhash only, not {method!r} (SimHash and exact-only "
                          "staging are not implemented; use one-shot dedup)")
     if method != "minhash":
-        for name in sorted(given & _MINHASH):
+        for name in sorted(given & _MINHASH - ({"ngram"} if method == "simhash" else set())):
             raise ValueError(f"--{name.replace('_', '-')} applies to --method minhash only, not {method!r}")
     if method != "simhash" and args.simhash_k is not None:
         raise ValueError("--simhash-k applies to --method simhash only")
@@ -157,10 +157,9 @@ def dedup_config(args: argparse.Namespace):
         **{k: _opt(args, k) for k in ("threshold", "num_perm", "ngram", "seed", "hash", "verify", "simhash_k", "keep")},
     }
     if args.bands is not None:
-        if "bands" not in {f.name for f in dataclasses.fields(DedupConfig)}:
-            raise ValueError("one-shot --bands/--rows needs pipeline.DedupConfig.bands, which this version "
-                             "lacks; the staged pipeline takes them (--stage bands --bands B --rows R)")
         fields["bands"] = (args.bands, args.rows)
+    if method == "simhash" and args.ngram is not None:
+        fields["simhash_ngram"] = args.ngram
     return DedupConfig(**fields)
 
 
@@ -176,22 +175,6 @@ def _read(inputs: list[str], args: argparse.Namespace, errors) -> Iterable:
 
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _progress_bar(args: argparse.Namespace, desc: str) -> Optional[Any]:
-    if args.quiet:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(unit=" docs", desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-
-
-def _tick(bar, nbytes: int) -> None:
-    if bar is not None:
-        bar.update(1)
-        if bar.n % 1024 == 0:
-            secs = max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix_str(f"{nbytes / 1e6 / secs:.1f} MB/s", refresh=False)
 
 
 def _publish(paths: list[str], out_dir: str, prefix: str) -> list[str]:
@@ -223,62 +206,25 @@ def _largest(clusters: list[list[int]], where: Callable[[int], str], sample: dic
 
 
 def dedup_one_shot(inputs: list[str], out_dir: str, args: argparse.Namespace):
-    """Read -> exact + near dedup -> shards + report.json in out_dir; returns the StageReport."""
-    from fastlm.data.io import ShardWriter
-    from fastlm.data.pipeline import deduplicate
-    from fastlm.data.readers import record_text
-    from fastlm.data.records import ErrorLog
-    from fastlm.data.report import StageReport
+    """Read -> exact + near dedup -> shards + report.json in out_dir; returns the StageReport.
 
-    t0 = time.perf_counter()
-    cfg = dedup_config(args)
-    text_field = _opt(args, "text_field")
-    report = StageReport(params={"dedup": dataclasses.asdict(cfg), "inputs": list(inputs)})
-    errors = ErrorLog(strict=bool(args.strict))
-    texts: list[str] = []
-    where: list[tuple[str, int]] = []
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
-    bar = _progress_bar(args, "dedup")
+    This is `fastlm data clean` with only its dedup step (no normalization, no filters).
+    """
+    from fastlm.data.pipeline import CleanConfig, InputConfig, OutputConfig, clean
+
+    cfg = CleanConfig(
+        input=InputConfig(text_field=_opt(args, "text_field"), text_mode=_opt(args, "text_mode"),
+                          format=_opt(args, "fmt"), strict=bool(args.strict)),
+        dedup=dedup_config(args),
+        output=OutputConfig(format=_opt(args, "output_format")),
+        steps=("dedup",),
+        num_threads=args.threads,
+    )
+    progress = DocProgress("dedup", enabled=not args.quiet)
     try:
-        # Pass 1: records to a staging file (memory holds texts, never whole records).
-        stage_path = os.path.join(staging, "records.jsonl")
-        with open(stage_path, "w", encoding="utf-8") as stage:
-            for r in _read(inputs, args, errors):
-                text = record_text(r.data, text_field)
-                stage.write(json.dumps(r.data, ensure_ascii=False) + "\n")
-                texts.append(text)
-                where.append((r.source, r.line))
-                report.bytes_in += _utf8_len(text)
-                _tick(bar, report.bytes_in)
-        if bar is not None:
-            bar.close()
-        report.documents_in = len(texts)
-        keep, removed, clusters = deduplicate(texts, cfg, num_threads=args.threads)
-        report.removed.update(removed)
-        report.clusters = len(clusters)
-        firsts = {c[0] for c in clusters}
-        sample = {i: texts[i] for i in firsts}
-        report.largest_clusters = _largest(clusters, lambda i: "%s:%d" % where[i], sample)
-        del texts
-
-        # Pass 2: the kept records, in input order, into shards under staging/out.
-        with open(stage_path, encoding="utf-8") as stage, ShardWriter(
-                os.path.join(staging, "out"), fmt=_opt(args, "output_format")) as writer:
-            for i, line in enumerate(stage):
-                if keep[i]:
-                    data = json.loads(line)
-                    writer.write(data)
-                    report.kept += 1
-                    report.bytes_out += _utf8_len(record_text(data, text_field))
-        _finish(report, errors, t0)
-        report.outputs = _publish(writer.paths, out_dir, "shard")
-        report.write_json(os.path.join(out_dir, "report.json"))
-        return report
+        return clean(inputs, out_dir, cfg, progress=progress.callback)
     finally:
-        if bar is not None:
-            bar.close()
-        shutil.rmtree(staging, ignore_errors=True)
+        progress.close()
 
 
 # ------------------------------------------------------------------------------ stages
@@ -363,7 +309,7 @@ def stage_filter(inputs: list[str], out_dir: str, args: argparse.Namespace):
     where: dict[int, str] = {}  # local index -> file:line, for the members the report shows
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
-    bar = _progress_bar(args, f"filter {args.shard}")
+    progress = DocProgress(f"filter {args.shard}", enabled=not args.quiet)
 
     def check_same(batch: list[str], start: int) -> None:  # the documents stage 1 hashed, in order
         if start + len(batch) > m:
@@ -388,7 +334,8 @@ def stage_filter(inputs: list[str], out_dir: str, args: argparse.Namespace):
                 batch.append(text)
                 pending.append(r.data)
                 i += 1
-                _tick(bar, report.bytes_in)
+                if i % 1024 == 0:
+                    progress(i, report.bytes_in)
                 if len(batch) == 4096:
                     check_same(batch, i - len(batch))
                     for j, data in enumerate(pending, i - len(batch)):
@@ -415,8 +362,7 @@ def stage_filter(inputs: list[str], out_dir: str, args: argparse.Namespace):
         report.write_json(os.path.join(out_dir, f"{prefix}.report.json"))
         return report
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
         shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -63,8 +63,10 @@ class DedupConfig:
     num_perm: int = 128  # MinHash permutations (datasketch's default)
     ngram: int = 5  # word n-gram shingle size (text-dedup / datatrove use 5)
     seed: int = 1  # permutation seed
-    hash: Literal["fast", "datasketch"] = "fast"  # datasketch: bit-identical signatures, slower
+    hash: Literal["fast", "datasketch", "datasketch-legacy"] = "fast"  # datasketch modes: its exact signatures
+    bands: Optional[tuple[int, int]] = None  # (bands, rows); None: banded for recall (dedup.recall_bands)
     simhash_k: int = 3  # SimHash: max Hamming distance of 64-bit fingerprints
+    simhash_ngram: int = 3  # SimHash: word n-gram features (short n: weighted local edits)
     keep: Literal["first", "longest"] = "first"  # which document of a cluster is kept
     verify: Literal["auto", "signature", "jaccard"] = "auto"  # MinHash candidate check (see dedup.minhash_dedup)
 
@@ -78,6 +80,9 @@ class OutputConfig:
     prefix: str = "shard"  # shard file names: <prefix>-00000.jsonl
 
 
+STEPS = ("normalize", "filter", "dedup")
+
+
 @dataclasses.dataclass
 class CleanConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
@@ -85,6 +90,7 @@ class CleanConfig:
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    steps: tuple[str, ...] = ("normalize", "filter", "dedup")  # `fastlm data dedup` runs ("dedup",) alone
     batch_size: int = 2048  # documents per native call (amortizes the GIL release)
     num_threads: int = 0  # native threads; 0 = all cores
 
@@ -144,11 +150,13 @@ def deduplicate(
         if config.near == "minhash":
             r = dd.minhash_dedup(
                 sub, threshold=config.threshold, num_perm=config.num_perm, ngram=config.ngram,
-                seed=config.seed, hash=config.hash, verify=config.verify, keep=config.keep,
-                num_threads=num_threads,
+                seed=config.seed, hash=config.hash, bands=config.bands, verify=config.verify,
+                keep=config.keep, num_threads=num_threads,
             )
         else:
-            r = dd.simhash_dedup(sub, k=config.simhash_k, keep=config.keep, num_threads=num_threads)
+            r = dd.simhash_dedup(
+                sub, k=config.simhash_k, ngram=config.simhash_ngram, keep=config.keep, num_threads=num_threads
+            )
         keep[idx[~r.keep]] = False
         removed["near_dup"] = int((~r.keep).sum())
         clusters += [idx[c].tolist() for c in r.clusters]
@@ -223,11 +231,18 @@ def clean(
     t0 = time.perf_counter()
     report = StageReport(params=dataclasses.asdict(cfg))
     errors = ErrorLog(strict=cfg.input.strict)
-    normalizer = _Normalizer(cfg.normalize, cfg.input.text_field, cfg.num_threads)
-    doc_filters = build_doc_filters(cfg.filters, num_threads=cfg.num_threads)
+    unknown = sorted(set(cfg.steps) - set(STEPS))
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown}; steps are {list(STEPS)}")
+    normalizer = _Normalizer(cfg.normalize, cfg.input.text_field, cfg.num_threads) if "normalize" in cfg.steps else None
+    filtering = "filter" in cfg.steps
+    doc_filters = build_doc_filters(cfg.filters, num_threads=cfg.num_threads) if filtering else []
     instruct_filters = (
-        build_instruct_filters(InstructConfig(max_chars=cfg.filters.max_chars)) if cfg.filters.instruct else []
+        build_instruct_filters(InstructConfig(max_chars=cfg.filters.max_chars))
+        if filtering and cfg.filters.instruct
+        else []
     )
+    dedup_config = cfg.dedup if "dedup" in cfg.steps else DedupConfig(exact=False, near="none")
     kept_texts_all: list[str] = []  # survivors' texts, for dedup after the filters
     origins: list[str] = []  # survivors' "source:line", to name cluster members in the report
 
@@ -247,11 +262,12 @@ def clean(
             for batch in _batches(records, cfg.batch_size):
                 report.documents_in += len(batch)
                 report.bytes_in += sum(len(chat.record_text(r.data, cfg.input.text_field).encode("utf-8", "surrogatepass")) for r in batch)
-                normalizer(batch)
+                if normalizer is not None:
+                    normalizer(batch)
                 texts = [chat.record_text(r.data, cfg.input.text_field) for r in batch]
                 reasons: list[Optional[str]] = [None] * len(batch)
                 for i, (r, t) in enumerate(zip(batch, texts)):
-                    if cfg.filters.drop_empty and not t.strip():
+                    if filtering and cfg.filters.drop_empty and not t.strip():
                         reasons[i] = "empty"
                     elif instruct_filters:
                         reasons[i] = check_instruct(r.data, instruct_filters)
@@ -274,7 +290,7 @@ def clean(
                 if progress is not None:
                     progress(report.documents_in, report.bytes_in)
 
-        keep, removed, clusters = deduplicate(kept_texts_all, cfg.dedup, num_threads=cfg.num_threads)
+        keep, removed, clusters = deduplicate(kept_texts_all, dedup_config, num_threads=cfg.num_threads)
         del kept_texts_all
         report.removed.update(removed)
         report.clusters = len(clusters)
