@@ -1,13 +1,10 @@
 """Loads the native kernel modules lazily and says which path an op may take (CUDA, CPU, torch)."""
 from __future__ import annotations
 
-import functools
 import os
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_module():
-    """fastlm._C, or None when the native module is not built (ops then use pure PyTorch)."""
+def _load_cpu():
     try:
         from fastlm import _C
     except ImportError:
@@ -15,9 +12,7 @@ def cpu_module():
     return _C if hasattr(_C, "cross_entropy_chunk") else None
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_module():
-    """fastlm._cuda, or None when it was not built (no nvcc at install) or cannot load."""
+def _load_cuda():
     if os.environ.get("FASTLM_DISABLE_CUDA_KERNELS") == "1":
         return None
     try:
@@ -25,6 +20,21 @@ def cuda_module():
     except ImportError:
         return None
     return _cuda
+
+
+# Loaded once at import (plain globals, so torch.compile sees constants, not a cache call).
+_CPU = _load_cpu()
+_CUDA = _load_cuda()
+
+
+def cpu_module():
+    """fastlm._C, or None when the native module is not built (ops then use pure PyTorch)."""
+    return _CPU
+
+
+def cuda_module():
+    """fastlm._cuda, or None when it was not built (no nvcc at install) or cannot load."""
+    return _CUDA
 
 
 # dtype codes shared with csrc/cuda/module.cu (kept in one place on each side).

@@ -106,12 +106,19 @@ def _reduce(loss_rows, target, ignore_index, reduction, dtype):
 _EMPTY = (0,)
 
 
+def _check_targets(target, v, ignore_index):
+    bad = (target != ignore_index) & ((target < 0) | (target >= v))
+    if bool(bad.any()):
+        raise ValueError(f"target has values outside [0, {v}) that are not ignore_index")
+
+
 @torch.library.custom_op("fastlm::linear_cross_entropy", mutates_args=())
 def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target: torch.Tensor,
             ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
             softcap: float, compute_grad: bool, chunk_size: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss and (for mean/sum with compute_grad) the unscaled-by-grad_output gradients."""
+    _check_targets(target, w.shape[0], ignore_index)
     write_grad = compute_grad and reduction != "none"
     scale = 1.0
     if write_grad and reduction == "mean":
@@ -261,10 +268,8 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
             raise TypeError(f"{name} dtype {t.dtype} differs from input dtype {input.dtype}")
     if linear_bias is not None and tuple(linear_bias.shape) != (linear_weight.shape[0],):
         raise ValueError(f"linear_bias must be ({linear_weight.shape[0]},)")
-    v = linear_weight.shape[0]
-    bad = (target != ignore_index) & ((target < 0) | (target >= v))
-    if bool(bad.any()):
-        raise ValueError(f"target has values outside [0, {v}) that are not ignore_index")
+    if not torch.compiler.is_compiling():  # data-dependent: the op checks again when compiled
+        _check_targets(target, linear_weight.shape[0], ignore_index)
     x2 = input.reshape(-1, input.shape[-1])
     t1 = target.reshape(-1)
     if backend == "torch" or weight is not None or not _native_ok(input):
