@@ -7,6 +7,11 @@
 //   std::exp scalar: see csrc/kernels/NOTES.md; fast_exp: kept (vectorizes, several x faster).
 #include "kernels/cross_entropy.h"
 
+// The exp/clamp loops vectorize only without FP-trap semantics (the code never reads FP flags).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -24,9 +29,14 @@ namespace {
 inline float fast_exp(float x) {
   x = std::max(x, -87.0f);
   x = std::min(x, 88.0f);
-  float t = x * 1.44269504088896341f;
-  int n = static_cast<int>(t + (t >= 0.f ? 0.5f : -0.5f));  // round to nearest
-  float fn = static_cast<float>(n);
+  // Round x*log2(e) to nearest with the 1.5*2^23 trick (no branches, no libm): the integer
+  // lands in the low mantissa bits of `big`.
+  const float kMagic = 12582912.f;
+  float big = x * 1.44269504088896341f + kMagic;
+  float fn = big - kMagic;
+  int32_t bits_big;
+  std::memcpy(&bits_big, &big, sizeof(big));
+  int32_t n = bits_big - 0x4B400000;  // bit pattern of kMagic
   float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
   float q = 1.9875691500e-4f;
   q = q * r + 1.3981999507e-3f;
