@@ -18,6 +18,7 @@ try:  # an installed fastlm (with its CUDA module) wins over the source tree
 except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 from fastlm.ops import attention  # noqa: E402
+import fastlm.ops.attention as attn_mod  # noqa: E402
 
 
 def sdpa_flash(q, k, v, causal):
@@ -29,14 +30,18 @@ def sdpa_flash(q, k, v, causal):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
-def time_fb(fn, q, k, v, g, reps):
+def time_fb(fn, q, k, v, g, reps, backward=True):
+    def step():
+        out = fn(q, k, v)
+        if backward:
+            out.backward(g)
     for _ in range(3):
-        fn(q, k, v).backward(g)
+        step()
     ts = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn(q, k, v).backward(g)
+        step()
         b.record()
         torch.cuda.synchronize()
         ts.append(a.elapsed_time(b))
@@ -73,18 +78,26 @@ def main():
                 flops = 4 * b * a.heads * t * t * d * 3.5 * (0.5 if causal else 1.0)
                 t_ours = time_fb(ours, q, k, v, g, a.reps)
                 t_ref = time_fb(ref, q, k, v, g, a.reps)
+                with torch.no_grad():
+                    f_ours = time_fb(ours, q, k, v, g, a.reps, backward=False)
+                    f_ref = time_fb(ref, q, k, v, g, a.reps, backward=False)
+                attn_mod.KERNEL_VERSION = 1
+                t_v1 = time_fb(ours, q, k, v, g, a.reps)
+                attn_mod.KERNEL_VERSION = 2
                 rows.append(dict(D=d, T=t, B=b, causal=causal, ms=t_ours, sdpa_ms=t_ref,
                                  tflops=flops / t_ours / 1e9, sdpa_tflops=flops / t_ref / 1e9,
-                                 ratio=t_ref / t_ours, err=err))
+                                 ratio=t_ref / t_ours, err=err, fwd_ms=f_ours, sdpa_fwd_ms=f_ref,
+                                 v1_ms=t_v1, version=attn_mod.KERNEL_VERSION))
                 del q, k, v, g
                 torch.cuda.empty_cache()
     name = torch.cuda.get_device_name()
     print(f"\nattention fwd+bwd {a.dtype}, {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
     print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
-          f"{'TFLOP/s':>8} {'speed/sdpa':>10}")
+          f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'v1 ms':>7} {'fwd ms':>7} {'sdpa fwd':>8}")
     for r in rows:
         print(f"{r['D']:>4} {r['T']:>5} {str(r['causal']):>6} {r['ms']:10.3f} {r['tflops']:8.1f} "
-              f"{r['sdpa_ms']:8.3f} {r['sdpa_tflops']:8.1f} {r['ratio']:9.2f}x")
+              f"{r['sdpa_ms']:8.3f} {r['sdpa_tflops']:8.1f} {r['ratio']:9.2f}x {r['v1_ms']:7.3f} "
+              f"{r['fwd_ms']:7.3f} {r['sdpa_fwd_ms']:8.3f}")
     if a.json:
         with open(a.json, "a") as f:
             for r in rows:

@@ -41,7 +41,7 @@ void cross_entropy_chunk(uintptr_t logits, int dtype, int64_t rows, int64_t voca
 }
 
 AttentionParams make_params(py::tuple sizes, py::tuple strides, float scale, bool causal,
-                            int dtype) {
+                            int dtype, int version) {
   // sizes: (B, Hq, Hkv, Tq, Tk, D); strides: 4 tuples (q, k, v, dout) of (batch, head, time).
   if (sizes.size() != 6 || strides.size() != 4) throw py::value_error("attention: bad sizes");
   AttentionParams p;
@@ -63,13 +63,14 @@ AttentionParams make_params(py::tuple sizes, py::tuple strides, float scale, boo
   p.scale = scale;
   p.causal = causal;
   p.dtype = dtype;
+  p.version = version;
   return p;
 }
 
 void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
                        py::tuple sizes, py::tuple strides, float scale, bool causal, int dtype,
-                       uintptr_t stream) {
-  AttentionParams p = make_params(sizes, strides, scale, causal, dtype);
+                       int version, uintptr_t stream) {
+  AttentionParams p = make_params(sizes, strides, scale, causal, dtype, version);
   if (!q || !k || !v || !o || !lse) throw py::value_error("attention_forward: null pointer");
   p.q = ptr<const void>(q);
   p.k = ptr<const void>(k);
@@ -86,8 +87,8 @@ void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintp
 void attention_backward(uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o,
                         uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
                         uintptr_t dq_accum, uintptr_t delta, py::tuple sizes, py::tuple strides,
-                        float scale, bool causal, int dtype, uintptr_t stream) {
-  AttentionParams p = make_params(sizes, strides, scale, causal, dtype);
+                        float scale, bool causal, int dtype, int version, uintptr_t stream) {
+  AttentionParams p = make_params(sizes, strides, scale, causal, dtype, version);
   if (!dout || !q || !k || !v || !o || !lse || !dq || !dk || !dv || !dq_accum || !delta)
     throw py::value_error("attention_backward: null pointer");
   p.dout = ptr<const void>(dout);
@@ -119,9 +120,10 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("softcap"), py::arg("write_grad"), py::arg("stream"));
   m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("o"), py::arg("lse"), py::arg("sizes"), py::arg("strides"), py::arg("scale"),
-        py::arg("causal"), py::arg("dtype"), py::arg("stream"));
+        py::arg("causal"), py::arg("dtype"), py::arg("version"), py::arg("stream"));
   m.def("attention_backward", &attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
         py::arg("dq_accum"), py::arg("delta"), py::arg("sizes"), py::arg("strides"),
-        py::arg("scale"), py::arg("causal"), py::arg("dtype"), py::arg("stream"));
+        py::arg("scale"), py::arg("causal"), py::arg("dtype"), py::arg("version"),
+        py::arg("stream"));
 }

@@ -10,8 +10,9 @@
 // converted (and scaled) by a last small kernel.
 // FLOPs: forward 4*B*H*Tq*Tk*D (halved when causal), backward 2.5x that.
 // Versions (times and card in csrc/kernels/NOTES.md):
-//   v1 (this): no cp.async pipelining, V/dO/Q/K "transposed" operands gathered with 16-bit
-//   shared loads (no ldmatrix.trans), one tile buffer.
+//   v1: no cp.async pipelining, B operands gathered with 32/16-bit shared loads, one tile buffer.
+//   v2: the same with every shared-memory fragment load through ldmatrix (.trans for the
+//       operands stored k-major): 4x fewer shared-load instructions for the "transposed" ones.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
@@ -38,7 +39,7 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int ro
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int VER>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   constexpr int LD = D + 8;  // +16 bytes per row: the fragment loads hit distinct banks
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -48,6 +49,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr;
   const int hk = h / (p.heads_q / p.heads_kv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
   const T* Q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
   const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
@@ -80,12 +82,22 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      if constexpr (VER >= 2) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t bf[2];
-        bf[0] = ld32(sK + (nt * 8 + g) * LD + kk * 16 + 2 * t);
-        bf[1] = ld32(sK + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
-        mma16816<T>(s[nt], qf[kk], bf);
+        for (int kk = 0; kk < D / 16; kk += 2) {  // b0,b1 of k-steps kk and kk+1 in one load
+          uint32_t bf[4];
+          ldsm_x4(bf, sK + (nt * 8 + lr) * LD + kk * 16 + lm * 8);
+          mma16816<T>(s[nt], qf[kk], bf);
+          mma16816<T>(s[nt], qf[kk + 1], bf + 2);
+        }
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t bf[2];
+          bf[0] = ld32(sK + (nt * 8 + g) * LD + kk * 16 + 2 * t);
+          bf[1] = ld32(sK + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
+          mma16816<T>(s[nt], qf[kk], bf);
+        }
       }
     }
     // Scale to log2 units and mask (keys past the end; causal: key > query).
@@ -129,13 +141,24 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
       af[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
       af[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       af[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      const T* vk = sV + (kk * 16 + 2 * t) * LD + g;
+      if constexpr (VER >= 2) {
+        const T* vk = sV + (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        uint32_t bf[2];
-        bf[0] = pack_raw<T>(vk[dt * 8], vk[LD + dt * 8]);
-        bf[1] = pack_raw<T>(vk[8 * LD + dt * 8], vk[9 * LD + dt * 8]);
-        mma16816<T>(o[dt], af, bf);
+        for (int dt = 0; dt < D / 8; dt += 2) {  // b0,b1 of d-tiles dt and dt+1
+          uint32_t bf[4];
+          ldsm_x4_trans(bf, vk + dt * 8);
+          mma16816<T>(o[dt], af, bf);
+          mma16816<T>(o[dt + 1], af, bf + 2);
+        }
+      } else {
+        const T* vk = sV + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          uint32_t bf[2];
+          bf[0] = pack_raw<T>(vk[dt * 8], vk[LD + dt * 8]);
+          bf[1] = pack_raw<T>(vk[8 * LD + dt * 8], vk[9 * LD + dt * 8]);
+          mma16816<T>(o[dt], af, bf);
+        }
       }
     }
   }
@@ -175,7 +198,7 @@ __global__ void attn_delta_kernel(AttentionParams p) {
   if (lane == 0) p.delta[row] = acc;
 }
 
-template <typename T, int D, int BQ>
+template <typename T, int D, int BQ, int VER>
 __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
   constexpr int LD = D + 8, LDS = BQ + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -189,6 +212,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
   const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kBc;
   const int group = p.heads_q / p.heads_kv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
   const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
   load_tile<T, D, LD>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
@@ -231,6 +255,21 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t ak[4], av[4];
+        if constexpr (VER >= 2) {
+          ldsm_x4(ak, kw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
+          ldsm_x4(av, vw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
+#pragma unroll
+          for (int nt = 0; nt < BQ / 8; nt += 2) {  // n-tiles nt and nt+1
+            uint32_t bq[4], bo[4];
+            ldsm_x4(bq, sQ + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
+            ldsm_x4(bo, sdO + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
+            mma16816<T>(st[nt], ak, bq);
+            mma16816<T>(st[nt + 1], ak, bq + 2);
+            mma16816<T>(dpt[nt], av, bo);
+            mma16816<T>(dpt[nt + 1], av, bo + 2);
+          }
+          continue;
+        }
         ak[0] = ld32(kw + g * LD + kk * 16 + 2 * t);
         ak[1] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t);
         ak[2] = ld32(kw + g * LD + kk * 16 + 2 * t + 8);
@@ -273,17 +312,31 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
         as[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
         as[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
         as[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-        const T* ok_ = sdO + (kk * 16 + 2 * t) * LD + g;
-        const T* qk_ = sQ + (kk * 16 + 2 * t) * LD + g;
+        if constexpr (VER >= 2) {
+          const int off = (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
 #pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          uint32_t bo[2], bq[2];
-          bo[0] = pack_raw<T>(ok_[dt * 8], ok_[LD + dt * 8]);
-          bo[1] = pack_raw<T>(ok_[8 * LD + dt * 8], ok_[9 * LD + dt * 8]);
-          bq[0] = pack_raw<T>(qk_[dt * 8], qk_[LD + dt * 8]);
-          bq[1] = pack_raw<T>(qk_[8 * LD + dt * 8], qk_[9 * LD + dt * 8]);
-          mma16816<T>(dv[dt], ap, bo);
-          mma16816<T>(dk[dt], as, bq);
+          for (int dt = 0; dt < D / 8; dt += 2) {  // d-tiles dt and dt+1
+            uint32_t bo[4], bq[4];
+            ldsm_x4_trans(bo, sdO + off + dt * 8);
+            ldsm_x4_trans(bq, sQ + off + dt * 8);
+            mma16816<T>(dv[dt], ap, bo);
+            mma16816<T>(dv[dt + 1], ap, bo + 2);
+            mma16816<T>(dk[dt], as, bq);
+            mma16816<T>(dk[dt + 1], as, bq + 2);
+          }
+        } else {
+          const T* ok_ = sdO + (kk * 16 + 2 * t) * LD + g;
+          const T* qk_ = sQ + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt) {
+            uint32_t bo[2], bq[2];
+            bo[0] = pack_raw<T>(ok_[dt * 8], ok_[LD + dt * 8]);
+            bo[1] = pack_raw<T>(ok_[8 * LD + dt * 8], ok_[9 * LD + dt * 8]);
+            bq[0] = pack_raw<T>(qk_[dt * 8], qk_[LD + dt * 8]);
+            bq[1] = pack_raw<T>(qk_[8 * LD + dt * 8], qk_[9 * LD + dt * 8]);
+            mma16816<T>(dv[dt], ap, bo);
+            mma16816<T>(dk[dt], as, bq);
+          }
         }
         // Stash dS^T (keys x queries) for the dQ product below.
         *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t) = as[0];
@@ -299,6 +352,19 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
       for (int i = 0; i < kDw / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < kBc / 16; ++kk) {
+        if constexpr (VER >= 2) {
+          uint32_t a[4];  // dS[q][key] = dS^T[key][q]: transposed load of the stored tile
+          ldsm_x4_trans(a, sdS + (kk * 16 + (lm >> 1) * 8 + lr) * LDS + qr + (lm & 1) * 8);
+          const T* kr = sK + (kk * 16 + (lm & 1) * 8 + lr) * LD + dc + (lm >> 1) * 8;
+#pragma unroll
+          for (int dt = 0; dt < kDw / 8; dt += 2) {
+            uint32_t bk[4];
+            ldsm_x4_trans(bk, kr + dt * 8);
+            mma16816<T>(dq[dt], a, bk);
+            mma16816<T>(dq[dt + 1], a, bk + 2);
+          }
+          continue;
+        }
         const T* sk_ = sdS + (kk * 16 + 2 * t) * LDS + qr + g;  // dS[q][key] = dS^T[key][q]
         uint32_t a[4];
         a[0] = pack_raw<T>(sk_[0], sk_[LDS]);
@@ -352,10 +418,11 @@ __global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   size_t smem = 3 * kBr * (D + 8) * sizeof(T);
-  FASTLM_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_kernel<T, D>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  auto kernel = p.version == 1 ? attn_fwd_kernel<T, D, 1> : attn_fwd_kernel<T, D, 2>;
+  FASTLM_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_q + kBr - 1) / kBr, p.heads_q, p.batch);
-  attn_fwd_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
   FASTLM_LAUNCH_CHECK();
 }
 
@@ -368,10 +435,11 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_LAUNCH_CHECK();
   size_t smem = (2 * kBc * (D + 8) + 2 * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
                 2 * BQ * sizeof(float);
-  FASTLM_CUDA_CHECK(cudaFuncSetAttribute(attn_bwd_kernel<T, D, BQ>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  auto kernel = p.version == 1 ? attn_bwd_kernel<T, D, BQ, 1> : attn_bwd_kernel<T, D, BQ, 2>;
+  FASTLM_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_k + kBc - 1) / kBc, p.heads_kv, p.batch);
-  attn_bwd_kernel<T, D, BQ><<<grid, kThreads, smem, stream>>>(p);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
   FASTLM_LAUNCH_CHECK();
   int blocks = static_cast<int>(std::min<int64_t>((rows * D + 255) / 256, 65535));
   attn_dq_convert_kernel<T><<<blocks, 256, 0, stream>>>(p.dq_accum, static_cast<T*>(p.dq),
@@ -387,6 +455,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
+  if (p.version != 1 && p.version != 2)
+    throw std::invalid_argument("attention: kernel version must be 1 or 2");
 }
 
 }  // namespace

@@ -38,7 +38,8 @@ struct AttentionParams {
   int batch = 0, heads_q = 0, heads_kv = 0, t_q = 0, t_k = 0, head_dim = 0;
   float scale = 1.f;
   bool causal = false;
-  int dtype = 1;  // kBFloat16 or kFloat16
+  int dtype = 1;    // kBFloat16 or kFloat16
+  int version = 2;  // kernel version (attention.cu header): 1 = 16-bit shared loads, 2 = ldmatrix
 };
 
 void attention_forward(const AttentionParams& p, cudaStream_t stream);

@@ -3,12 +3,18 @@
 flash attention). Registered through torch.library so torch.compile treats it as one op."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from fastlm.ops import _dispatch
+
+
+# Kernel version (csrc/kernels/attention.cu header): 2 = ldmatrix fragments (default), 1 = the
+# first version, kept for comparison in benchmarks/bench_attention.py.
+KERNEL_VERSION = int(os.environ.get("FASTLM_ATTN_VERSION", "2"))
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -28,8 +34,8 @@ def _sizes(q, k):
 
 
 @torch.library.custom_op("fastlm::flash_attention", mutates_args=())
-def _attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def _attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float,
+              version: int) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     b, h, t, d = q.shape
     o = torch.empty(b, h, t, d, dtype=q.dtype, device=q.device)
@@ -37,19 +43,19 @@ def _attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool
     _dispatch.cuda_module().attention_forward(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(), _sizes(q, k),
         (_strides(q), _strides(k), _strides(v), _strides(q)), float(scale), bool(is_causal),
-        _dispatch.dtype_code(q.dtype), _dispatch.stream_handle(q.device))
+        _dispatch.dtype_code(q.dtype), int(version), _dispatch.stream_handle(q.device))
     return o, lse
 
 
 @_attn_fwd.register_fake
-def _(q, k, v, is_causal, scale):
+def _(q, k, v, is_causal, scale, version):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
         q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("fastlm::flash_attention_backward", mutates_args=())
 def _attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              o: torch.Tensor, lse: torch.Tensor, is_causal: bool, scale: float
+              o: torch.Tensor, lse: torch.Tensor, is_causal: bool, scale: float, version: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dout, q, k, v = (_kernel_ready(x) for x in (dout, q, k, v))
     o, lse = o.contiguous(), lse.contiguous()
@@ -62,29 +68,30 @@ def _attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(),
         dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dq_accum.data_ptr(), delta.data_ptr(),
         _sizes(q, k), (_strides(q), _strides(k), _strides(v), _strides(dout)), float(scale),
-        bool(is_causal), _dispatch.dtype_code(q.dtype), _dispatch.stream_handle(q.device))
+        bool(is_causal), _dispatch.dtype_code(q.dtype), int(version),
+        _dispatch.stream_handle(q.device))
     return dq, dk, dv
 
 
 @_attn_bwd.register_fake
-def _(dout, q, k, v, o, lse, is_causal, scale):
+def _(dout, q, k, v, o, lse, is_causal, scale, version):
     return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
             torch.empty(k.shape, dtype=k.dtype, device=k.device),
             torch.empty(v.shape, dtype=v.dtype, device=v.device))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, is_causal, scale = inputs
+    q, k, v, is_causal, scale, version = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)  # lse, not the attention matrix
-    ctx.is_causal, ctx.scale = is_causal, scale
+    ctx.is_causal, ctx.scale, ctx.version = is_causal, scale, version
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = _attn_bwd(dout, q, k, v, o, lse, ctx.is_causal, ctx.scale)
-    return dq, dk, dv, None, None
+    dq, dk, dv = _attn_bwd(dout, q, k, v, o, lse, ctx.is_causal, ctx.scale, ctx.version)
+    return dq, dk, dv, None, None, None
 
 
 _attn_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -131,6 +138,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
                          "with q heads a multiple of k/v heads")
     if backend == "auto" and kernel_supports(q, k, v, is_causal):
         s = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        return _attn_fwd(q, k, v, bool(is_causal), s)[0]
+        return _attn_fwd(q, k, v, bool(is_causal), s, KERNEL_VERSION)[0]
     kw = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
     return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, **kw)

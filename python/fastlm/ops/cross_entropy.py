@@ -22,10 +22,10 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 def _chunk_rows(n: int, v: int, elem: int, on_cuda: bool, chunk_size: int) -> int:
     """Rows per chunk: a power of two whose logits stay under a fixed budget (16 MB CPU,
-    128 MB CUDA), so the chunk is large for the matmuls but small next to eager's N x V."""
+    256 MB CUDA), so the chunk is large for the matmuls but small next to eager's N x V."""
     if chunk_size > 0:
         return min(chunk_size, max(n, 1))
-    budget = (128 << 20) if on_cuda else (16 << 20)
+    budget = (256 << 20) if on_cuda else (16 << 20)
     rows = max(1, budget // max(1, v * elem))
     rows = 1 << (rows.bit_length() - 1)
     return max(1, min(rows, n))
