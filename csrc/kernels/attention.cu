@@ -13,6 +13,9 @@
 //   v1: no cp.async pipelining, B operands gathered with 32/16-bit shared loads, one tile buffer.
 //   v2: the same with every shared-memory fragment load through ldmatrix (.trans for the
 //       operands stored k-major): 4x fewer shared-load instructions for the "transposed" ones.
+//   v3: v2 with tiles copied by cp.async (v1/v2 copy through registers one 16-byte vector at
+//       a time, each load waiting for the previous store: few bytes in flight); the forward
+//       overlaps the V tile's copy with S = Q K^T and the softmax.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
@@ -28,15 +31,23 @@ constexpr int kBr = 64, kBc = 64;  // forward query rows / key columns per tile
 
 // Copies a rows x D tile (row stride ld_g in global, LD in shared) with 16-byte vectors;
 // rows at or beyond `valid` are zero-filled.
-template <typename T, int D, int LD>
+// v3+: cp.async (no registers, all of a thread's copies in flight at once; rows past `valid`
+// get src-size 0, i.e. zero-fill). The caller commits/waits and then syncs.
+template <typename T, int D, int LD, int VER>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int rows, int valid) {
   constexpr int kVec = 8;  // 8 x 16-bit = 16 bytes
   for (int i = threadIdx.x; i < rows * (D / kVec); i += kThreads) {
     int r = i / (D / kVec), c = (i % (D / kVec)) * kVec;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < valid) v = *reinterpret_cast<const uint4*>(g + r * ld_g + c);
-    *reinterpret_cast<uint4*>(s + r * LD + c) = v;
+    if constexpr (VER >= 3) {
+      bool ok = r < valid;
+      cp_async16(s + r * LD + c, ok ? g + r * ld_g + c : g, ok);
+    } else {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < valid) v = *reinterpret_cast<const uint4*>(g + r * ld_g + c);
+      *reinterpret_cast<uint4*>(s + r * LD + c) = v;
+    }
   }
+  if constexpr (VER >= 3) cp_async_commit();
 }
 
 template <typename T, int D, int VER>
@@ -54,7 +65,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
 
-  load_tile<T, D, LD>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr, p.t_q - q0);
+  load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr, p.t_q - q0);
+  if constexpr (VER >= 3) cp_async_wait<0>();
   __syncthreads();  // Q tile complete before fragments are read
   uint32_t qf[D / 16][4];
   const T* qw = sQ + warp * 16 * LD;
@@ -75,9 +87,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
 
   for (int k0 = 0; k0 < k_end; k0 += kBc) {
     __syncthreads();  // every warp is done reading the previous K/V tile
-    load_tile<T, D, LD>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
-    load_tile<T, D, LD>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
-    __syncthreads();  // K/V tile complete
+    load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
+    load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+    if constexpr (VER >= 3) cp_async_wait<1>();  // K landed; V may still be in flight
+    __syncthreads();  // K tile complete (V too before v3)
     float s[kBc / 8][4];
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; ++nt) {
@@ -132,6 +145,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
     for (int dt = 0; dt < D / 8; ++dt) {
       o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
       o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+    }
+    if constexpr (VER >= 3) {
+      cp_async_wait<0>();
+      __syncthreads();  // V tile complete (its copy overlapped S = Q K^T and the softmax)
     }
     // O += P V. The S accumulator layout of two adjacent n-tiles is exactly the A layout.
 #pragma unroll
@@ -215,8 +232,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
   const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
   const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
-  load_tile<T, D, LD>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
-  load_tile<T, D, LD>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+  load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
+  load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i)
@@ -238,13 +255,14 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
     const int64_t bh = (int64_t)b * p.heads_q + h;
     for (int q0 = q_begin; q0 < p.t_q; q0 += BQ) {
       __syncthreads();  // previous iteration's reads of sQ/sdO/sdS are done
-      load_tile<T, D, LD>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], BQ, p.t_q - q0);
-      load_tile<T, D, LD>(sdO, dO + q0 * p.do_stride[2], p.do_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER>(sdO, dO + q0 * p.do_stride[2], p.do_stride[2], BQ, p.t_q - q0);
       for (int i = threadIdx.x; i < BQ; i += kThreads) {
         bool ok = q0 + i < p.t_q;
         sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;
         sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
       }
+      if constexpr (VER >= 3) cp_async_wait<0>();
       __syncthreads();  // tiles, lse and delta visible (and sK/sV on the first pass)
       // S^T = K Q^T (16 keys x BQ queries per warp) and dP^T = V dO^T.
       float st[BQ / 8][4], dpt[BQ / 8][4];
@@ -418,7 +436,9 @@ __global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   size_t smem = 3 * kBr * (D + 8) * sizeof(T);
-  auto kernel = p.version == 1 ? attn_fwd_kernel<T, D, 1> : attn_fwd_kernel<T, D, 2>;
+  auto kernel = p.version == 1   ? attn_fwd_kernel<T, D, 1>
+                : p.version == 2 ? attn_fwd_kernel<T, D, 2>
+                                 : attn_fwd_kernel<T, D, 3>;
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_q + kBr - 1) / kBr, p.heads_q, p.batch);
@@ -435,7 +455,9 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_LAUNCH_CHECK();
   size_t smem = (2 * kBc * (D + 8) + 2 * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
                 2 * BQ * sizeof(float);
-  auto kernel = p.version == 1 ? attn_bwd_kernel<T, D, BQ, 1> : attn_bwd_kernel<T, D, BQ, 2>;
+  auto kernel = p.version == 1   ? attn_bwd_kernel<T, D, BQ, 1>
+                : p.version == 2 ? attn_bwd_kernel<T, D, BQ, 2>
+                                 : attn_bwd_kernel<T, D, BQ, 3>;
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_k + kBc - 1) / kBc, p.heads_kv, p.batch);
@@ -455,8 +477,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version != 1 && p.version != 2)
-    throw std::invalid_argument("attention: kernel version must be 1 or 2");
+  if (p.version < 1 || p.version > 3)
+    throw std::invalid_argument("attention: kernel version must be 1, 2 or 3");
 }
 
 }  // namespace
