@@ -35,8 +35,9 @@ stamp "benchmarks"
    --quick --json "$OUT/bench.jsonl" && \
  python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype float32 --quick \
    --json "$OUT/bench.jsonl") >"$OUT/bench_ce.log" 2>&1
-(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick} \
-   --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
+(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 3} \
+   --json "$OUT/bench.jsonl" || FASTLM_ATTN_VERSION=3 python3 "$REPO/benchmarks/bench_attention.py" \
+   --quick --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
 stamp "done"
 echo "================ summary ================"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3

@@ -16,6 +16,9 @@
 //   v3: v2 with tiles copied by cp.async (v1/v2 copy through registers one 16-byte vector at
 //       a time, each load waiting for the previous store: few bytes in flight); the forward
 //       overlaps the V tile's copy with S = Q K^T and the softmax.
+//   v4: v3 with prefetch: forward copies K_{j+1} during softmax + PV of tile j and V_{j+1}
+//       during the next S (single buffers, FA2's schedule); backward double-buffers the Q/dO
+//       tiles so the next tile's copy overlaps the current tile's five products.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
@@ -85,12 +88,23 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   const int row0 = q0 + warp * 16 + g;   // this thread's two rows: row0 and row0 + 8
   const int k_end = p.causal ? min(p.t_k, q0 + kBr) : p.t_k;
 
+  if constexpr (VER >= 4) {  // prologue: first K and V tiles in flight (k_end > 0 always)
+    load_tile<T, D, LD, VER>(sK, K, p.k_stride[2], kBc, p.t_k);
+    load_tile<T, D, LD, VER>(sV, V, p.v_stride[2], kBc, p.t_k);
+  }
   for (int k0 = 0; k0 < k_end; k0 += kBc) {
-    __syncthreads();  // every warp is done reading the previous K/V tile
-    load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
-    load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
-    if constexpr (VER >= 3) cp_async_wait<1>();  // K landed; V may still be in flight
-    __syncthreads();  // K tile complete (V too before v3)
+    const bool has_next = k0 + kBc < k_end;
+    if constexpr (VER >= 4) {
+      // Groups committed so far end with K_j, V_j (j = this tile): all but the newest -> K_j.
+      cp_async_wait<1>();
+      __syncthreads();  // K_j complete for every thread
+    } else {
+      __syncthreads();  // every warp is done reading the previous K/V tile
+      load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
+      load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+      if constexpr (VER >= 3) cp_async_wait<1>();  // K landed; V may still be in flight
+      __syncthreads();  // K tile complete (V too before v3)
+    }
     float s[kBc / 8][4];
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; ++nt) {
@@ -112,6 +126,14 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
           mma16816<T>(s[nt], qf[kk], bf);
         }
       }
+    }
+    if constexpr (VER >= 4) {
+      __syncthreads();  // every warp is done reading K_j: prefetch K_{j+1} over it
+      if (has_next)
+        load_tile<T, D, LD, VER>(sK, K + (k0 + kBc) * p.k_stride[2], p.k_stride[2], kBc,
+                                 p.t_k - k0 - kBc);
+      else
+        cp_async_commit();  // empty group: keeps the wait counts uniform
     }
     // Scale to log2 units and mask (keys past the end; causal: key > query).
     float mx[2] = {m[0], m[1]};
@@ -146,7 +168,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
       o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
       o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
     }
-    if constexpr (VER >= 3) {
+    if constexpr (VER >= 4) {
+      cp_async_wait<1>();  // groups end with V_j, K_{j+1}: all but the newest -> V_j
+      __syncthreads();     // V_j complete for every thread
+    } else if constexpr (VER >= 3) {
       cp_async_wait<0>();
       __syncthreads();  // V tile complete (its copy overlapped S = Q K^T and the softmax)
     }
@@ -177,6 +202,14 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
           mma16816<T>(o[dt], af, bf);
         }
       }
+    }
+    if constexpr (VER >= 4) {
+      __syncthreads();  // every warp is done reading V_j: prefetch V_{j+1} over it
+      if (has_next)
+        load_tile<T, D, LD, VER>(sV, V + (k0 + kBc) * p.v_stride[2], p.v_stride[2], kBc,
+                                 p.t_k - k0 - kBc);
+      else
+        cp_async_commit();
     }
   }
   // Finalize: full row sums, O /= l, lse = ln(sum exp(s*scale)).
@@ -219,11 +252,12 @@ template <typename T, int D, int BQ, int VER>
 __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
   constexpr int LD = D + 8, LDS = BQ + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kBufs = VER >= 4 ? 2 : 1;  // Q/dO tile buffers (v4 prefetches the next tile)
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kBc * LD;
   T* sQ = sV + kBc * LD;
-  T* sdO = sQ + BQ * LD;
-  T* sdS = sdO + BQ * LD;  // dS^T tile: kBc keys x BQ queries
+  T* sdO = sQ + kBufs * BQ * LD;
+  T* sdS = sdO + kBufs * BQ * LD;  // dS^T tile: kBc keys x BQ queries
   float* sLse = reinterpret_cast<float*>(sdS + kBc * LDS);
   float* sDelta = sLse + BQ;
   const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kBc;
@@ -248,165 +282,198 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
   const int qr = (warp % kRowGroups) * 16, dc = (warp / kRowGroups) * kDw;
   const int q_begin = p.causal ? (k0 / BQ) * BQ : 0;
 
-  for (int hi = 0; hi < group; ++hi) {
-    const int h = hk * group + hi;
-    const T* Q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-    const T* dO = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1];
+  const int nq = (p.t_q - q_begin + BQ - 1) / BQ;  // query tiles per head
+  const int n_iter = group * nq;                   // (head of the group, query tile) pairs
+  auto q_ptr = [&](int it) {
+    const int h = hk * group + it / nq;
+    return static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
+           (q_begin + (it % nq) * BQ) * p.q_stride[2];
+  };
+  auto do_ptr = [&](int it) {
+    const int h = hk * group + it / nq;
+    return static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] +
+           (q_begin + (it % nq) * BQ) * p.do_stride[2];
+  };
+  if constexpr (VER >= 4) {  // prologue: the first Q/dO tile into buffer 0
+    load_tile<T, D, LD, VER>(sQ, q_ptr(0), p.q_stride[2], BQ, p.t_q - q_begin);
+    load_tile<T, D, LD, VER>(sdO, do_ptr(0), p.do_stride[2], BQ, p.t_q - q_begin);
+  }
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * BQ;
     const int64_t bh = (int64_t)b * p.heads_q + h;
-    for (int q0 = q_begin; q0 < p.t_q; q0 += BQ) {
-      __syncthreads();  // previous iteration's reads of sQ/sdO/sdS are done
-      load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], BQ, p.t_q - q0);
-      load_tile<T, D, LD, VER>(sdO, dO + q0 * p.do_stride[2], p.do_stride[2], BQ, p.t_q - q0);
-      for (int i = threadIdx.x; i < BQ; i += kThreads) {
-        bool ok = q0 + i < p.t_q;
-        sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;
-        sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
+    T* cQ = sQ;  // this iteration's tiles (v4: alternating buffers)
+    T* cdO = sdO;
+    __syncthreads();  // previous iteration's reads of sQ/sdO (other buffer), sdS, sLse are done
+    if constexpr (VER >= 4) {
+      cQ = sQ + (it & 1) * BQ * LD;
+      cdO = sdO + (it & 1) * BQ * LD;
+      if (it + 1 < n_iter) {  // prefetch the next tile: its copy overlaps this one's math
+        const int q1 = q_begin + ((it + 1) % nq) * BQ;
+        load_tile<T, D, LD, VER>(sQ + ((it + 1) & 1) * BQ * LD, q_ptr(it + 1), p.q_stride[2],
+                                 BQ, p.t_q - q1);
+        load_tile<T, D, LD, VER>(sdO + ((it + 1) & 1) * BQ * LD, do_ptr(it + 1),
+                                 p.do_stride[2], BQ, p.t_q - q1);
+      } else {
+        cp_async_commit();  // empty groups keep the wait count below uniform
+        cp_async_commit();
       }
-      if constexpr (VER >= 3) cp_async_wait<0>();
-      __syncthreads();  // tiles, lse and delta visible (and sK/sV on the first pass)
-      // S^T = K Q^T (16 keys x BQ queries per warp) and dP^T = V dO^T.
-      float st[BQ / 8][4], dpt[BQ / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < BQ / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ak[4], av[4];
-        if constexpr (VER >= 2) {
-          ldsm_x4(ak, kw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
-          ldsm_x4(av, vw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
-#pragma unroll
-          for (int nt = 0; nt < BQ / 8; nt += 2) {  // n-tiles nt and nt+1
-            uint32_t bq[4], bo[4];
-            ldsm_x4(bq, sQ + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
-            ldsm_x4(bo, sdO + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
-            mma16816<T>(st[nt], ak, bq);
-            mma16816<T>(st[nt + 1], ak, bq + 2);
-            mma16816<T>(dpt[nt], av, bo);
-            mma16816<T>(dpt[nt + 1], av, bo + 2);
-          }
-          continue;
-        }
-        ak[0] = ld32(kw + g * LD + kk * 16 + 2 * t);
-        ak[1] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t);
-        ak[2] = ld32(kw + g * LD + kk * 16 + 2 * t + 8);
-        ak[3] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t + 8);
-        av[0] = ld32(vw + g * LD + kk * 16 + 2 * t);
-        av[1] = ld32(vw + (g + 8) * LD + kk * 16 + 2 * t);
-        av[2] = ld32(vw + g * LD + kk * 16 + 2 * t + 8);
-        av[3] = ld32(vw + (g + 8) * LD + kk * 16 + 2 * t + 8);
-#pragma unroll
-        for (int nt = 0; nt < BQ / 8; ++nt) {
-          uint32_t bq[2], bo[2];
-          bq[0] = ld32(sQ + (nt * 8 + g) * LD + kk * 16 + 2 * t);
-          bq[1] = ld32(sQ + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
-          bo[0] = ld32(sdO + (nt * 8 + g) * LD + kk * 16 + 2 * t);
-          bo[1] = ld32(sdO + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
-          mma16816<T>(st[nt], ak, bq);
-          mma16816<T>(dpt[nt], av, bo);
-        }
-      }
-      // P^T = exp(S*scale - lse) (0 where masked); dS^T = P^T * (dP^T - delta).
-#pragma unroll
-      for (int nt = 0; nt < BQ / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          int qi = nt * 8 + 2 * t + (e & 1), key = key0 + (e >> 1) * 8, q = q0 + qi;
-          bool ok = key < p.t_k && q < p.t_q && (!p.causal || key <= q);
-          float pr = ok ? exp2f(st[nt][e] * sl2 - sLse[qi]) : 0.f;
-          st[nt][e] = pr;
-          dpt[nt][e] = pr * (dpt[nt][e] - sDelta[qi]);
-        }
-      // dV += P^T dO and dK += dS^T Q (A operands straight from the accumulators).
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-        uint32_t ap[4], as[4];
-        ap[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-        ap[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-        ap[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-        ap[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-        as[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-        as[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-        as[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-        as[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-        if constexpr (VER >= 2) {
-          const int off = (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
-#pragma unroll
-          for (int dt = 0; dt < D / 8; dt += 2) {  // d-tiles dt and dt+1
-            uint32_t bo[4], bq[4];
-            ldsm_x4_trans(bo, sdO + off + dt * 8);
-            ldsm_x4_trans(bq, sQ + off + dt * 8);
-            mma16816<T>(dv[dt], ap, bo);
-            mma16816<T>(dv[dt + 1], ap, bo + 2);
-            mma16816<T>(dk[dt], as, bq);
-            mma16816<T>(dk[dt + 1], as, bq + 2);
-          }
-        } else {
-          const T* ok_ = sdO + (kk * 16 + 2 * t) * LD + g;
-          const T* qk_ = sQ + (kk * 16 + 2 * t) * LD + g;
-#pragma unroll
-          for (int dt = 0; dt < D / 8; ++dt) {
-            uint32_t bo[2], bq[2];
-            bo[0] = pack_raw<T>(ok_[dt * 8], ok_[LD + dt * 8]);
-            bo[1] = pack_raw<T>(ok_[8 * LD + dt * 8], ok_[9 * LD + dt * 8]);
-            bq[0] = pack_raw<T>(qk_[dt * 8], qk_[LD + dt * 8]);
-            bq[1] = pack_raw<T>(qk_[8 * LD + dt * 8], qk_[9 * LD + dt * 8]);
-            mma16816<T>(dv[dt], ap, bo);
-            mma16816<T>(dk[dt], as, bq);
-          }
-        }
-        // Stash dS^T (keys x queries) for the dQ product below.
-        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t) = as[0];
-        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t) = as[1];
-        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t + 8) = as[2];
-        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t + 8) =
-            as[3];
-      }
-      __syncthreads();  // the whole dS^T tile (all 4 warps' keys) is in shared memory
-      // dQ[qr..qr+16, dc..dc+kDw] += dS K over the block's 64 keys; fp32 atomics to global.
-      float dq[kDw / 8][4];
-#pragma unroll
-      for (int i = 0; i < kDw / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        if constexpr (VER >= 2) {
-          uint32_t a[4];  // dS[q][key] = dS^T[key][q]: transposed load of the stored tile
-          ldsm_x4_trans(a, sdS + (kk * 16 + (lm >> 1) * 8 + lr) * LDS + qr + (lm & 1) * 8);
-          const T* kr = sK + (kk * 16 + (lm & 1) * 8 + lr) * LD + dc + (lm >> 1) * 8;
-#pragma unroll
-          for (int dt = 0; dt < kDw / 8; dt += 2) {
-            uint32_t bk[4];
-            ldsm_x4_trans(bk, kr + dt * 8);
-            mma16816<T>(dq[dt], a, bk);
-            mma16816<T>(dq[dt + 1], a, bk + 2);
-          }
-          continue;
-        }
-        const T* sk_ = sdS + (kk * 16 + 2 * t) * LDS + qr + g;  // dS[q][key] = dS^T[key][q]
-        uint32_t a[4];
-        a[0] = pack_raw<T>(sk_[0], sk_[LDS]);
-        a[1] = pack_raw<T>(sk_[8], sk_[LDS + 8]);
-        a[2] = pack_raw<T>(sk_[8 * LDS], sk_[9 * LDS]);
-        a[3] = pack_raw<T>(sk_[8 * LDS + 8], sk_[9 * LDS + 8]);
-        const T* kr = sK + (kk * 16 + 2 * t) * LD + dc + g;
-#pragma unroll
-        for (int dt = 0; dt < kDw / 8; ++dt) {
-          uint32_t bk[2];
-          bk[0] = pack_raw<T>(kr[dt * 8], kr[LD + dt * 8]);
-          bk[1] = pack_raw<T>(kr[8 * LD + dt * 8], kr[9 * LD + dt * 8]);
-          mma16816<T>(dq[dt], a, bk);
-        }
-      }
-      float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
-#pragma unroll
-      for (int dt = 0; dt < kDw / 8; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          int row = qr + g + (e >> 1) * 8, col = dc + dt * 8 + 2 * t + (e & 1);
-          if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[dt][e]);
-        }
+    } else {
+      load_tile<T, D, LD, VER>(sQ, q_ptr(it), p.q_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER>(sdO, do_ptr(it), p.do_stride[2], BQ, p.t_q - q0);
     }
+    for (int i = threadIdx.x; i < BQ; i += kThreads) {
+      bool ok = q0 + i < p.t_q;
+      sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;
+      sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
+    }
+    if constexpr (VER >= 4)
+      cp_async_wait<2>();  // all but the two newest groups (the prefetch): this tile landed
+    else if constexpr (VER >= 3)
+      cp_async_wait<0>();
+    __syncthreads();  // tiles, lse and delta visible (and sK/sV on the first pass)
+    // S^T = K Q^T (16 keys x BQ queries per warp) and dP^T = V dO^T.
+    float st[BQ / 8][4], dpt[BQ / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      if constexpr (VER >= 2) {
+        ldsm_x4(ak, kw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
+        ldsm_x4(av, vw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; nt += 2) {  // n-tiles nt and nt+1
+          uint32_t bq[4], bo[4];
+          ldsm_x4(bq, cQ + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
+          ldsm_x4(bo, cdO + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
+          mma16816<T>(st[nt], ak, bq);
+          mma16816<T>(st[nt + 1], ak, bq + 2);
+          mma16816<T>(dpt[nt], av, bo);
+          mma16816<T>(dpt[nt + 1], av, bo + 2);
+        }
+        continue;
+      }
+      ak[0] = ld32(kw + g * LD + kk * 16 + 2 * t);
+      ak[1] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t);
+      ak[2] = ld32(kw + g * LD + kk * 16 + 2 * t + 8);
+      ak[3] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t + 8);
+      av[0] = ld32(vw + g * LD + kk * 16 + 2 * t);
+      av[1] = ld32(vw + (g + 8) * LD + kk * 16 + 2 * t);
+      av[2] = ld32(vw + g * LD + kk * 16 + 2 * t + 8);
+      av[3] = ld32(vw + (g + 8) * LD + kk * 16 + 2 * t + 8);
+#pragma unroll
+      for (int nt = 0; nt < BQ / 8; ++nt) {
+        uint32_t bq[2], bo[2];
+        bq[0] = ld32(cQ + (nt * 8 + g) * LD + kk * 16 + 2 * t);
+        bq[1] = ld32(cQ + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
+        bo[0] = ld32(cdO + (nt * 8 + g) * LD + kk * 16 + 2 * t);
+        bo[1] = ld32(cdO + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
+        mma16816<T>(st[nt], ak, bq);
+        mma16816<T>(dpt[nt], av, bo);
+      }
+    }
+    // P^T = exp(S*scale - lse) (0 where masked); dS^T = P^T * (dP^T - delta).
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int qi = nt * 8 + 2 * t + (e & 1), key = key0 + (e >> 1) * 8, q = q0 + qi;
+        bool ok = key < p.t_k && q < p.t_q && (!p.causal || key <= q);
+        float pr = ok ? exp2f(st[nt][e] * sl2 - sLse[qi]) : 0.f;
+        st[nt][e] = pr;
+        dpt[nt][e] = pr * (dpt[nt][e] - sDelta[qi]);
+      }
+    // dV += P^T dO and dK += dS^T Q (A operands straight from the accumulators).
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      uint32_t ap[4], as[4];
+      ap[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+      ap[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+      ap[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      ap[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      as[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+      as[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+      as[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      as[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      if constexpr (VER >= 2) {
+        const int off = (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt += 2) {  // d-tiles dt and dt+1
+          uint32_t bo[4], bq[4];
+          ldsm_x4_trans(bo, cdO + off + dt * 8);
+          ldsm_x4_trans(bq, cQ + off + dt * 8);
+          mma16816<T>(dv[dt], ap, bo);
+          mma16816<T>(dv[dt + 1], ap, bo + 2);
+          mma16816<T>(dk[dt], as, bq);
+          mma16816<T>(dk[dt + 1], as, bq + 2);
+        }
+      } else {
+        const T* ok_ = cdO + (kk * 16 + 2 * t) * LD + g;
+        const T* qk_ = cQ + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          uint32_t bo[2], bq[2];
+          bo[0] = pack_raw<T>(ok_[dt * 8], ok_[LD + dt * 8]);
+          bo[1] = pack_raw<T>(ok_[8 * LD + dt * 8], ok_[9 * LD + dt * 8]);
+          bq[0] = pack_raw<T>(qk_[dt * 8], qk_[LD + dt * 8]);
+          bq[1] = pack_raw<T>(qk_[8 * LD + dt * 8], qk_[9 * LD + dt * 8]);
+          mma16816<T>(dv[dt], ap, bo);
+          mma16816<T>(dk[dt], as, bq);
+        }
+      }
+      // Stash dS^T (keys x queries) for the dQ product below.
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t) = as[0];
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t) = as[1];
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t + 8) = as[2];
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t + 8) =
+          as[3];
+    }
+    __syncthreads();  // the whole dS^T tile (all 4 warps' keys) is in shared memory
+    // dQ[qr..qr+16, dc..dc+kDw] += dS K over the block's 64 keys; fp32 atomics to global.
+    float dq[kDw / 8][4];
+#pragma unroll
+    for (int i = 0; i < kDw / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      if constexpr (VER >= 2) {
+        uint32_t a[4];  // dS[q][key] = dS^T[key][q]: transposed load of the stored tile
+        ldsm_x4_trans(a, sdS + (kk * 16 + (lm >> 1) * 8 + lr) * LDS + qr + (lm & 1) * 8);
+        const T* kr = sK + (kk * 16 + (lm & 1) * 8 + lr) * LD + dc + (lm >> 1) * 8;
+#pragma unroll
+        for (int dt = 0; dt < kDw / 8; dt += 2) {
+          uint32_t bk[4];
+          ldsm_x4_trans(bk, kr + dt * 8);
+          mma16816<T>(dq[dt], a, bk);
+          mma16816<T>(dq[dt + 1], a, bk + 2);
+        }
+        continue;
+      }
+      const T* sk_ = sdS + (kk * 16 + 2 * t) * LDS + qr + g;  // dS[q][key] = dS^T[key][q]
+      uint32_t a[4];
+      a[0] = pack_raw<T>(sk_[0], sk_[LDS]);
+      a[1] = pack_raw<T>(sk_[8], sk_[LDS + 8]);
+      a[2] = pack_raw<T>(sk_[8 * LDS], sk_[9 * LDS]);
+      a[3] = pack_raw<T>(sk_[8 * LDS + 8], sk_[9 * LDS + 8]);
+      const T* kr = sK + (kk * 16 + 2 * t) * LD + dc + g;
+#pragma unroll
+      for (int dt = 0; dt < kDw / 8; ++dt) {
+        uint32_t bk[2];
+        bk[0] = pack_raw<T>(kr[dt * 8], kr[LD + dt * 8]);
+        bk[1] = pack_raw<T>(kr[8 * LD + dt * 8], kr[9 * LD + dt * 8]);
+        mma16816<T>(dq[dt], a, bk);
+      }
+    }
+    float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
+#pragma unroll
+    for (int dt = 0; dt < kDw / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = qr + g + (e >> 1) * 8, col = dc + dt * 8 + 2 * t + (e & 1);
+        if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[dt][e]);
+      }
   }
   // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
   const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
@@ -438,7 +505,8 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   size_t smem = 3 * kBr * (D + 8) * sizeof(T);
   auto kernel = p.version == 1   ? attn_fwd_kernel<T, D, 1>
                 : p.version == 2 ? attn_fwd_kernel<T, D, 2>
-                                 : attn_fwd_kernel<T, D, 3>;
+                : p.version == 3 ? attn_fwd_kernel<T, D, 3>
+                                 : attn_fwd_kernel<T, D, 4>;
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_q + kBr - 1) / kBr, p.heads_q, p.batch);
@@ -453,11 +521,13 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
   attn_delta_kernel<T, D><<<(rows + 7) / 8, 256, 0, stream>>>(p);
   FASTLM_LAUNCH_CHECK();
-  size_t smem = (2 * kBc * (D + 8) + 2 * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
+  const int bufs = p.version >= 4 ? 2 : 1;
+  size_t smem = (2 * kBc * (D + 8) + 2 * bufs * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
                 2 * BQ * sizeof(float);
   auto kernel = p.version == 1   ? attn_bwd_kernel<T, D, BQ, 1>
                 : p.version == 2 ? attn_bwd_kernel<T, D, BQ, 2>
-                                 : attn_bwd_kernel<T, D, BQ, 3>;
+                : p.version == 3 ? attn_bwd_kernel<T, D, BQ, 3>
+                                 : attn_bwd_kernel<T, D, BQ, 4>;
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_k + kBc - 1) / kBc, p.heads_kv, p.batch);
@@ -477,8 +547,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version < 1 || p.version > 3)
-    throw std::invalid_argument("attention: kernel version must be 1, 2 or 3");
+  if (p.version < 1 || p.version > 4)
+    throw std::invalid_argument("attention: kernel version must be 1 to 4");
 }
 
 }  // namespace
