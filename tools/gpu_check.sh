@@ -23,6 +23,17 @@ cd /tmp  # import the installed package, not ./python
 python3 -c "import fastlm._cuda, fastlm._C; print('modules ok')" || exit 1
 cd "$REPO"
 
+if [ "${GPU_CHECK_MODE:-full}" = bench ]; then  # benchmarks only, at the full sizes
+  (cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" --json "$OUT/bench.jsonl" \
+     >"$OUT/bench_attn_full.log" 2>&1; \
+   for dt in bfloat16 float32; do python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
+     --dtype $dt --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
+     --json "$OUT/bench.jsonl"; done >"$OUT/bench_ce_full.log" 2>&1)
+  stamp "done"
+  cat "$OUT/bench_ce_full.log" "$OUT/bench_attn_full.log"
+  exit 0
+fi
+
 stamp "tests"
 (cd /tmp && python3 -m pytest -q -p no:cacheprovider --timeout 240 --maxfail=10 \
    "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py" -rs 2>&1) \

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from fastlm.ops import _dispatch
 
 
-# Kernel version (csrc/kernels/attention.cu header): 4 = ldmatrix + cp.async + prefetch (default);
-# 1-3 are kept for comparison in benchmarks/bench_attention.py and validated by the tests.
-KERNEL_VERSION = int(os.environ.get("FASTLM_ATTN_VERSION", "4"))
+# Kernel version (csrc/kernels/attention.cu header): 3 = ldmatrix + cp.async (default, fastest
+# measured); 1, 2 and 4 are kept for comparison (bench_attention.py --versions) and are tested.
+KERNEL_VERSION = int(os.environ.get("FASTLM_ATTN_VERSION", "3"))
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
