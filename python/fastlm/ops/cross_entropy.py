@@ -184,7 +184,10 @@ def _backward(ctx, grad_loss, *unused):
                                       softcap, chunk)
     else:
         gx, gw, gb = ctx.saved_tensors
-        gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
+        # loss.backward() passes grad 1: hand the saved gradients over without another V x d
+        # copy (peak memory). Eager only: under torch.compile the branch would be data-dependent.
+        if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
+            gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
     return gx, gw, (gb if ctx.has_bias else None), None, None, None, None, None, None, None, None
 
 
