@@ -158,11 +158,27 @@ def test_no_grad_forward_and_torch_compile():
         a = linear_cross_entropy(x, w, t)
     torch.library.opcheck(torch.ops.fastlm.linear_cross_entropy.default,
                           (x, w.detach(), None, t, -100, "mean", 0.0, 0.0, 0.0, False, 0))
-    compiled = torch.compile(lambda x, w, t: linear_cross_entropy(x, w, t), backend="eager",
+    compiled = torch.compile(lambda x, w, t: linear_cross_entropy(x, w, t), backend="aot_eager",
                              fullgraph=True)
     b = compiled(x, w, t)
     b.backward()
     assert torch.allclose(a, b.detach()) and w.grad is not None
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backward_twice_with_retain_graph(reduction):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(9, 16, generator=gen, requires_grad=True)
+    w = torch.randn(41, 16, generator=gen, requires_grad=True)
+    t = torch.randint(0, 41, (9,), generator=gen)
+    t[2] = -100
+    loss = linear_cross_entropy(x, w, t, reduction=reduction)
+    loss.backward(retain_graph=True)
+    g1x, g1w = x.grad.clone(), w.grad.clone()
+    (loss * 3).backward()  # second pass recomputes (the forward's gradients were handed over)
+    assert torch.allclose(x.grad, 4 * g1x, atol=1e-6) and torch.allclose(w.grad, 4 * g1w,
+                                                                         atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["dtype", "shape", "target_range", "reduction", "smoothing",

@@ -5,8 +5,10 @@
 // 50304-wide bf16 row is 100 KB) and writes g * dloss/dlogits over it. Bytes: 2 reads + 1 write
 // of the chunk, so the floor is 3 * rows * V * sizeof(T) / bandwidth. The math is shared with
 // the CPU kernel through cross_entropy.h.
-// Versions (time per 1024 x 50304 bf16 chunk, fwd+grad), card in csrc/kernels/NOTES.md:
-//   v1 (this): scalar strided loads, 512 threads/row.
+// Versions (whole op, N x d x V = 8192 x 768 x 50304 bf16 fwd+bwd; csrc/kernels/NOTES.md):
+//   v1 (this): scalar strided loads, 512 threads/row. NVIDIA H200: 5.12 ms vs eager 7.97 ms
+//   (1.56x) at 0.117 of eager's peak memory; the three matmuls (~2.4 ms at the bf16 rate) and
+//   the fp32 weight-grad accumulation dominate, not this kernel. Not timed alone yet.
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/kernels_cuda.h"

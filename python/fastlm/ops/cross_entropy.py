@@ -166,28 +166,43 @@ def _setup_context(ctx, inputs, output):
     x, w, b, target, ignore_index, reduction, eps, zl, softcap, compute_grad, chunk = inputs
     ctx.reduction, ctx.has_bias, ctx.compute_grad = reduction, b is not None, compute_grad
     ctx.args = (ignore_index, eps, zl, softcap, chunk)
-    if reduction == "none":
-        ctx.save_for_backward(x, w, b, target)  # recompute: nothing beyond the inputs is kept
-    else:
-        ctx.save_for_backward(*output[1:])  # gradients from the forward pass
     ctx.mark_non_differentiable(*output[1:])
+    ctx.grads = None
+    ctx.saved_grads = False
+    if reduction == "none" or not compute_grad:
+        ctx.save_for_backward(x, w, b, target)  # recompute: nothing beyond the inputs is kept
+    elif torch.compiler.is_compiling():
+        ctx.save_for_backward(*output[1:])  # gradients from the forward pass
+        ctx.saved_grads = True
+    else:
+        # Eager: keep the forward's gradients off the saved-tensor list so that backward can
+        # hand them to autograd as the only reference (AccumulateGrad then takes the buffer
+        # instead of copying a V x d weight gradient). The inputs are saved too (no copy) for
+        # a second backward (retain_graph), which recomputes.
+        ctx.grads = list(output[1:])
+        ctx.save_for_backward(x, w, b, target)
 
 
 def _backward(ctx, grad_loss, *unused):
     if not ctx.compute_grad:
         raise RuntimeError("linear_cross_entropy: gradients were not computed in the forward "
                            "pass (grad mode was off or no input required grad)")
-    if ctx.reduction == "none":
-        x, w, b, target = ctx.saved_tensors
-        ignore_index, eps, zl, softcap, chunk = ctx.args
-        gx, gw, gb = _lce_backward_op(x, w, b, target, grad_loss, ignore_index, eps, zl,
-                                      softcap, chunk)
-    else:
+    ignore_index, eps, zl, softcap, chunk = ctx.args
+    if ctx.saved_grads:  # saved under torch.compile
         gx, gw, gb = ctx.saved_tensors
-        # loss.backward() passes grad 1: hand the saved gradients over without another V x d
-        # copy (peak memory). Eager only: under torch.compile the branch would be data-dependent.
-        if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
+        gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
+    elif ctx.grads is not None:
+        gx, gw, gb = ctx.grads
+        ctx.grads = None  # drop our references: autograd owns the buffers now
+        if float(grad_loss) != 1.0:  # loss.backward() passes exactly 1
             gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
+    else:  # reduction='none', or a second backward through the same graph: recompute
+        x, w, b, target = ctx.saved_tensors
+        g = grad_loss
+        if ctx.reduction != "none":
+            n = (target != ignore_index).sum() if ctx.reduction == "mean" else 1
+            g = (grad_loss / n).expand(target.shape[0])
+        gx, gw, gb = _lce_backward_op(x, w, b, target, g, ignore_index, eps, zl, softcap, chunk)
     return gx, gw, (gb if ctx.has_bias else None), None, None, None, None, None, None, None, None
 
 
