@@ -9,6 +9,7 @@ namespace py = pybind11;
 void bind_dedup(py::module_& m);
 void bind_text(py::module_& m);
 void bind_classifier(py::module_& m);
+void bind_kernels(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastlm native core (private: use the fastlm package API)";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_C, m) {
   bind_dedup(m);
   bind_text(m);
   bind_classifier(m);
+  bind_kernels(m);
 }

@@ -68,3 +68,7 @@ def dedup_simhash(texts: _Seq[str | bytes], ngram: int, num_threads: int) -> tup
 def dedup_simhash_cluster(fps: _np.ndarray, counts: _np.ndarray, lengths: _np.ndarray, k: int,
                           max_compare: int, keep_longest: bool,
                           num_threads: int) -> tuple[_np.ndarray, _np.ndarray, dict]: ...
+
+def cross_entropy_chunk(logits, target, loss, lse, grad_scale, grad_scale_scalar: float,
+                        ignore_index: int, label_smoothing: float, z_loss: float, softcap: float,
+                        write_grad: bool, num_threads: int) -> None: ...

@@ -1,0 +1,116 @@
+"""Benchmark: fastlm flash attention vs F.scaled_dot_product_attention (flash backend), CUDA.
+
+Each configuration is validated against SDPA before timing; reports median forward+backward
+time (CUDA events), TFLOP/s (4*B*H*T^2*D fwd, x2.5 for bwd, halved when causal) and the ratio.
+    python benchmarks/bench_attention.py --quick
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+try:  # an installed fastlm (with its CUDA module) wins over the source tree
+    import fastlm.ops  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+from fastlm.ops import attention  # noqa: E402
+attn_mod = sys.modules["fastlm.ops.attention"]  # the module (fastlm.ops.attention is the function)
+
+
+def sdpa_flash(q, k, v, causal):
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    except (ImportError, RuntimeError):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def time_fb(fn, q, k, v, g, reps, backward=True):
+    def step():
+        out = fn(q, k, v)
+        if backward:
+            out.backward(g)
+    for _ in range(3):
+        step()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=16384, help="B*T")
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", default="")
+    ap.add_argument("--versions", default="", help="comma list of kernel versions also timed")
+    a = ap.parse_args()
+    dt = getattr(torch, a.dtype)
+    seqs = [1024, 4096] if a.quick else [1024, 2048, 4096, 8192]
+    rows = []
+    for d in (64, 128):
+        for t in seqs:
+            for causal in (False, True):
+                b = max(1, a.tokens // t)
+                gen = torch.Generator(device="cuda").manual_seed(t + d)
+                q, k, v = (torch.randn(b, a.heads, t, d, device="cuda", generator=gen, dtype=dt)
+                           .requires_grad_() for _ in range(3))
+                g = torch.randn_like(q)
+                ours = lambda q, k, v: attention(q, k, v, is_causal=causal)  # noqa: E731
+                ref = lambda q, k, v: sdpa_flash(q, k, v, causal)  # noqa: E731
+                with torch.no_grad():
+                    err = float((ours(q, k, v).float() - ref(q, k, v).float()).norm()
+                                / ref(q, k, v).float().norm())
+                if not err < 2e-2:
+                    raise SystemExit(f"T={t} D={d} causal={causal}: rel err vs SDPA {err:.3e}")
+                flops = 4 * b * a.heads * t * t * d * 3.5 * (0.5 if causal else 1.0)
+                t_ours = time_fb(ours, q, k, v, g, a.reps)
+                t_ref = time_fb(ref, q, k, v, g, a.reps)
+                with torch.no_grad():
+                    f_ours = time_fb(ours, q, k, v, g, a.reps, backward=False)
+                    f_ref = time_fb(ref, q, k, v, g, a.reps, backward=False)
+                default = attn_mod.KERNEL_VERSION
+                vers = {}
+                for ver in [int(x) for x in a.versions.split(",") if x]:
+                    attn_mod.KERNEL_VERSION = ver
+                    with torch.no_grad():
+                        e = float((ours(q, k, v).float() - ref(q, k, v).float()).norm()
+                                  / ref(q, k, v).float().norm())
+                    vers[ver] = time_fb(ours, q, k, v, g, a.reps) if e < 2e-2 else float("nan")
+                attn_mod.KERNEL_VERSION = default
+                rows.append(dict(D=d, T=t, B=b, causal=causal, ms=t_ours, sdpa_ms=t_ref,
+                                 tflops=flops / t_ours / 1e9, sdpa_tflops=flops / t_ref / 1e9,
+                                 ratio=t_ref / t_ours, err=err, fwd_ms=f_ours, sdpa_fwd_ms=f_ref,
+                                 versions_ms=vers, version=attn_mod.KERNEL_VERSION))
+                del q, k, v, g
+                torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name()
+    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel v{attn_mod.KERNEL_VERSION}), {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
+    print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
+          f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8}  other versions ms")
+    for r in rows:
+        print(f"{r['D']:>4} {r['T']:>5} {str(r['causal']):>6} {r['ms']:10.3f} {r['tflops']:8.1f} "
+              f"{r['sdpa_ms']:8.3f} {r['sdpa_tflops']:8.1f} {r['ratio']:9.2f}x "
+              f"{r['fwd_ms']:7.3f} {r['sdpa_fwd_ms']:8.3f}  "
+              + " ".join(f"v{k}={v:.3f}" for k, v in r["versions_ms"].items()))
+    if a.json:
+        with open(a.json, "a") as f:
+            for r in rows:
+                f.write(json.dumps(dict(bench="attention", device=name, dtype=a.dtype, **r)) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+// fastlm._cuda: binds the CUDA kernels. Takes raw device pointers, sizes, strides, dtype codes
+// and the caller's cudaStream_t as integers (Python validates the tensors), so it never links
+// libtorch and one build works with any torch. Errors become ValueError/RuntimeError.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+
+#include "kernels/cross_entropy.h"
+#include "kernels/kernels_cuda.h"
+
+namespace py = pybind11;
+using fastlm::cuda::AttentionParams;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+void cross_entropy_chunk(uintptr_t logits, int dtype, int64_t rows, int64_t vocab, int64_t ld,
+                         uintptr_t target, uintptr_t loss, uintptr_t lse, uintptr_t grad_scale,
+                         float grad_scale_scalar, int64_t ignore_index, float label_smoothing,
+                         float z_loss, float softcap, bool write_grad, uintptr_t stream) {
+  if (rows < 0 || vocab <= 0 || ld < vocab) throw py::value_error("cross_entropy_chunk: bad shape");
+  if (!logits || !target || !loss || !lse) throw py::value_error("cross_entropy_chunk: null pointer");
+  fastlm::CrossEntropyParams p;
+  p.rows = rows;
+  p.vocab = vocab;
+  p.ld = ld;
+  p.ignore_index = ignore_index;
+  p.label_smoothing = label_smoothing;
+  p.z_loss = z_loss;
+  p.softcap = softcap;
+  fastlm::cuda::cross_entropy_chunk(ptr<void>(logits), dtype, ptr<const int64_t>(target), p,
+                                    ptr<const float>(grad_scale), grad_scale_scalar,
+                                    ptr<float>(loss), ptr<float>(lse), write_grad,
+                                    stream_of(stream));
+}
+
+AttentionParams make_params(py::tuple sizes, py::tuple strides, float scale, bool causal,
+                            int dtype, int version) {
+  // sizes: (B, Hq, Hkv, Tq, Tk, D); strides: 4 tuples (q, k, v, dout) of (batch, head, time).
+  if (sizes.size() != 6 || strides.size() != 4) throw py::value_error("attention: bad sizes");
+  AttentionParams p;
+  p.batch = sizes[0].cast<int>();
+  p.heads_q = sizes[1].cast<int>();
+  p.heads_kv = sizes[2].cast<int>();
+  p.t_q = sizes[3].cast<int>();
+  p.t_k = sizes[4].cast<int>();
+  p.head_dim = sizes[5].cast<int>();
+  int64_t* dst[4] = {p.q_stride, p.k_stride, p.v_stride, p.do_stride};
+  for (int i = 0; i < 4; ++i) {
+    py::tuple s = strides[i].cast<py::tuple>();
+    if (s.size() != 3) throw py::value_error("attention: each stride tuple needs 3 entries");
+    for (int j = 0; j < 3; ++j) {
+      dst[i][j] = s[j].cast<int64_t>();
+      if (dst[i][j] % 8 != 0) throw py::value_error("attention: strides must be multiples of 8");
+    }
+  }
+  p.scale = scale;
+  p.causal = causal;
+  p.dtype = dtype;
+  p.version = version;
+  return p;
+}
+
+void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
+                       py::tuple sizes, py::tuple strides, float scale, bool causal, int dtype,
+                       int version, uintptr_t stream) {
+  AttentionParams p = make_params(sizes, strides, scale, causal, dtype, version);
+  if (!q || !k || !v || !o || !lse) throw py::value_error("attention_forward: null pointer");
+  p.q = ptr<const void>(q);
+  p.k = ptr<const void>(k);
+  p.v = ptr<const void>(v);
+  p.o = ptr<void>(o);
+  p.lse = ptr<float>(lse);
+  try {
+    fastlm::cuda::attention_forward(p, stream_of(stream));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+void attention_backward(uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o,
+                        uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+                        uintptr_t dq_accum, uintptr_t delta, py::tuple sizes, py::tuple strides,
+                        float scale, bool causal, int dtype, int version, uintptr_t stream) {
+  AttentionParams p = make_params(sizes, strides, scale, causal, dtype, version);
+  if (!dout || !q || !k || !v || !o || !lse || !dq || !dk || !dv || !dq_accum || !delta)
+    throw py::value_error("attention_backward: null pointer");
+  p.dout = ptr<const void>(dout);
+  p.q = ptr<const void>(q);
+  p.k = ptr<const void>(k);
+  p.v = ptr<const void>(v);
+  p.o = ptr<void>(o);
+  p.lse = ptr<float>(lse);
+  p.dq = ptr<void>(dq);
+  p.dk = ptr<void>(dk);
+  p.dv = ptr<void>(dv);
+  p.dq_accum = ptr<float>(dq_accum);
+  p.delta = ptr<float>(delta);
+  try {
+    fastlm::cuda::attention_backward(p, stream_of(stream));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "fastlm CUDA kernels (private: use fastlm.ops)";
+  m.def("cross_entropy_chunk", &cross_entropy_chunk, py::arg("logits"), py::arg("dtype"),
+        py::arg("rows"), py::arg("vocab"), py::arg("ld"), py::arg("target"), py::arg("loss"),
+        py::arg("lse"), py::arg("grad_scale"), py::arg("grad_scale_scalar"),
+        py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"),
+        py::arg("softcap"), py::arg("write_grad"), py::arg("stream"));
+  m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("o"), py::arg("lse"), py::arg("sizes"), py::arg("strides"), py::arg("scale"),
+        py::arg("causal"), py::arg("dtype"), py::arg("version"), py::arg("stream"));
+  m.def("attention_backward", &attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+        py::arg("dq_accum"), py::arg("delta"), py::arg("sizes"), py::arg("strides"),
+        py::arg("scale"), py::arg("causal"), py::arg("dtype"), py::arg("version"),
+        py::arg("stream"));
+}

@@ -1,0 +1,578 @@
+// CUDA flash attention (FlashAttention-2 scheme): forward with online softmax saving logsumexp,
+// backward recomputing the score tiles. bf16/fp16, head dim 64/128, causal or not, GQA.
+//
+// Tensor cores through mma.sync.m16n8k16 (inline PTX, sm_80+; runs on sm_90 too, without
+// wgmma). Forward: a block owns 64 query rows (4 warps x 16 rows), loops over 64-key tiles of K
+// and V staged in shared memory; S and O stay in registers (fragment layout in cuda_common.cuh),
+// so the per-row rescaling is plain register math. Backward: a block owns 64 keys of one KV head
+// (4 warps x 16 keys) and loops over the query heads of its group and over query tiles; dK and
+// dV accumulate in registers, dQ accumulates in fp32 in global memory with atomics and is
+// converted (and scaled) by a last small kernel.
+// FLOPs: forward 4*B*H*Tq*Tk*D (halved when causal), backward 2.5x that.
+// Versions, fwd+bwd ms at D=128, T=4096, 16 heads, B=4, bf16, non-causal, NVIDIA H200 (SDPA
+// flash backend: 6.6 ms); all tables in csrc/kernels/NOTES.md:
+//   v1 18.44, v2 18.55, v3 12.90 (default), v4 13.55 (12.88 for v3 in the same run).
+//   v1: no cp.async pipelining, B operands gathered with 32/16-bit shared loads, one tile buffer.
+//   v2: the same with every shared-memory fragment load through ldmatrix (.trans for the
+//       operands stored k-major): 4x fewer shared-load instructions for the "transposed" ones.
+//   v3: v2 with tiles copied by cp.async (v1/v2 copy through registers one 16-byte vector at
+//       a time, each load waiting for the previous store: few bytes in flight); the forward
+//       overlaps the V tile's copy with S = Q K^T and the softmax.
+//   v4: v3 with prefetch: forward copies K_{j+1} during softmax + PV of tile j and V_{j+1}
+//       during the next S (single buffers, FA2's schedule); backward double-buffers the Q/dO
+//       tiles so the next tile's copy overlaps the current tile's five products.
+#include <cmath>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/kernels_cuda.h"
+
+namespace fastlm {
+namespace cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kWarps = 4, kThreads = 128;
+constexpr int kBr = 64, kBc = 64;  // forward query rows / key columns per tile
+
+// Copies a rows x D tile (row stride ld_g in global, LD in shared) with 16-byte vectors;
+// rows at or beyond `valid` are zero-filled.
+// v3+: cp.async (no registers, all of a thread's copies in flight at once; rows past `valid`
+// get src-size 0, i.e. zero-fill). The caller commits/waits and then syncs.
+template <typename T, int D, int LD, int VER>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int rows, int valid) {
+  constexpr int kVec = 8;  // 8 x 16-bit = 16 bytes
+  for (int i = threadIdx.x; i < rows * (D / kVec); i += kThreads) {
+    int r = i / (D / kVec), c = (i % (D / kVec)) * kVec;
+    if constexpr (VER >= 3) {
+      bool ok = r < valid;
+      cp_async16(s + r * LD + c, ok ? g + r * ld_g + c : g, ok);
+    } else {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < valid) v = *reinterpret_cast<const uint4*>(g + r * ld_g + c);
+      *reinterpret_cast<uint4*>(s + r * LD + c) = v;
+    }
+  }
+  if constexpr (VER >= 3) cp_async_commit();
+}
+
+template <typename T, int D, int VER>
+__global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
+  constexpr int LD = D + 8;  // +16 bytes per row: the fragment loads hit distinct banks
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kBr * LD;
+  T* sV = sK + kBc * LD;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
+  const T* Q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+  const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+
+  load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr, p.t_q - q0);
+  if constexpr (VER >= 3) cp_async_wait<0>();
+  __syncthreads();  // Q tile complete before fragments are read
+  uint32_t qf[D / 16][4];
+  const T* qw = sQ + warp * 16 * LD;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qf[kk][0] = ld32(qw + g * LD + kk * 16 + 2 * t);
+    qf[kk][1] = ld32(qw + (g + 8) * LD + kk * 16 + 2 * t);
+    qf[kk][2] = ld32(qw + g * LD + kk * 16 + 2 * t + 8);
+    qf[kk][3] = ld32(qw + (g + 8) * LD + kk * 16 + 2 * t + 8);
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const float sl2 = p.scale * kLog2e;  // exp(x*scale) = exp2(x*scale*log2e)
+  const int row0 = q0 + warp * 16 + g;   // this thread's two rows: row0 and row0 + 8
+  const int k_end = p.causal ? min(p.t_k, q0 + kBr) : p.t_k;
+
+  if constexpr (VER >= 4) {  // prologue: first K and V tiles in flight (k_end > 0 always)
+    load_tile<T, D, LD, VER>(sK, K, p.k_stride[2], kBc, p.t_k);
+    load_tile<T, D, LD, VER>(sV, V, p.v_stride[2], kBc, p.t_k);
+  }
+  for (int k0 = 0; k0 < k_end; k0 += kBc) {
+    const bool has_next = k0 + kBc < k_end;
+    if constexpr (VER >= 4) {
+      // Groups committed so far end with K_j, V_j (j = this tile): all but the newest -> K_j.
+      cp_async_wait<1>();
+      __syncthreads();  // K_j complete for every thread
+    } else {
+      __syncthreads();  // every warp is done reading the previous K/V tile
+      load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
+      load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+      if constexpr (VER >= 3) cp_async_wait<1>();  // K landed; V may still be in flight
+      __syncthreads();  // K tile complete (V too before v3)
+    }
+    float s[kBc / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      if constexpr (VER >= 2) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk += 2) {  // b0,b1 of k-steps kk and kk+1 in one load
+          uint32_t bf[4];
+          ldsm_x4(bf, sK + (nt * 8 + lr) * LD + kk * 16 + lm * 8);
+          mma16816<T>(s[nt], qf[kk], bf);
+          mma16816<T>(s[nt], qf[kk + 1], bf + 2);
+        }
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t bf[2];
+          bf[0] = ld32(sK + (nt * 8 + g) * LD + kk * 16 + 2 * t);
+          bf[1] = ld32(sK + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
+          mma16816<T>(s[nt], qf[kk], bf);
+        }
+      }
+    }
+    if constexpr (VER >= 4) {
+      __syncthreads();  // every warp is done reading K_j: prefetch K_{j+1} over it
+      if (has_next)
+        load_tile<T, D, LD, VER>(sK, K + (k0 + kBc) * p.k_stride[2], p.k_stride[2], kBc,
+                                 p.t_k - k0 - kBc);
+      else
+        cp_async_commit();  // empty group: keeps the wait counts uniform
+    }
+    // Scale to log2 units and mask (keys past the end; causal: key > query).
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
+        bool ok = key < p.t_k && (!p.causal || key <= row);
+        s[nt][e] = ok ? s[nt][e] * sl2 : -INFINITY;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+      }
+    float alpha[2], mu[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      alpha[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[i] - mx[i]);
+      m[i] = mx[i];
+      mu[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // all masked so far: p = exp2(-inf) = 0
+      l[i] *= alpha[i];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
+        l[e >> 1] += s[nt][e];  // per-thread partial row sum; quad-reduced at the end
+      }
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
+      o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+    }
+    if constexpr (VER >= 4) {
+      cp_async_wait<1>();  // groups end with V_j, K_{j+1}: all but the newest -> V_j
+      __syncthreads();     // V_j complete for every thread
+    } else if constexpr (VER >= 3) {
+      cp_async_wait<0>();
+      __syncthreads();  // V tile complete (its copy overlapped S = Q K^T and the softmax)
+    }
+    // O += P V. The S accumulator layout of two adjacent n-tiles is exactly the A layout.
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      uint32_t af[4];
+      af[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      af[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      af[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      af[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      if constexpr (VER >= 2) {
+        const T* vk = sV + (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt += 2) {  // b0,b1 of d-tiles dt and dt+1
+          uint32_t bf[4];
+          ldsm_x4_trans(bf, vk + dt * 8);
+          mma16816<T>(o[dt], af, bf);
+          mma16816<T>(o[dt + 1], af, bf + 2);
+        }
+      } else {
+        const T* vk = sV + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          uint32_t bf[2];
+          bf[0] = pack_raw<T>(vk[dt * 8], vk[LD + dt * 8]);
+          bf[1] = pack_raw<T>(vk[8 * LD + dt * 8], vk[9 * LD + dt * 8]);
+          mma16816<T>(o[dt], af, bf);
+        }
+      }
+    }
+    if constexpr (VER >= 4) {
+      __syncthreads();  // every warp is done reading V_j: prefetch V_{j+1} over it
+      if (has_next)
+        load_tile<T, D, LD, VER>(sV, V + (k0 + kBc) * p.v_stride[2], p.v_stride[2], kBc,
+                                 p.t_k - k0 - kBc);
+      else
+        cp_async_commit();
+    }
+  }
+  // Finalize: full row sums, O /= l, lse = ln(sum exp(s*scale)).
+  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
+  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    int row = row0 + i * 8;
+    float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+    if (row < p.t_q) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<uint32_t*>(O + (int64_t)row * D + dt * 8 + 2 * t) =
+            pack2<T>(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+      if (t == 0) LSE[row] = l[i] > 0.f ? (m[i] + log2f(l[i])) / kLog2e : -INFINITY;
+    }
+  }
+}
+
+// delta[row] = sum_d dO[row, d] * O[row, d]: one warp per row.
+template <typename T, int D>
+__global__ void attn_delta_kernel(AttentionParams p) {
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int64_t rows = (int64_t)p.batch * p.heads_q * p.t_q;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const int tq = row % p.t_q, bh = row / p.t_q, h = bh % p.heads_q, b = bh / p.heads_q;
+  const T* dO = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] +
+                tq * p.do_stride[2];
+  const T* O = static_cast<const T*>(p.o) + row * D;
+  float acc = 0.f;
+  for (int d = lane; d < D; d += 32) acc += to_float(dO[d]) * to_float(O[d]);
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) p.delta[row] = acc;
+}
+
+template <typename T, int D, int BQ, int VER>
+__global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
+  constexpr int LD = D + 8, LDS = BQ + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kBufs = VER >= 4 ? 2 : 1;  // Q/dO tile buffers (v4 prefetches the next tile)
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + kBc * LD;
+  T* sQ = sV + kBc * LD;
+  T* sdO = sQ + kBufs * BQ * LD;
+  T* sdS = sdO + kBufs * BQ * LD;  // dS^T tile: kBc keys x BQ queries
+  float* sLse = reinterpret_cast<float*>(sdS + kBc * LDS);
+  float* sDelta = sLse + BQ;
+  const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kBc;
+  const int group = p.heads_q / p.heads_kv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
+  const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
+  load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+  const float sl2 = p.scale * kLog2e;
+  const int key0 = k0 + warp * 16 + g;  // this thread's keys: key0 and key0 + 8
+  const T* kw = sK + warp * 16 * LD;
+  const T* vw = sV + warp * 16 * LD;
+  // dQ tile split: BQ/16 row groups, the rest of the warps split D.
+  constexpr int kRowGroups = BQ / 16, kColSplit = kWarps / kRowGroups, kDw = D / kColSplit;
+  const int qr = (warp % kRowGroups) * 16, dc = (warp / kRowGroups) * kDw;
+  const int q_begin = p.causal ? (k0 / BQ) * BQ : 0;
+
+  const int nq = (p.t_q - q_begin + BQ - 1) / BQ;  // query tiles per head
+  const int n_iter = group * nq;                   // (head of the group, query tile) pairs
+  auto q_ptr = [&](int it) {
+    const int h = hk * group + it / nq;
+    return static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
+           (q_begin + (it % nq) * BQ) * p.q_stride[2];
+  };
+  auto do_ptr = [&](int it) {
+    const int h = hk * group + it / nq;
+    return static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] +
+           (q_begin + (it % nq) * BQ) * p.do_stride[2];
+  };
+  if constexpr (VER >= 4) {  // prologue: the first Q/dO tile into buffer 0
+    load_tile<T, D, LD, VER>(sQ, q_ptr(0), p.q_stride[2], BQ, p.t_q - q_begin);
+    load_tile<T, D, LD, VER>(sdO, do_ptr(0), p.do_stride[2], BQ, p.t_q - q_begin);
+  }
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * BQ;
+    const int64_t bh = (int64_t)b * p.heads_q + h;
+    T* cQ = sQ;  // this iteration's tiles (v4: alternating buffers)
+    T* cdO = sdO;
+    __syncthreads();  // previous iteration's reads of sQ/sdO (other buffer), sdS, sLse are done
+    if constexpr (VER >= 4) {
+      cQ = sQ + (it & 1) * BQ * LD;
+      cdO = sdO + (it & 1) * BQ * LD;
+      if (it + 1 < n_iter) {  // prefetch the next tile: its copy overlaps this one's math
+        const int q1 = q_begin + ((it + 1) % nq) * BQ;
+        load_tile<T, D, LD, VER>(sQ + ((it + 1) & 1) * BQ * LD, q_ptr(it + 1), p.q_stride[2],
+                                 BQ, p.t_q - q1);
+        load_tile<T, D, LD, VER>(sdO + ((it + 1) & 1) * BQ * LD, do_ptr(it + 1),
+                                 p.do_stride[2], BQ, p.t_q - q1);
+      } else {
+        cp_async_commit();  // empty groups keep the wait count below uniform
+        cp_async_commit();
+      }
+    } else {
+      load_tile<T, D, LD, VER>(sQ, q_ptr(it), p.q_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER>(sdO, do_ptr(it), p.do_stride[2], BQ, p.t_q - q0);
+    }
+    for (int i = threadIdx.x; i < BQ; i += kThreads) {
+      bool ok = q0 + i < p.t_q;
+      sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;
+      sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
+    }
+    if constexpr (VER >= 4)
+      cp_async_wait<2>();  // all but the two newest groups (the prefetch): this tile landed
+    else if constexpr (VER >= 3)
+      cp_async_wait<0>();
+    __syncthreads();  // tiles, lse and delta visible (and sK/sV on the first pass)
+    // S^T = K Q^T (16 keys x BQ queries per warp) and dP^T = V dO^T.
+    float st[BQ / 8][4], dpt[BQ / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      if constexpr (VER >= 2) {
+        ldsm_x4(ak, kw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
+        ldsm_x4(av, vw + ((lm & 1) * 8 + lr) * LD + kk * 16 + (lm >> 1) * 8);
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; nt += 2) {  // n-tiles nt and nt+1
+          uint32_t bq[4], bo[4];
+          ldsm_x4(bq, cQ + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
+          ldsm_x4(bo, cdO + (nt * 8 + (lm >> 1) * 8 + lr) * LD + kk * 16 + (lm & 1) * 8);
+          mma16816<T>(st[nt], ak, bq);
+          mma16816<T>(st[nt + 1], ak, bq + 2);
+          mma16816<T>(dpt[nt], av, bo);
+          mma16816<T>(dpt[nt + 1], av, bo + 2);
+        }
+        continue;
+      }
+      ak[0] = ld32(kw + g * LD + kk * 16 + 2 * t);
+      ak[1] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t);
+      ak[2] = ld32(kw + g * LD + kk * 16 + 2 * t + 8);
+      ak[3] = ld32(kw + (g + 8) * LD + kk * 16 + 2 * t + 8);
+      av[0] = ld32(vw + g * LD + kk * 16 + 2 * t);
+      av[1] = ld32(vw + (g + 8) * LD + kk * 16 + 2 * t);
+      av[2] = ld32(vw + g * LD + kk * 16 + 2 * t + 8);
+      av[3] = ld32(vw + (g + 8) * LD + kk * 16 + 2 * t + 8);
+#pragma unroll
+      for (int nt = 0; nt < BQ / 8; ++nt) {
+        uint32_t bq[2], bo[2];
+        bq[0] = ld32(cQ + (nt * 8 + g) * LD + kk * 16 + 2 * t);
+        bq[1] = ld32(cQ + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
+        bo[0] = ld32(cdO + (nt * 8 + g) * LD + kk * 16 + 2 * t);
+        bo[1] = ld32(cdO + (nt * 8 + g) * LD + kk * 16 + 2 * t + 8);
+        mma16816<T>(st[nt], ak, bq);
+        mma16816<T>(dpt[nt], av, bo);
+      }
+    }
+    // P^T = exp(S*scale - lse) (0 where masked); dS^T = P^T * (dP^T - delta).
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int qi = nt * 8 + 2 * t + (e & 1), key = key0 + (e >> 1) * 8, q = q0 + qi;
+        bool ok = key < p.t_k && q < p.t_q && (!p.causal || key <= q);
+        float pr = ok ? exp2f(st[nt][e] * sl2 - sLse[qi]) : 0.f;
+        st[nt][e] = pr;
+        dpt[nt][e] = pr * (dpt[nt][e] - sDelta[qi]);
+      }
+    // dV += P^T dO and dK += dS^T Q (A operands straight from the accumulators).
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      uint32_t ap[4], as[4];
+      ap[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+      ap[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+      ap[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      ap[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      as[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+      as[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+      as[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      as[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      if constexpr (VER >= 2) {
+        const int off = (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt += 2) {  // d-tiles dt and dt+1
+          uint32_t bo[4], bq[4];
+          ldsm_x4_trans(bo, cdO + off + dt * 8);
+          ldsm_x4_trans(bq, cQ + off + dt * 8);
+          mma16816<T>(dv[dt], ap, bo);
+          mma16816<T>(dv[dt + 1], ap, bo + 2);
+          mma16816<T>(dk[dt], as, bq);
+          mma16816<T>(dk[dt + 1], as, bq + 2);
+        }
+      } else {
+        const T* ok_ = cdO + (kk * 16 + 2 * t) * LD + g;
+        const T* qk_ = cQ + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          uint32_t bo[2], bq[2];
+          bo[0] = pack_raw<T>(ok_[dt * 8], ok_[LD + dt * 8]);
+          bo[1] = pack_raw<T>(ok_[8 * LD + dt * 8], ok_[9 * LD + dt * 8]);
+          bq[0] = pack_raw<T>(qk_[dt * 8], qk_[LD + dt * 8]);
+          bq[1] = pack_raw<T>(qk_[8 * LD + dt * 8], qk_[9 * LD + dt * 8]);
+          mma16816<T>(dv[dt], ap, bo);
+          mma16816<T>(dk[dt], as, bq);
+        }
+      }
+      // Stash dS^T (keys x queries) for the dQ product below.
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t) = as[0];
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t) = as[1];
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + kk * 16 + 2 * t + 8) = as[2];
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t + 8) =
+          as[3];
+    }
+    __syncthreads();  // the whole dS^T tile (all 4 warps' keys) is in shared memory
+    // dQ[qr..qr+16, dc..dc+kDw] += dS K over the block's 64 keys; fp32 atomics to global.
+    float dq[kDw / 8][4];
+#pragma unroll
+    for (int i = 0; i < kDw / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      if constexpr (VER >= 2) {
+        uint32_t a[4];  // dS[q][key] = dS^T[key][q]: transposed load of the stored tile
+        ldsm_x4_trans(a, sdS + (kk * 16 + (lm >> 1) * 8 + lr) * LDS + qr + (lm & 1) * 8);
+        const T* kr = sK + (kk * 16 + (lm & 1) * 8 + lr) * LD + dc + (lm >> 1) * 8;
+#pragma unroll
+        for (int dt = 0; dt < kDw / 8; dt += 2) {
+          uint32_t bk[4];
+          ldsm_x4_trans(bk, kr + dt * 8);
+          mma16816<T>(dq[dt], a, bk);
+          mma16816<T>(dq[dt + 1], a, bk + 2);
+        }
+        continue;
+      }
+      const T* sk_ = sdS + (kk * 16 + 2 * t) * LDS + qr + g;  // dS[q][key] = dS^T[key][q]
+      uint32_t a[4];
+      a[0] = pack_raw<T>(sk_[0], sk_[LDS]);
+      a[1] = pack_raw<T>(sk_[8], sk_[LDS + 8]);
+      a[2] = pack_raw<T>(sk_[8 * LDS], sk_[9 * LDS]);
+      a[3] = pack_raw<T>(sk_[8 * LDS + 8], sk_[9 * LDS + 8]);
+      const T* kr = sK + (kk * 16 + 2 * t) * LD + dc + g;
+#pragma unroll
+      for (int dt = 0; dt < kDw / 8; ++dt) {
+        uint32_t bk[2];
+        bk[0] = pack_raw<T>(kr[dt * 8], kr[LD + dt * 8]);
+        bk[1] = pack_raw<T>(kr[8 * LD + dt * 8], kr[9 * LD + dt * 8]);
+        mma16816<T>(dq[dt], a, bk);
+      }
+    }
+    float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
+#pragma unroll
+    for (int dt = 0; dt < kDw / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = qr + g + (e >> 1) * 8, col = dc + dt * 8 + 2 * t + (e & 1);
+        if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[dt][e]);
+      }
+  }
+  // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
+  const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
+  T* dK = static_cast<T*>(p.dk) + base * D;
+  T* dV = static_cast<T*>(p.dv) + base * D;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    int key = key0 + i * 8;
+    if (key >= p.t_k) continue;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<uint32_t*>(dK + (int64_t)key * D + dt * 8 + 2 * t) =
+          pack2<T>(dk[dt][2 * i] * p.scale, dk[dt][2 * i + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dV + (int64_t)key * D + dt * 8 + 2 * t) =
+          pack2<T>(dv[dt][2 * i], dv[dt][2 * i + 1]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    dq[i] = from_float<T>(acc[i] * scale);
+}
+
+template <typename T, int D>
+void forward_impl(const AttentionParams& p, cudaStream_t stream) {
+  size_t smem = 3 * kBr * (D + 8) * sizeof(T);
+  auto kernel = p.version == 1   ? attn_fwd_kernel<T, D, 1>
+                : p.version == 2 ? attn_fwd_kernel<T, D, 2>
+                : p.version == 3 ? attn_fwd_kernel<T, D, 3>
+                                 : attn_fwd_kernel<T, D, 4>;
+  FASTLM_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  dim3 grid((p.t_q + kBr - 1) / kBr, p.heads_q, p.batch);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  FASTLM_LAUNCH_CHECK();
+}
+
+template <typename T, int D>
+void backward_impl(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int BQ = D == 128 ? 32 : 64;
+  const int64_t rows = (int64_t)p.batch * p.heads_q * p.t_q;
+  FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
+  attn_delta_kernel<T, D><<<(rows + 7) / 8, 256, 0, stream>>>(p);
+  FASTLM_LAUNCH_CHECK();
+  const int bufs = p.version >= 4 ? 2 : 1;
+  size_t smem = (2 * kBc * (D + 8) + 2 * bufs * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
+                2 * BQ * sizeof(float);
+  auto kernel = p.version == 1   ? attn_bwd_kernel<T, D, BQ, 1>
+                : p.version == 2 ? attn_bwd_kernel<T, D, BQ, 2>
+                : p.version == 3 ? attn_bwd_kernel<T, D, BQ, 3>
+                                 : attn_bwd_kernel<T, D, BQ, 4>;
+  FASTLM_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  dim3 grid((p.t_k + kBc - 1) / kBc, p.heads_kv, p.batch);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  FASTLM_LAUNCH_CHECK();
+  int blocks = static_cast<int>(std::min<int64_t>((rows * D + 255) / 256, 65535));
+  attn_dq_convert_kernel<T><<<blocks, 256, 0, stream>>>(p.dq_accum, static_cast<T*>(p.dq),
+                                                       rows * D, p.scale);
+  FASTLM_LAUNCH_CHECK();
+}
+
+void check_params(const AttentionParams& p) {
+  if (p.batch <= 0 || p.heads_q <= 0 || p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0 ||
+      p.t_q <= 0 || p.t_k <= 0 || (p.causal && p.t_q != p.t_k))
+    throw std::invalid_argument("attention: bad sizes (heads_q % heads_kv, causal needs Tq == Tk)");
+  if (p.head_dim != 64 && p.head_dim != 128)
+    throw std::invalid_argument("attention: head_dim must be 64 or 128");
+  if (p.dtype != kBFloat16 && p.dtype != kFloat16)
+    throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
+  if (p.version < 1 || p.version > 4)
+    throw std::invalid_argument("attention: kernel version must be 1 to 4");
+}
+
+}  // namespace
+
+void attention_forward(const AttentionParams& p, cudaStream_t stream) {
+  check_params(p);
+  if (p.dtype == kBFloat16)
+    p.head_dim == 64 ? forward_impl<__nv_bfloat16, 64>(p, stream)
+                     : forward_impl<__nv_bfloat16, 128>(p, stream);
+  else
+    p.head_dim == 64 ? forward_impl<__half, 64>(p, stream) : forward_impl<__half, 128>(p, stream);
+}
+
+void attention_backward(const AttentionParams& p, cudaStream_t stream) {
+  check_params(p);
+  if (p.dtype == kBFloat16)
+    p.head_dim == 64 ? backward_impl<__nv_bfloat16, 64>(p, stream)
+                     : backward_impl<__nv_bfloat16, 128>(p, stream);
+  else
+    p.head_dim == 64 ? backward_impl<__half, 64>(p, stream)
+                     : backward_impl<__half, 128>(p, stream);
+}
+
+}  // namespace cuda
+}  // namespace fastlm

@@ -1,0 +1,49 @@
+// Host entry points of the CUDA kernels (csrc/kernels/*.cu), called by csrc/cuda/module.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cross_entropy.h"
+
+namespace fastlm {
+namespace cuda {
+
+// Cross-entropy over a logits chunk on the device (see cross_entropy.h for the math). logits is
+// rows x ld of dtype (DType), overwritten with the scaled dlogits when write_grad.
+void cross_entropy_chunk(void* logits, int dtype, const int64_t* target,
+                         const CrossEntropyParams& p, const float* grad_scale,
+                         float grad_scale_scalar, float* loss, float* lse, bool write_grad,
+                         cudaStream_t stream);
+
+// Flash attention. q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D) with the given element strides for
+// batch, head and time (last dim contiguous); o, dout, dq: (B, Hq, Tq, D) and dk, dv: (B, Hkv,
+// Tk, D) contiguous; lse, delta: (B, Hq, Tq) fp32; dq_accum: (B, Hq, Tq, D) fp32 scratch.
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;
+  const void* dout = nullptr;  // backward only (strided like q: do_strides)
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* dq_accum = nullptr;
+  float* delta = nullptr;
+  int64_t q_stride[3] = {0, 0, 0};  // batch, head, time (elements)
+  int64_t k_stride[3] = {0, 0, 0};
+  int64_t v_stride[3] = {0, 0, 0};
+  int64_t do_stride[3] = {0, 0, 0};
+  int batch = 0, heads_q = 0, heads_kv = 0, t_q = 0, t_k = 0, head_dim = 0;
+  float scale = 1.f;
+  bool causal = false;
+  int dtype = 1;    // kBFloat16 or kFloat16
+  int version = 2;  // kernel version (attention.cu header): 1 = 16-bit shared loads, 2 = ldmatrix
+};
+
+void attention_forward(const AttentionParams& p, cudaStream_t stream);
+void attention_backward(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastlm

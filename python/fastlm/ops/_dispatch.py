@@ -1,0 +1,54 @@
+"""Loads the native kernel modules lazily and says which path an op may take (CUDA, CPU, torch)."""
+from __future__ import annotations
+
+import os
+
+
+def _load_cpu():
+    try:
+        from fastlm import _C
+    except ImportError:
+        return None
+    return _C if hasattr(_C, "cross_entropy_chunk") else None
+
+
+def _load_cuda():
+    if os.environ.get("FASTLM_DISABLE_CUDA_KERNELS") == "1":
+        return None
+    try:
+        from fastlm import _cuda
+    except ImportError:
+        return None
+    return _cuda
+
+
+# Loaded once at import (plain globals, so torch.compile sees constants, not a cache call).
+_CPU = _load_cpu()
+_CUDA = _load_cuda()
+
+
+def cpu_module():
+    """fastlm._C, or None when the native module is not built (ops then use pure PyTorch)."""
+    return _CPU
+
+
+def cuda_module():
+    """fastlm._cuda, or None when it was not built (no nvcc at install) or cannot load."""
+    return _CUDA
+
+
+# dtype codes shared with csrc/cuda/module.cu (kept in one place on each side).
+def dtype_code(dtype) -> int:
+    import torch
+
+    codes = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+    if dtype not in codes:
+        raise TypeError(f"unsupported dtype {dtype} (expected float32, bfloat16 or float16)")
+    return codes[dtype]
+
+
+def stream_handle(device) -> int:
+    """The raw cudaStream_t of torch's current stream on `device`, for the native launches."""
+    import torch
+
+    return torch.cuda.current_stream(device).cuda_stream

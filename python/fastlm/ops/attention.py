@@ -1,0 +1,143 @@
+"""Flash attention: the CUDA kernel (fastlm._cuda) for bf16/fp16 CUDA tensors with head dim 64 or
+128, PyTorch's scaled_dot_product_attention everywhere else (on CPU that is already a fused
+flash attention). Registered through torch.library so torch.compile treats it as one op."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastlm.ops import _dispatch
+
+
+# Kernel version (csrc/kernels/attention.cu header): 3 = ldmatrix + cp.async (default, fastest
+# measured); 1, 2 and 4 are kept for comparison (bench_attention.py --versions) and are tested.
+KERNEL_VERSION = int(os.environ.get("FASTLM_ATTN_VERSION", "3"))
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
+    """Last dim contiguous, 16-byte aligned, strides multiples of 8 elements (the kernel loads
+    rows with 16-byte vectors); otherwise a contiguous copy."""
+    ok = (t.stride(3) == 1 and t.data_ptr() % 16 == 0
+          and all(s % 8 == 0 for s in _strides(t)))
+    return t if ok else t.contiguous()
+
+
+def _sizes(q, k):
+    return (q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
+
+
+@torch.library.custom_op("fastlm::flash_attention", mutates_args=())
+def _attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float,
+              version: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
+    b, h, t, d = q.shape
+    o = torch.empty(b, h, t, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h, t, dtype=torch.float32, device=q.device)
+    _dispatch.cuda_module().attention_forward(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(), _sizes(q, k),
+        (_strides(q), _strides(k), _strides(v), _strides(q)), float(scale), bool(is_causal),
+        _dispatch.dtype_code(q.dtype), int(version), _dispatch.stream_handle(q.device))
+    return o, lse
+
+
+@_attn_fwd.register_fake
+def _(q, k, v, is_causal, scale, version):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("fastlm::flash_attention_backward", mutates_args=())
+def _attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              o: torch.Tensor, lse: torch.Tensor, is_causal: bool, scale: float, version: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dout, q, k, v = (_kernel_ready(x) for x in (dout, q, k, v))
+    o, lse = o.contiguous(), lse.contiguous()
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dq_accum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    _dispatch.cuda_module().attention_backward(
+        dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(),
+        dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dq_accum.data_ptr(), delta.data_ptr(),
+        _sizes(q, k), (_strides(q), _strides(k), _strides(v), _strides(dout)), float(scale),
+        bool(is_causal), _dispatch.dtype_code(q.dtype), int(version),
+        _dispatch.stream_handle(q.device))
+    return dq, dk, dv
+
+
+@_attn_bwd.register_fake
+def _(dout, q, k, v, o, lse, is_causal, scale, version):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device),
+            torch.empty(v.shape, dtype=v.dtype, device=v.device))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, is_causal, scale, version = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)  # lse, not the attention matrix
+    ctx.is_causal, ctx.scale, ctx.version = is_causal, scale, version
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _attn_bwd(dout, q, k, v, o, lse, ctx.is_causal, ctx.scale, ctx.version)
+    return dq, dk, dv, None, None, None
+
+
+_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def kernel_supports(q, k, v, is_causal: bool) -> bool:
+    """Whether fastlm's CUDA kernel handles these inputs (else SDPA is used)."""
+    return (q.is_cuda and _dispatch.cuda_module() is not None and q.dim() == 4
+            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+            and v.dtype == q.dtype and q.shape[-1] in (64, 128)
+            and k.shape[-1] == q.shape[-1] and v.shape == k.shape
+            and q.shape[0] == k.shape[0] and k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0
+            and q.shape[2] > 0 and k.shape[2] > 0
+            and (not is_causal or q.shape[2] == k.shape[2]))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
+              scale: Optional[float] = None, enable_gqa: bool = False,
+              backend: str = "auto") -> torch.Tensor:
+    """Scaled dot-product attention softmax(q k^T * scale) v, like
+    ``F.scaled_dot_product_attention(q, k, v, is_causal=..., scale=..., enable_gqa=...)``.
+
+    q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D), Hkv == Hq unless ``enable_gqa`` (then Hq % Hkv
+    == 0). ``backend``: 'auto' (fastlm's CUDA kernel where supported, else SDPA) or 'torch'.
+
+    >>> import torch
+    >>> q = k = v = torch.randn(1, 2, 5, 64)
+    >>> attention(q, k, v, is_causal=True).shape
+    torch.Size([1, 2, 5, 64])
+    """
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be 4-D (batch, heads, time, head_dim)")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v on different devices: {q.device}, {k.device}, {v.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if q.shape[1] != k.shape[1] and not (enable_gqa and q.shape[1] % k.shape[1] == 0):
+        raise ValueError(f"q has {q.shape[1]} heads, k/v {k.shape[1]}: pass enable_gqa=True "
+                         "with q heads a multiple of k/v heads")
+    if backend == "auto" and kernel_supports(q, k, v, is_causal):
+        s = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        return _attn_fwd(q, k, v, bool(is_causal), s, KERNEL_VERSION)[0]
+    kw = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, **kw)

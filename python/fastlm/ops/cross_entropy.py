@@ -1,0 +1,326 @@
+"""Fused linear + cross-entropy: loss and the input/weight gradients in one chunked pass.
+
+The (tokens x vocab) logits are never materialized: rows are processed in chunks; each chunk's
+logits go through a native kernel (``fastlm._C`` on CPU, ``fastlm._cuda`` on CUDA) that writes
+loss, logsumexp and dlogits in place, and the gradients are projected back right away
+(grad_input = dlogits @ W, grad_weight += dlogits^T @ x accumulated in fp32).
+For reduction 'mean'/'sum' the gradients are computed during the forward pass (one pass, as in
+Liger-Kernel); for 'none' the backward pass recomputes the chunks with the per-token grad_output.
+Unsupported cases (class weights, float64, other devices, no native module) use plain PyTorch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastlm.ops import _dispatch
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _chunk_rows(n: int, v: int, elem: int, on_cuda: bool, chunk_size: int) -> int:
+    """Rows per chunk: a power of two whose logits stay under a fixed budget (16 MB CPU,
+    256 MB CUDA), so the chunk is large for the matmuls but small next to eager's N x V."""
+    if chunk_size > 0:
+        return min(chunk_size, max(n, 1))
+    budget = (256 << 20) if on_cuda else (16 << 20)
+    rows = max(1, budget // max(1, v * elem))
+    rows = 1 << (rows.bit_length() - 1)
+    return max(1, min(rows, n))
+
+
+def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor) -> None:
+    """gw (fp32) += dl^T @ xc, in fp32 output precision when the inputs are bf16/fp16."""
+    if dl.dtype == torch.float32:
+        gw.addmm_(dl.t(), xc)
+        return
+    if dl.is_cuda:
+        try:
+            gw.add_(torch.mm(dl.t(), xc, out_dtype=torch.float32))
+            return
+        except (RuntimeError, TypeError):
+            pass
+    gw.add_(torch.mm(dl.t(), xc).float())
+
+
+def _run_chunk_kernel(logits, target, loss, lse, grad_scale, grad_scale_scalar, ignore_index,
+                      label_smoothing, z_loss, softcap, write_grad):
+    """Runs the native chunk kernel on `logits` in place; returns the tensor holding dlogits."""
+    if logits.is_cuda:
+        cu = _dispatch.cuda_module()
+        cu.cross_entropy_chunk(
+            logits.data_ptr(), _dispatch.dtype_code(logits.dtype), logits.shape[0],
+            logits.shape[1], logits.stride(0), target.data_ptr(), loss.data_ptr(),
+            lse.data_ptr(), 0 if grad_scale is None else grad_scale.data_ptr(),
+            float(grad_scale_scalar), int(ignore_index), float(label_smoothing), float(z_loss),
+            float(softcap), bool(write_grad), _dispatch.stream_handle(logits.device))
+        return logits
+    lf = logits if logits.dtype == torch.float32 else logits.float()
+    _dispatch.cpu_module().cross_entropy_chunk(
+        lf.numpy(), target.numpy(), loss.numpy(), lse.numpy(),
+        None if grad_scale is None else grad_scale.numpy(), float(grad_scale_scalar),
+        int(ignore_index), float(label_smoothing), float(z_loss), float(softcap),
+        bool(write_grad), 0)
+    return lf if lf.dtype == logits.dtype else lf.to(logits.dtype)
+
+
+def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, write_grad,
+           grad_scale, grad_scale_scalar, chunk_size):
+    """Chunk loop. Returns per-row fp32 loss and, if write_grad, (gx, gw fp32, gb fp32)."""
+    n, d = x.shape
+    v = w.shape[0]
+    loss = torch.empty(n, dtype=torch.float32, device=x.device)
+    lse = torch.empty(n, dtype=torch.float32, device=x.device)
+    gx = torch.empty_like(x) if write_grad else None
+    gw = torch.zeros(v, d, dtype=torch.float32, device=x.device) if write_grad else None
+    gb = (torch.zeros(v, dtype=torch.float32, device=x.device)
+          if (write_grad and b is not None) else None)
+    rows = _chunk_rows(n, v, x.element_size(), x.is_cuda, chunk_size)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        xc = x[r0:r1]
+        logits = torch.mm(xc, w.t()) if b is None else torch.addmm(b, xc, w.t())
+        gs = None if grad_scale is None else grad_scale[r0:r1]
+        dl = _run_chunk_kernel(logits, target[r0:r1], loss[r0:r1], lse[r0:r1], gs,
+                               grad_scale_scalar, ignore_index, label_smoothing, z_loss,
+                               softcap, write_grad)
+        if write_grad:
+            torch.mm(dl, w, out=gx[r0:r1])
+            _accumulate_wgrad(gw, dl, xc)
+            if gb is not None:
+                gb.add_(dl.sum(0, dtype=torch.float32))
+    return loss, gx, gw, gb
+
+
+def _reduce(loss_rows, target, ignore_index, reduction, dtype):
+    if reduction == "none":
+        return loss_rows.to(dtype)
+    total = loss_rows.sum()
+    if reduction == "mean":
+        total = total / (target != ignore_index).sum()  # 0/0 = nan when all are ignored, as torch
+    return total.to(dtype)
+
+
+_EMPTY = (0,)
+
+
+def _check_targets(target, v, ignore_index):
+    bad = (target != ignore_index) & ((target < 0) | (target >= v))
+    if bool(bad.any()):
+        raise ValueError(f"target has values outside [0, {v}) that are not ignore_index")
+
+
+@torch.library.custom_op("fastlm::linear_cross_entropy", mutates_args=())
+def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target: torch.Tensor,
+            ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
+            softcap: float, compute_grad: bool, chunk_size: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss and (for mean/sum with compute_grad) the unscaled-by-grad_output gradients."""
+    _check_targets(target, w.shape[0], ignore_index)
+    write_grad = compute_grad and reduction != "none"
+    scale = 1.0
+    if write_grad and reduction == "mean":
+        n_valid = int((target != ignore_index).sum())
+        scale = 1.0 / n_valid if n_valid > 0 else 0.0
+    loss_rows, gx, gw, gb = _fused(x, w, b, target, ignore_index, label_smoothing, z_loss,
+                                   softcap, write_grad, None, scale, chunk_size)
+    loss = _reduce(loss_rows, target, ignore_index, reduction, x.dtype)
+    empty = x.new_empty(_EMPTY)
+    if not write_grad:
+        return loss, empty, empty.clone(), empty.clone()
+    return (loss, gx, gw.to(w.dtype), empty.clone() if gb is None else gb.to(b.dtype))
+
+
+@_lce_op.register_fake
+def _(x, w, b, target, ignore_index, reduction, label_smoothing, z_loss, softcap, compute_grad,
+      chunk_size):
+    loss = x.new_empty((x.shape[0],) if reduction == "none" else ())
+    write_grad = compute_grad and reduction != "none"
+    if not write_grad:
+        return loss, x.new_empty(_EMPTY), x.new_empty(_EMPTY), x.new_empty(_EMPTY)
+    gb = x.new_empty(_EMPTY) if b is None else torch.empty_like(b)
+    return loss, torch.empty_like(x), torch.empty_like(w), gb
+
+
+@torch.library.custom_op("fastlm::linear_cross_entropy_backward", mutates_args=())
+def _lce_backward_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                     target: torch.Tensor, grad_out: torch.Tensor, ignore_index: int,
+                     label_smoothing: float, z_loss: float, softcap: float, chunk_size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for reduction='none': recomputes each chunk with per-row grad_output."""
+    g = grad_out.reshape(-1).to(torch.float32).contiguous()
+    _, gx, gw, gb = _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap,
+                           True, g, 0.0, chunk_size)
+    return gx, gw.to(w.dtype), x.new_empty(_EMPTY) if gb is None else gb.to(b.dtype)
+
+
+@_lce_backward_op.register_fake
+def _(x, w, b, target, grad_out, ignore_index, label_smoothing, z_loss, softcap, chunk_size):
+    gb = x.new_empty(_EMPTY) if b is None else torch.empty_like(b)
+    return torch.empty_like(x), torch.empty_like(w), gb
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, b, target, ignore_index, reduction, eps, zl, softcap, compute_grad, chunk = inputs
+    ctx.reduction, ctx.has_bias, ctx.compute_grad = reduction, b is not None, compute_grad
+    ctx.args = (ignore_index, eps, zl, softcap, chunk)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.grads = None
+    ctx.saved_grads = False
+    if reduction == "none" or not compute_grad:
+        ctx.save_for_backward(x, w, b, target)  # recompute: nothing beyond the inputs is kept
+    elif torch.compiler.is_compiling():
+        ctx.save_for_backward(*output[1:])  # gradients from the forward pass
+        ctx.saved_grads = True
+    else:
+        # Eager: keep the forward's gradients off the saved-tensor list so that backward can
+        # hand them to autograd as the only reference (AccumulateGrad then takes the buffer
+        # instead of copying a V x d weight gradient). The inputs are saved too (no copy) for
+        # a second backward (retain_graph), which recomputes.
+        ctx.grads = list(output[1:])
+        ctx.save_for_backward(x, w, b, target)
+
+
+def _backward(ctx, grad_loss, *unused):
+    if not ctx.compute_grad:
+        raise RuntimeError("linear_cross_entropy: gradients were not computed in the forward "
+                           "pass (grad mode was off or no input required grad)")
+    ignore_index, eps, zl, softcap, chunk = ctx.args
+    if ctx.saved_grads:  # saved under torch.compile
+        gx, gw, gb = ctx.saved_tensors
+        gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
+    elif ctx.grads is not None:
+        gx, gw, gb = ctx.grads
+        ctx.grads = None  # drop our references: autograd owns the buffers now
+        if float(grad_loss) != 1.0:  # loss.backward() passes exactly 1
+            gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
+    else:  # reduction='none', or a second backward through the same graph: recompute
+        x, w, b, target = ctx.saved_tensors
+        g = grad_loss
+        if ctx.reduction != "none":
+            n = (target != ignore_index).sum() if ctx.reduction == "mean" else 1
+            g = (grad_loss / n).expand(target.shape[0])
+        gx, gw, gb = _lce_backward_op(x, w, b, target, g, ignore_index, eps, zl, softcap, chunk)
+    return gx, gw, (gb if ctx.has_bias else None), None, None, None, None, None, None, None, None
+
+
+_lce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _reference(x, w, b, target, weight, reduction, ignore_index, label_smoothing, z_loss,
+               softcap):
+    """Plain PyTorch path (full logits): the fallback for cases the kernels do not cover."""
+    logits = F.linear(x, w, b)
+    if softcap > 0:
+        logits = softcap * torch.tanh(logits / softcap)
+    loss = F.cross_entropy(logits, target, weight=weight, reduction="none",
+                           ignore_index=ignore_index, label_smoothing=label_smoothing)
+    if z_loss > 0:
+        lse = torch.logsumexp(logits.float(), dim=-1)
+        loss = loss + (z_loss * lse * lse * (target != ignore_index)).to(loss.dtype)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if weight is not None:
+        denom = (weight[target.clamp(min=0)] * (target != ignore_index)).sum()
+    else:
+        denom = (target != ignore_index).sum()
+    return loss.sum() / denom
+
+
+def _native_ok(x: torch.Tensor) -> bool:
+    if x.is_cuda:
+        return (x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and _dispatch.cuda_module() is not None)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and _dispatch.cpu_module() is not None)
+
+
+def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                         *, linear_bias: Optional[torch.Tensor] = None,
+                         weight: Optional[torch.Tensor] = None, reduction: str = "mean",
+                         ignore_index: int = -100, label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float = 0.0, chunk_size: int = 0,
+                         backend: str = "auto") -> torch.Tensor:
+    """Cross-entropy of ``input @ linear_weight.T (+ linear_bias)`` against ``target``, fused.
+
+    Same semantics as ``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target)``
+    (class-index targets), plus ``z_loss`` (adds ``z_loss * logsumexp^2`` per token) and
+    ``softcap`` (logits become ``softcap * tanh(logits / softcap)`` first). ``input`` is
+    (..., d), ``linear_weight`` (V, d), ``target`` (...) int64; ``reduction='none'`` returns
+    per-token losses shaped like ``target`` (ignored tokens give 0). ``chunk_size`` rows per
+    chunk (0 = automatic); ``backend`` is 'auto' (native kernel when available) or 'torch'.
+
+    >>> import torch
+    >>> x, w = torch.randn(8, 16, requires_grad=True), torch.randn(41, 16, requires_grad=True)
+    >>> loss = linear_cross_entropy(x, w, torch.randint(0, 41, (8,)))
+    >>> loss.backward()
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
+    if not (0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if z_loss < 0 or softcap < 0:
+        raise ValueError("z_loss and softcap must be >= 0")
+    if not isinstance(input, torch.Tensor) or not input.is_floating_point() or input.dim() < 1:
+        raise TypeError("input must be a floating-point tensor of shape (..., d)")
+    if linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
+        raise ValueError(f"linear_weight must be (V, {input.shape[-1]}), "
+                         f"got {tuple(linear_weight.shape)}")
+    if target.dtype != torch.int64:
+        raise TypeError(f"target must be int64 class indices, got {target.dtype}")
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(f"target shape {tuple(target.shape)} does not match input "
+                         f"{tuple(input.shape)} without its last dim")
+    for name, t in (("linear_weight", linear_weight), ("target", target),
+                    ("linear_bias", linear_bias), ("weight", weight)):
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{name} is on {t.device}, input on {input.device}")
+    for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} differs from input dtype {input.dtype}")
+    if linear_bias is not None and tuple(linear_bias.shape) != (linear_weight.shape[0],):
+        raise ValueError(f"linear_bias must be ({linear_weight.shape[0]},)")
+    if not torch.compiler.is_compiling():  # data-dependent: the op checks again when compiled
+        _check_targets(target, linear_weight.shape[0], ignore_index)
+    x2 = input.reshape(-1, input.shape[-1])
+    t1 = target.reshape(-1)
+    if backend == "torch" or weight is not None or not _native_ok(input):
+        out = _reference(x2, linear_weight, linear_bias, t1, weight, reduction, ignore_index,
+                         label_smoothing, z_loss, softcap)
+    else:
+        compute_grad = torch.is_grad_enabled() and (
+            input.requires_grad or linear_weight.requires_grad
+            or (linear_bias is not None and linear_bias.requires_grad))
+        out = _lce_op(x2.contiguous(), linear_weight.contiguous(),
+                      None if linear_bias is None else linear_bias.contiguous(),
+                      t1.contiguous(), int(ignore_index), reduction, float(label_smoothing),
+                      float(z_loss), float(softcap), bool(compute_grad), int(chunk_size))[0]
+    return out.reshape(target.shape) if reduction == "none" else out
+
+
+class LinearCrossEntropy(torch.nn.Module):
+    """Module form of :func:`linear_cross_entropy` (options fixed at construction).
+
+    >>> import torch
+    >>> crit = LinearCrossEntropy(ignore_index=-100, z_loss=1e-4)
+    >>> crit(torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 2, -100, 3])).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, reduction: str = "mean", ignore_index: int = -100,
+                 label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float = 0.0,
+                 chunk_size: int = 0, backend: str = "auto"):
+        super().__init__()
+        self.options = dict(reduction=reduction, ignore_index=ignore_index,
+                            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                            chunk_size=chunk_size, backend=backend)
+
+    def forward(self, input, linear_weight, target, linear_bias=None):
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
+                                    **self.options)

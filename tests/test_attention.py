@@ -1,0 +1,119 @@
+"""fastlm.ops.attention vs a float64 reference: outputs and gradients, causal, GQA, odd lengths."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from reference_ops import attention_ref  # noqa: E402
+
+from fastlm.ops import _dispatch, attention  # noqa: E402
+from fastlm.ops.attention import kernel_supports  # noqa: E402
+
+CUDA = torch.cuda.is_available() and _dispatch.cuda_module() is not None
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _grads(fn, q, k, v, g):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v)
+    (out.double() * g).sum().backward()
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def _compare(q, k, v, causal, rel_tol):
+    """Ours and SDPA (same dtype) vs the float64 reference; ours may be at most a little worse."""
+    gqa = q.shape[1] != k.shape[1]
+    g = torch.randn(q.shape, dtype=torch.float64, device=q.device)
+    ref = _grads(lambda a, b, c: attention_ref(a, b, c, is_causal=causal), q.double(),
+                 k.double(), v.double(), g)
+    ours = _grads(lambda a, b, c: attention(a, b, c, is_causal=causal, enable_gqa=gqa), q, k, v, g)
+    sdpa = _grads(lambda a, b, c: attention(a, b, c, is_causal=causal, enable_gqa=gqa,
+                                            backend="torch"), q, k, v, g)
+    for name, o, s, r in zip(("out", "dq", "dk", "dv"), ours, sdpa, ref):
+        assert torch.isfinite(o).all(), f"{name}: non-finite values"
+        e_ours, e_sdpa = _rel(o, r), _rel(s, r)
+        if float(r.norm()) < 1e-6:  # e.g. dq with a single key is exactly 0: absolute check
+            assert float((o.double() - r).abs().max()) < 1e-4, f"{name}: not ~0"
+            continue
+        assert e_ours < max(rel_tol, 2.0 * e_sdpa), (
+            f"{name}: rel err {e_ours:.2e} (sdpa {e_sdpa:.2e}), max abs "
+            f"{float((o.double() - r).abs().max()):.2e}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(1, 2, 2, 5, 64), (2, 4, 2, 17, 64), (1, 2, 1, 9, 128)])
+def test_cpu_path_matches_reference(shape, causal):
+    b, hq, hkv, t, d = shape
+    gen = torch.Generator().manual_seed(t * 3 + d)
+    q = torch.randn(b, hq, t, d, generator=gen)
+    k = torch.randn(b, hkv, t, d, generator=gen)
+    v = torch.randn(b, hkv, t, d, generator=gen)
+    assert not kernel_supports(q, k, v, causal)
+    _compare(q, k, v, causal, 1e-5)
+
+
+@pytest.mark.parametrize("bad", ["dims", "heads", "device_dtype", "shape"])
+def test_bad_arguments(bad):
+    q = k = v = torch.randn(1, 4, 8, 64)
+    if bad == "dims":
+        q = torch.randn(4, 8, 64)
+    elif bad == "heads":
+        k = v = torch.randn(1, 3, 8, 64)
+    elif bad == "device_dtype":
+        k = torch.randn(1, 4, 8, 64, dtype=torch.float64)
+    elif bad == "shape":
+        v = torch.randn(1, 4, 9, 64)
+    with pytest.raises((ValueError, TypeError)):
+        attention(q, k, v, enable_gqa=(bad == "heads"))
+
+
+# ----------------------------------------------------------------------------- CUDA
+CUDA_SHAPES = [  # (B, Hq, Hkv, T, D): T not a multiple of the 64-row tile, GQA, T=1
+    (1, 1, 1, 1, 64), (2, 4, 4, 63, 64), (1, 4, 2, 100, 64), (2, 8, 2, 257, 128),
+    (1, 2, 2, 128, 128), (1, 6, 3, 515, 64), (1, 4, 1, 1000, 128),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and fastlm._cuda")
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+def test_cuda_matches_reference(shape, causal, dtype, version, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys.modules["fastlm.ops.attention"], "KERNEL_VERSION", version)
+    b, hq, hkv, t, d = shape
+    dt = getattr(torch, dtype)
+    gen = torch.Generator(device="cuda").manual_seed(t * 7 + d + causal)
+    q, k, v = (torch.randn(b, h, t, d, device="cuda", generator=gen).to(dt)
+               for h in (hq, hkv, hkv))
+    assert kernel_supports(q, k, v, causal)
+    _compare(q, k, v, causal, 2e-2 if dt == torch.bfloat16 else 5e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and fastlm._cuda")
+def test_cuda_noncausal_cross_lengths_and_strided_inputs():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 70, 4, 64, device="cuda", generator=gen).bfloat16().transpose(1, 2)
+    k = torch.randn(2, 4, 130, 64, device="cuda", generator=gen).bfloat16()
+    v = torch.randn(2, 4, 130, 64, device="cuda", generator=gen).bfloat16()
+    _compare(q, k, v, False, 2e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and fastlm._cuda")
+def test_cuda_deterministic_forward_and_compile():
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(1, 4, 200, 128, device="cuda", generator=gen).half()
+               for _ in range(3))
+    a = attention(q, k, v, is_causal=True)
+    b = attention(q, k, v, is_causal=True)
+    assert torch.equal(a, b)
+    c = torch.compile(lambda q, k, v: attention(q, k, v, is_causal=True), fullgraph=True,
+                      backend="eager")(q, k, v)
+    assert torch.equal(a, c)

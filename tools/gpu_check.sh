@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU check: build fastlm with CUDA, run the kernel tests, the kernel benchmarks (short sizes) and
+# the tiny-model loss parity (inside the tests); print a short table last. Logs go to $OUT (or out/).
+# Meant for a lent GPU machine (python3 with torch, pybind11, scikit-build-core, cmake, ninja).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+ARCH=${FASTLM_CUDA_ARCHS:-90}  # one arch keeps the build short; CI builds 80;90
+T0=$(date +%s)
+stamp() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+stamp "build (sm_$ARCH)"
+if ! FASTLM_CUDA=1 python3 -m pip install --no-build-isolation --no-deps -q \
+    -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -C build-dir=/tmp/fastlm-build . \
+    >"$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+cd /tmp  # import the installed package, not ./python
+python3 -c "import fastlm._cuda, fastlm._C; print('modules ok')" || exit 1
+cd "$REPO"
+
+if [ "${GPU_CHECK_MODE:-full}" = bench ]; then  # benchmarks only, at the issue's full sizes
+  (cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" --json "$OUT/bench.jsonl" \
+     >"$OUT/bench_attn_full.log" 2>&1; \
+   for dt in bfloat16 float32; do python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
+     --dtype $dt --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
+     --json "$OUT/bench.jsonl"; done >"$OUT/bench_ce_full.log" 2>&1)
+  stamp "done"
+  cat "$OUT/bench_ce_full.log" "$OUT/bench_attn_full.log"
+  exit 0
+fi
+
+stamp "tests"
+(cd /tmp && python3 -m pytest -q -p no:cacheprovider --timeout 240 --maxfail=10 \
+   "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py" -rs 2>&1) \
+  | tee "$OUT/tests.log" | tail -25
+TEST_RC=${PIPESTATUS[0]}
+
+stamp "benchmarks"
+: >"$OUT/bench.jsonl"
+(cd /tmp && python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype bfloat16 \
+   --quick --json "$OUT/bench.jsonl" && \
+ python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype float32 --quick \
+   --json "$OUT/bench.jsonl") >"$OUT/bench_ce.log" 2>&1
+(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 3} \
+   --json "$OUT/bench.jsonl" || FASTLM_ATTN_VERSION=3 python3 "$REPO/benchmarks/bench_attention.py" \
+   --quick --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
+stamp "done"
+echo "================ summary ================"
+grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
+cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40
+exit $TEST_RC
