@@ -115,6 +115,29 @@ def test_simd_levels_agree(real):
         _C.dedup_set_simd(prev)
 
 
+def test_fast_kernel_extreme_permutations(real):
+    # a, b at the ends of [1, p) / [0, p) stress every carry bound of the 32-bit-x lane math; all
+    # kernel levels must equal the exact formula on the 32-bit shingle hashes.
+    P = ref.P61
+    a = [1, 2, P - 1, P - 2, (1 << 29) - 1, 1 << 29, (1 << 32) - 1, 1 << 32, P - (1 << 29), P >> 1]
+    a = np.array((a * 8)[:77], np.uint64)
+    b = np.array(([P - 1, 0, P - 2, 1, 1 << 60] * 16)[:77], np.uint64)
+    texts = real[:20] + random_texts(20) + EDGE
+    want = []
+    for t in texts:
+        hs = {x & 0xFFFFFFFF for x in ref.shingle_hashes(t, 5, "fast")}
+        want.append([min([(int(ak) * x + int(bk)) % P for x in hs], default=ref.M64)
+                     for ak, bk in zip(a, b)])
+    prev = _C.dedup_set_simd(2)
+    try:
+        for level in (2, 1, 0):
+            _C.dedup_set_simd(level)
+            sig, _ = _C.dedup_minhash(texts, a, b, 5, 0, 0)
+            assert sig.tolist() == want, _C.dedup_kernel()
+    finally:
+        _C.dedup_set_simd(prev)
+
+
 @pytest.mark.parametrize("scheme,hash", [("affine32", "datasketch"), ("legacy", "datasketch-legacy")])
 @pytest.mark.parametrize("num_perm,seed", [(128, 1), (64, 42)])
 def test_datasketch_parity(real, scheme, hash, num_perm, seed):

@@ -13,15 +13,6 @@
 namespace fastlm::dedup {
 namespace {
 
-// (a*x + b) mod (2^61-1) for a, b < 2^61 and any 64-bit x, without overflow: the product fits
-// in 125 bits, and 2^61 == 1 (mod p) lets us fold the high part onto the low 61 bits twice.
-inline uint64_t mulmod61(uint64_t a, uint64_t x, uint64_t b) {
-  unsigned __int128 v = (unsigned __int128)a * x + b;
-  unsigned __int128 f = (v & kMersenne61) + (v >> 61);  // < 2^61 + 2^64
-  uint64_t r = uint64_t(f & kMersenne61) + uint64_t(f >> 61);  // < 2^61 + 8
-  return r >= kMersenne61 ? r - kMersenne61 : r;
-}
-
 inline uint32_t fmix32(uint32_t h) {
   h ^= h >> 16;
   h *= 0x85EBCA6Bu;
@@ -31,13 +22,12 @@ inline uint32_t fmix32(uint32_t h) {
   return h;
 }
 
-// Updates one signature with one shingle hash x. Kept as three tight loops (one per mode) so
-// the compiler can unroll them; kDatasketch vectorizes (32-bit lanes).
+// Updates one signature with one shingle hash x in a datasketch mode (kFast uses the SIMD
+// kernels of simd.h). One tight loop per mode; kDatasketch vectorizes (32-bit lanes).
 void update(uint64_t* sig, const MinHashParams& p, uint64_t x) {
   const size_t P = p.num_perm;
   switch (p.mode) {
     case MinHashMode::kFast:
-      for (size_t k = 0; k < P; ++k) sig[k] = std::min(sig[k], mulmod61(p.a[k], x, p.b[k]));
       break;
     case MinHashMode::kDatasketch: {
       uint32_t h = fmix32(uint32_t(x));
@@ -133,11 +123,7 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
       uint64_t* s = sig + i * p.num_perm;
       std::fill(s, s + p.num_perm, init);
       if (p.mode == MinHashMode::kFast) {
-        // a*x == a*(x mod p) (mod p): reduce once per shingle, then the SIMD kernel.
-        for (uint64_t& x : hashes) {
-          x = (x & kMersenne61) + (x >> 61);
-          if (x >= kMersenne61) x -= kMersenne61;
-        }
+        for (uint64_t& x : hashes) x &= 0xFFFFFFFFu;  // 32-bit shingle hash (low half)
         fast_minhash_block(hashes.data(), hashes.size(), p.a, p.b, s, p.num_perm);
       } else {
         for (uint64_t x : hashes) update(s, p, x);

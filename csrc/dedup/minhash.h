@@ -10,7 +10,7 @@ namespace fastlm::dedup {
 
 // How shingles are hashed and permuted (see python/fastlm/data/dedup.py for the contract).
 enum class MinHashMode : int {
-  kFast = 0,           // x = murmur3 low 64 bits; h_i = (a_i*x + b_i) mod (2^61-1), exact (u128)
+  kFast = 0,           // x = murmur3 low 32 bits; h_i = (a_i*x + b_i) mod (2^61-1), exact
   kDatasketch = 1,     // datasketch>=2 "affine32": x = fmix32(sha1_hash32); h_i = a_i*x + b_i mod 2^32
   kDatasketchLegacy = 2,  // datasketch<2 "legacy": ((a_i*x + b_i) mod 2^64) mod (2^61-1), low 32 bits
 };

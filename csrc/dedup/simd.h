@@ -6,7 +6,7 @@
 namespace fastlm::dedup {
 
 // sig[k] = min(sig[k], min over i of (a[k]*xs[i] + b[k]) mod (2^61-1)) for k < P. Requires
-// a[k], b[k] < 2^61-1 and xs[i] < 2^61-1 (already reduced mod p: a*x == a*(x mod p)).
+// a[k], b[k] < 2^61-1 and xs[i] < 2^32 (32-bit shingle hashes; the kernels rely on it).
 // Dispatches at run time to AVX-512 or AVX2 when the CPU has it (see set_dedup_simd), else scalar.
 void fast_minhash_block(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
                         uint64_t* sig, size_t P);

@@ -13,9 +13,13 @@ document of a cluster is the first (lowest index) by default, or with ``keep="lo
 with the largest ``len()`` (characters for str, bytes for bytes; ties: lowest index).
 
 MinHash hash modes (``MinHasher(hash=...)``):
-- ``"fast"`` (default): shingle x = murmur3 x64-128 low 64 bits; h_k(x) = (a_k*x + b_k) mod
-  (2^61-1) computed exactly in 128 bits; (a_k, b_k) drawn from splitmix64(seed) as
-  a_0, b_0, a_1, ...: a = 1 + s mod (p-1), b = s mod p. Different values from datasketch.
+- ``"fast"`` (default): shingle x = the low 32 bits of murmur3 x64-128 (a 32-bit shingle hash,
+  as datasketch's sha1_hash32; distinct shingles collide with probability ~2^-32 per pair);
+  h_k(x) = (a_k*x + b_k) mod p, p = 2^61-1, computed exactly; (a_k, b_k) drawn from
+  splitmix64(seed) as a_0, b_0, a_1, ...: a = 1 + s mod (p-1), b = s mod p. The family is pairwise
+  independent on Z_p and so on [0, 2^32) inside it. Different values from datasketch. Before
+  dedup file format 2 x was the full 64-bit hash (signatures differ; old staged files are refused).
+  Exact Jaccard checks (``verify``) still use the 64-bit shingle hashes.
 - ``"datasketch"``: bit for bit ``datasketch.MinHash(num_perm, seed)`` (datasketch >= 2.0 default
   scheme "affine32": sha1_hash32, fmix32, uint32 a*x+b with a odd) updated with the shingle bytes.
 - ``"datasketch-legacy"``: bit for bit datasketch < 2.0 (``scheme="legacy"``): sha1_hash32 and

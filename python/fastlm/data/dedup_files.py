@@ -35,7 +35,7 @@ from fastlm.data.dedup import DedupResult, MinHasher, _keep_longest, _lengths, _
 
 __all__ = ["write_signatures", "write_band_keys", "cluster_files", "shard_keep_mask", "read_header"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fast-mode MinHash hashes shingles to 32 bits (format-1 signatures differ)
 _PARAMS = ("method", "num_perm", "ngram", "seed", "hash", "normalization")
 _KEY_PARAMS = _PARAMS + ("bands", "rows")
 
