@@ -301,3 +301,22 @@ def test_empty_inputs():
         assert r.counts == {"documents": 0, "kept": 0, "removed": 0, "clusters": 0} and r.clusters == []
     assert dedup.MinHasher().signatures([]).shape == (0, 128)
     assert dedup.exact_hashes([]).shape == (0, 2) and dedup.simhash([]).shape == (0,)
+
+
+@pytest.mark.parametrize("verify", [1, 2])  # jaccard, auto
+def test_kept_hashes_verify_like_texts(real, verify):
+    # minhash_dedup verifies with the 32-bit shingle hashes kept from hashing; on real text the
+    # clusters equal those of re-shingling the texts (64-bit hash sets), at any thread count.
+    docs = ref.with_near_duplicates(real[:300], frac=0.4, seed=5) + ["", "tiny"]
+    mh = dedup.MinHasher()
+    sig, counts, kept = _C.dedup_minhash(docs, mh.a, mh.b, 5, 0, 0, keep=True)
+    assert len(kept) == len(docs)
+    keys = _C.dedup_band_keys(sig, 21, 6, 0)
+    args = (keys, sig, counts, dedup._lengths(docs), 0.8, verify, 0.08)
+    want = _C.dedup_lsh_cluster(*args, docs, 5, 64, False, 1)
+    assert want[2]["exact_checks"] > 20 and want[2]["merged"] > 20
+    for t in (1, 2):
+        got = _C.dedup_lsh_cluster(*args, kept, 5, 64, False, t)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    r = dedup.minhash_dedup(docs, verify={1: "jaccard", 2: "auto"}[verify])
+    assert r.cluster.tolist() == want[0].tolist()

@@ -7,6 +7,7 @@
 #include "common/hash.h"
 #include "common/thread_pool.h"
 #include "dedup/minhash.h"
+#include "dedup/simd.h"
 
 namespace fastlm::dedup {
 
@@ -25,8 +26,9 @@ void band_keys(const uint64_t* sig, size_t n, size_t num_perm, size_t bands, siz
 ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* duplicate_of,
                          int num_threads) {
   check(a.n < (uint64_t(1) << 32), "at most 2^32-1 documents per clustering call");
-  check(a.verify == Verify::kSignature || (a.texts && a.texts->size() == a.n),
-        "exact Jaccard verification needs the texts of all documents");
+  check(a.verify == Verify::kSignature || (a.hashes && a.hashes->size() == a.n) ||
+            (a.texts && a.texts->size() == a.n),
+        "exact Jaccard verification needs the texts (or kept shingle hashes) of all documents");
   check(a.num_perm >= 1 && a.bands >= 1, "num_perm and bands must be >= 1");
   // Per band: (key, doc) of non-empty docs, sorted; docs ascending within a key.
   std::vector<std::vector<std::pair<uint64_t, uint32_t>>> entries(a.bands);
@@ -44,9 +46,7 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   auto estimate = [&](size_t i, size_t j) {
     const uint64_t* x = a.sig + i * a.num_perm;
     const uint64_t* y = a.sig + j * a.num_perm;
-    size_t eq = 0;
-    for (size_t k = 0; k < a.num_perm; ++k) eq += x[k] == y[k];
-    return double(eq) / double(a.num_perm);
+    return double(count_equal(x, y, a.num_perm)) / double(a.num_perm);
   };
   auto borderline = [&](double est) {
     return est > a.threshold - a.margin && est < a.threshold + a.margin;
@@ -57,6 +57,9 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   // doc (kAuto, a good guess of the pairs the scan will check; any other is computed lazily).
   std::vector<std::vector<uint64_t>> sets;
   std::vector<char> have;
+  auto set_of = [&](size_t i) {
+    return a.hashes ? shingle_set((*a.hashes)[i]) : shingle_set((*a.texts)[i], a.ngram);
+  };
   if (a.verify != Verify::kSignature) {
     sets.resize(a.n);
     have.assign(a.n, 0);
@@ -76,7 +79,7 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
     parallel_for(a.n, num_threads, 16, [&](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) {
         if (need[i]) {
-          sets[i] = shingle_set((*a.texts)[i], a.ngram);
+          sets[i] = set_of(i);
           have[i] = 1;
         }
       }
@@ -85,7 +88,7 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   auto exact = [&](size_t i, size_t j) {
     for (size_t d : {i, j}) {
       if (!have[d]) {
-        sets[d] = shingle_set((*a.texts)[d], a.ngram);
+        sets[d] = set_of(d);
         have[d] = 1;
       }
     }

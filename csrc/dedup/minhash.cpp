@@ -106,7 +106,7 @@ void shingle_hashes(const Words& w, size_t ngram, MinHashMode mode, std::vector<
 }
 
 void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams& p, uint64_t* sig,
-                        uint64_t* counts, int num_threads) {
+                        uint64_t* counts, int num_threads, ShingleHashes* keep) {
   check(p.num_perm >= 1 && p.ngram >= 1, "num_perm and ngram must be >= 1");
   if (p.mode == MinHashMode::kFast) {
     for (size_t k = 0; k < p.num_perm; ++k) {
@@ -114,6 +114,7 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
     }
   }
   const uint64_t init = empty_slot(p.mode);
+  if (keep) keep->assign(texts.size(), {});
   parallel_for(texts.size(), num_threads, 16, [&](size_t begin, size_t end) {
     Words w;
     std::vector<uint64_t> hashes;
@@ -129,6 +130,7 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
         for (uint64_t x : hashes) update(s, p, x);
       }
       counts[i] = hashes.size();
+      if (keep) (*keep)[i].assign(hashes.begin(), hashes.end());  // all < 2^32 here
     }
   });
 }
@@ -138,6 +140,13 @@ std::vector<uint64_t> shingle_set(const TextView& text, size_t ngram) {
   normalize_words(text.data, text.size, w);
   std::vector<uint64_t> h;
   shingle_hashes(w, ngram, MinHashMode::kFast, h);
+  std::sort(h.begin(), h.end());
+  h.erase(std::unique(h.begin(), h.end()), h.end());
+  return h;
+}
+
+std::vector<uint64_t> shingle_set(const std::vector<uint32_t>& hashes) {
+  std::vector<uint64_t> h(hashes.begin(), hashes.end());
   std::sort(h.begin(), h.end());
   h.erase(std::unique(h.begin(), h.end()), h.end());
   return h;

@@ -37,12 +37,20 @@ void exact_hashes(const std::vector<TextView>& texts, uint64_t* out, int num_thr
 // for kFast, sha1_hash32 (before any mixing) for the datasketch modes.
 void shingle_hashes(const Words& words, size_t ngram, MinHashMode mode, std::vector<uint64_t>& out);
 
+// 32-bit shingle hashes of each document, in order (duplicates kept): the x that MinHash used
+// (murmur low 32 bits in kFast, sha1_hash32 in the datasketch modes). Kept for exact checks.
+using ShingleHashes = std::vector<std::vector<uint32_t>>;
+
 // sig[i*num_perm + k] = min over shingles of permutation k; counts[i] = number of shingles.
+// When keep is non-null it is resized to texts.size() and (*keep)[i] gets document i's hashes.
 void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams& p, uint64_t* sig,
-                        uint64_t* counts, int num_threads);
+                        uint64_t* counts, int num_threads, ShingleHashes* keep = nullptr);
 
 // Sorted distinct 64-bit murmur shingle hashes of one document (for exact Jaccard checks).
 std::vector<uint64_t> shingle_set(const TextView& text, size_t ngram);
+
+// Sorted distinct values of kept 32-bit shingle hashes (widened; see ShingleHashes).
+std::vector<uint64_t> shingle_set(const std::vector<uint32_t>& hashes);
 
 // |A & B| / |A | B| of two sorted distinct sets; 0 when both are empty.
 double jaccard_sorted(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b);

@@ -11,6 +11,9 @@ namespace fastlm::dedup {
 void fast_minhash_block(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
                         uint64_t* sig, size_t P);
 
+// Number of k < n with x[k] == y[k] (signature agreement for LSH verification).
+size_t count_equal(const uint64_t* x, const uint64_t* y, size_t n);
+
 // ones[b] += number of hashes with bit b set, for b < 64 (uint64 counters; any m).
 void count_bits(const uint64_t* hashes, size_t m, uint64_t ones[64]);
 
