@@ -83,8 +83,11 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   // Shingle sets for exact checks, computed once per doc and in parallel up front: for every doc
   // in a shared bucket (kJaccard), or for the docs of borderline pairs with their bucket's first
   // doc (kAuto, a good guess of the pairs the scan will check; any other is computed lazily).
+  // The guessed pairs' Jaccard tests are then run in parallel too and looked up by the scan.
   std::vector<std::vector<uint64_t>> sets;
   std::vector<char> have;
+  std::vector<uint64_t> guess;  // (i << 32) | j, i < j, sorted
+  std::vector<char> guess_ok;
   auto set_of = [&](size_t i) {
     return a.hashes ? shingle_set((*a.hashes)[i]) : shingle_set((*a.texts)[i], a.ngram);
   };
@@ -101,6 +104,8 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
         }
         if (a.verify == Verify::kJaccard || borderline(estimate(e[g].second, e[k].second))) {
           need[e[g].second] = need[e[k].second] = 1;
+          uint64_t i = std::min(e[g].second, e[k].second), j = std::max(e[g].second, e[k].second);
+          guess.push_back(i << 32 | j);
         }
       }
     }
@@ -112,8 +117,20 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
         }
       }
     });
+    std::sort(guess.begin(), guess.end());
+    guess.erase(std::unique(guess.begin(), guess.end()), guess.end());
+    guess_ok.resize(guess.size());
+    parallel_for(guess.size(), num_threads, 64, [&](size_t begin, size_t end) {
+      for (size_t q = begin; q < end; ++q) {
+        guess_ok[q] = jaccard_sorted(sets[guess[q] >> 32], sets[guess[q] & 0xFFFFFFFFu]) >=
+                      a.threshold;
+      }
+    });
   }
   auto exact = [&](size_t i, size_t j) {
+    uint64_t key = uint64_t(std::min(i, j)) << 32 | std::max(i, j);
+    auto it = std::lower_bound(guess.begin(), guess.end(), key);
+    if (it != guess.end() && *it == key) return guess_ok[it - guess.begin()] != 0;
     for (size_t d : {i, j}) {
       if (!have[d]) {
         sets[d] = set_of(d);
