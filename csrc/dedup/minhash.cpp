@@ -118,19 +118,27 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
   parallel_for(texts.size(), num_threads, 16, [&](size_t begin, size_t end) {
     Words w;
     std::vector<uint64_t> hashes;
+    std::vector<uint32_t> local;
     for (size_t i = begin; i < end; ++i) {
       normalize_words(texts[i].data, texts[i].size, w);
-      shingle_hashes(w, p.ngram, p.mode, hashes);
       uint64_t* s = sig + i * p.num_perm;
       std::fill(s, s + p.num_perm, init);
       if (p.mode == MinHashMode::kFast) {
-        for (uint64_t& x : hashes) x &= 0xFFFFFFFFu;  // 32-bit shingle hash (low half)
-        fast_minhash_block(hashes.data(), hashes.size(), p.a, p.b, s, p.num_perm);
+        // 32-bit shingle hashes (murmur low half) written straight into the kept list if any.
+        std::vector<uint32_t>& xs = keep ? (*keep)[i] : local;
+        size_t m = num_shingles(w.size(), p.ngram), span = std::min(p.ngram, w.size());
+        xs.resize(m);
+        for (size_t k = 0; k < m; ++k) {
+          xs[k] = uint32_t(padded_hash64(w.text() + w.start[k], w.end[k + span - 1] - w.start[k]));
+        }
+        fast_minhash_block(xs.data(), m, p.a, p.b, s, p.num_perm);
+        counts[i] = m;
       } else {
+        shingle_hashes(w, p.ngram, p.mode, hashes);
         for (uint64_t x : hashes) update(s, p, x);
+        counts[i] = hashes.size();
+        if (keep) (*keep)[i].assign(hashes.begin(), hashes.end());  // sha1_hash32: < 2^32
       }
-      counts[i] = hashes.size();
-      if (keep) (*keep)[i].assign(hashes.begin(), hashes.end());  // all < 2^32 here
     }
   });
 }

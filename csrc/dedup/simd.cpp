@@ -55,7 +55,7 @@ inline uint64_t mulmod61_reduced(uint64_t a, uint64_t x, uint64_t b) {
   return r >= kP ? r - kP : r;
 }
 
-void block_scalar(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_t* b, uint64_t* sig,
+void block_scalar(const uint32_t* xs, size_t m, const uint64_t* a, const uint64_t* b, uint64_t* sig,
                   size_t P) {
   for (size_t k = 0; k < P; ++k) {
     uint64_t s = sig[k];
@@ -96,7 +96,7 @@ __attribute__((target("avx512f"))) inline void update_lanes(Lanes& l, __m512i x)
   l.sig = _mm512_min_epu64(l.sig, s);
 }
 
-__attribute__((target("avx512f"))) void block_avx512(const uint64_t* xs, size_t m,
+__attribute__((target("avx512f"))) void block_avx512(const uint32_t* xs, size_t m,
                                                      const uint64_t* a, const uint64_t* b,
                                                      uint64_t* sig, size_t P) {
   size_t k = 0;
@@ -107,7 +107,8 @@ __attribute__((target("avx512f"))) void block_avx512(const uint64_t* xs, size_t 
     Lanes l2 = load_lanes(a + k + 16, b + k + 16, sig + k + 16);
     Lanes l3 = load_lanes(a + k + 24, b + k + 24, sig + k + 24);
     for (size_t i = 0; i < m; ++i) {
-      __m512i x = _mm512_set1_epi64(int64_t(xs[i]));
+      // vpbroadcastd from memory (load port): mul_epu32 ignores the copy in the high halves.
+      __m512i x = _mm512_set1_epi32(int(xs[i]));
       update_lanes(l0, x);
       update_lanes(l1, x);
       update_lanes(l2, x);
@@ -120,7 +121,7 @@ __attribute__((target("avx512f"))) void block_avx512(const uint64_t* xs, size_t 
   }
   for (; k + 8 <= P; k += 8) {
     Lanes l = load_lanes(a + k, b + k, sig + k);
-    for (size_t i = 0; i < m; ++i) update_lanes(l, _mm512_set1_epi64(int64_t(xs[i])));
+    for (size_t i = 0; i < m; ++i) update_lanes(l, _mm512_set1_epi32(int(xs[i])));
     _mm512_storeu_si512(sig + k, l.sig);
   }
   if (k < P) block_scalar(xs, m, a + k, b + k, sig + k, P - k);
@@ -159,7 +160,7 @@ __attribute__((target("avx2"))) inline void update_lanes2(Lanes2& l, __m256i x) 
   l.sigx = _mm256_blendv_epi8(l.sigx, sx, _mm256_cmpgt_epi64(l.sigx, sx));
 }
 
-__attribute__((target("avx2"))) void block_avx2(const uint64_t* xs, size_t m, const uint64_t* a,
+__attribute__((target("avx2"))) void block_avx2(const uint32_t* xs, size_t m, const uint64_t* a,
                                                 const uint64_t* b, uint64_t* sig, size_t P) {
   const __m256i sign = _mm256_set1_epi64x(INT64_MIN);
   size_t k = 0;
@@ -169,7 +170,7 @@ __attribute__((target("avx2"))) void block_avx2(const uint64_t* xs, size_t m, co
     Lanes2 l2 = load_lanes2(a + k + 8, b + k + 8, sig + k + 8);
     Lanes2 l3 = load_lanes2(a + k + 12, b + k + 12, sig + k + 12);
     for (size_t i = 0; i < m; ++i) {
-      __m256i x = _mm256_set1_epi64x(int64_t(xs[i]));
+      __m256i x = _mm256_set1_epi32(int(xs[i]));
       update_lanes2(l0, x);
       update_lanes2(l1, x);
       update_lanes2(l2, x);
@@ -183,7 +184,7 @@ __attribute__((target("avx2"))) void block_avx2(const uint64_t* xs, size_t m, co
   }
   for (; k + 4 <= P; k += 4) {
     Lanes2 l = load_lanes2(a + k, b + k, sig + k);
-    for (size_t i = 0; i < m; ++i) update_lanes2(l, _mm256_set1_epi64x(int64_t(xs[i])));
+    for (size_t i = 0; i < m; ++i) update_lanes2(l, _mm256_set1_epi32(int(xs[i])));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(sig + k), _mm256_xor_si256(l.sigx, sign));
   }
   if (k < P) block_scalar(xs, m, a + k, b + k, sig + k, P - k);
@@ -237,7 +238,7 @@ int level() {
 #pragma GCC diagnostic pop
 #endif
 
-void fast_minhash_block(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
+void fast_minhash_block(const uint32_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
                         uint64_t* sig, size_t P) {
 #ifdef FASTLM_DEDUP_X86
   int lv = level();

@@ -6,9 +6,9 @@
 namespace fastlm::dedup {
 
 // sig[k] = min(sig[k], min over i of (a[k]*xs[i] + b[k]) mod (2^61-1)) for k < P. Requires
-// a[k], b[k] < 2^61-1 and xs[i] < 2^32 (32-bit shingle hashes; the kernels rely on it).
+// a[k], b[k] < 2^61-1; xs are 32-bit shingle hashes (the kernels rely on x < 2^32).
 // Dispatches at run time to AVX-512 or AVX2 when the CPU has it (see set_dedup_simd), else scalar.
-void fast_minhash_block(const uint64_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
+void fast_minhash_block(const uint32_t* xs, size_t m, const uint64_t* a, const uint64_t* b,
                         uint64_t* sig, size_t P);
 
 // Number of k < n with x[k] == y[k] (signature agreement for LSH verification).
