@@ -16,11 +16,15 @@
 //   167 -> 126 ms (78 -> 104 MB/s), end to end auto 58 -> 71 MB/s.
 // - AVX-512 IFMA (vpmadd52luq/huq) considered, not built: with x < 2^32 the 52-bit limbs need 3
 //   IFMA ops + the same folds (14 ops again) and IFMA issues on one port like vpmuludq.
-// - verify "auto": exact checks used to re-normalize and re-hash each borderline doc; now the 32-bit
-//   hashes are kept from the signature pass (4 bytes per shingle) and only sorted: cluster step
-//   51 -> 37 ms (signature-only clustering 13 ms; 1 thread). The rest is the per-doc sort
-//   (~40%) and the serial merges. AVX-512 slot compares (count_equal) for the estimates: 13.2 ->
-//   12.7 ms for the signature-only clustering (the per-band std::sort of (key, doc) dominates).
+// - verify "auto" (lsh.cpp, minhash.cpp; 1 thread, clustering step alone, median of 9):
+//   exact checks re-normalized and re-hashed each borderline doc: 51 ms (signature-only 13 ms).
+//   Keeping the 32-bit hashes of the signature pass (4 bytes per shingle) and only sorting them:
+//   37 ms. AVX-512 slot compares (count_equal) for the estimates: signature-only 13.2 -> 12.7.
+//   LSD radix sorts (band entries by key; the kept hashes per doc) and a branch-free Jaccard
+//   merge: signature-only 12.4 -> 4.8 ms, auto 24.4 -> 16.7 ms. Guessed exact-check pairs run
+//   in parallel up front, the scan looks them up: 16.7 -> 15.2 (1 thread; 2 threads gain more).
+// - kernel on uint32 shingle hashes, hashed straight into the kept list (no copy) and broadcast
+//   from memory (vpbroadcastd m32 uses a load port, not the ALU port 5): signatures 125 -> 121 ms.
 // - AVX2 (4 lanes, no unsigned 64-bit min: signatures kept sign-flipped for signed compares)
 //   for CPUs without AVX-512: 54 MB/s here (forced with dedup_set_simd(1)).
 // - SimHash: int64 +-1 per bit (auto-vectorized SSE2) 112 MB/s -> AVX-512 mask adds of 16-bit
