@@ -94,21 +94,29 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   if (a.verify != Verify::kSignature) {
     sets.resize(a.n);
     have.assign(a.n, 0);
-    std::vector<char> need(a.n, 0);
-    for (const auto& e : entries) {
-      size_t g = 0;
-      for (size_t k = 1; k < e.size(); ++k) {
-        if (e[k].first != e[g].first) {
-          g = k;
-          continue;
-        }
-        if (a.verify == Verify::kJaccard || borderline(estimate(e[g].second, e[k].second))) {
-          need[e[g].second] = need[e[k].second] = 1;
-          uint64_t i = std::min(e[g].second, e[k].second), j = std::max(e[g].second, e[k].second);
-          guess.push_back(i << 32 | j);
+    std::vector<std::vector<uint64_t>> band_guess(a.bands);  // per band, in parallel
+    parallel_for(a.bands, num_threads, 1, [&](size_t begin, size_t end) {
+      for (size_t b = begin; b < end; ++b) {
+        const auto& e = entries[b];
+        size_t g = 0;
+        for (size_t k = 1; k < e.size(); ++k) {
+          if (e[k].first != e[g].first) {
+            g = k;
+            continue;
+          }
+          if (a.verify == Verify::kJaccard || borderline(estimate(e[g].second, e[k].second))) {
+            uint64_t i = std::min(e[g].second, e[k].second);
+            uint64_t j = std::max(e[g].second, e[k].second);
+            band_guess[b].push_back(i << 32 | j);
+          }
         }
       }
-    }
+    });
+    for (const auto& bg : band_guess) guess.insert(guess.end(), bg.begin(), bg.end());
+    std::sort(guess.begin(), guess.end());
+    guess.erase(std::unique(guess.begin(), guess.end()), guess.end());
+    std::vector<char> need(a.n, 0);
+    for (uint64_t q : guess) need[q >> 32] = need[q & 0xFFFFFFFFu] = 1;
     parallel_for(a.n, num_threads, 16, [&](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) {
         if (need[i]) {
@@ -117,8 +125,6 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
         }
       }
     });
-    std::sort(guess.begin(), guess.end());
-    guess.erase(std::unique(guess.begin(), guess.end()), guess.end());
     guess_ok.resize(guess.size());
     parallel_for(guess.size(), num_threads, 64, [&](size_t begin, size_t end) {
       for (size_t q = begin; q < end; ++q) {
