@@ -305,8 +305,8 @@ def test_empty_inputs():
 
 @pytest.mark.parametrize("verify", [1, 2])  # jaccard, auto
 def test_kept_hashes_verify_like_texts(real, verify):
-    # minhash_dedup verifies with the 32-bit shingle hashes kept from hashing; on real text the
-    # clusters equal those of re-shingling the texts (64-bit hash sets), at any thread count.
+    # minhash_dedup verifies with the 32-bit shingle hashes kept from hashing: the same clusters
+    # as re-shingling the texts, at any thread count.
     docs = ref.with_near_duplicates(real[:300], frac=0.4, seed=5) + ["", "tiny"]
     mh = dedup.MinHasher()
     sig, counts, kept = _C.dedup_minhash(docs, mh.a, mh.b, 5, 0, 0, keep=True)

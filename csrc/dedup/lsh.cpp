@@ -84,7 +84,7 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   // in a shared bucket (kJaccard), or for the docs of borderline pairs with their bucket's first
   // doc (kAuto, a good guess of the pairs the scan will check; any other is computed lazily).
   // The guessed pairs' Jaccard tests are then run in parallel too and looked up by the scan.
-  std::vector<std::vector<uint64_t>> sets;
+  std::vector<std::vector<uint32_t>> sets;
   std::vector<char> have;
   std::vector<uint64_t> guess;  // (i << 32) | j, i < j, sorted
   std::vector<char> guess_ok;

@@ -46,13 +46,13 @@ using ShingleHashes = std::vector<std::vector<uint32_t>>;
 void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams& p, uint64_t* sig,
                         uint64_t* counts, int num_threads, ShingleHashes* keep = nullptr);
 
-// Sorted distinct 64-bit murmur shingle hashes of one document (for exact Jaccard checks).
-std::vector<uint64_t> shingle_set(const TextView& text, size_t ngram);
+// Sorted distinct 32-bit shingle hashes (murmur low 32 bits, as kFast) of one document.
+std::vector<uint32_t> shingle_set(const TextView& text, size_t ngram);
 
-// Sorted distinct values of kept 32-bit shingle hashes (widened; see ShingleHashes).
-std::vector<uint64_t> shingle_set(const std::vector<uint32_t>& hashes);
+// Sorted distinct values of kept 32-bit shingle hashes (see ShingleHashes).
+std::vector<uint32_t> shingle_set(const std::vector<uint32_t>& hashes);
 
 // |A & B| / |A | B| of two sorted distinct sets; 0 when both are empty.
-double jaccard_sorted(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b);
+double jaccard_sorted(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b);
 
 }  // namespace fastlm::dedup
