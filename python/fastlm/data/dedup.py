@@ -19,12 +19,12 @@ MinHash hash modes (``MinHasher(hash=...)``):
   splitmix64(seed) as a_0, b_0, a_1, ...: a = 1 + s mod (p-1), b = s mod p. The family is pairwise
   independent on Z_p and so on [0, 2^32) inside it. Different values from datasketch. Before
   dedup file format 2 x was the full 64-bit hash (signatures differ; old staged files are refused).
-  Exact Jaccard checks (``verify``) compare sets of 32-bit shingle hashes: in every mode the ones
-  MinHash hashed (kept while it runs; sha1_hash32 in the datasketch modes).
 - ``"datasketch"``: bit for bit ``datasketch.MinHash(num_perm, seed)`` (datasketch >= 2.0 default
   scheme "affine32": sha1_hash32, fmix32, uint32 a*x+b with a odd) updated with the shingle bytes.
 - ``"datasketch-legacy"``: bit for bit datasketch < 2.0 (``scheme="legacy"``): sha1_hash32 and
   ``(a*x + b) % (2^61-1) & (2^32-1)`` with numpy's uint64 wraparound of a*x + b.
+Exact Jaccard checks (``minhash_dedup(verify=...)``) compare sets of 32-bit shingle hashes: in
+every mode the ones MinHash hashed (kept while it runs; sha1_hash32 in the datasketch modes).
 """
 from __future__ import annotations
 
