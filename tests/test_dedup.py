@@ -104,9 +104,10 @@ def test_simd_levels_agree(real):
     mh = dedup.MinHasher(num_perm=77)  # 2 x 32 + 8 + 5: every SIMD block width and the scalar tail
     texts = real[:100] + random_texts(50)
     want = mh.signatures(texts), dedup.simhash(texts, ngram=2)
-    prev = _C.dedup_set_simd(2)
+    prev = _C.dedup_set_simd(3)
     try:
-        for level, names in ((0, {"scalar"}), (1, {"avx2", "scalar"})):
+        for level, names in ((0, {"scalar"}), (1, {"avx2", "scalar"}),
+                             (2, {"avx512", "avx2", "scalar"})):
             _C.dedup_set_simd(level)
             assert _C.dedup_kernel() in names
             assert np.array_equal(mh.signatures(texts), want[0]), _C.dedup_kernel()
@@ -128,9 +129,9 @@ def test_fast_kernel_extreme_permutations(real):
         hs = {x & 0xFFFFFFFF for x in ref.shingle_hashes(t, 5, "fast")}
         want.append([min([(int(ak) * x + int(bk)) % P for x in hs], default=ref.M64)
                      for ak, bk in zip(a, b)])
-    prev = _C.dedup_set_simd(2)
+    prev = _C.dedup_set_simd(3)
     try:
-        for level in (2, 1, 0):
+        for level in (3, 2, 1, 0):
             _C.dedup_set_simd(level)
             sig, _ = _C.dedup_minhash(texts, a, b, 5, 0, 0)
             assert sig.tolist() == want, _C.dedup_kernel()
