@@ -321,3 +321,17 @@ def test_kept_hashes_verify_like_texts(real, verify):
         assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
     r = dedup.minhash_dedup(docs, verify={1: "jaccard", 2: "auto"}[verify])
     assert r.cluster.tolist() == want[0].tolist()
+
+
+@pytest.mark.parametrize("hash", ["fast", "datasketch"])
+def test_kept_hashes_edge_documents(real, hash):
+    # keep=True stores every doc's hashes in one buffer sized by a words-per-byte bound: dense
+    # one-letter words, separators only, invalid bytes and empty docs must not change signatures.
+    texts = (random_texts(60, 3) + random_bytes(60, 3) + EDGE + real[:5]
+             + ["a", "a b", "a,b,c,d,e,f,g", "x" * 3, "", "!!", "a " * 500, b"\xff \xfe\x80", "é ü"])
+    mh = dedup.MinHasher(ngram=2, hash=hash)
+    sig, counts = _C.dedup_minhash(texts, mh.a, mh.b, 2, dedup._MODES[hash], 0)
+    sig2, counts2, kept = _C.dedup_minhash(texts, mh.a, mh.b, 2, dedup._MODES[hash], 2, keep=True)
+    assert np.array_equal(sig, sig2) and np.array_equal(counts, counts2) and len(kept) == len(texts)
+    r = dedup.minhash_dedup(texts + texts[:10], ngram=2, hash=hash, verify="jaccard")
+    assert (r.duplicate_of[len(texts):] >= 0).sum() >= 5

@@ -114,7 +114,16 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
     }
   }
   const uint64_t init = empty_slot(p.mode);
-  if (keep) keep->assign(texts.size(), {});
+  if (keep) {
+    keep->offset.resize(texts.size());
+    keep->count.assign(texts.size(), 0);
+    size_t total = 0;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      keep->offset[i] = total;
+      total += (texts[i].size + 1) / 2;
+    }
+    keep->data.reset(new uint32_t[std::max<size_t>(total, 1)]);  // uninitialized on purpose
+  }
   parallel_for(texts.size(), num_threads, 16, [&](size_t begin, size_t end) {
     Words w;
     std::vector<uint64_t> hashes;
@@ -125,19 +134,25 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
       std::fill(s, s + p.num_perm, init);
       if (p.mode == MinHashMode::kFast) {
         // 32-bit shingle hashes (murmur low half) written straight into the kept list if any.
-        std::vector<uint32_t>& xs = keep ? (*keep)[i] : local;
         size_t m = num_shingles(w.size(), p.ngram), span = std::min(p.ngram, w.size());
-        xs.resize(m);
+        check(m <= (texts[i].size + 1) / 2, "internal: more shingles than the word bound");
+        if (!keep) local.resize(m);
+        uint32_t* xs = keep ? keep->data.get() + keep->offset[i] : local.data();
         for (size_t k = 0; k < m; ++k) {
           xs[k] = uint32_t(padded_hash64(w.text() + w.start[k], w.end[k + span - 1] - w.start[k]));
         }
-        fast_minhash_block(xs.data(), m, p.a, p.b, s, p.num_perm);
+        fast_minhash_block(xs, m, p.a, p.b, s, p.num_perm);
         counts[i] = m;
+        if (keep) keep->count[i] = m;
       } else {
         shingle_hashes(w, p.ngram, p.mode, hashes);
         for (uint64_t x : hashes) update(s, p, x);
         counts[i] = hashes.size();
-        if (keep) (*keep)[i].assign(hashes.begin(), hashes.end());  // sha1_hash32: < 2^32
+        if (keep) {
+          check(hashes.size() <= (texts[i].size + 1) / 2, "internal: more shingles than the word bound");
+          std::copy(hashes.begin(), hashes.end(), keep->data.get() + keep->offset[i]);  // < 2^32
+          keep->count[i] = hashes.size();
+        }
       }
     }
   });
@@ -196,8 +211,8 @@ std::vector<uint32_t> shingle_set(const TextView& text, size_t ngram) {
   return x;
 }
 
-std::vector<uint32_t> shingle_set(const std::vector<uint32_t>& hashes) {
-  std::vector<uint32_t> x(hashes);
+std::vector<uint32_t> shingle_set(const uint32_t* hashes, size_t m) {
+  std::vector<uint32_t> x(hashes, hashes + m);
   sort_distinct(x);
   return x;
 }

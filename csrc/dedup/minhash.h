@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "dedup/normalize.h"
@@ -39,18 +40,26 @@ void shingle_hashes(const Words& words, size_t ngram, MinHashMode mode, std::vec
 
 // 32-bit shingle hashes of each document, in order (duplicates kept): the x that MinHash used
 // (murmur low 32 bits in kFast, sha1_hash32 in the datasketch modes). Kept for exact checks.
-using ShingleHashes = std::vector<std::vector<uint32_t>>;
+// One flat buffer: document i's hashes at data[offset[i]], count[i] of them. Each slot range is
+// sized by the bound (bytes + 1) / 2 on words (a word and a separator take >= 2 bytes), allocated
+// uninitialized, so only the pages written are ever touched.
+struct ShingleHashes {
+  std::unique_ptr<uint32_t[]> data;
+  std::vector<size_t> offset, count;
+  size_t size() const { return count.size(); }
+  const uint32_t* hashes(size_t i) const { return data.get() + offset[i]; }
+};
 
 // sig[i*num_perm + k] = min over shingles of permutation k; counts[i] = number of shingles.
-// When keep is non-null it is resized to texts.size() and (*keep)[i] gets document i's hashes.
+// When keep is non-null it is refilled with every document's hashes.
 void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams& p, uint64_t* sig,
                         uint64_t* counts, int num_threads, ShingleHashes* keep = nullptr);
 
 // Sorted distinct 32-bit shingle hashes (murmur low 32 bits, as kFast) of one document.
 std::vector<uint32_t> shingle_set(const TextView& text, size_t ngram);
 
-// Sorted distinct values of kept 32-bit shingle hashes (see ShingleHashes).
-std::vector<uint32_t> shingle_set(const std::vector<uint32_t>& hashes);
+// Sorted distinct values of m kept 32-bit shingle hashes (see ShingleHashes).
+std::vector<uint32_t> shingle_set(const uint32_t* hashes, size_t m);
 
 // |A & B| / |A | B| of two sorted distinct sets; 0 when both are empty.
 double jaccard_sorted(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b);
