@@ -308,7 +308,8 @@ def test_empty_inputs():
 def test_kept_hashes_verify_like_texts(real, verify):
     # minhash_dedup verifies with the 32-bit shingle hashes kept from hashing: the same clusters
     # as re-shingling the texts, at any thread count.
-    docs = ref.with_near_duplicates(real[:300], frac=0.4, seed=5) + ["", "tiny"]
+    long = [" ".join(real[k : k + 12]) for k in range(0, 120, 12)]  # > 1024 shingles: radix path
+    docs = ref.with_near_duplicates(real[:300] + long, frac=0.4, seed=5) + ["", "tiny"]
     mh = dedup.MinHasher()
     sig, counts, kept = _C.dedup_minhash(docs, mh.a, mh.b, 5, 0, 0, keep=True)
     assert len(kept) == len(docs)
@@ -335,3 +336,16 @@ def test_kept_hashes_edge_documents(real, hash):
     assert np.array_equal(sig, sig2) and np.array_equal(counts, counts2) and len(kept) == len(texts)
     r = dedup.minhash_dedup(texts + texts[:10], ngram=2, hash=hash, verify="jaccard")
     assert (r.duplicate_of[len(texts):] >= 0).sum() >= 5
+
+
+@pytest.mark.parametrize("words", [50, 3000])  # the bucket + insertion sort and the radix sort
+def test_exact_jaccard_threshold_is_exact(real, words):
+    base = " ".join(" ".join(real).split()[:words])
+    rng = random.Random(words)
+    edited = ref.perturb(base, 0.05, rng)
+    sets = [{x & 0xFFFFFFFF for x in ref.shingle_hashes(t, 5, "fast")} for t in (base, edited)]
+    j = len(sets[0] & sets[1]) / len(sets[0] | sets[1])
+    assert 0.3 < j < 0.95
+    for t, merged in ((j - 1e-9, True), (j + 1e-9, False)):
+        r = dedup.minhash_dedup([base, edited], threshold=t, bands=(128, 1), verify="jaccard")
+        assert (r.duplicate_of[1] == 0) == merged, (t, j)

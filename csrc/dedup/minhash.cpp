@@ -135,7 +135,7 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
       if (p.mode == MinHashMode::kFast) {
         // 32-bit shingle hashes (murmur low half) written straight into the kept list if any.
         size_t m = num_shingles(w.size(), p.ngram), span = std::min(p.ngram, w.size());
-        check(m <= (texts[i].size + 1) / 2, "internal: more shingles than the word bound");
+        check(m <= (texts[i].size + 1) / 2, "internal: shingles over the word bound");
         if (!keep) local.resize(m);
         uint32_t* xs = keep ? keep->data.get() + keep->offset[i] : local.data();
         for (size_t k = 0; k < m; ++k) {
@@ -149,7 +149,7 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
         for (uint64_t x : hashes) update(s, p, x);
         counts[i] = hashes.size();
         if (keep) {
-          check(hashes.size() <= (texts[i].size + 1) / 2, "internal: more shingles than the word bound");
+          check(hashes.size() <= (texts[i].size + 1) / 2, "internal: shingles over the word bound");
           std::copy(hashes.begin(), hashes.end(), keep->data.get() + keep->offset[i]);  // < 2^32
           keep->count[i] = hashes.size();
         }
@@ -160,26 +160,26 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
 
 namespace {
 
-// Sorts x and drops repeats. Up to 1024 values (a typical doc): one pass by the top byte (~1 value
-// per bucket), then an insertion sort of the nearly sorted result; larger: LSD radix sort, 4 byte
-// passes (a pass whose byte is the same for every value is skipped). Both ~3x std::sort here.
-void sort_distinct(std::vector<uint32_t>& x) {
-  const size_t m = x.size();
-  std::vector<uint32_t> tmp(m);
+// The m values at `in`, sorted, without repeats. Up to 1024 values (a typical doc): one pass by
+// the top byte (~1 value per bucket) straight from `in`, then an insertion sort of the nearly
+// sorted result; larger: LSD radix sort, 4 byte passes (a pass whose byte is the same for every
+// value is skipped). Both ~3x std::sort here.
+std::vector<uint32_t> sort_distinct(const uint32_t* in, size_t m) {
+  std::vector<uint32_t> x(m);
   if (m <= 1024) {
     uint32_t start[257] = {};
-    for (uint32_t v : x) ++start[(v >> 24) + 1];
+    for (size_t i = 0; i < m; ++i) ++start[(in[i] >> 24) + 1];
     for (int b = 0; b < 256; ++b) start[b + 1] += start[b];
-    for (uint32_t v : x) tmp[start[v >> 24]++] = v;
+    for (size_t i = 0; i < m; ++i) x[start[in[i] >> 24]++] = in[i];
     for (size_t i = 1; i < m; ++i) {
-      uint32_t v = tmp[i];
+      uint32_t v = x[i];
       size_t j = i;
-      for (; j > 0 && tmp[j - 1] > v; --j) tmp[j] = tmp[j - 1];
-      tmp[j] = v;
+      for (; j > 0 && x[j - 1] > v; --j) x[j] = x[j - 1];
+      x[j] = v;
     }
-    x.swap(tmp);
   } else {
-    std::vector<uint32_t> count(4 * 256, 0);
+    std::copy(in, in + m, x.begin());
+    std::vector<uint32_t> tmp(m), count(4 * 256, 0);
     for (uint32_t v : x) {
       for (int d = 0; d < 4; ++d) ++count[d * 256 + ((v >> (8 * d)) & 255)];
     }
@@ -197,6 +197,7 @@ void sort_distinct(std::vector<uint32_t>& x) {
     }
   }
   x.erase(std::unique(x.begin(), x.end()), x.end());
+  return x;
 }
 
 }  // namespace
@@ -207,14 +208,11 @@ std::vector<uint32_t> shingle_set(const TextView& text, size_t ngram) {
   std::vector<uint64_t> h;
   shingle_hashes(w, ngram, MinHashMode::kFast, h);
   std::vector<uint32_t> x(h.begin(), h.end());  // low 32 bits
-  sort_distinct(x);
-  return x;
+  return sort_distinct(x.data(), x.size());
 }
 
 std::vector<uint32_t> shingle_set(const uint32_t* hashes, size_t m) {
-  std::vector<uint32_t> x(hashes, hashes + m);
-  sort_distinct(x);
-  return x;
+  return sort_distinct(hashes, m);
 }
 
 double jaccard_sorted(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
