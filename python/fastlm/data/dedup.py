@@ -315,8 +315,9 @@ def minhash_dedup(texts: Sequence[str | bytes], *, threshold: float = 0.8, num_p
     words, so true pairs crowd the threshold) recall/precision of same-cluster pairs vs exact
     J >= 0.8 are 0.86/0.86 with "signature" and 0.99/1.00 with "auto" (margin 0.08 ~ 2.3 sd). The
     cost: there ~70% of the verified candidates are borderline; their docs' kept hashes are sorted
-    (in parallel, once per doc) and merged, ~15% of the end-to-end time at 1 thread; corpora with
-    few borderline pairs barely pay it.
+    (in parallel, once per doc) and merged (in parallel for the pairs the bucket scan will likely
+    check): auto takes 8-10% longer than "signature" there (1 and 2 threads); corpora with few
+    borderline pairs barely pay it.
     Pure "signature" is what staged files use (no texts there); see fastlm.data.dedup_files.
 
     >>> docs = ["the quick brown fox jumps over the lazy dog " * 3, "unrelated text here"]
