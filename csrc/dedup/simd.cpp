@@ -35,8 +35,9 @@
 //   for CPUs without AVX-512: 54 MB/s here (forced with dedup_set_simd(1)).
 // - end to end (benchmarks/bench_dedup.py, 13 MB, load ~1.3, before/after runs alternated):
 //   minhash_dedup auto 104 -> 189 MB/s, signature 131 -> 207 MB/s with 2 threads; 57 -> 101
-//   and 69 -> 110 MB/s with 1 (datasketch 3.2 MB/s). Left: the kernel (~60% of 1 thread),
-//   normalization (~15%) and murmur shingle hashing (~15%).
+//   and 69 -> 110 MB/s with 1 (datasketch 3.2 MB/s). Left, of 118 ms at 1 thread (signature):
+//   the kernel ~65 ms (128 vs 8 perms), normalization ~18, murmur shingle hashing ~22, the rest
+//   (band keys, LSH, Python) ~10.
 // - SimHash: int64 +-1 per bit (auto-vectorized SSE2) 112 MB/s -> AVX-512 mask adds of 16-bit
 //   hash slices into uint32 counters 334 MB/s (fingerprints, one thread).
 #include "dedup/simd.h"
