@@ -89,7 +89,8 @@ ClusterStats lsh_cluster(const LshClusterArgs& a, int64_t* cluster, int64_t* dup
   std::vector<uint64_t> guess;  // (i << 32) | j, i < j, sorted
   std::vector<char> guess_ok;
   auto set_of = [&](size_t i) {
-    return a.hashes ? shingle_set(a.hashes->hashes(i), a.hashes->count[i]) : shingle_set((*a.texts)[i], a.ngram);
+    return a.hashes ? shingle_set(a.hashes->hashes(i), a.hashes->count[i])
+                    : shingle_set((*a.texts)[i], a.ngram);
   };
   if (a.verify != Verify::kSignature) {
     sets.resize(a.n);

@@ -182,7 +182,8 @@ __attribute__((target("avx512f,avx512ifma"))) void block_ifma(const uint32_t* xs
   alignas(64) uint64_t wide[kChunk];
   size_t k = 0;
   for (; k + 32 <= P; k += 32) {
-    LanesIfma l0 = load_ifma(a + k, b + k, sig + k), l1 = load_ifma(a + k + 8, b + k + 8, sig + k + 8);
+    LanesIfma l0 = load_ifma(a + k, b + k, sig + k);
+    LanesIfma l1 = load_ifma(a + k + 8, b + k + 8, sig + k + 8);
     LanesIfma l2 = load_ifma(a + k + 16, b + k + 16, sig + k + 16);
     LanesIfma l3 = load_ifma(a + k + 24, b + k + 24, sig + k + 24);
     for (size_t c = 0; c < m; c += kChunk) {

@@ -307,7 +307,7 @@ def minhash_dedup(texts: Sequence[str | bytes], *, threshold: float = 0.8, num_p
 
     bands: (bands, rows); default recall_bands(threshold, num_perm). verify: "signature" (estimate
     = fraction of equal slots >= threshold), "jaccard" (exact Jaccard of the candidates' sets of
-    32-bit shingle hashes, kept from signature hashing: ~4 bytes per shingle while it runs),
+    32-bit shingle hashes, kept from signature hashing: 4 bytes per shingle while it runs),
     or "auto" (default): the estimate, except candidates whose estimate is within `margin` of the
     threshold get the exact Jaccard. Why "auto": with 128 perms the estimate's standard deviation
     at J = 0.8 is sqrt(0.8*0.2/128) = 0.035, so a pure estimate check drops ~40% of pairs at
