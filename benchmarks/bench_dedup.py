@@ -1,13 +1,14 @@
 """Benchmark: fastlm MinHash+LSH vs datasketch, fastlm SimHash vs the simhash package (one run).
 
-Measured 2026-11-27 on the 2-core AVX-512 dev box (load average ~0.9 from other jobs), 13 MB:
-  fastlm minhash (auto)       104 MB/s  33x datasketch   recall 0.999 precision 0.998
-  fastlm minhash (signature)  130 MB/s  41x datasketch   recall 0.878 precision 0.864
+Measured 2026-11-27 06:19 UTC on the 2-core AVX-512 (IFMA) dev box, load average ~1.2-1.3 from
+other jobs, 13 MB, kernel avx512ifma:
+  fastlm minhash (auto)       188 MB/s  59x datasketch   recall 0.996 precision 0.999
+  fastlm minhash (signature)  206 MB/s  64x datasketch   recall 0.872 precision 0.857
   datasketch MinHash+LSH      3.2 MB/s                   recall 0.550 precision 0.611
-  fastlm simhash              530 MB/s 123x simhash pkg
-  (--threads 1: minhash 57 / 70 MB/s, simhash 304 MB/s)
-The 50x MinHash target is not met: signatures are bound by the exact mod 2^61-1 products
-(csrc/dedup/simd.cpp, performance notes).
+  fastlm simhash              533 MB/s 119x simhash pkg
+  (--threads 1: minhash auto 103 MB/s (32x), signature 111 MB/s (35x), simhash 306 MB/s)
+Before the 32-bit shingle hashes, the IFMA kernel and the kept-hash verification (commit 147b7e7,
+same box, runs alternated with these): auto 104 / signature 131 MB/s, 1 thread 57 / 69 MB/s.
 
 Same documents and parameters for every contender: real text (pydoc topics + Shakespeare, ~200-word
 docs) with 30% injected near-copies (1-5% of words edited). Each contender runs end to end

@@ -102,7 +102,7 @@ def _fmix32(h: int) -> int:
 def minhash(text, num_perm=128, ngram=5, seed=1, mode="fast", perms=None) -> tuple[list[int], int]:
     """(signature, number of shingles). perms: (a, b) for the datasketch modes."""
     sh = shingles(text, ngram)
-    f = hash64 if mode == "fast" else sha1_hash32
+    f = (lambda s: hash64(s) & 0xFFFFFFFF) if mode == "fast" else sha1_hash32  # fast: 32-bit x
     hs = {f(s) for s in set(sh)}  # the min over a multiset is the min over its distinct values
     count = len(sh)
     if mode == "fast":

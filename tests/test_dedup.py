@@ -104,13 +104,37 @@ def test_simd_levels_agree(real):
     mh = dedup.MinHasher(num_perm=77)  # 2 x 32 + 8 + 5: every SIMD block width and the scalar tail
     texts = real[:100] + random_texts(50)
     want = mh.signatures(texts), dedup.simhash(texts, ngram=2)
-    prev = _C.dedup_set_simd(2)
+    prev = _C.dedup_set_simd(3)
     try:
-        for level, names in ((0, {"scalar"}), (1, {"avx2", "scalar"})):
+        for level, names in ((0, {"scalar"}), (1, {"avx2", "scalar"}),
+                             (2, {"avx512", "avx2", "scalar"})):
             _C.dedup_set_simd(level)
             assert _C.dedup_kernel() in names
             assert np.array_equal(mh.signatures(texts), want[0]), _C.dedup_kernel()
             assert np.array_equal(dedup.simhash(texts, ngram=2), want[1])
+    finally:
+        _C.dedup_set_simd(prev)
+
+
+def test_fast_kernel_extreme_permutations(real):
+    # a, b at the ends of [1, p) / [0, p) stress every carry bound of the 32-bit-x lane math; all
+    # kernel levels must equal the exact formula on the 32-bit shingle hashes.
+    P = ref.P61
+    a = [1, 2, P - 1, P - 2, (1 << 29) - 1, 1 << 29, (1 << 32) - 1, 1 << 32, P - (1 << 29), P >> 1]
+    a = np.array((a * 8)[:77], np.uint64)
+    b = np.array(([P - 1, 0, P - 2, 1, 1 << 60] * 16)[:77], np.uint64)
+    texts = real[:20] + random_texts(20) + EDGE
+    want = []
+    for t in texts:
+        hs = {x & 0xFFFFFFFF for x in ref.shingle_hashes(t, 5, "fast")}
+        want.append([min([(int(ak) * x + int(bk)) % P for x in hs], default=ref.M64)
+                     for ak, bk in zip(a, b)])
+    prev = _C.dedup_set_simd(3)
+    try:
+        for level in (3, 2, 1, 0):
+            _C.dedup_set_simd(level)
+            sig, _ = _C.dedup_minhash(texts, a, b, 5, 0, 0)
+            assert sig.tolist() == want, _C.dedup_kernel()
     finally:
         _C.dedup_set_simd(prev)
 
@@ -278,3 +302,50 @@ def test_empty_inputs():
         assert r.counts == {"documents": 0, "kept": 0, "removed": 0, "clusters": 0} and r.clusters == []
     assert dedup.MinHasher().signatures([]).shape == (0, 128)
     assert dedup.exact_hashes([]).shape == (0, 2) and dedup.simhash([]).shape == (0,)
+
+
+@pytest.mark.parametrize("verify", [1, 2])  # jaccard, auto
+def test_kept_hashes_verify_like_texts(real, verify):
+    # minhash_dedup verifies with the 32-bit shingle hashes kept from hashing: the same clusters
+    # as re-shingling the texts, at any thread count.
+    long = [" ".join(real[k : k + 12]) for k in range(0, 120, 12)]  # > 1024 shingles: radix path
+    docs = ref.with_near_duplicates(real[:300] + long, frac=0.4, seed=5) + ["", "tiny"]
+    mh = dedup.MinHasher()
+    sig, counts, kept = _C.dedup_minhash(docs, mh.a, mh.b, 5, 0, 0, keep=True)
+    assert len(kept) == len(docs)
+    keys = _C.dedup_band_keys(sig, 21, 6, 0)
+    args = (keys, sig, counts, dedup._lengths(docs), 0.8, verify, 0.08)
+    want = _C.dedup_lsh_cluster(*args, docs, 5, 64, False, 1)
+    assert want[2]["exact_checks"] > 20 and want[2]["merged"] > 20
+    for t in (1, 2):
+        got = _C.dedup_lsh_cluster(*args, kept, 5, 64, False, t)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    r = dedup.minhash_dedup(docs, verify={1: "jaccard", 2: "auto"}[verify])
+    assert r.cluster.tolist() == want[0].tolist()
+
+
+@pytest.mark.parametrize("hash", ["fast", "datasketch"])
+def test_kept_hashes_edge_documents(real, hash):
+    # keep=True stores every doc's hashes in one buffer sized by a words-per-byte bound: dense
+    # one-letter words, separators only, invalid bytes and empty docs must not change signatures.
+    dense = ["a", "a b", "a,b,c,d,e,f,g", "x" * 3, "", "!!", "a " * 500, b"\xff \xfe\x80", "é ü"]
+    texts = random_texts(60, 3) + random_bytes(60, 3) + EDGE + real[:5] + dense
+    mh = dedup.MinHasher(ngram=2, hash=hash)
+    sig, counts = _C.dedup_minhash(texts, mh.a, mh.b, 2, dedup._MODES[hash], 0)
+    sig2, counts2, kept = _C.dedup_minhash(texts, mh.a, mh.b, 2, dedup._MODES[hash], 2, keep=True)
+    assert np.array_equal(sig, sig2) and np.array_equal(counts, counts2) and len(kept) == len(texts)
+    r = dedup.minhash_dedup(texts + texts[:10], ngram=2, hash=hash, verify="jaccard")
+    assert (r.duplicate_of[len(texts):] >= 0).sum() >= 5
+
+
+@pytest.mark.parametrize("words", [50, 3000])  # the bucket + insertion sort and the radix sort
+def test_exact_jaccard_threshold_is_exact(real, words):
+    base = " ".join(" ".join(real).split()[:words])
+    rng = random.Random(words)
+    edited = ref.perturb(base, 0.05, rng)
+    sets = [{x & 0xFFFFFFFF for x in ref.shingle_hashes(t, 5, "fast")} for t in (base, edited)]
+    j = len(sets[0] & sets[1]) / len(sets[0] | sets[1])
+    assert 0.3 < j < 0.95
+    for t, merged in ((j - 1e-9, True), (j + 1e-9, False)):
+        r = dedup.minhash_dedup([base, edited], threshold=t, bands=(128, 1), verify="jaccard")
+        assert (r.duplicate_of[1] == 0) == merged, (t, j)

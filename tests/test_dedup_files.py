@@ -68,3 +68,15 @@ def test_bad_files_refused(tmp_path, docs):
     with pytest.raises(ValueError, match="no shard 7"):
         df.shard_keep_mask(tmp_path / "c.npz", 7)
     assert df.read_header(tmp_path / "c.npz")["shards"] == [0, 1]
+
+
+def test_old_format_refused(tmp_path, docs):
+    # Format 1 held signatures of 64-bit shingle hashes: not comparable with today's, refused.
+    k = stage(tmp_path, [docs[:10]], dedup.MinHasher())
+    with np.load(k[0]) as z:
+        arrays = {n: z[n] for n in z.files}
+    header = df.read_header(k[0])
+    header["format"] = 1
+    df._save(tmp_path / "old.npz", header, **{n: v for n, v in arrays.items() if n != "header"})
+    with pytest.raises(ValueError, match="format 1 is not 2"):
+        df.cluster_files(tmp_path / "c.npz", [str(tmp_path / "old.npz")])

@@ -2,6 +2,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -119,8 +120,12 @@ void bind_dedup(py::module_& m) {
     return out;
   });
 
+  // Opaque holder of the 32-bit shingle hashes kept by dedup_minhash(keep=True) for exact checks.
+  py::class_<dd::ShingleHashes>(m, "DedupShingleHashes")
+      .def("__len__", [](const dd::ShingleHashes& h) { return h.size(); });
+
   m.def("dedup_minhash", [](const py::sequence& texts, const U64& a, const U64& b, size_t ngram,
-                            int mode, int num_threads) {
+                            int mode, int num_threads, bool keep) {
     check(a.ndim() == 1 && a.shape(0) >= 1, "permutation array a must be 1-d and non-empty");
     size_t P = a.shape(0);
     check_vec(b, P, "b");
@@ -132,12 +137,15 @@ void bind_dedup(py::module_& m) {
     dd::MinHashParams p{P, ngram, to_mode(mode), a.data(), b.data()};
     uint64_t* s = sig.mutable_data();
     uint64_t* c = counts.mutable_data();
+    auto kept = keep ? std::make_unique<dd::ShingleHashes>() : nullptr;
     {
       py::gil_scoped_release release;
-      dd::minhash_signatures(t.views, p, s, c, num_threads);
+      dd::minhash_signatures(t.views, p, s, c, num_threads, kept.get());
     }
-    return py::make_tuple(sig, counts);
-  });
+    if (!keep) return py::tuple(py::make_tuple(sig, counts));
+    return py::tuple(py::make_tuple(sig, counts, py::cast(std::move(kept))));
+  }, py::arg("texts"), py::arg("a"), py::arg("b"), py::arg("ngram"), py::arg("mode"),
+     py::arg("num_threads"), py::arg("keep") = false);
 
   m.def("dedup_band_keys", [](const U64& sig, size_t bands, size_t rows, int num_threads) {
     check(sig.ndim() == 2, "signatures must be a 2-d array");
@@ -164,13 +172,19 @@ void bind_dedup(py::module_& m) {
           check_vec(lengths, n, "lengths");
           check(verify >= 0 && verify <= 2, "unknown verify mode");
           check(max_compare >= 1, "max_compare must be >= 1");
+          // texts: None, a list of documents, or the DedupShingleHashes of dedup_minhash.
           Texts t;
-          if (!texts.is_none()) t = to_texts(texts);
+          const dd::ShingleHashes* kept = nullptr;
+          if (py::isinstance<dd::ShingleHashes>(texts)) {
+            kept = &texts.cast<const dd::ShingleHashes&>();
+          } else if (!texts.is_none()) {
+            t = to_texts(texts);
+          }
           dd::LshClusterArgs args{keys.data(), n, size_t(keys.shape(1)), sig.data(),
                                   size_t(sig.shape(1)), counts.data(), lengths.data(), threshold,
                                   static_cast<dd::Verify>(verify), margin,
-                                  texts.is_none() ? nullptr : &t.views, ngram, max_compare,
-                                  keep_longest};
+                                  texts.is_none() || kept ? nullptr : &t.views, kept, ngram,
+                                  max_compare, keep_longest};
           I64 cluster(n), dup(n);
           int64_t* c = cluster.mutable_data();
           int64_t* d = dup.mutable_data();

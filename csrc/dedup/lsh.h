@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "dedup/cluster.h"
+#include "dedup/minhash.h"
 #include "dedup/normalize.h"
 
 namespace fastlm::dedup {
@@ -16,7 +17,7 @@ void band_keys(const uint64_t* sig, size_t n, size_t num_perm, size_t bands, siz
 
 enum class Verify : int {
   kSignature = 0,  // estimate (equal slots / num_perm) >= threshold
-  kJaccard = 1,    // exact Jaccard of the 64-bit shingle hash sets >= threshold
+  kJaccard = 1,    // exact Jaccard of the 32-bit shingle hash sets >= threshold
   kAuto = 2,       // estimate, but exact Jaccard when |estimate - threshold| < margin
 };
 
@@ -30,7 +31,8 @@ struct LshClusterArgs {
   double threshold;
   Verify verify;
   double margin;
-  const std::vector<TextView>* texts;  // needed by kJaccard / kAuto (may be null for kSignature)
+  const std::vector<TextView>* texts;  // kJaccard / kAuto need texts (re-shingled, murmur) or
+  const ShingleHashes* hashes;         // the kept 32-bit hashes (preferred: no re-shingling)
   size_t ngram;
   size_t max_compare;
   bool keep_longest;

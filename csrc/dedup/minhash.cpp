@@ -13,15 +13,6 @@
 namespace fastlm::dedup {
 namespace {
 
-// (a*x + b) mod (2^61-1) for a, b < 2^61 and any 64-bit x, without overflow: the product fits
-// in 125 bits, and 2^61 == 1 (mod p) lets us fold the high part onto the low 61 bits twice.
-inline uint64_t mulmod61(uint64_t a, uint64_t x, uint64_t b) {
-  unsigned __int128 v = (unsigned __int128)a * x + b;
-  unsigned __int128 f = (v & kMersenne61) + (v >> 61);  // < 2^61 + 2^64
-  uint64_t r = uint64_t(f & kMersenne61) + uint64_t(f >> 61);  // < 2^61 + 8
-  return r >= kMersenne61 ? r - kMersenne61 : r;
-}
-
 inline uint32_t fmix32(uint32_t h) {
   h ^= h >> 16;
   h *= 0x85EBCA6Bu;
@@ -31,13 +22,12 @@ inline uint32_t fmix32(uint32_t h) {
   return h;
 }
 
-// Updates one signature with one shingle hash x. Kept as three tight loops (one per mode) so
-// the compiler can unroll them; kDatasketch vectorizes (32-bit lanes).
+// Updates one signature with one shingle hash x in a datasketch mode (kFast uses the SIMD
+// kernels of simd.h). One tight loop per mode; kDatasketch vectorizes (32-bit lanes).
 void update(uint64_t* sig, const MinHashParams& p, uint64_t x) {
   const size_t P = p.num_perm;
   switch (p.mode) {
     case MinHashMode::kFast:
-      for (size_t k = 0; k < P; ++k) sig[k] = std::min(sig[k], mulmod61(p.a[k], x, p.b[k]));
       break;
     case MinHashMode::kDatasketch: {
       uint32_t h = fmix32(uint32_t(x));
@@ -116,7 +106,7 @@ void shingle_hashes(const Words& w, size_t ngram, MinHashMode mode, std::vector<
 }
 
 void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams& p, uint64_t* sig,
-                        uint64_t* counts, int num_threads) {
+                        uint64_t* counts, int num_threads, ShingleHashes* keep) {
   check(p.num_perm >= 1 && p.ngram >= 1, "num_perm and ngram must be >= 1");
   if (p.mode == MinHashMode::kFast) {
     for (size_t k = 0; k < p.num_perm; ++k) {
@@ -124,51 +114,114 @@ void minhash_signatures(const std::vector<TextView>& texts, const MinHashParams&
     }
   }
   const uint64_t init = empty_slot(p.mode);
+  if (keep) {
+    keep->offset.resize(texts.size());
+    keep->count.assign(texts.size(), 0);
+    size_t total = 0;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      keep->offset[i] = total;
+      total += (texts[i].size + 1) / 2;
+    }
+    keep->data.reset(new uint32_t[std::max<size_t>(total, 1)]);  // uninitialized on purpose
+  }
   parallel_for(texts.size(), num_threads, 16, [&](size_t begin, size_t end) {
     Words w;
     std::vector<uint64_t> hashes;
+    std::vector<uint32_t> local;
     for (size_t i = begin; i < end; ++i) {
       normalize_words(texts[i].data, texts[i].size, w);
-      shingle_hashes(w, p.ngram, p.mode, hashes);
       uint64_t* s = sig + i * p.num_perm;
       std::fill(s, s + p.num_perm, init);
       if (p.mode == MinHashMode::kFast) {
-        // a*x == a*(x mod p) (mod p): reduce once per shingle, then the SIMD kernel.
-        for (uint64_t& x : hashes) {
-          x = (x & kMersenne61) + (x >> 61);
-          if (x >= kMersenne61) x -= kMersenne61;
+        // 32-bit shingle hashes (murmur low half) written straight into the kept list if any.
+        size_t m = num_shingles(w.size(), p.ngram), span = std::min(p.ngram, w.size());
+        check(m <= (texts[i].size + 1) / 2, "internal: shingles over the word bound");
+        if (!keep) local.resize(m);
+        uint32_t* xs = keep ? keep->data.get() + keep->offset[i] : local.data();
+        for (size_t k = 0; k < m; ++k) {
+          xs[k] = uint32_t(padded_hash64(w.text() + w.start[k], w.end[k + span - 1] - w.start[k]));
         }
-        fast_minhash_block(hashes.data(), hashes.size(), p.a, p.b, s, p.num_perm);
+        fast_minhash_block(xs, m, p.a, p.b, s, p.num_perm);
+        counts[i] = m;
+        if (keep) keep->count[i] = m;
       } else {
+        shingle_hashes(w, p.ngram, p.mode, hashes);
         for (uint64_t x : hashes) update(s, p, x);
+        counts[i] = hashes.size();
+        if (keep) {
+          check(hashes.size() <= (texts[i].size + 1) / 2, "internal: shingles over the word bound");
+          std::copy(hashes.begin(), hashes.end(), keep->data.get() + keep->offset[i]);  // < 2^32
+          keep->count[i] = hashes.size();
+        }
       }
-      counts[i] = hashes.size();
     }
   });
 }
 
-std::vector<uint64_t> shingle_set(const TextView& text, size_t ngram) {
+namespace {
+
+// The m values at `in`, sorted, without repeats. Up to 1024 values (a typical doc): one pass by
+// the top byte (~1 value per bucket) straight from `in`, then an insertion sort of the nearly
+// sorted result; larger: LSD radix sort, 4 byte passes (a pass whose byte is the same for every
+// value is skipped). Both ~3x std::sort here.
+std::vector<uint32_t> sort_distinct(const uint32_t* in, size_t m) {
+  std::vector<uint32_t> x(m);
+  if (m <= 1024) {
+    uint32_t start[257] = {};
+    for (size_t i = 0; i < m; ++i) ++start[(in[i] >> 24) + 1];
+    for (int b = 0; b < 256; ++b) start[b + 1] += start[b];
+    for (size_t i = 0; i < m; ++i) x[start[in[i] >> 24]++] = in[i];
+    for (size_t i = 1; i < m; ++i) {
+      uint32_t v = x[i];
+      size_t j = i;
+      for (; j > 0 && x[j - 1] > v; --j) x[j] = x[j - 1];
+      x[j] = v;
+    }
+  } else {
+    std::copy(in, in + m, x.begin());
+    std::vector<uint32_t> tmp(m), count(4 * 256, 0);
+    for (uint32_t v : x) {
+      for (int d = 0; d < 4; ++d) ++count[d * 256 + ((v >> (8 * d)) & 255)];
+    }
+    for (int d = 0; d < 4; ++d) {
+      uint32_t* c = count.data() + d * 256;
+      if (c[(x[0] >> (8 * d)) & 255] == m) continue;
+      uint32_t sum = 0;
+      for (int b = 0; b < 256; ++b) {
+        uint32_t c0 = c[b];
+        c[b] = sum;
+        sum += c0;
+      }
+      for (uint32_t v : x) tmp[c[(v >> (8 * d)) & 255]++] = v;
+      x.swap(tmp);
+    }
+  }
+  x.erase(std::unique(x.begin(), x.end()), x.end());
+  return x;
+}
+
+}  // namespace
+
+std::vector<uint32_t> shingle_set(const TextView& text, size_t ngram) {
   Words w;
   normalize_words(text.data, text.size, w);
   std::vector<uint64_t> h;
   shingle_hashes(w, ngram, MinHashMode::kFast, h);
-  std::sort(h.begin(), h.end());
-  h.erase(std::unique(h.begin(), h.end()), h.end());
-  return h;
+  std::vector<uint32_t> x(h.begin(), h.end());  // low 32 bits
+  return sort_distinct(x.data(), x.size());
 }
 
-double jaccard_sorted(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b) {
+std::vector<uint32_t> shingle_set(const uint32_t* hashes, size_t m) {
+  return sort_distinct(hashes, m);
+}
+
+double jaccard_sorted(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
   size_t i = 0, j = 0, inter = 0;
-  while (i < a.size() && j < b.size()) {
-    if (a[i] < b[j]) {
-      ++i;
-    } else if (b[j] < a[i]) {
-      ++j;
-    } else {
-      ++inter;
-      ++i;
-      ++j;
-    }
+  while (i < a.size() && j < b.size()) {  // branch-free steps (the order is data-random)
+    uint32_t x = a[i], y = b[j];
+    inter += x == y;
+    i += x <= y;
+    j += y <= x;
   }
   size_t uni = a.size() + b.size() - inter;
   return uni == 0 ? 0.0 : double(inter) / double(uni);

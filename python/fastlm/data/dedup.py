@@ -13,13 +13,18 @@ document of a cluster is the first (lowest index) by default, or with ``keep="lo
 with the largest ``len()`` (characters for str, bytes for bytes; ties: lowest index).
 
 MinHash hash modes (``MinHasher(hash=...)``):
-- ``"fast"`` (default): shingle x = murmur3 x64-128 low 64 bits; h_k(x) = (a_k*x + b_k) mod
-  (2^61-1) computed exactly in 128 bits; (a_k, b_k) drawn from splitmix64(seed) as
-  a_0, b_0, a_1, ...: a = 1 + s mod (p-1), b = s mod p. Different values from datasketch.
+- ``"fast"`` (default): shingle x = the low 32 bits of murmur3 x64-128 (a 32-bit shingle hash,
+  as datasketch's sha1_hash32; distinct shingles collide with probability ~2^-32 per pair);
+  h_k(x) = (a_k*x + b_k) mod p, p = 2^61-1, computed exactly; (a_k, b_k) drawn from
+  splitmix64(seed) as a_0, b_0, a_1, ...: a = 1 + s mod (p-1), b = s mod p. The family is pairwise
+  independent on Z_p and so on [0, 2^32) inside it. Different values from datasketch. Before
+  dedup file format 2 x was the full 64-bit hash (signatures differ; old staged files are refused).
 - ``"datasketch"``: bit for bit ``datasketch.MinHash(num_perm, seed)`` (datasketch >= 2.0 default
   scheme "affine32": sha1_hash32, fmix32, uint32 a*x+b with a odd) updated with the shingle bytes.
 - ``"datasketch-legacy"``: bit for bit datasketch < 2.0 (``scheme="legacy"``): sha1_hash32 and
   ``(a*x + b) % (2^61-1) & (2^32-1)`` with numpy's uint64 wraparound of a*x + b.
+Exact Jaccard checks (``minhash_dedup(verify=...)``) compare sets of 32-bit shingle hashes: in
+every mode the ones MinHash hashed (kept while it runs; sha1_hash32 in the datasketch modes).
 """
 from __future__ import annotations
 
@@ -230,6 +235,11 @@ class MinHasher:
         return _C.dedup_minhash(_texts(texts), self.a, self.b, self.ngram, _MODES[self.hash],
                                 num_threads)
 
+    def _signatures_and_hashes(self, texts: list, num_threads: int):
+        """(signatures, counts, the kept 32-bit shingle hashes for exact checks, native)."""
+        return _C.dedup_minhash(texts, self.a, self.b, self.ngram, _MODES[self.hash], num_threads,
+                                keep=True)
+
     def signatures(self, texts: Sequence[str | bytes], *, num_threads: int = 0) -> np.ndarray:
         """Signatures, shape (n, num_perm) uint64. Empty documents: all slots at the max value.
 
@@ -296,15 +306,18 @@ def minhash_dedup(texts: Sequence[str | bytes], *, threshold: float = 0.8, num_p
     """Near-duplicates by MinHash + LSH: signatures, band buckets, verification, union-find.
 
     bands: (bands, rows); default recall_bands(threshold, num_perm). verify: "signature" (estimate
-    = fraction of equal slots >= threshold), "jaccard" (exact shingle Jaccard of every candidate),
+    = fraction of equal slots >= threshold), "jaccard" (exact Jaccard of the candidates' sets of
+    32-bit shingle hashes, kept from signature hashing: 4 bytes per shingle while it runs),
     or "auto" (default): the estimate, except candidates whose estimate is within `margin` of the
     threshold get the exact Jaccard. Why "auto": with 128 perms the estimate's standard deviation
     at J = 0.8 is sqrt(0.8*0.2/128) = 0.035, so a pure estimate check drops ~40% of pairs at
     J = 0.81 and admits as many at 0.79. On the benchmark corpus (near-copies with 1-5% edited
     words, so true pairs crowd the threshold) recall/precision of same-cluster pairs vs exact
     J >= 0.8 are 0.86/0.86 with "signature" and 0.99/1.00 with "auto" (margin 0.08 ~ 2.3 sd). The
-    cost: there ~70% of the verified candidates are borderline and re-shingled (in parallel, once
-    per doc), ~15-25% of the end-to-end time; corpora with few borderline pairs barely pay it.
+    cost: there ~70% of the verified candidates are borderline; their docs' kept hashes are sorted
+    (in parallel, once per doc) and merged (in parallel for the pairs the bucket scan will likely
+    check): auto takes 8-10% longer than "signature" there (1 and 2 threads); corpora with few
+    borderline pairs barely pay it.
     Pure "signature" is what staged files use (no texts there); see fastlm.data.dedup_files.
 
     >>> docs = ["the quick brown fox jumps over the lazy dog " * 3, "unrelated text here"]
@@ -320,12 +333,15 @@ def minhash_dedup(texts: Sequence[str | bytes], *, threshold: float = 0.8, num_p
     b, r = bands if bands is not None else recall_bands(min(threshold, 0.99), num_perm)
     if b < 1 or r < 1 or b * r > num_perm:
         raise ValueError(f"bands={b} x rows={r} must be >= 1 and use at most num_perm={num_perm}")
-    sig, counts = mh.signatures_and_counts(texts, num_threads=num_threads)
+    kept = None  # exact checks use the shingle hashes kept from hashing (no re-shingling)
+    if verify == "signature":
+        sig, counts = mh.signatures_and_counts(texts, num_threads=num_threads)
+    else:
+        sig, counts, kept = mh._signatures_and_hashes(texts, num_threads)
     keys = _C.dedup_band_keys(sig, b, r, num_threads)
     cluster, dup, stats = _C.dedup_lsh_cluster(
-        keys, sig, counts, _lengths(texts), threshold, _VERIFY[verify], margin,
-        None if verify == "signature" else texts, ngram, max_compare, _keep_longest(keep),
-        num_threads)
+        keys, sig, counts, _lengths(texts), threshold, _VERIFY[verify], margin, kept, ngram,
+        max_compare, _keep_longest(keep), num_threads)
     stats.update(bands=b, rows=r)
     return DedupResult("minhash", cluster, dup, stats)
 

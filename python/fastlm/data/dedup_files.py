@@ -44,7 +44,7 @@ from fastlm.data.dedup import (DedupResult, MinHasher, _clusters_from_groups, _k
 __all__ = ["write_signatures", "write_band_keys", "cluster_files", "shard_keep_mask", "shard_result",
            "ShardResult", "read_header"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fast-mode MinHash hashes shingles to 32 bits (format-1 signatures differ)
 _PARAMS = ("method", "num_perm", "ngram", "seed", "hash", "normalization")
 _KEY_PARAMS = _PARAMS + ("bands", "rows", "threshold")
 
