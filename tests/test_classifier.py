@@ -355,36 +355,21 @@ def test_detoxify_with_weights_uses_local_checkpoint(monkeypatch, tmp_path):
 
 # -- CLI ----------------------------------------------------------------------------------------------
 
-def _patch_readers(monkeypatch, read_records):
-    """Replace fastlm.data.readers.read_records (a stand-in module until the readers land)."""
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_train_classifier_cli(tmp_path, capsys):
     from fastlm.cli import main as cli_main
-
-    cli_main.build_parser()  # import every command module first, so none binds the stand-in for good
-    try:
-        import fastlm.data.readers as readers
-    except ModuleNotFoundError:
-        monkeypatch.setitem(sys.modules, "fastlm.data.readers", types.SimpleNamespace(read_records=read_records))
-    else:
-        monkeypatch.setattr(readers, "read_records", read_records)
-
-
-def test_train_classifier_cli(monkeypatch, tmp_path, capsys):
-    from fastlm.cli import main as cli_main
-    from fastlm.data.records import Record
 
     texts, labels = synthetic(400, 2, 21)
     rows = [{"text": t, "label": y} for t, y in zip(texts, labels)]
     rows[5] = {"text": "no label here"}
     rows[9] = {"text": "bad label", "label": [1]}
-
-    def read_records(inputs, *, text_field, errors):
-        assert inputs == ["a.jsonl"] and text_field == "text"
-        for i, row in enumerate(rows, 1):
-            yield Record(row, "a.jsonl", i)
-
-    _patch_readers(monkeypatch, read_records)
+    src = _write_jsonl(tmp_path / "a.jsonl", rows)
     out = tmp_path / "m.fastlm-cls"
-    rc = cli_main.main(["data", "train-classifier", "a.jsonl", "-o", str(out), "--buckets", "4096",
+    rc = cli_main.main(["data", "train-classifier", src, "-o", str(out), "--buckets", "4096",
                         "--valid-fraction", "0.25"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -392,7 +377,7 @@ def test_train_classifier_cli(monkeypatch, tmp_path, capsys):
     assert "read 398 labeled records" in captured.out and "valid: 100 records, accuracy" in captured.out
     assert "precision" in captured.out
     assert TextClassifier.load(out).labels == ["class0", "class1"]
-    rc = cli_main.main(["data", "train-classifier", "a.jsonl", "-o", str(out), "--strict"])
+    rc = cli_main.main(["data", "train-classifier", src, "-o", str(out), "--strict"])
     assert rc == 2 and "a.jsonl:6" in capsys.readouterr().err
 
 
@@ -405,23 +390,17 @@ def test_large_documents():
     assert clf.predict([word]) == ["x"]
 
 
-def test_classify_cli(monkeypatch, tmp_path, capsys):
+def test_classify_cli(tmp_path, capsys):
     from fastlm.cli import main as cli_main
-    from fastlm.data.records import Record
 
     texts, labels = synthetic(300, 2, 31)
     model = tmp_path / "m.fastlm-cls"
     TextClassifier.train(texts, labels, buckets=2**12).save(model)
     rows = [{"id": i, "text": t} for i, t in enumerate(texts[:50])]
     rows[3] = {"id": 3}
-
-    def read_records(inputs, *, text_field, errors):
-        for i, row in enumerate(rows, 1):
-            yield Record(dict(row), "b.jsonl", i)
-
-    _patch_readers(monkeypatch, read_records)
+    src = _write_jsonl(tmp_path / "b.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    rc = cli_main.main(["data", "classify", "b.jsonl", "-m", str(model), "-o", str(out), "--batch-size", "7"])
+    rc = cli_main.main(["data", "classify", src, "-m", str(model), "-o", str(out), "--batch-size", "7"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "b.jsonl:4: missing_field" in captured.err and "scored 49 records" in captured.out
@@ -431,7 +410,7 @@ def test_classify_cli(monkeypatch, tmp_path, capsys):
     for r, p in zip(got, want):
         assert r["classifier"]["class0"] == pytest.approx(p[0], abs=1e-6)
         assert r["classifier"]["class1"] == pytest.approx(p[1], abs=1e-6)
-    assert sorted(os.listdir(tmp_path)) == ["m.fastlm-cls", "scored.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["b.jsonl", "m.fastlm-cls", "scored.jsonl"]
 
 
 def test_train_classifier_cli_real_reader(tmp_path, capsys):

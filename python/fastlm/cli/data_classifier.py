@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 
+from fastlm.data.io import atomic_write
 from fastlm.data.records import ErrorLog
 
 
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_classify(args: argparse.Namespace) -> int:
     from fastlm.data.classifier import TextClassifier
-    from fastlm.data.readers import read_records
+    from fastlm.data.readers import read_records, record_text
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -145,37 +144,27 @@ def run_classify(args: argparse.Namespace) -> int:
     errors = ErrorLog(strict=args.strict)
     predicted: Counter = Counter()
     written = 0
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=out_dir)
     t0 = time.perf_counter()
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            batch: list = []
+    with atomic_write(args.output) as out:
+        batch: list = []
 
-            def flush() -> None:
-                nonlocal written
-                proba = model.predict_proba([r.data[args.text_field] for r in batch], num_threads=args.threads)
-                for rec, p in zip(batch, proba):
-                    rec.data[args.field] = {str(label): round(float(x), 6) for label, x in zip(model.labels, p)}
-                    predicted[model.labels[int(p.argmax())]] += 1
-                    out.write(json.dumps(rec.data, ensure_ascii=False) + "\n")
-                written += len(batch)
-                batch.clear()
+        def flush() -> None:
+            nonlocal written
+            texts = [record_text(r.data, args.text_field) for r in batch]  # text field, or the chat's turns
+            proba = model.predict_proba(texts, num_threads=args.threads)
+            for rec, p in zip(batch, proba):
+                rec.data[args.field] = {str(label): round(float(x), 6) for label, x in zip(model.labels, p)}
+                predicted[model.labels[int(p.argmax())]] += 1
+                out.write(json.dumps(rec.data, ensure_ascii=False) + "\n")
+            written += len(batch)
+            batch.clear()
 
-            for rec in read_records(args.inputs, text_field=args.text_field, errors=errors):
-                if not isinstance(rec.data.get(args.text_field), str):
-                    errors.add(rec.source, rec.line, "missing_field", f"no string field {args.text_field!r}")
-                    continue
-                batch.append(rec)
-                if len(batch) >= args.batch_size:
-                    flush()
-            if batch:
+        for rec in read_records(args.inputs, text_field=args.text_field, errors=errors):
+            batch.append(rec)
+            if len(batch) >= args.batch_size:
                 flush()
-        os.replace(tmp, args.output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        if batch:
+            flush()
     dt = time.perf_counter() - t0
     if errors.total:
         print(f"skipped {errors.total} malformed records: "

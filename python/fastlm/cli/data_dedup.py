@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import os
 import shutil
 import tempfile
@@ -177,17 +176,6 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _publish(paths: list[str], out_dir: str, prefix: str) -> list[str]:
-    """Replace the earlier shards of `prefix` in out_dir by `paths` (finished shards in staging)."""
-    for old in glob.glob(os.path.join(out_dir, f"{prefix}-*")):
-        os.unlink(old)
-    final = []
-    for path in paths:
-        final.append(os.path.join(out_dir, os.path.basename(path)))
-        os.replace(path, final[-1])
-    return final
-
-
 def _finish(report, errors, t0: float) -> None:
     report.malformed.update(errors.counts)
     report.documents_in += errors.total
@@ -287,7 +275,7 @@ def stage_filter(inputs: list[str], out_dir: str, args: argparse.Namespace):
 
     from fastlm.data.dedup import exact_hashes
     from fastlm.data.dedup_files import read_header, shard_result
-    from fastlm.data.io import ShardWriter
+    from fastlm.data.io import ShardWriter, publish_shards
     from fastlm.data.readers import record_text
     from fastlm.data.records import ErrorLog
     from fastlm.data.report import StageReport
@@ -358,7 +346,7 @@ def stage_filter(inputs: list[str], out_dir: str, args: argparse.Namespace):
 
         report.largest_clusters = _largest(res.clusters, member, {k + res.offset: v for k, v in sample.items()})
         _finish(report, errors, t0)
-        report.outputs = _publish(writer.paths, out_dir, prefix)
+        report.outputs = publish_shards(writer.paths, out_dir, prefix)
         report.write_json(os.path.join(out_dir, f"{prefix}.report.json"))
         return report
     finally:

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import struct
-import tempfile
 import zlib
 from typing import Any, Optional, Sequence, Union
 
@@ -218,18 +217,12 @@ class TextClassifier:
             "payload_bytes": len(payload_w) + len(payload_b), "crc32": crc,
         }
         hbytes = json.dumps(header).encode("utf-8")
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + struct.pack("<I", len(hbytes)) + hbytes)
-                f.write(payload_w)
-                f.write(payload_b)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from fastlm.data.io import atomic_write
+
+        with atomic_write(os.fspath(path), "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(hbytes)) + hbytes)
+            f.write(payload_w)
+            f.write(payload_b)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextClassifier":
@@ -293,7 +286,26 @@ class TextClassifier:
         return cls(weights, bias, labels, config, train.get("losses"))
 
 
-class ClassifierFilter(DocFilter):
+class ScoreFilter(DocFilter):
+    """A filter over a per-document score: rejects with ``self.reason`` when score >= threshold."""
+
+    reason: str
+    threshold: float
+
+    def scores(self, texts: Sequence[str]) -> Sequence[float]:
+        """One score per text (subclasses)."""
+        raise NotImplementedError
+
+    def check(self, text: str) -> Optional[str]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        return self.check_batch([text])[0]
+
+    def check_batch(self, texts: Sequence[str]) -> list[Optional[str]]:
+        return [self.reason if s >= self.threshold else None for s in self.scores(texts)]
+
+
+class ClassifierFilter(ScoreFilter):
     """Reject documents whose probability of ``label`` is >= threshold (reason "classifier:<label>").
 
     Works for toxicity (label "toxic") and quality (label "low_quality") models alike.
@@ -323,13 +335,6 @@ class ClassifierFilter(DocFilter):
         """Probability of the filter's label for each text."""
         return self.model.predict_proba(texts, num_threads=self.num_threads)[:, self._column]
 
-    def check(self, text: str) -> Optional[str]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, not {type(text).__name__}")
-        return self.check_batch([text])[0]
-
-    def check_batch(self, texts: Sequence[str]) -> list[Optional[str]]:
-        return [self.reason if s >= self.threshold else None for s in self.scores(texts)]
 
 
 # -- detoxify backend ----------------------------------------------------------------------------
@@ -371,7 +376,7 @@ def detoxify_checkpoint_path(model: str) -> str:
     return os.path.join(_torch_hub_dir(), "checkpoints", DETOXIFY_URLS[model].rsplit("/", 1)[1])
 
 
-class DetoxifyFilter(DocFilter):
+class DetoxifyFilter(ScoreFilter):
     """Reject documents whose detoxify score for ``label`` is >= threshold ("detoxify:<label>").
 
     Needs the optional ``detoxify`` package (which needs torch and transformers) and its
@@ -426,10 +431,3 @@ class DetoxifyFilter(DocFilter):
             out.extend(float(s) for s in result[self.label])
         return out
 
-    def check(self, text: str) -> Optional[str]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, not {type(text).__name__}")
-        return self.check_batch([text])[0]
-
-    def check_batch(self, texts: Sequence[str]) -> list[Optional[str]]:
-        return [self.reason if s >= self.threshold else None for s in self.scores(texts)]

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from fastlm import _C
+from fastlm.data.io import atomic_write
 from fastlm.data.dedup import (DedupResult, MinHasher, _clusters_from_groups, _keep_longest, _lengths,
                                _texts, exact_hashes, recall_bands)
 
@@ -50,18 +50,9 @@ _KEY_PARAMS = _PARAMS + ("bands", "rows", "threshold")
 
 
 def _save(path: str, header: dict, **arrays: np.ndarray) -> None:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            hdr = np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8)
-            np.savez(f, header=hdr, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(os.fspath(path), "wb") as f:
+        hdr = np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8)
+        np.savez(f, header=hdr, **arrays)
 
 
 def _load(path: str, kind: str) -> tuple[dict, dict]:

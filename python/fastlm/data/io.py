@@ -184,6 +184,21 @@ def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8
         raise
 
 
+def publish_shards(paths: list[str], out_dir: str, prefix: str) -> list[str]:
+    """Move finished shards (written in a staging folder of ``out_dir``) into ``out_dir``.
+
+    Earlier ``<prefix>-*`` files there are removed first, so a re-run never mixes old and new
+    shards; each move is an ``os.replace`` within one file system. Returns the final paths.
+    """
+    for old in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(prefix)}-*")):
+        os.unlink(old)
+    final = []
+    for path in paths:
+        final.append(os.path.join(out_dir, os.path.basename(path)))
+        os.replace(path, final[-1])
+    return final
+
+
 _COMPRESSIONS = {None: "", "gz": ".gz", "gzip": ".gz", "zst": ".zst", "zstd": ".zst"}
 
 

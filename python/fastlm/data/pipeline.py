@@ -13,7 +13,6 @@ when the run completes, so an interrupted run leaves no half-written shard and c
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -224,7 +223,7 @@ def clean(
     True
     """
     from fastlm.data.instruct import InstructConfig, build_instruct_filters, check_instruct
-    from fastlm.data.io import ShardWriter
+    from fastlm.data.io import ShardWriter, publish_shards
     from fastlm.data.readers import read_records
 
     cfg = config or CleanConfig()
@@ -329,13 +328,7 @@ def clean(
         report.seconds = time.perf_counter() - t0
         report.check()
 
-        # Publish: replace earlier shards of this prefix, then move the new ones in.
-        for old in glob.glob(os.path.join(out_dir, f"{cfg.output.prefix}-*")):
-            os.unlink(old)
-        for path in writer.paths:
-            final = os.path.join(out_dir, os.path.basename(path))
-            os.replace(path, final)
-            report.outputs.append(final)
+        report.outputs = publish_shards(writer.paths, out_dir, cfg.output.prefix)
         report.write_json(os.path.join(out_dir, "report.json"))
         return report
     finally:
