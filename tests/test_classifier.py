@@ -408,7 +408,6 @@ def test_classify_cli(tmp_path, capsys):
 
 
 def test_train_classifier_cli_real_reader(tmp_path, capsys):
-    pytest.importorskip("fastlm.data.readers")
     from fastlm.cli import main as cli_main
 
     texts, labels = synthetic(400, 2, 41)

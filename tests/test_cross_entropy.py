@@ -8,7 +8,6 @@ from reference_ops import linear_cross_entropy_ref  # noqa: E402
 from fastlm.ops import LinearCrossEntropy, linear_cross_entropy  # noqa: E402
 from fastlm.ops import _dispatch  # noqa: E402
 
-HAS_NATIVE = _dispatch.cpu_module() is not None
 CUDA = torch.cuda.is_available() and _dispatch.cuda_module() is not None
 
 # (N, d, V): small, odd (V=41, d=1023, N=1), primes; chunk sizes force several chunks.
@@ -58,7 +57,6 @@ def _check(x, w, t, *, bias=None, grad_weights=None, atol=1e-5, rtol=1e-4, norm_
                                f"{tuple(int(i) for i in torch.nonzero(bad)[0])}, rel {_rel(a, b):.3e}")
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("opt", range(len(OPTIONS)))
@@ -73,7 +71,6 @@ def test_cpu_fp32_matches_reference(shape, reduction, opt):
     _check(x, w, t, reduction=reduction, **OPTIONS[opt])
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_bias_and_3d_input():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 5, 12, generator=gen)
@@ -84,7 +81,6 @@ def test_bias_and_3d_input():
         _check(x, w, t, bias=b, reduction=red)
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_all_ignored_rows_and_batch():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(10, 8, generator=gen)
@@ -99,7 +95,6 @@ def test_all_ignored_rows_and_batch():
     assert torch.isnan(out) and torch.isnan(ref)
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 @pytest.mark.parametrize("scale", [30.0, 300.0])
 def test_extreme_logits_finite(scale):
     gen = torch.Generator().manual_seed(3)
@@ -110,7 +105,6 @@ def test_extreme_logits_finite(scale):
     _check(x, w, t, reduction="mean", softcap=30.0)
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_matches_torch_linear_cross_entropy_and_noncontiguous():
     F = torch.nn.functional
     gen = torch.Generator().manual_seed(4)
@@ -125,7 +119,6 @@ def test_matches_torch_linear_cross_entropy_and_noncontiguous():
                               atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_bf16_cpu_and_module():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(24, 32, generator=gen).bfloat16()
@@ -148,7 +141,6 @@ def test_backend_torch_and_class_weight_fallback():
     _check(x, w, t, reduction="mean", atol=1e-10, rtol=1e-9)  # float64 -> torch path
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_no_grad_forward_and_torch_compile():
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(20, 16, generator=gen)
@@ -165,7 +157,6 @@ def test_no_grad_forward_and_torch_compile():
     assert torch.allclose(a, b.detach()) and w.grad is not None
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_backward_twice_with_retain_graph(reduction):
     gen = torch.Generator().manual_seed(8)
@@ -204,7 +195,6 @@ def test_bad_arguments(bad):
         linear_cross_entropy(x, w, t, **kw)
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_native_kernel_rejects_bad_buffers():
     C = _dispatch.cpu_module()
     z = torch.randn(4, 10)
@@ -270,7 +260,6 @@ def _tiny_lm_losses(kernels, device, steps=50):
     return losses
 
 
-@pytest.mark.skipif(not HAS_NATIVE, reason="fastlm._C not built")
 def test_tiny_model_loss_parity_cpu():
     a = _tiny_lm_losses("fastlm", "cpu")
     b = _tiny_lm_losses("torch", "cpu")

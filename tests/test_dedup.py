@@ -142,7 +142,8 @@ def test_fast_kernel_extreme_permutations(real):
 @pytest.mark.parametrize("scheme,hash", [("affine32", "datasketch"), ("legacy", "datasketch-legacy")])
 @pytest.mark.parametrize("num_perm,seed", [(128, 1), (64, 42)])
 def test_datasketch_parity(real, scheme, hash, num_perm, seed):
-    datasketch = pytest.importorskip("datasketch")
+    import datasketch
+
     if not hasattr(datasketch.MinHash(num_perm=1), "scheme"):  # datasketch < 2.0: legacy only
         if scheme != "legacy":
             pytest.skip("datasketch < 2.0 has no affine32 scheme")
@@ -158,7 +159,8 @@ def test_datasketch_parity(real, scheme, hash, num_perm, seed):
 
 
 def test_optimal_bands_parity():
-    lsh = pytest.importorskip("datasketch.lsh")
+    from datasketch import lsh
+
     for num_perm in (16, 64, 128):
         for t in (0.3, 0.5, 0.7, 0.8, 0.9):
             for w in ((0.5, 0.5), (0.05, 0.95), (0.9, 0.1)):

@@ -6,8 +6,6 @@ import reference_dedup as ref
 from fastlm import _C
 from fastlm.data import dedup
 
-pytest.importorskip("scipy")
-
 
 @pytest.fixture(scope="module")
 def corpus():
@@ -79,7 +77,8 @@ def test_datasketch_mode_gives_datasketch_duplicate_sets(corpus):
     # Same signatures (hash="datasketch"), same banding as MinHashLSH(0.8, 128) and no extra
     # verification (threshold ~0 accepts every candidate): the clusters are the connected
     # components of datasketch's LSH candidate pairs.
-    datasketch = pytest.importorskip("datasketch")
+    import datasketch
+
     docs = corpus[0][:600]
     lsh = datasketch.MinHashLSH(threshold=0.8, num_perm=128)
     uf = ref.UnionFind(len(docs))
