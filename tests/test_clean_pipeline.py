@@ -173,3 +173,24 @@ def test_clean_builtin_pydoc(tmp_path):
     assert rep.documents_in == len(pydoc_data.topics.topics)
     assert 0 < rep.kept < rep.documents_in
     rep.check()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dedup.threshold=1.5", "dedup.threshold must be in (0, 1]"),
+    ("dedup.num_perm=0", "num_perm must be in [1, 65536]"),
+    ("dedup.bands=[3, 100]", "dedup.bands=3 x rows=100"),
+    ("dedup.near=simhash", None),
+])
+def test_clean_refuses_bad_dedup_parameters_before_reading(tmp_path, capsys, monkeypatch, override, message):
+    def never(*a, **k):
+        raise AssertionError("input read before the parameters were checked")
+
+    if message is not None:
+        monkeypatch.setattr("fastlm.data.readers.read_records", never)
+    rc = main(["data", "clean", "builtin:pydoc", "-o", str(tmp_path / "o"), "--set", override, "--quiet"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert rc == 0 and json.loads((tmp_path / "o" / "report.json").read_text())["params"]["dedup"]["near"] == "simhash"
+    else:
+        assert rc == 2 and message in err, err
+        assert not (tmp_path / "o" / "report.json").exists()

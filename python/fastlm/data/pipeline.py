@@ -122,6 +122,25 @@ def build_doc_filters(config: FilterConfig, *, num_threads: int = 0) -> list[Doc
     return filters
 
 
+def check_dedup_config(config: DedupConfig) -> None:
+    """Raise ValueError for parameters the dedup step would refuse, before any input is read."""
+    from fastlm.data import dedup as dd
+
+    if config.near == "minhash":
+        if not 0.0 < config.threshold <= 1.0:
+            raise ValueError(f"dedup.threshold must be in (0, 1], got {config.threshold}")
+        dd.MinHasher(num_perm=config.num_perm, ngram=config.ngram, seed=config.seed, hash=config.hash)
+        if config.bands is not None:
+            b, r = config.bands
+            if b < 1 or r < 1 or b * r > config.num_perm:
+                raise ValueError(f"dedup.bands={b} x rows={r} must be >= 1 and use at most num_perm={config.num_perm}")
+    elif config.near == "simhash":
+        if not 0 <= config.simhash_k < 64:
+            raise ValueError(f"dedup.simhash_k must be in [0, 63], got {config.simhash_k}")
+        if config.simhash_ngram < 1:
+            raise ValueError(f"dedup.simhash_ngram must be >= 1, got {config.simhash_ngram}")
+
+
 def deduplicate(
     texts: list[str], config: DedupConfig, *, num_threads: int = 0
 ) -> tuple[np.ndarray, Counter, list[list[int]]]:
@@ -242,6 +261,7 @@ def clean(
         else []
     )
     dedup_config = cfg.dedup if "dedup" in cfg.steps else DedupConfig(exact=False, near="none")
+    check_dedup_config(dedup_config)
     kept_texts_all: list[str] = []  # survivors' texts, for dedup after the filters
     origins: list[str] = []  # survivors' "source:line", to name cluster members in the report
 
