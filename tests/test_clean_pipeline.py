@@ -194,3 +194,24 @@ def test_clean_refuses_bad_dedup_parameters_before_reading(tmp_path, capsys, mon
     else:
         assert rc == 2 and message in err, err
         assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_clean_normalization_flags(tmp_path):
+    path = tmp_path / "page.jsonl"
+    page = "<html><head><style>p{}</style></head><body><p>Cafe\u0301 m\u00b2 &amp; $x^2$ \\textbf{bold}</p></body></html>"
+    path.write_text(json.dumps({"id": 1, "text": page}) + "\n")
+
+    def cleaned(*flags):
+        out = tmp_path / ("o" + "".join(flags))
+        args = ["data", "clean", str(path), "-o", str(out), "--no-quality", "--quiet", *flags]
+        assert main(args) == 0
+        (shard,) = glob.glob(str(out / "shard-*.jsonl"))
+        return json.loads(open(shard, encoding="utf-8").read())["text"]
+
+    assert cleaned() == page.replace("e\u0301", "\u00e9")  # NFC only: HTML and LaTeX are off by default
+    text = cleaned("--html")
+    assert "<" not in text and "p{}" not in text and "&" in text and "m\u00b2" in text
+    text = cleaned("--html", "--unicode-form", "NFKC", "--latex", "drop-math")
+    assert "m2" in text and "x^2" not in text and "bold" in text and "textbf" not in text
+    assert "x^2" in cleaned("--html", "--latex", "keep-math")
+    assert "Cafe\u0301 m\u00b2" in cleaned("--html", "--unicode-form", "none")

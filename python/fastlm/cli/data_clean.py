@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-mode", choices=("document", "paragraphs"), help="plain text: one document per file or per paragraph")
     p.add_argument("--format", dest="fmt", choices=("auto", "jsonl", "json", "text", "parquet"), help="input format")
     p.add_argument("--strict", action="store_true", default=None, help="stop at the first malformed record")
+    p.add_argument("--html", action="store_true", default=None, help="strip HTML: tags, scripts/styles, entities")
+    p.add_argument("--latex", choices=("keep-math", "drop-math"), help="strip LaTeX markup, keeping or dropping math")
+    p.add_argument("--unicode-form", choices=("NFC", "NFKC", "none"), help="Unicode normalization (default NFC)")
+    p.add_argument("--no-ftfy", action="store_true", help="skip mojibake repair")
     p.add_argument("--near", choices=("minhash", "simhash", "none"), help="near-duplicate method (default minhash)")
     p.add_argument("--threshold", type=float, help="MinHash Jaccard threshold (default 0.8)")
     p.add_argument("--no-exact", action="store_true", help="keep exact duplicates")
@@ -54,6 +58,10 @@ def config_from_args(args: argparse.Namespace):
         ("input", "text_mode"): args.text_mode,
         ("input", "format"): args.fmt,
         ("input", "strict"): args.strict,
+        ("normalize", "html"): args.html,
+        ("normalize", "latex"): True if args.latex else None,
+        ("normalize", "latex_math"): args.latex.split("-")[0] if args.latex else None,
+        ("normalize", "fix_mojibake"): False if args.no_ftfy else None,
         ("dedup", "near"): args.near,
         ("dedup", "threshold"): args.threshold,
         ("dedup", "exact"): False if args.no_exact else None,
@@ -76,6 +84,8 @@ def config_from_args(args: argparse.Namespace):
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
+    if args.unicode_form:  # "none" must set None, which the loop above reads as "not given"
+        data.setdefault("normalize", {})["unicode_form"] = None if args.unicode_form == "none" else args.unicode_form
     where = args.config or "config"
     normalize = data.pop("normalize", None)
     cfg = from_dict(CleanConfig, data, where=where)
