@@ -10,6 +10,8 @@ void bind_dedup(py::module_& m);
 void bind_text(py::module_& m);
 void bind_classifier(py::module_& m);
 void bind_kernels(py::module_& m);
+void bind_pretokenize(py::module_& m);
+void bind_bpe(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastlm native core (private: use the fastlm package API)";
@@ -20,4 +22,6 @@ PYBIND11_MODULE(_C, m) {
   bind_text(m);
   bind_classifier(m);
   bind_kernels(m);
+  bind_pretokenize(m);
+  bind_bpe(m);
 }
