@@ -1,6 +1,194 @@
-// Bindings for the tokenizer's bpe area (filled in by its feature work).
+// Bindings for csrc/tokenizer/bpe_*: BPE training and the BpeEncoder; bytes/numpy in and out, GIL released.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "tokenizer/bpe_encode.h"
+#include "tokenizer/bpe_train.h"
 
 namespace py = pybind11;
+namespace tk = fastlm::tokenizer;
+using fastlm::check;
 
-void bind_bpe(py::module_& m) { (void)m; }
+namespace {
+
+// Borrowed views of a sequence of bytes objects; `keep` holds references so the views outlive a
+// released GIL.
+struct Pieces {
+  std::vector<std::string_view> views;
+  std::vector<py::object> keep;
+};
+
+void add_pieces(const py::sequence& seq, Pieces& p, const char* what) {
+  size_t n = py::len(seq);
+  p.views.reserve(p.views.size() + n);
+  p.keep.reserve(p.keep.size() + n);
+  for (size_t i = 0; i < n; ++i) {
+    py::object o = seq[i];
+    if (!PyBytes_Check(o.ptr()))
+      throw py::type_error(std::string(what) + " " + std::to_string(i) + " is " +
+                           std::string(py::str(py::type::of(o).attr("__name__"))) + ", expected bytes");
+    char* data = nullptr;
+    Py_ssize_t size = 0;
+    PyBytes_AsStringAndSize(o.ptr(), &data, &size);
+    p.views.emplace_back(data, size_t(size));
+    p.keep.push_back(std::move(o));
+  }
+}
+
+py::array_t<uint32_t> to_array(const std::vector<uint32_t>& v) {
+  py::array_t<uint32_t> a(v.size());
+  if (!v.empty()) std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// Token ids from a numpy integer array or a sequence of ints; ValueError names an id out of [0, 2^32).
+std::vector<uint32_t> to_ids(const py::object& obj, size_t num_tokens) {
+  std::vector<int64_t> raw;
+  if (py::isinstance<py::array>(obj)) {
+    py::array arr = obj;
+    char kind = arr.dtype().kind();
+    check(kind == 'i' || kind == 'u' || (arr.size() == 0),
+          "decode: ids must be integers, got dtype " + std::string(py::str(arr.dtype())));
+    check(arr.ndim() == 1 || arr.size() == 0, "decode: ids must be one-dimensional");
+    if (kind == 'u' && arr.itemsize() == 8) {  // values above int64 range must not wrap to valid ids
+      auto u = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+      for (py::ssize_t i = 0; i < u.size(); ++i) {
+        uint64_t v = u.data()[i];
+        check(v < num_tokens, "decode: token id " + std::to_string(v) + " out of range [0, " +
+                                  std::to_string(num_tokens) + ")");
+        raw.push_back(int64_t(v));
+      }
+    } else {
+      auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+      raw.assign(a.data(), a.data() + a.size());
+    }
+  } else {
+    py::sequence seq = obj;
+    raw.reserve(py::len(seq));
+    for (auto item : seq) {
+      py::object o = py::reinterpret_borrow<py::object>(item);
+      check(py::isinstance<py::int_>(o) && !py::isinstance<py::bool_>(o),
+            "decode: ids must be ints, got " + std::string(py::str(py::type::of(o).attr("__name__"))));
+      long long v = 0;
+      int overflow = 0;
+      v = PyLong_AsLongLongAndOverflow(o.ptr(), &overflow);
+      check(overflow == 0, "decode: token id " + std::string(py::str(o)) + " out of range [0, " +
+                               std::to_string(num_tokens) + ")");
+      raw.push_back(v);
+    }
+  }
+  std::vector<uint32_t> ids(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    check(raw[i] >= 0 && uint64_t(raw[i]) < num_tokens,
+          "decode: token id " + std::to_string(raw[i]) + " out of range [0, " + std::to_string(num_tokens) + ")");
+    ids[i] = uint32_t(raw[i]);
+  }
+  return ids;
+}
+
+}  // namespace
+
+void bind_bpe(py::module_& m) {
+  m.def(
+      "bpe_train",
+      [](const py::sequence& pieces, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> counts,
+         int64_t vocab_size, int64_t min_frequency, py::object progress, int64_t progress_every) {
+        check(vocab_size >= 256, "bpe_train: vocab_size must be >= 256, got " + std::to_string(vocab_size));
+        check(min_frequency >= 0, "bpe_train: min_frequency must be >= 0, got " + std::to_string(min_frequency));
+        check(counts.ndim() == 1, "bpe_train: counts must be one-dimensional");
+        Pieces p;
+        add_pieces(pieces, p, "piece");
+        check(size_t(counts.size()) == p.views.size(),
+              "bpe_train: " + std::to_string(p.views.size()) + " pieces but " + std::to_string(counts.size()) +
+                  " counts");
+        std::vector<uint64_t> c(counts.data(), counts.data() + counts.size());
+        std::function<void(size_t)> cb;
+        if (!progress.is_none()) {
+          cb = [&progress](size_t done) {
+            py::gil_scoped_acquire gil;
+            progress(done);
+          };
+        }
+        std::vector<std::pair<uint32_t, uint32_t>> merges;
+        {
+          py::gil_scoped_release release;
+          merges = tk::bpe_train(p.views, c, size_t(vocab_size), uint64_t(min_frequency), cb,
+                                 progress_every > 0 ? size_t(progress_every) : 0);
+        }
+        py::array_t<int32_t> out({py::ssize_t(merges.size()), py::ssize_t(2)});
+        int32_t* o = out.mutable_data();
+        for (size_t i = 0; i < merges.size(); ++i) {
+          o[2 * i] = int32_t(merges[i].first);
+          o[2 * i + 1] = int32_t(merges[i].second);
+        }
+        return out;
+      },
+      py::arg("pieces"), py::arg("counts"), py::arg("vocab_size"), py::arg("min_frequency"),
+      py::arg("progress") = py::none(), py::arg("progress_every") = 0,
+      "Merges int32 [m, 2] learnt from distinct pieces and counts (reference: tests/reference_bpe.py).");
+
+  py::class_<tk::BpeEncoder, std::shared_ptr<tk::BpeEncoder>>(m, "BpeEncoder",
+                                                              "BPE encoder over tokens[rank] (tiktoken's rule).")
+      .def(py::init([](const py::sequence& tokens) {
+             Pieces p;
+             add_pieces(tokens, p, "token");
+             std::vector<std::string> t(p.views.begin(), p.views.end());
+             return std::make_shared<tk::BpeEncoder>(std::move(t));
+           }),
+           py::arg("tokens"))
+      .def_property_readonly("num_tokens", &tk::BpeEncoder::num_tokens)
+      .def(
+          "encode_pieces",
+          [](const tk::BpeEncoder& enc, const py::sequence& pieces) {
+            Pieces p;
+            add_pieces(pieces, p, "piece");
+            std::vector<uint32_t> ids;
+            {
+              py::gil_scoped_release release;
+              ids.reserve(p.views.size() * 2);
+              for (auto v : p.views) enc.encode_piece_into(v, ids);
+            }
+            return to_array(ids);
+          },
+          py::arg("pieces"), "Concatenated ids (uint32) of the pieces.")
+      .def(
+          "encode_pieces_batch",
+          [](const tk::BpeEncoder& enc, const py::sequence& batch, int num_threads) {
+            size_t n = py::len(batch);
+            std::vector<Pieces> docs(n);
+            for (size_t i = 0; i < n; ++i) add_pieces(py::sequence(batch[i]), docs[i], "piece");
+            std::vector<std::vector<uint32_t>> ids(n);
+            {
+              py::gil_scoped_release release;
+              fastlm::parallel_for(n, num_threads, 16, [&](size_t b, size_t e) {
+                for (size_t i = b; i < e; ++i)
+                  for (auto v : docs[i].views) enc.encode_piece_into(v, ids[i]);
+              });
+            }
+            py::list out(n);
+            for (size_t i = 0; i < n; ++i) out[i] = to_array(ids[i]);
+            return out;
+          },
+          py::arg("batch"), py::arg("num_threads") = 0, "encode_pieces of each list of pieces, in parallel.")
+      .def(
+          "decode",
+          [](const tk::BpeEncoder& enc, const py::object& ids_obj) {
+            std::vector<uint32_t> ids = to_ids(ids_obj, enc.num_tokens());
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              out = enc.decode(ids.data(), ids.size());
+            }
+            return py::bytes(out);
+          },
+          py::arg("ids"), "Concatenated bytes of the ids; ValueError names an id out of range.");
+}
