@@ -264,3 +264,35 @@ def test_bad_vocab():
         _C.BpeEncoder([])
     with pytest.raises(TypeError):
         _C.BpeEncoder(singles + ["ab"])
+
+
+def test_train_megabyte_run_of_one_byte():
+    merges = native_train([b"a" * (1 << 20)], [1], 256 + 100)
+    assert merges == [(97, 97)] + [(256 + i, 256 + i) for i in range(19)]
+    tokens = ref.vocab_from_merges(merges)
+    enc = _C.BpeEncoder(tokens)
+    assert enc.encode_pieces([b"a" * (1 << 20)]).tolist() == [len(tokens) - 1]
+    assert enc.encode_pieces([b"a" * ((1 << 20) + 3)]).tolist() == [len(tokens) - 1, 256, 97]
+
+
+def test_encode_random_small_alphabet_vs_reference_and_tiktoken():
+    # many equal-rank neighbours and stale heap entries: both the short-piece scan and the heap path
+    rng = random.Random(6)
+    for trial in range(8):
+        alphabet = "ab" if trial % 2 else "abc "
+        train_pieces = ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 12))).encode()
+                        for _ in range(50)]
+        tokens = ref.vocab_from_merges(native_train(train_pieces, [rng.randint(1, 5) for _ in train_pieces],
+                                                    256 + 40))
+        if trial >= 4:  # general ranks: shuffle the multi-byte tokens
+            multi = tokens[256:]
+            rng.shuffle(multi)
+            tokens = tokens[:256] + multi
+        enc = _C.BpeEncoder(tokens)
+        tk = tiktoken.Encoding("t", pat_str=r"[\s\S]+", mergeable_ranks={t: r for r, t in enumerate(tokens)},
+                               special_tokens={})
+        ranks = {t: r for r, t in enumerate(tokens)}
+        for _ in range(40):
+            s = "".join(rng.choice(alphabet) for _ in range(rng.choice([2, 5, 30, 64, 65, 150, 400])))
+            want = ref.encode_piece(s.encode(), ranks)
+            assert enc.encode_pieces([s.encode()]).tolist() == want == tk.encode_ordinary(s)

@@ -77,3 +77,25 @@ def dedup_simhash_cluster(fps: _np.ndarray, counts: _np.ndarray, lengths: _np.nd
 def cross_entropy_chunk(logits, target, loss, lse, grad_scale, grad_scale_scalar: float,
                         ignore_index: int, label_smoothing: float, z_loss: float, softcap: float,
                         write_grad: bool, num_threads: int) -> None: ...
+
+# -- tokenizer bpe area (csrc/tokenizer/bpe_*, csrc/bindings/bpe.cpp); reference: tests/reference_bpe.py --
+import numpy as np
+from typing import Callable, Sequence
+
+def bpe_train(pieces: Sequence[bytes], counts: np.ndarray, vocab_size: int, min_frequency: int,
+              progress: Callable[[int], None] | None = None, progress_every: int = 0) -> np.ndarray:
+    """Merges int32 [m, 2] (token 256 + i = left + right), m <= vocab_size - 256; counts uint64 [n].
+    Highest count first, ties -> smallest (left, right); stops when the best count < min_frequency.
+    progress(merges_done) is called with the GIL held every progress_every merges."""
+
+class BpeEncoder:
+    """tiktoken's BPE rule over tokens[rank] (must hold all 256 single bytes; no duplicates or empty tokens)."""
+    def __init__(self, tokens: Sequence[bytes]) -> None: ...
+    @property
+    def num_tokens(self) -> int: ...
+    def encode_pieces(self, pieces: Sequence[bytes]) -> np.ndarray:
+        """Concatenated ids (uint32) of the pre-tokenized pieces."""
+    def encode_pieces_batch(self, batch: Sequence[Sequence[bytes]], num_threads: int = 0) -> list[np.ndarray]:
+        """encode_pieces of each list, in parallel."""
+    def decode(self, ids: np.ndarray | Sequence[int]) -> bytes:
+        """Concatenated bytes; ValueError names an id out of [0, num_tokens)."""
