@@ -126,6 +126,14 @@ def test_train_bad_arguments():
         _C.bpe_train([b"ab"], np.array([1], dtype=np.uint64), 300, -1)
     with pytest.raises(TypeError):
         _C.bpe_train(["ab"], np.array([1], dtype=np.uint64), 300, 0)
+    with pytest.raises(ValueError, match="negative"):
+        _C.bpe_train([b"ab", b"cd"], np.array([1, -2]), 300, 0)
+    with pytest.raises(ValueError, match="integers"):
+        _C.bpe_train([b"ab"], np.array([1.5]), 300, 0)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        _C.bpe_train([b"ab"], np.array([[1]]), 300, 0)
+    assert native_train([b"ab", b"cd"], [1, 2], 257) == [(99, 100)]  # a list of ints works too
+    assert _C.bpe_train([b"ab", b"cd"], [1, 2], 257, 0).tolist() == [[99, 100]]
 
 
 def test_train_progress_callback():

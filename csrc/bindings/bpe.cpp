@@ -95,22 +95,42 @@ std::vector<uint32_t> to_ids(const py::object& obj, size_t num_tokens) {
   return ids;
 }
 
+// Piece counts from an integer array or sequence: ValueError for negative or non-integer counts.
+std::vector<uint64_t> to_counts(const py::object& obj) {
+  py::array arr = py::array::ensure(obj);
+  check(bool(arr), "bpe_train: counts must be an integer array");
+  check(arr.ndim() == 1, "bpe_train: counts must be one-dimensional");
+  char kind = arr.dtype().kind();
+  check(kind == 'i' || kind == 'u' || arr.size() == 0,
+        "bpe_train: counts must be integers, got dtype " + std::string(py::str(arr.dtype())));
+  if (kind == 'i') {
+    auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+    std::vector<uint64_t> out(a.size());
+    for (py::ssize_t i = 0; i < a.size(); ++i) {
+      check(a.data()[i] >= 0, "bpe_train: count " + std::to_string(i) + " is negative (" +
+                                  std::to_string(a.data()[i]) + ")");
+      out[i] = uint64_t(a.data()[i]);
+    }
+    return out;
+  }
+  auto a = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  return std::vector<uint64_t>(a.data(), a.data() + a.size());
+}
+
 }  // namespace
 
 void bind_bpe(py::module_& m) {
   m.def(
       "bpe_train",
-      [](const py::sequence& pieces, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> counts,
-         int64_t vocab_size, int64_t min_frequency, py::object progress, int64_t progress_every) {
+      [](const py::sequence& pieces, const py::object& counts_obj, int64_t vocab_size, int64_t min_frequency,
+         py::object progress, int64_t progress_every) {
         check(vocab_size >= 256, "bpe_train: vocab_size must be >= 256, got " + std::to_string(vocab_size));
         check(min_frequency >= 0, "bpe_train: min_frequency must be >= 0, got " + std::to_string(min_frequency));
-        check(counts.ndim() == 1, "bpe_train: counts must be one-dimensional");
+        std::vector<uint64_t> c = to_counts(counts_obj);
         Pieces p;
         add_pieces(pieces, p, "piece");
-        check(size_t(counts.size()) == p.views.size(),
-              "bpe_train: " + std::to_string(p.views.size()) + " pieces but " + std::to_string(counts.size()) +
-                  " counts");
-        std::vector<uint64_t> c(counts.data(), counts.data() + counts.size());
+        check(c.size() == p.views.size(), "bpe_train: " + std::to_string(p.views.size()) + " pieces but " +
+                                              std::to_string(c.size()) + " counts");
         std::function<void(size_t)> cb;
         if (!progress.is_none()) {
           cb = [&progress](size_t done) {
