@@ -304,3 +304,9 @@ def test_encode_random_small_alphabet_vs_reference_and_tiktoken():
             s = "".join(rng.choice(alphabet) for _ in range(rng.choice([2, 5, 30, 64, 65, 150, 400])))
             want = ref.encode_piece(s.encode(), ranks)
             assert enc.encode_pieces([s.encode()]).tolist() == want == tk.encode_ordinary(s)
+
+
+@pytest.mark.slow
+def test_train_matches_reference_larger_corpus():
+    pieces, counts = piece_counts(pydoc_text(250_000) + shakespeare_text(100_000))
+    assert len(check_train(pieces, counts, 256 + 300, min_frequency=2)) == 300
