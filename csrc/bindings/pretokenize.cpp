@@ -1,6 +1,175 @@
-// Bindings for the tokenizer's pretokenize area (filled in by its feature work).
+// Bindings for the native pre-tokenizer: str (or bytes) lists in, pieces or piece counts out; GIL released.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-namespace py = pybind11;
+#include <algorithm>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
 
-void bind_pretokenize(py::module_& m) { (void)m; }
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/unicode_tables.h"
+
+namespace py = pybind11;
+using fastlm::tokenizer::Pattern;
+
+namespace {
+
+// UTF-8 views of a list of str or bytes. A str's UTF-8 is CPython's cached copy; one holding lone
+// surrogates is encoded with "surrogatepass" into a bytes object kept in `keep`. Views stay valid
+// while `texts` and `keep` live (str and bytes are immutable), so the GIL can be released.
+struct Utf8Views {
+  std::vector<std::string_view> views;
+  std::vector<char> is_bytes;
+  std::vector<py::object> keep;
+};
+
+Utf8Views utf8_views(const py::list& texts) {
+  Utf8Views out;
+  const size_t n = texts.size();
+  out.views.reserve(n);
+  out.is_bytes.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* o = texts[i].ptr();
+    if (PyUnicode_Check(o)) {
+      Py_ssize_t len = 0;
+      const char* p = PyUnicode_AsUTF8AndSize(o, &len);
+      if (!p) {  // lone surrogates
+        PyErr_Clear();
+        PyObject* b = PyUnicode_AsEncodedString(o, "utf-8", "surrogatepass");
+        if (!b) throw py::error_already_set();
+        out.keep.push_back(py::reinterpret_steal<py::object>(b));
+        p = PyBytes_AS_STRING(b);
+        len = PyBytes_GET_SIZE(b);
+      }
+      out.views.emplace_back(p, static_cast<size_t>(len));
+      out.is_bytes.push_back(0);
+    } else if (PyBytes_Check(o)) {
+      out.views.emplace_back(PyBytes_AS_STRING(o), static_cast<size_t>(PyBytes_GET_SIZE(o)));
+      out.is_bytes.push_back(1);
+    } else {
+      throw py::type_error("texts[" + std::to_string(i) + "] is " +
+                           std::string(py::str(py::type::of(texts[i]).attr("__name__"))) +
+                           ", expected str or bytes");
+    }
+  }
+  return out;
+}
+
+Pattern to_pattern(int pattern) {
+  fastlm::check(pattern >= 0 && pattern <= 2,
+                "pattern must be 0 (gpt2), 1 (gpt4) or 2 (o200k), got " + std::to_string(pattern));
+  return static_cast<Pattern>(pattern);
+}
+
+void check_threads(int num_threads) {
+  fastlm::check(num_threads >= 0, "num_threads must be >= 0 (0 = all cores), got " + std::to_string(num_threads));
+}
+
+using Counts = std::unordered_map<std::string_view, uint64_t>;
+
+}  // namespace
+
+void bind_pretokenize(py::module_& m) {
+  m.def(
+      "tok_pretokenize",
+      [](const py::list& texts, int pattern, int num_threads) {
+        const Pattern pat = to_pattern(pattern);
+        check_threads(num_threads);
+        Utf8Views v = utf8_views(texts);
+        const size_t n = v.views.size();
+        std::vector<std::vector<std::pair<size_t, size_t>>> ranges(n);
+        {
+          py::gil_scoped_release release;
+          fastlm::parallel_for(n, num_threads, 1, [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) ranges[i] = fastlm::tokenizer::pretokenize(v.views[i], pat);
+          });
+        }
+        py::list out(n);
+        for (size_t i = 0; i < n; ++i) {
+          const char* base = v.views[i].data();
+          py::list pieces(ranges[i].size());
+          for (size_t k = 0; k < ranges[i].size(); ++k) {
+            const auto [b, e] = ranges[i][k];
+            PyObject* o = v.is_bytes[i]
+                              ? PyBytes_FromStringAndSize(base + b, static_cast<Py_ssize_t>(e - b))
+                              : PyUnicode_DecodeUTF8(base + b, static_cast<Py_ssize_t>(e - b), "surrogatepass");
+            if (!o) throw py::error_already_set();
+            PyList_SET_ITEM(pieces.ptr(), static_cast<Py_ssize_t>(k), o);
+          }
+          out[i] = std::move(pieces);
+        }
+        return out;
+      },
+      py::arg("texts"), py::arg("pattern"), py::arg("num_threads") = 0);
+
+  m.def(
+      "tok_count_pieces",
+      [](const py::list& texts, int pattern, int num_threads) {
+        const Pattern pat = to_pattern(pattern);
+        check_threads(num_threads);
+        Utf8Views v = utf8_views(texts);
+        const size_t n = v.views.size();
+        std::vector<std::pair<std::string_view, uint64_t>> sorted;
+        {
+          py::gil_scoped_release release;
+          // One map per worker: a chunk borrows a free map and returns it when done.
+          std::deque<Counts> maps;  // stable addresses
+          std::vector<Counts*> free_maps;
+          std::mutex mu;
+          fastlm::parallel_for(n, num_threads, 4, [&](size_t b, size_t e) {
+            Counts* c = nullptr;
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              if (free_maps.empty()) {
+                maps.emplace_back();
+                c = &maps.back();
+              } else {
+                c = free_maps.back();
+                free_maps.pop_back();
+              }
+            }
+            for (size_t i = b; i < e; ++i) {
+              const std::string_view text = v.views[i];
+              fastlm::tokenizer::for_each_piece(text, pat,
+                                                [&](size_t pb, size_t pe) { ++(*c)[text.substr(pb, pe - pb)]; });
+            }
+            std::lock_guard<std::mutex> lock(mu);
+            free_maps.push_back(c);
+          });
+          Counts total;
+          if (!maps.empty()) total = std::move(maps[0]);
+          for (size_t k = 1; k < maps.size(); ++k)
+            for (const auto& [piece, count] : maps[k]) total[piece] += count;
+          sorted.assign(total.begin(), total.end());
+          std::sort(sorted.begin(), sorted.end());  // by bytes (char_traits<char> compares as unsigned)
+        }
+        py::list pieces(sorted.size());
+        py::array_t<uint64_t> counts(static_cast<py::ssize_t>(sorted.size()));
+        uint64_t* c = counts.mutable_data();
+        for (size_t k = 0; k < sorted.size(); ++k) {
+          PyObject* o = PyBytes_FromStringAndSize(sorted[k].first.data(), static_cast<Py_ssize_t>(sorted[k].first.size()));
+          if (!o) throw py::error_already_set();
+          PyList_SET_ITEM(pieces.ptr(), static_cast<Py_ssize_t>(k), o);
+          c[k] = sorted[k].second;
+        }
+        return py::make_tuple(pieces, counts);
+      },
+      py::arg("texts"), py::arg("pattern"), py::arg("num_threads") = 0);
+
+  m.def(
+      "tok_unicode_flags",
+      []() {
+        std::string flags(0x110000, '\0');
+        for (uint32_t cp = 0; cp < 0x110000; ++cp)
+          flags[cp] = static_cast<char>(fastlm::tokenizer::unicode::char_flags(cp));
+        return py::bytes(flags);
+      },
+      "Flag byte of every code point (bits: unicode_tables.h), for tests.");
+  m.attr("TOK_UNICODE_VERSION") = fastlm::tokenizer::unicode::kUnicodeVersion;
+}
