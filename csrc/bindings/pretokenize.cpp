@@ -2,16 +2,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
-#include <deque>
-#include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "tokenizer/piece_counts.h"
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/unicode_tables.h"
 
@@ -71,8 +68,6 @@ void check_threads(int num_threads) {
   fastlm::check(num_threads >= 0, "num_threads must be >= 0 (0 = all cores), got " + std::to_string(num_threads));
 }
 
-using Counts = std::unordered_map<std::string_view, uint64_t>;
-
 }  // namespace
 
 void bind_pretokenize(py::module_& m) {
@@ -114,40 +109,10 @@ void bind_pretokenize(py::module_& m) {
         const Pattern pat = to_pattern(pattern);
         check_threads(num_threads);
         Utf8Views v = utf8_views(texts);
-        const size_t n = v.views.size();
         std::vector<std::pair<std::string_view, uint64_t>> sorted;
         {
           py::gil_scoped_release release;
-          // One map per worker: a chunk borrows a free map and returns it when done.
-          std::deque<Counts> maps;  // stable addresses
-          std::vector<Counts*> free_maps;
-          std::mutex mu;
-          fastlm::parallel_for(n, num_threads, 4, [&](size_t b, size_t e) {
-            Counts* c = nullptr;
-            {
-              std::lock_guard<std::mutex> lock(mu);
-              if (free_maps.empty()) {
-                maps.emplace_back();
-                c = &maps.back();
-              } else {
-                c = free_maps.back();
-                free_maps.pop_back();
-              }
-            }
-            for (size_t i = b; i < e; ++i) {
-              const std::string_view text = v.views[i];
-              fastlm::tokenizer::for_each_piece(text, pat,
-                                                [&](size_t pb, size_t pe) { ++(*c)[text.substr(pb, pe - pb)]; });
-            }
-            std::lock_guard<std::mutex> lock(mu);
-            free_maps.push_back(c);
-          });
-          Counts total;
-          if (!maps.empty()) total = std::move(maps[0]);
-          for (size_t k = 1; k < maps.size(); ++k)
-            for (const auto& [piece, count] : maps[k]) total[piece] += count;
-          sorted.assign(total.begin(), total.end());
-          std::sort(sorted.begin(), sorted.end());  // by bytes (char_traits<char> compares as unsigned)
+          sorted = fastlm::tokenizer::count_pieces(v.views, pat, num_threads);
         }
         py::list pieces(sorted.size());
         py::array_t<uint64_t> counts(static_cast<py::ssize_t>(sorted.size()));

@@ -29,6 +29,14 @@ namespace {
 namespace U = unicode;
 constexpr size_t kNone = static_cast<size_t>(-1);
 
+// Flags of the ASCII characters (the tables are constant-initialized, so this runs after them).
+const struct AsciiFlags {
+  uint8_t f[128];
+  AsciiFlags() {
+    for (uint32_t i = 0; i < 128; ++i) f[i] = U::char_flags(i);
+  }
+} kAscii;
+
 struct Char {
   uint32_t cp;    // code point (0xFFFFFFFF for an invalid byte)
   uint32_t len;   // bytes
@@ -142,15 +150,7 @@ class Text {
   }
 
  private:
-  static uint8_t ascii_flags(uint8_t b) {
-    static const struct Table {
-      uint8_t f[128];
-      Table() {
-        for (int i = 0; i < 128; ++i) f[i] = U::char_flags(static_cast<uint32_t>(i));
-      }
-    } table;
-    return table.f[b];
-  }
+  static uint8_t ascii_flags(uint8_t b) { return kAscii.f[b]; }
   static Char make(uint32_t cp, uint32_t len) { return {cp, len, U::char_flags(cp)}; }
 
   // The ASCII letter at `pos` (lowercased and U+017F folded to 's' if `fold`), else 0.

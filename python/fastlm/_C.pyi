@@ -77,3 +77,16 @@ def dedup_simhash_cluster(fps: _np.ndarray, counts: _np.ndarray, lengths: _np.nd
 def cross_entropy_chunk(logits, target, loss, lse, grad_scale, grad_scale_scalar: float,
                         ignore_index: int, label_smoothing: float, z_loss: float, softcap: float,
                         write_grad: bool, num_threads: int) -> None: ...
+
+# -- tokenizer pre-tokenizer (csrc/tokenizer/pretokenize.cpp, piece_counts.cpp; csrc/bindings/pretokenize.cpp) --
+import numpy as _np
+from typing import Sequence as _Seq
+
+TOK_UNICODE_VERSION: str  # Unicode version of the generated class tables
+def tok_pretokenize(texts: list[str | bytes], pattern: int, num_threads: int = 0) -> list[list[str | bytes]]:
+    """Pieces of each text (pattern 0 gpt2, 1 gpt4, 2 o200k), identical to regex.findall with the published
+    pattern; str in -> str pieces (lone surrogates kept), bytes in -> bytes pieces (invalid bytes: 1-byte "other")."""
+def tok_count_pieces(texts: list[str | bytes], pattern: int, num_threads: int = 0) -> tuple[list[bytes], _np.ndarray]:
+    """Distinct pieces of all texts as UTF-8 bytes (sorted by bytes) and their counts (uint64)."""
+def tok_unicode_flags() -> bytes:
+    """Class flag byte of every code point (bits in csrc/tokenizer/unicode_tables.h), for tests."""
