@@ -6,14 +6,28 @@
 #include <deque>
 #include <mutex>
 
+#include "common/error.h"
 #include "common/thread_pool.h"
 
 namespace fastlm::tokenizer {
 namespace {
 
-inline uint64_t load_le(const char* p, size_t n) {  // n <= 8 bytes, zero-extended
+inline uint64_t load8(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+inline uint64_t load_tail(const char* p, size_t n) {  // 0 < n < 8 bytes, zero-extended
+  const auto* u = reinterpret_cast<const uint8_t*>(p);
   uint64_t v = 0;
-  std::memcpy(&v, p, n);
+  if (n >= 4) {
+    uint32_t a, b;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    return a | (static_cast<uint64_t>(b) << 32);  // overlapping halves: still a function of the bytes and n
+  }
+  v = u[0] | (static_cast<uint64_t>(u[n >> 1]) << 8) | (static_cast<uint64_t>(u[n - 1]) << 16);
   return v;
 }
 
@@ -23,10 +37,10 @@ inline uint64_t piece_hash(std::string_view s) {
   uint64_t h = s.size() * m;
   size_t i = 0;
   for (; i + 8 <= s.size(); i += 8) {
-    h = (h ^ load_le(s.data() + i, 8)) * 0xBF58476D1CE4E5B9ULL;
+    h = (h ^ load8(s.data() + i)) * 0xBF58476D1CE4E5B9ULL;
     h ^= h >> 29;
   }
-  if (i < s.size()) h = (h ^ load_le(s.data() + i, s.size() - i)) * 0x94D049BB133111EBULL;
+  if (i < s.size()) h = (h ^ load_tail(s.data() + i, s.size() - i)) * 0x94D049BB133111EBULL;
   h ^= h >> 32;
   h *= m;
   return h ^ (h >> 29);
@@ -39,19 +53,24 @@ class PieceTable {
 
   void add(std::string_view s, uint64_t count) { add_hashed(s, piece_hash(s), count); }
 
+  static constexpr size_t kMaxLen = 0xFFFFFFFFu;  // longest piece a slot holds
+
   template <typename Fn>
   void for_each(Fn&& fn) const {
     for (const Slot& sl : slots_)
-      if (sl.data) fn(std::string_view(sl.data, sl.len), sl.hash, sl.count);
+      if (sl.data) fn(std::string_view(sl.data, sl.len), sl.count);
   }
   size_t size() const { return size_; }
 
+  // `h`: the piece's hash; its low bits pick the slot, its high half is the slot's tag.
   void add_hashed(std::string_view s, uint64_t h, uint64_t count) {
-    size_t mask = slots_.size() - 1, i = h & mask;
+    const uint32_t tag = static_cast<uint32_t>(h >> 32);
+    const size_t mask = slots_.size() - 1;
+    size_t i = h & mask;
     for (;;) {
       Slot& sl = slots_[i];
       if (!sl.data) break;
-      if (sl.hash == h && sl.len == s.size() && std::memcmp(sl.data, s.data(), s.size()) == 0) {
+      if (sl.tag == tag && sl.len == s.size() && std::memcmp(sl.data, s.data(), s.size()) == 0) {
         sl.count += count;
         return;
       }
@@ -63,15 +82,15 @@ class PieceTable {
       return;
     }
     // Empty pieces never occur, but a zero-length view still needs a non-null marker.
-    slots_[i] = {s.data() ? s.data() : "", s.size(), h, count};
+    slots_[i] = {s.data() ? s.data() : "", static_cast<uint32_t>(s.size()), tag, count};
     ++size_;
   }
 
  private:
-  struct Slot {
+  struct Slot {  // 24 bytes
     const char* data = nullptr;
-    size_t len = 0;
-    uint64_t hash = 0;
+    uint32_t len = 0;
+    uint32_t tag = 0;  // high half of the hash
     uint64_t count = 0;
   };
 
@@ -81,7 +100,7 @@ class PieceTable {
     const size_t mask = slots_.size() - 1;
     for (const Slot& sl : old) {
       if (!sl.data) continue;
-      size_t i = sl.hash & mask;
+      size_t i = piece_hash(std::string_view(sl.data, sl.len)) & mask;
       while (slots_[i].data) i = (i + 1) & mask;
       slots_[i] = sl;
     }
@@ -95,6 +114,8 @@ class PieceTable {
 
 std::vector<std::pair<std::string_view, uint64_t>> count_pieces(const std::vector<std::string_view>& texts,
                                                                  Pattern pattern, int num_threads) {
+  for (const std::string_view t : texts)
+    check(t.size() <= PieceTable::kMaxLen, "a document is longer than 4 GiB: split it before counting");
   // One table per worker: a chunk borrows a free table and returns it when done.
   std::deque<PieceTable> tables;  // stable addresses
   std::vector<PieceTable*> free_tables;
@@ -121,9 +142,9 @@ std::vector<std::pair<std::string_view, uint64_t>> count_pieces(const std::vecto
   if (tables.empty()) return out;
   PieceTable& total = tables[0];
   for (size_t k = 1; k < tables.size(); ++k)
-    tables[k].for_each([&](std::string_view s, uint64_t h, uint64_t c) { total.add_hashed(s, h, c); });
+    tables[k].for_each([&](std::string_view s, uint64_t c) { total.add(s, c); });
   out.reserve(total.size());
-  total.for_each([&](std::string_view s, uint64_t, uint64_t c) { out.emplace_back(s, c); });
+  total.for_each([&](std::string_view s, uint64_t c) { out.emplace_back(s, c); });
   std::sort(out.begin(), out.end());  // by bytes: char_traits<char> compares as unsigned char
   return out;
 }
