@@ -106,7 +106,7 @@ class Text {
     return pos;
   }
 
-  // Skips bytes of `set` (ASCII only) from `pos`.
+  // Skips \r and \n bytes (and '/' if `slash`) from `pos`.
   size_t skip_bytes(size_t pos, bool slash) const {
     while (pos < n_ && (s_[pos] == '\r' || s_[pos] == '\n' || (slash && s_[pos] == '/'))) ++pos;
     return pos;
