@@ -287,3 +287,14 @@ def test_empty_and_errors():
         _C.tok_pretokenize(["x"], 0, -1)
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         _C.tok_pretokenize(["x", 3], 0, 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_counts_of_bytes_with_invalid_utf8(name):
+    rng = random.Random(3)
+    texts = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))) for _ in range(500)]
+    texts += [t.encode("utf-8", "surrogatepass") for t in CASES]
+    pieces, counts = _C.tok_count_pieces(texts, IDS[name], 2)
+    expected = collections.Counter(p for ps in _C.tok_pretokenize(texts, IDS[name], 1) for p in ps)
+    assert dict(zip(pieces, counts.tolist())) == dict(expected)
+    assert sum(len(p) * c for p, c in zip(pieces, counts.tolist())) == sum(map(len, texts))
