@@ -99,3 +99,16 @@ class BpeEncoder:
         """encode_pieces of each list, in parallel."""
     def decode(self, ids: np.ndarray | Sequence[int]) -> bytes:
         """Concatenated bytes; ValueError names an id out of [0, num_tokens)."""
+
+# -- tokenizer pre-tokenizer (csrc/tokenizer/pretokenize.cpp, piece_counts.cpp; csrc/bindings/pretokenize.cpp) --
+import numpy as _np
+from typing import Sequence as _Seq
+
+TOK_UNICODE_VERSION: str  # Unicode version of the generated class tables
+def tok_pretokenize(texts: list[str | bytes], pattern: int, num_threads: int = 0) -> list[list[str | bytes]]:
+    """Pieces of each text (pattern 0 gpt2, 1 gpt4, 2 o200k), identical to regex.findall with the published
+    pattern; str in -> str pieces (lone surrogates kept), bytes in -> bytes pieces (invalid bytes: 1-byte "other")."""
+def tok_count_pieces(texts: list[str | bytes], pattern: int, num_threads: int = 0) -> tuple[list[bytes], _np.ndarray]:
+    """Distinct pieces of all texts as UTF-8 bytes (sorted by bytes) and their counts (uint64)."""
+def tok_unicode_flags() -> bytes:
+    """Class flag byte of every code point (bits in csrc/tokenizer/unicode_tables.h), for tests."""
