@@ -9,9 +9,11 @@
 #include <string_view>
 #include <vector>
 
+#include "bindings/py_text.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "tokenizer/bpe_encode.h"
+#include "tokenizer/encode_text.h"
 #include "tokenizer/bpe_train.h"
 
 namespace py = pybind11;
@@ -199,6 +201,26 @@ void bind_bpe(py::module_& m) {
             return out;
           },
           py::arg("batch"), py::arg("num_threads") = 0, "encode_pieces of each list of pieces, in parallel.")
+      .def(
+          "encode_ordinary_batch",
+          [](const tk::BpeEncoder& enc, const py::sequence& texts, int pattern, int num_threads) {
+            const tk::Pattern pat = tk::pattern_from_int(pattern);
+            fastlm::check(num_threads >= 0, "num_threads must be >= 0 (0 = all cores)");
+            fastlm::bindings::Utf8Views v = fastlm::bindings::utf8_views(texts);
+            const size_t n = v.views.size();
+            std::vector<std::vector<uint32_t>> ids(n);
+            {
+              py::gil_scoped_release release;
+              fastlm::parallel_for(n, num_threads, 1, [&](size_t b, size_t e) {
+                for (size_t i = b; i < e; ++i) tk::encode_text_into(enc, v.views[i], pat, ids[i]);
+              });
+            }
+            py::list out(n);
+            for (size_t i = 0; i < n; ++i) out[i] = to_array(ids[i]);
+            return out;
+          },
+          py::arg("texts"), py::arg("pattern"), py::arg("num_threads") = 0,
+          "Ids (uint32 arrays) of each text: native pre-tokenization (0 gpt2, 1 gpt4, 2 o200k) + BPE.")
       .def(
           "decode",
           [](const tk::BpeEncoder& enc, const py::object& ids_obj) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/py_text.h"
 #include "common/error.h"
 #include "dedup/lsh.h"
 #include "dedup/minhash.h"
@@ -22,41 +23,17 @@ namespace {
 using U64 = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>;
 using I64 = py::array_t<int64_t>;
 
-// Borrowed views of a list of str/bytes. str gives its cached UTF-8 (no copy); a str with lone
-// surrogates is encoded with "surrogatepass" (its surrogates then read as invalid bytes).
+// Views of a list of str/bytes (see bindings/py_text.h), as the dedup core's TextView.
 struct Texts {
   std::vector<dd::TextView> views;
-  std::vector<py::object> keep;  // objects owning the bytes
+  fastlm::bindings::Utf8Views src;  // owns the references that keep the views valid
 };
 
 Texts to_texts(const py::sequence& seq) {
   Texts t;
-  size_t n = py::len(seq);
-  t.views.reserve(n);
-  t.keep.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    py::object o = seq[i];
-    const char* data = nullptr;
-    Py_ssize_t size = 0;
-    if (PyUnicode_Check(o.ptr())) {
-      data = PyUnicode_AsUTF8AndSize(o.ptr(), &size);
-      if (!data) {
-        PyErr_Clear();
-        o = py::reinterpret_steal<py::object>(
-            PyUnicode_AsEncodedString(o.ptr(), "utf-8", "surrogatepass"));
-        if (!o) throw py::error_already_set();
-        PyBytes_AsStringAndSize(o.ptr(), const_cast<char**>(&data), &size);
-      }
-    } else if (PyBytes_Check(o.ptr())) {
-      PyBytes_AsStringAndSize(o.ptr(), const_cast<char**>(&data), &size);
-    } else {
-      throw py::type_error("document " + std::to_string(i) + " is " +
-                           std::string(py::str(py::type::of(o).attr("__name__"))) +
-                           ", expected str or bytes");
-    }
-    t.views.push_back({data, size_t(size)});
-    t.keep.push_back(std::move(o));
-  }
+  t.src = fastlm::bindings::utf8_views(seq, "document");
+  t.views.reserve(t.src.views.size());
+  for (std::string_view v : t.src.views) t.views.push_back({v.data(), v.size()});
   return t;
 }
 

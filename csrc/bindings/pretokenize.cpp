@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bindings/py_text.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "tokenizer/piece_counts.h"
@@ -17,52 +18,9 @@ using fastlm::tokenizer::Pattern;
 
 namespace {
 
-// UTF-8 views of a list of str or bytes. A str's UTF-8 is CPython's cached copy; one holding lone
-// surrogates is encoded with "surrogatepass" into a bytes object kept in `keep`. Views stay valid
-// while `texts` and `keep` live (str and bytes are immutable), so the GIL can be released.
-struct Utf8Views {
-  std::vector<std::string_view> views;
-  std::vector<char> is_bytes;
-  std::vector<py::object> keep;
-};
+using fastlm::bindings::Utf8Views;
+using fastlm::bindings::utf8_views;
 
-Utf8Views utf8_views(const py::list& texts) {
-  Utf8Views out;
-  const size_t n = texts.size();
-  out.views.reserve(n);
-  out.is_bytes.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    PyObject* o = texts[i].ptr();
-    if (PyUnicode_Check(o)) {
-      Py_ssize_t len = 0;
-      const char* p = PyUnicode_AsUTF8AndSize(o, &len);
-      if (!p) {  // lone surrogates
-        PyErr_Clear();
-        PyObject* b = PyUnicode_AsEncodedString(o, "utf-8", "surrogatepass");
-        if (!b) throw py::error_already_set();
-        out.keep.push_back(py::reinterpret_steal<py::object>(b));
-        p = PyBytes_AS_STRING(b);
-        len = PyBytes_GET_SIZE(b);
-      }
-      out.views.emplace_back(p, static_cast<size_t>(len));
-      out.is_bytes.push_back(0);
-    } else if (PyBytes_Check(o)) {
-      out.views.emplace_back(PyBytes_AS_STRING(o), static_cast<size_t>(PyBytes_GET_SIZE(o)));
-      out.is_bytes.push_back(1);
-    } else {
-      throw py::type_error("texts[" + std::to_string(i) + "] is " +
-                           std::string(py::str(py::type::of(texts[i]).attr("__name__"))) +
-                           ", expected str or bytes");
-    }
-  }
-  return out;
-}
-
-Pattern to_pattern(int pattern) {
-  fastlm::check(pattern >= 0 && pattern <= 2,
-                "pattern must be 0 (gpt2), 1 (gpt4) or 2 (o200k), got " + std::to_string(pattern));
-  return static_cast<Pattern>(pattern);
-}
 
 void check_threads(int num_threads) {
   fastlm::check(num_threads >= 0, "num_threads must be >= 0 (0 = all cores), got " + std::to_string(num_threads));
@@ -74,7 +32,7 @@ void bind_pretokenize(py::module_& m) {
   m.def(
       "tok_pretokenize",
       [](const py::list& texts, int pattern, int num_threads) {
-        const Pattern pat = to_pattern(pattern);
+        const Pattern pat = fastlm::tokenizer::pattern_from_int(pattern);
         check_threads(num_threads);
         Utf8Views v = utf8_views(texts);
         const size_t n = v.views.size();
@@ -119,7 +77,7 @@ void bind_pretokenize(py::module_& m) {
   m.def(
       "tok_count_pieces",
       [](const py::list& texts, int pattern, int num_threads) {
-        const Pattern pat = to_pattern(pattern);
+        const Pattern pat = fastlm::tokenizer::pattern_from_int(pattern);
         check_threads(num_threads);
         Utf8Views v = utf8_views(texts);
         std::vector<std::pair<std::string_view, uint64_t>> sorted;
