@@ -1,8 +1,8 @@
 """Tokenizer API: training vs a naive BPE, round trips, batch == loop, special-token policy, tiktoken ids.
 
 Runs on whichever backend fastlm.tokenizer._backend picks (the pure-Python reference until the
-native functions are merged). Real text: all of pydoc, and a Shakespeare subset (the reference
-backend is slow; the whole corpus is in the slow test).
+native functions are merged). Real text: all of pydoc, and a Shakespeare subset (fast enough); the
+whole corpus (pydoc + all of Shakespeare) in one test.
 """
 
 import random
@@ -216,7 +216,6 @@ def test_backend_describe():
     assert "pretokenize=" in _backend.describe("gpt4") and "bpe=" in _backend.describe("gpt2")
 
 
-@pytest.mark.slow
 def test_ids_equal_tiktoken_on_whole_builtin_corpus():
     texts = PYDOC_TEXTS + [t for _, t in shakespeare_texts()]
     tok = Tokenizer.train_from_iterator(texts[:100], 4096)
