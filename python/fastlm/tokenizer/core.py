@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import AbstractSet, Collection, Iterable, Iterator, Literal, Optional, Union
@@ -108,8 +107,8 @@ class Tokenizer:
         behind the same interface instead.
 
         >>> tok = Tokenizer.train_from_iterator(["abab abab"] * 5, 260, special_tokens=())
-        >>> tok.n_vocab
-        260
+        >>> [tok.id_to_token(i) for i in tok.encode("abab")]
+        ['abab']
         """
         special_tokens = list(dict.fromkeys(special_tokens))
         if backend == "sentencepiece":

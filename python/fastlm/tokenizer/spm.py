@@ -38,10 +38,21 @@ def _lines(texts: Iterable[str]):
                 yield line
 
 
+def _train(spm, texts, model, vocab_size, model_type, special_tokens, num_threads) -> None:
+    # lossless settings: identity normalization, no dummy prefix, whitespace kept, byte fallback
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        user_defined_symbols=list(special_tokens), byte_fallback=True, normalization_rule_name="identity",
+        add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=False, allow_whitespace_only_pieces=True,
+        max_sentence_length=1 << 16, hard_vocab_limit=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+        num_threads=num_threads or (os.cpu_count() or 1), minloglevel=2,
+    )
+
+
 class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model with the Tokenizer API (encode/decode/batch/special-token policy/save).
 
-    >>> tok = SentencePieceTokenizer.train_from_iterator(["hello world"] * 50, 40, special_tokens=["<|bos|>"])
+    >>> tok = SentencePieceTokenizer.train_from_iterator(["hello world"] * 50, 300, special_tokens=["<|bos|>"])
     >>> tok.decode(tok.encode("hello world"))
     'hello world'
     """
@@ -69,13 +80,10 @@ class SentencePieceTokenizer(Tokenizer):
         if model_type not in ("bpe", "unigram"):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-            user_defined_symbols=list(special_tokens), byte_fallback=True, normalization_rule_name="identity",
-            add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=False, allow_whitespace_only_pieces=True,
-            max_sentence_length=1 << 16, hard_vocab_limit=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
-            num_threads=num_threads or (os.cpu_count() or 1), minloglevel=2,
-        )
+        try:
+            _train(spm, texts, model, vocab_size, model_type, special_tokens, num_threads)
+        except RuntimeError as e:  # sentencepiece reports bad settings (e.g. vocab too small) this way
+            raise ValueError(f"sentencepiece training failed: {e}") from None
         return cls(model.getvalue(), special_tokens, model_type)
 
     @classmethod
