@@ -90,7 +90,10 @@ class Encoder:
             self._py = _reference.Encoder(tokens, self.pat_str)
 
     def _pieces(self, texts: list[str], num_threads: int) -> list[list[bytes]]:
-        pieces = pretokenize(texts, self.pat_str if self.name is None else self.name, num_threads)
+        if self.native_pre:  # bytes in -> bytes pieces
+            data = [t.encode("utf-8", "surrogatepass") for t in texts]
+            return _C.tok_pretokenize(data, PATTERN_IDS[self.name], num_threads)
+        pieces = _reference.pretokenize(texts, self.pat_str)
         return [[p.encode("utf-8", "surrogatepass") for p in ps] for ps in pieces]
 
     def encode_ordinary_batch(self, texts: list[str], num_threads: int = 0) -> list[np.ndarray]:
