@@ -172,6 +172,10 @@ def test_batch_equals_loop(pydoc_tok, num_threads):
     arrays = pydoc_tok.encode_batch(texts, num_threads=num_threads, as_numpy=True)
     assert all(isinstance(a, np.ndarray) and a.dtype == np.uint32 for a in arrays)
     assert [a.tolist() for a in arrays] == loop
+    mixed = ["<|bos|>", "<|bos|><|user_end|>x", "a<|bos|>", "", "no specials"] + texts[:20]
+    mixed = [t + "<|assistant_end|>" + u for t, u in zip(mixed, reversed(mixed))]
+    want = [pydoc_tok.encode(t, allowed_special="all") for t in mixed]
+    assert pydoc_tok.encode_batch(mixed, num_threads=num_threads, allowed_special="all") == want
 
 
 def test_special_token_policy(pydoc_tok):

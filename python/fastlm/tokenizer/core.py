@@ -299,8 +299,25 @@ class Tokenizer:
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         for t in texts:
             self._check_disallowed(t, disallowed)
-        if allowed:
-            out = [self._encode_one(t, allowed) for t in texts]
+        if allowed:  # cut at allowed specials, encode all ordinary segments as one parallel batch
+            special_re = self._special_regex(allowed)
+            segments: list[str] = []
+            plans: list[list] = []  # per text: segment index (int) or special id (tuple)
+            for t in texts:
+                plan, start = [], 0
+                for m in special_re.finditer(t):
+                    if m.start() > start:
+                        plan.append(len(segments))
+                        segments.append(t[start : m.start()])
+                    plan.append((self._specials[m.group()],))
+                    start = m.end()
+                if start < len(t):
+                    plan.append(len(segments))
+                    segments.append(t[start:])
+                plans.append(plan)
+            encoded = self._encoder.encode_ordinary_batch([_fix_surrogates(t) for t in segments], num_threads)
+            out = [[x for step in plan for x in (step if isinstance(step, tuple) else encoded[step].tolist())]
+                   for plan in plans]
             return [np.array(o, dtype=np.uint32) for o in out] if as_numpy else out
         arrays = self._encoder.encode_ordinary_batch([_fix_surrogates(t) for t in texts], num_threads)
         return [np.asarray(a, dtype=np.uint32) for a in arrays] if as_numpy else [a.tolist() for a in arrays]
