@@ -102,7 +102,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"held-out ({len(held_out)} documents, every {HELD_OUT_EVERY}th): {nbytes / max(ntok, 1):.3f} bytes/token")
     if backend == "bpe":
         longest = sorted(range(tok.n_mergeable), key=lambda i: (-len(tok.token_bytes(i)), i))[:10]
-        print("longest tokens: " + ", ".join(repr(tok.id_to_token(i)) for i in longest))
+        shown = [repr(t if len(t) <= 40 else t[:37] + "...") for t in map(tok.id_to_token, longest)]
+        print(f"longest tokens ({len(tok.token_bytes(longest[0]))} bytes max): " + ", ".join(shown))
     if log.total:
         print(f"skipped {log.total} malformed records: {dict(log.counts)}", file=sys.stderr)
     print(f"wrote {path}")

@@ -70,9 +70,15 @@ def pretokenize(texts: list[str], pattern: str, num_threads: int = 0) -> list[li
 
 
 def train(pieces: list[bytes], counts: np.ndarray, vocab_size: int, min_frequency: int, progress=None) -> np.ndarray:
-    """Merges ``int32 (m, 2)`` for at most ``vocab_size - 256`` merges (token 256+i = merge i)."""
+    """Merges ``int32 (m, 2)`` for at most ``vocab_size - 256`` merges (token 256+i = merge i);
+    ``progress(merges_done, merges_wanted)`` is called now and then when given."""
     if native_bpe():
-        return np.asarray(_C.bpe_train(pieces, np.asarray(counts, dtype=np.uint64), vocab_size, min_frequency))
+        counts = np.asarray(counts, dtype=np.uint64)
+        if progress is None:
+            return np.asarray(_C.bpe_train(pieces, counts, vocab_size, min_frequency))
+        total = max(0, vocab_size - 256)
+        return np.asarray(_C.bpe_train(pieces, counts, vocab_size, min_frequency,
+                                       progress=lambda done: progress(done, total), progress_every=1024))
     return _reference.train(pieces, counts, vocab_size, min_frequency, progress)
 
 

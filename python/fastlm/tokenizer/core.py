@@ -138,9 +138,15 @@ class Tokenizer:
             print(f"\rcounted {nbytes / 1e6:.1f} MB, {len(counts)} distinct pieces in {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr)
         pieces = sorted(counts)
-        merges = _backend.train(
-            pieces, np.array([counts[p] for p in pieces], dtype=np.uint64), vocab_size - len(special_tokens), min_frequency
-        )
+
+        def report(done: int, total: int) -> None:
+            print(f"\rmerges {done}/{total}", end="", file=sys.stderr)
+
+        t1 = time.perf_counter()
+        merges = _backend.train(pieces, np.array([counts[p] for p in pieces], dtype=np.uint64),
+                                vocab_size - len(special_tokens), min_frequency, report if progress else None)
+        if progress:
+            print(f"\rmerges {len(merges)} in {time.perf_counter() - t1:.1f} s", file=sys.stderr)
         tokens = [bytes([b]) for b in range(256)]
         for left, right in merges.tolist():
             tokens.append(tokens[left] + tokens[right])
