@@ -92,3 +92,29 @@ def test_encode_text_and_decode(tok_dir, capsys):
 def test_missing_tokenizer_is_a_clear_error(tmp_path, capsys):
     assert main(["tokenizer", "encode-text", "x", "--tokenizer", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_shard_writer_uint32_and_read_shard(tmp_path):
+    from fastlm.tokenizer.shards import TokenShardWriter, read_shard
+
+    w = TokenShardWriter(str(tmp_path), vocab_size=70_000, tokenizer_sha256="abc", shard_tokens=3)  # documents are never split
+    docs = [[69_999, 1, 2], [], [65_536], [3, 4, 5, 6]]
+    for d in docs:
+        w.add(d)
+    with pytest.raises(ValueError, match="out of range"):
+        w.add([70_000])
+    headers = w.close()
+    assert w.total_docs == 4 and w.total_tokens == 8 and len(headers) == 2
+    got = []
+    for h in headers:
+        header, tokens, offsets = read_shard(h)
+        assert header["dtype"] == "uint32" and tokens.dtype == np.uint32
+        got += [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    assert got == docs
+
+
+def test_tiktoken_file_given_to_from_file_gets_a_hint(tmp_path, tok_dir):
+    body = tmp_path / "ranks.tiktoken"
+    body.write_text("".join(open(os.path.join(tok_dir, "tokenizer.fastlm")).readlines()[1:]))
+    with pytest.raises(ValueError, match="from_tiktoken_file"):
+        load(str(body))

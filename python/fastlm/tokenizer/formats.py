@@ -115,7 +115,8 @@ def _header(line: str, path: str) -> dict:
     try:
         header = json.loads(line)
     except json.JSONDecodeError as e:
-        raise TokenizerFileError(path, 1, f"header is not JSON ({e.msg})") from None
+        hint = " (a .tiktoken ranks file? load it with Tokenizer.from_tiktoken_file(path, pattern=...))"
+        raise TokenizerFileError(path, 1, f"header is not JSON ({e.msg}){hint if ' ' in line.strip() else ''}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise TokenizerFileError(path, 1, f"not a {FORMAT_NAME} file (header 'format' is not {FORMAT_NAME!r})")
     if header.get("version") != FORMAT_VERSION:
