@@ -62,10 +62,11 @@ def train_worker(who: str, texts: list[str], vocab: int, repeats: int, tmp: str)
         tok.save(os.path.join(tmp, f"fastlm-{vocab}.fastlm"))
         return {"seconds": secs, "n_vocab": tok.n_vocab}
     if who == "hf":
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         def run():
-            t = Tokenizer(models.BPE())
+            t = HFTokenizer(models.BPE())
             t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             t.decoder = decoders.ByteLevel()
             tr = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

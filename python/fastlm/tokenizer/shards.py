@@ -40,7 +40,8 @@ def file_sha256(path: str) -> str:
 
 
 class TokenShardWriter:
-    """Append documents' ids; a shard is closed every ``shard_tokens`` tokens and at ``close()``.
+    """Append documents' ids; a shard is closed once it holds ``shard_tokens`` tokens (documents are
+    never split) and at ``close()``.
 
     >>> import tempfile
     >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x")
