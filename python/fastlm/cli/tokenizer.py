@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records, record_text
 from fastlm.data.records import ErrorLog
 
@@ -143,9 +145,9 @@ def run_encode(args: argparse.Namespace) -> int:
             if sep is None:
                 writer.add(ids)
             elif args.separator == "bos":
-                writer.add([sep, *ids.tolist()])
+                writer.add(np.concatenate((np.array([sep], dtype=ids.dtype), ids)))
             else:
-                writer.add([*ids.tolist(), sep])
+                writer.add(np.concatenate((ids, np.array([sep], dtype=ids.dtype))))
         docs += len(batch)
         nbytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
         batch.clear()

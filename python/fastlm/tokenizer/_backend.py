@@ -105,6 +105,11 @@ class Encoder:
     def encode_ordinary_batch(self, texts: list[str], num_threads: int = 0) -> list[np.ndarray]:
         if self._py is not None:
             return self._py.encode_ordinary_batch(texts, _threads(num_threads))
+        if self.native_pre and hasattr(self._enc, "encode_texts_batch"):
+            # a native chain (pre-tokenize + BPE in C++, no Python piece objects) when the build has it:
+            # encode_texts_batch(list[bytes], pattern_id, num_threads) -> list[np.ndarray[uint32]]
+            data = [t.encode("utf-8", "surrogatepass") for t in texts]
+            return list(self._enc.encode_texts_batch(data, PATTERN_IDS[self.name], num_threads))
         return list(self._enc.encode_pieces_batch(self._pieces(texts, num_threads), num_threads))
 
     def encode_ordinary(self, text: str) -> np.ndarray:
