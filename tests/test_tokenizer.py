@@ -228,3 +228,16 @@ def test_ids_equal_tiktoken_on_whole_builtin_corpus():
 
 def test_tiktoken_encoding_name():
     assert isinstance(Tokenizer([bytes([b]) for b in range(256)]).to_tiktoken(), tiktoken.Encoding)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
+def test_native_backend_equals_python_reference(monkeypatch, pattern):
+    if not (_backend.native_bpe() or _backend.native_pretokenizer()):
+        pytest.skip("this build of fastlm._C has no tokenizer functions (the Python backend is the one in use)")
+    texts = PYDOC_TEXTS + shakespeare_paragraphs(300, files=2) + ["a\ud800b", "x" * 5000, "日本語 🙂 ١٢٣"]
+    native = Tokenizer.train_from_iterator(texts, 1500, pattern=pattern)
+    monkeypatch.setattr(_backend, "_FORCE_PYTHON", True)
+    python = Tokenizer.train_from_iterator(texts, 1500, pattern=pattern)
+    assert _backend.describe(pattern) == "pretokenize=python bpe=python"
+    assert native.tokens == python.tokens
+    assert native.encode_batch(texts, num_threads=2) == python.encode_batch(texts)
