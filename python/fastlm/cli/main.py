@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fastlm.cli import data as data_cli
 
     data_cli.register(groups)
+    from fastlm.cli import tokenizer as tokenizer_cli
+
+    tokenizer_cli.register(groups)
     return parser
 
 

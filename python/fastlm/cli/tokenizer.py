@@ -1,0 +1,191 @@
+"""`fastlm tokenizer ...`: train a tokenizer, encode corpora into token shards, inspect encodings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from fastlm.data.readers import FORMATS, TEXT_MODES, read_records, record_text
+from fastlm.data.records import ErrorLog
+
+HELD_OUT_EVERY = 50  # every 50th document (2%) is held out from training to measure compression
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs, '-' or builtin:NAME")
+    p.add_argument("--text-field", default="text", help="text field of JSON records (default: text)")
+    p.add_argument("--format", dest="fmt", default="auto", choices=FORMATS, help="input format (default: auto)")
+    p.add_argument("--text-mode", default="document", choices=TEXT_MODES, help="plain text: per file or paragraph")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    p.add_argument("--threads", type=int, default=0, help="worker threads (0 = all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    parser = groups.add_parser("tokenizer", help="train tokenizers, encode text into token shards")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    p = commands.add_parser("train", help="train a byte-level BPE (or sentencepiece) tokenizer")
+    _add_input_args(p)
+    p.add_argument("--vocab-size", type=int, required=True, help="ids in total: 256 bytes + merges + specials")
+    p.add_argument("-o", "--output", required=True, help="output directory (tokenizer.fastlm, tokenizer.json)")
+    p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4, o200k or a custom regex (default: gpt4)")
+    p.add_argument("--backend", default="native", choices=("native", "sentencepiece"), help="default: native BPE")
+    p.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"), help="sentencepiece model type")
+    p.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count (default: 2)")
+    p.set_defaults(func=run_train)
+
+    p = commands.add_parser("encode", help="encode documents into token shards (.bin/.idx/.json)")
+    _add_input_args(p)
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
+    p.add_argument("-o", "--output", required=True, help="output directory for the shards")
+    p.add_argument("--separator", default="bos", choices=("bos", "eos", "none"),
+                   help="bos: prepend <|bos|> to each document (default); eos: append <|endoftext|>/<|eos|>")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default: 1e8)")
+    p.add_argument("--batch-docs", type=int, default=256, help="documents encoded per parallel batch")
+    p.set_defaults(func=run_encode)
+
+    p = commands.add_parser("encode-text", help="encode one text and show its ids and tokens")
+    p.add_argument("text", help="the text to encode")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
+    p.add_argument("--allow-special", action="store_true", help="encode special-token text as special tokens")
+    p.set_defaults(func=run_encode_text)
+
+    p = commands.add_parser("decode", help="decode token ids to text")
+    p.add_argument("ids", nargs="+", type=int, help="token ids")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
+    p.set_defaults(func=run_decode)
+
+
+def _texts(args, log: ErrorLog):
+    for rec in read_records(args.inputs, text_field=args.text_field, text_mode=args.text_mode, fmt=args.fmt, errors=log):
+        yield record_text(rec, args.text_field)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fastlm.tokenizer import Tokenizer, _backend, formats
+
+    log = ErrorLog(strict=args.strict)
+    held_out: list[str] = []
+    stats = {"docs": 0, "bytes": 0}
+
+    def training_texts():
+        for i, text in enumerate(_texts(args, log)):
+            if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1:
+                held_out.append(text)
+                continue
+            stats["docs"] += 1
+            stats["bytes"] += len(text.encode("utf-8", "surrogatepass"))
+            yield text
+
+    backend = "bpe" if args.backend == "native" else "sentencepiece"
+    engine = _backend.describe(args.pattern) if backend == "bpe" else "sentencepiece"
+    t0 = time.perf_counter()
+    tok = Tokenizer.train_from_iterator(
+        training_texts(), args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency,
+        num_threads=args.threads, progress=not args.quiet, backend=backend, model_type=args.model_type,
+    )
+    seconds = time.perf_counter() - t0
+    os.makedirs(args.output, exist_ok=True)
+    path = formats.save(tok, os.path.join(args.output, formats.FILE_NAME))
+    if backend == "bpe":
+        tok.save_hf(os.path.join(args.output, "tokenizer.json"))
+    print(f"trained {tok.n_vocab} ids ({engine}) on {stats['docs']:,} documents, {stats['bytes'] / 1e6:.2f} MB "
+          f"in {seconds:.2f} s ({stats['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s)")
+    if held_out:
+        ids = tok.encode_batch(held_out, num_threads=args.threads, disallowed_special=())
+        nbytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in held_out)
+        ntok = sum(len(x) for x in ids)
+        print(f"held-out ({len(held_out)} documents, every {HELD_OUT_EVERY}th): {nbytes / max(ntok, 1):.3f} bytes/token")
+    if backend == "bpe":
+        longest = sorted(range(tok.n_mergeable), key=lambda i: (-len(tok.token_bytes(i)), i))[:10]
+        shown = [repr(t if len(t) <= 40 else t[:37] + "...") for t in map(tok.id_to_token, longest)]
+        print(f"longest tokens ({len(tok.token_bytes(longest[0]))} bytes max): " + ", ".join(shown))
+    if log.total:
+        print(f"skipped {log.total} malformed records: {dict(log.counts)}", file=sys.stderr)
+    print(f"wrote {path}")
+    return 0
+
+
+def _separator_id(tok, kind: str):
+    if kind == "none":
+        return None
+    if kind == "bos":
+        return tok.special_id("<|bos|>")
+    for name in ("<|endoftext|>", "<|eos|>"):
+        if name in tok.special_tokens:
+            return tok.special_tokens[name]
+    raise ValueError("--separator eos needs a <|endoftext|> or <|eos|> special token; this tokenizer has "
+                     f"{sorted(tok.special_tokens)} (use --separator bos)")
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from fastlm.cli.progress import DocProgress
+    from fastlm.tokenizer import formats, load
+    from fastlm.tokenizer.shards import TokenShardWriter, file_sha256
+
+    tok_path = formats.resolve_path(args.tokenizer)
+    tok = load(tok_path)
+    sep = _separator_id(tok, args.separator)
+    log = ErrorLog(strict=args.strict)
+    writer = TokenShardWriter(args.output, vocab_size=tok.n_vocab, tokenizer_sha256=file_sha256(tok_path),
+                              shard_tokens=args.shard_tokens)
+    progress = DocProgress("encode", enabled=not args.quiet)
+    t0, docs, nbytes = time.perf_counter(), 0, 0
+    batch: list[str] = []
+
+    def flush() -> None:
+        nonlocal docs, nbytes
+        for ids in tok.encode_ordinary_batch(batch, num_threads=args.threads, as_numpy=True):
+            if sep is None:
+                writer.add(ids)
+            elif args.separator == "bos":
+                writer.add(np.concatenate((np.array([sep], dtype=ids.dtype), ids)))
+            else:
+                writer.add(np.concatenate((ids, np.array([sep], dtype=ids.dtype))))
+        docs += len(batch)
+        nbytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
+        batch.clear()
+        progress(docs, nbytes)
+
+    try:
+        for text in _texts(args, log):
+            batch.append(text)
+            if len(batch) >= args.batch_docs:
+                flush()
+        if batch:
+            flush()
+        headers = writer.close()
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - t0
+    print(f"encoded {docs:,} documents, {nbytes / 1e6:.2f} MB -> {writer.total_tokens:,} tokens "
+          f"({nbytes / max(writer.total_tokens, 1):.3f} bytes/token) in {seconds:.2f} s "
+          f"({nbytes / 1e6 / max(seconds, 1e-9):.2f} MB/s); {len(headers)} shard(s) in {args.output}")
+    if log.total:
+        print(f"skipped {log.total} malformed records: {dict(log.counts)}", file=sys.stderr)
+    return 0
+
+
+def run_encode_text(args: argparse.Namespace) -> int:
+    from fastlm.tokenizer import load
+
+    tok = load(args.tokenizer)
+    ids = tok.encode(args.text, allowed_special="all" if args.allow_special else set(), disallowed_special=())
+    print(" ".join(map(str, ids)))
+    print(" | ".join(repr(tok.id_to_token(i)) for i in ids))
+    print(f"{len(ids)} tokens, {len(args.text.encode('utf-8', 'surrogatepass'))} bytes")
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from fastlm.tokenizer import load
+
+    tok = load(args.tokenizer)
+    sys.stdout.write(tok.decode(args.ids) + "\n")
+    return 0

@@ -1,0 +1,115 @@
+"""Token shards for pretraining: ``<prefix>-NNNNN.bin`` raw ids, ``.idx`` document offsets, ``.json`` header.
+
+- ``.bin``: the token ids of consecutive documents, little-endian uint16 when the vocabulary has at
+  most 65536 ids, else uint32 (read with ``numpy.memmap(path, dtype)``);
+- ``.idx``: uint64 offsets (in tokens) of document boundaries, ``n_docs + 1`` values starting at 0;
+- ``.json``: ``{"format": "fastlm-tokens", "version": 1, "dtype", "vocab_size", "tokenizer_sha256",
+  "n_tokens", "n_docs", "bin", "idx"}``.
+
+Every file is written atomically (temp file + rename), the header last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import numpy as np
+
+from fastlm.data.io import atomic_write
+
+FORMAT_NAME = "fastlm-tokens"
+FORMAT_VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32.
+
+    >>> token_dtype(50000).name, token_dtype(70000).name
+    ('uint16', 'uint32')
+    """
+    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TokenShardWriter:
+    """Append documents' ids; a shard is closed once it holds ``shard_tokens`` tokens (documents are
+    never split) and at ``close()``.
+
+    >>> import tempfile
+    >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x")
+    >>> w.add([1, 2, 3]); paths = w.close(); len(paths)
+    1
+    """
+
+    def __init__(self, out_dir: str, *, vocab_size: int, tokenizer_sha256: str, prefix: str = "tokens",
+                 shard_tokens: int = 100_000_000):
+        self.out_dir, self.prefix, self.shard_tokens = out_dir, prefix, shard_tokens
+        self.vocab_size, self.sha = vocab_size, tokenizer_sha256
+        self.dtype = token_dtype(vocab_size)
+        self.parts: list[np.ndarray] = []
+        self.offsets = [0]
+        self.index = 0
+        self.written: list[str] = []
+        self.total_tokens = 0
+        self.total_docs = 0
+        os.makedirs(out_dir, exist_ok=True)
+
+    def add(self, ids) -> None:
+        arr = np.asarray(ids)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        self.parts.append(arr.astype(self.dtype, copy=False))
+        self.offsets.append(self.offsets[-1] + arr.size)
+        if self.offsets[-1] >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if len(self.offsets) == 1:
+            return
+        stem = os.path.join(self.out_dir, f"{self.prefix}-{self.index:05d}")
+        tokens = np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+        with atomic_write(stem + ".bin", "wb") as f:
+            f.write(tokens.tobytes())
+        with atomic_write(stem + ".idx", "wb") as f:
+            f.write(np.asarray(self.offsets, dtype="<u8").tobytes())
+        header = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": self.dtype.name, "vocab_size": self.vocab_size,
+            "tokenizer_sha256": self.sha, "n_tokens": int(tokens.size), "n_docs": len(self.offsets) - 1,
+            "bin": os.path.basename(stem + ".bin"), "idx": os.path.basename(stem + ".idx"),
+        }
+        with atomic_write(stem + ".json") as f:
+            json.dump(header, f, indent=1)
+            f.write("\n")
+        self.total_tokens += int(tokens.size)
+        self.total_docs += len(self.offsets) - 1
+        self.written.append(stem + ".json")
+        self.parts, self.offsets = [], [0]
+        self.index += 1
+
+    def close(self) -> list[str]:
+        """Write the last shard; returns the header paths."""
+        self.flush()
+        return self.written
+
+
+def read_shard(header_path: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``(header, tokens memmap, offsets)`` of one shard (by its ``.json`` header)."""
+    with open(header_path, encoding="utf-8") as f:
+        header = json.load(f)
+    if header.get("format") != FORMAT_NAME:
+        raise ValueError(f"{header_path}: not a {FORMAT_NAME} header")
+    d = os.path.dirname(header_path)
+    tokens = np.memmap(os.path.join(d, header["bin"]), dtype=np.dtype(header["dtype"]).newbyteorder("<"), mode="r") \
+        if header["n_tokens"] else np.zeros(0, header["dtype"])
+    offsets = np.fromfile(os.path.join(d, header["idx"]), dtype="<u8")
+    if tokens.size != header["n_tokens"] or offsets.size != header["n_docs"] + 1:
+        raise ValueError(f"{header_path}: sizes of .bin/.idx do not match the header")
+    return header, tokens, offsets
