@@ -18,16 +18,13 @@ import numpy as np
 from fastlm.tokenizer import _reference
 from fastlm.tokenizer.patterns import PATTERN_IDS, resolve_pattern
 
-try:  # the compiled module may be absent (pure-Python checkout) or predate the tokenizer
-    from fastlm import _C
-except ImportError:  # pragma: no cover - depends on the build
-    _C = None
+from fastlm import _C
 
 _FORCE_PYTHON = os.environ.get("FASTLM_TOKENIZER_BACKEND", "") == "python"
 
 
 def _has(*names: str) -> bool:
-    return not _FORCE_PYTHON and _C is not None and all(hasattr(_C, n) for n in names)
+    return not _FORCE_PYTHON and all(hasattr(_C, n) for n in names)
 
 
 def native_pretokenizer() -> bool:
@@ -105,11 +102,9 @@ class Encoder:
     def encode_ordinary_batch(self, texts: list[str], num_threads: int = 0) -> list[np.ndarray]:
         if self._py is not None:
             return self._py.encode_ordinary_batch(texts, _threads(num_threads))
-        if self.native_pre and hasattr(self._enc, "encode_texts_batch"):
-            # a native chain (pre-tokenize + BPE in C++, no Python piece objects) when the build has it:
-            # encode_texts_batch(list[bytes], pattern_id, num_threads) -> list[np.ndarray[uint32]]
-            data = [t.encode("utf-8", "surrogatepass") for t in texts]
-            return list(self._enc.encode_texts_batch(data, PATTERN_IDS[self.name], num_threads))
+        if self.native_pre:
+            # pre-tokenize + BPE in one GIL-free native call: no Python object per piece
+            return self._enc.encode_ordinary_batch(texts, PATTERN_IDS[self.name], num_threads)
         return list(self._enc.encode_pieces_batch(self._pieces(texts, num_threads), num_threads))
 
     def encode_ordinary(self, text: str) -> np.ndarray:
