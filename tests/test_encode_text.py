@@ -7,7 +7,7 @@ import tiktoken
 import reference_bpe as ref
 from corpora import PYDOC, shakespeare_texts
 from fastlm import _C
-from test_pretokenize import IDS, PATTERNS
+from fastlm.tokenizer.patterns import PATTERN_IDS as IDS, PATTERNS
 
 
 def _corpus():
