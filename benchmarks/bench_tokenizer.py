@@ -98,7 +98,7 @@ def encode_worker(who: str, texts: list[str], vocab: int, repeats: int, tmp: str
     if who == "fastlm-1":
         secs, ids = _median_time(lambda: [tok.encode_ordinary(t) for t in texts], repeats)
     elif who == "fastlm-batch":
-        secs, ids = _median_time(lambda: tok.encode_batch(texts, num_threads=0), repeats)
+        secs, ids = _median_time(lambda: tok.encode_ordinary_batch(texts, num_threads=0), repeats)
     elif who == "tiktoken-1":
         enc = tok.to_tiktoken()
         secs, ids = _median_time(lambda: [enc.encode_ordinary(t) for t in texts], repeats)

@@ -38,6 +38,14 @@ def test_ids_equal_tiktoken(setup):
         assert native.decode(ids) == doc.encode("utf-8")
 
 
+def test_lists_equal_arrays(setup):
+    name, docs, native, _ = setup
+    arrays = native.encode_ordinary_batch(docs, IDS[name], 0)
+    lists = native.encode_ordinary_batch(docs, IDS[name], 0, False)
+    assert all(type(x) is list for x in lists)
+    assert lists == [a.tolist() for a in arrays]
+
+
 def test_batch_is_thread_invariant(setup):
     name, docs, native, _ = setup
     one = native.encode_ordinary_batch(docs, IDS[name], 1)
@@ -55,3 +63,21 @@ def test_lone_surrogates_and_bad_arguments(setup):
         native.encode_ordinary_batch(["x", 3], IDS[name], 0)
     with pytest.raises(TypeError, match="not a single str"):
         native.encode_ordinary_batch("abc", IDS[name], 0)
+
+
+def test_single_text_path_and_gc_state(setup):
+    import gc
+
+    name, docs, native, tk = setup
+    for doc in docs[-6:] + ["a\ud800b\udfff"]:
+        assert native.encode_ordinary(doc, IDS[name]) == tk.encode_ordinary(doc)
+    assert native.encode_ordinary_batch(["a\ud800b"], IDS[name], 0, False, True) == [tk.encode_ordinary("a\ud800b")]
+    assert gc.isenabled()
+    native.encode_ordinary_batch(docs, IDS[name], 0, False)
+    assert gc.isenabled()  # paused while building the lists, then restored
+    gc.disable()
+    try:
+        native.encode_ordinary_batch(docs, IDS[name], 0, False)
+        assert not gc.isenabled()  # a caller's disabled GC stays disabled
+    finally:
+        gc.enable()

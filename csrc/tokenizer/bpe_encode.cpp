@@ -16,6 +16,10 @@ constexpr size_t kSmallPiece = 64;  // pieces up to this many bytes use the O(n^
 
 inline uint64_t hash_bytes(std::string_view s) { return hash64(s.data(), s.size(), 0x62706531); }
 
+constexpr uint64_t kNoKey = UINT64_MAX;  // (UINT32_MAX, UINT32_MAX) is never a pair of ids
+inline uint64_t pair_key(uint32_t a, uint32_t b) { return (uint64_t(a) << 32) | b; }
+inline uint64_t mix_key(uint64_t k) { return fmix64(k); }
+
 }  // namespace
 
 BpeEncoder::BpeEncoder(std::vector<std::string> tokens) : tokens_(std::move(tokens)) {
@@ -44,6 +48,38 @@ BpeEncoder::BpeEncoder(std::vector<std::string> tokens) : tokens_(std::move(toke
   }
   for (int b = 0; b < 256; ++b)
     check(byte_rank_[b] != kNone, "BpeEncoder: vocabulary lacks the single byte " + std::to_string(b));
+
+  // Every way of writing a token as two tokens (a, b): encode_small then merges by integer pairs.
+  std::vector<std::pair<uint64_t, uint32_t>> pairs;
+  for (uint32_t id = 0; id < tokens_.size(); ++id) {
+    const std::string_view t = tokens_[id];
+    if (t.size() > kSmallPiece) continue;  // only encode_small uses the table: pieces <= kSmallPiece bytes
+    for (size_t k = 1; k < t.size(); ++k) {
+      const uint32_t a = rank(t.substr(0, k));
+      if (a == kNone) continue;
+      const uint32_t b = rank(t.substr(k));
+      if (b != kNone) pairs.push_back({pair_key(a, b), id});
+    }
+  }
+  size_t pcap = 16;
+  while (pcap < pairs.size() * 2) pcap <<= 1;
+  pair_keys_.assign(pcap, kNoKey);
+  pair_ids_.assign(pcap, kNone);
+  pair_mask_ = pcap - 1;
+  for (const auto& [key, id] : pairs) {  // keys are distinct: bytes(a) + bytes(b) is one string
+    uint64_t slot = mix_key(key) & pair_mask_;
+    while (pair_keys_[slot] != kNoKey) slot = (slot + 1) & pair_mask_;
+    pair_keys_[slot] = key;
+    pair_ids_[slot] = id;
+  }
+}
+
+uint32_t BpeEncoder::pair_id(uint32_t a, uint32_t b) const {
+  const uint64_t key = pair_key(a, b);
+  for (uint64_t slot = mix_key(key) & pair_mask_;; slot = (slot + 1) & pair_mask_) {
+    if (pair_keys_[slot] == key) return pair_ids_[slot];
+    if (pair_keys_[slot] == kNoKey) return kNone;
+  }
 }
 
 uint32_t BpeEncoder::rank(std::string_view bytes) const {
@@ -78,34 +114,30 @@ void BpeEncoder::encode_piece_into(std::string_view piece, std::vector<uint32_t>
     encode_large(piece, out);
 }
 
-// tiktoken's scan: parts[i] = (start byte, rank of the pair starting there); merge the minimum each round.
+// tiktoken's scan over parts holding token ids: each round merges the adjacent pair whose merged
+// token has the lowest rank (= id). pair_id(a, b) answers "is bytes(a) + bytes(b) a token" with one
+// integer lookup, where tiktoken hashes the byte string (measured: see the notes at the end).
 void BpeEncoder::encode_small(std::string_view piece, std::vector<uint32_t>& out) const {
-  struct Part {
-    uint32_t start;
-    uint32_t rank;
-  };
-  Part parts[kSmallPiece + 1];
-  const size_t n = piece.size();
-  size_t m = n + 1;  // parts 0..n-1 are the bytes, part n is the end sentinel
-  for (size_t i = 0; i < m; ++i) parts[i] = {static_cast<uint32_t>(i), kNone};
-  auto pair_rank = [&](size_t i) -> uint32_t {  // rank of parts[i] + parts[i + 1]
-    if (i + 2 >= m) return kNone;
-    return rank(piece.substr(parts[i].start, parts[i + 2].start - parts[i].start));
-  };
-  for (size_t i = 0; i + 2 < m; ++i) parts[i].rank = pair_rank(i);
+  uint32_t ids[kSmallPiece];    // token of each part
+  uint32_t ranks[kSmallPiece];  // ranks[i]: id of ids[i] + ids[i + 1] merged, or kNone
+  size_t m = piece.size();
+  for (size_t i = 0; i < m; ++i) ids[i] = byte_rank_[static_cast<unsigned char>(piece[i])];
+  for (size_t i = 0; i + 1 < m; ++i) ranks[i] = pair_id(ids[i], ids[i + 1]);
+  ranks[m - 1] = kNone;
   for (;;) {
     uint32_t best = kNone;
     size_t bi = 0;
     for (size_t i = 0; i + 1 < m; ++i)
-      if (parts[i].rank < best) best = parts[i].rank, bi = i;
+      if (ranks[i] < best) best = ranks[i], bi = i;  // strict <: the leftmost of equal ranks, as tiktoken
     if (best == kNone) break;
-    std::memmove(&parts[bi + 1], &parts[bi + 2], (m - bi - 2) * sizeof(Part));
+    ids[bi] = best;
+    std::memmove(&ids[bi + 1], &ids[bi + 2], (m - bi - 2) * sizeof(uint32_t));
+    std::memmove(&ranks[bi + 1], &ranks[bi + 2], (m - bi - 2) * sizeof(uint32_t));
     --m;
-    parts[bi].rank = pair_rank(bi);
-    if (bi > 0) parts[bi - 1].rank = pair_rank(bi - 1);
+    ranks[bi] = bi + 1 < m ? pair_id(ids[bi], ids[bi + 1]) : kNone;
+    if (bi > 0) ranks[bi - 1] = pair_id(ids[bi - 1], ids[bi]);
   }
-  for (size_t i = 0; i + 1 < m; ++i)
-    out.push_back(rank(piece.substr(parts[i].start, parts[i + 1].start - parts[i].start)));
+  out.insert(out.end(), ids, ids + m);
 }
 
 // Same rule with a doubly linked list of parts and a lazy min-heap of (rank, start, end): O(n log n).
@@ -163,3 +195,13 @@ std::string BpeEncoder::decode(const uint32_t* ids, size_t n) const {
 }
 
 }  // namespace fastlm::tokenizer
+
+// Performance notes (2-core dev box, Shakespeare 9.56 MB in 66,895 paragraphs, gpt2 pattern, one
+// thread through BpeEncoder.encode_ordinary_batch returning arrays; medians of 5):
+// - encode_small looking up each candidate pair's concatenated bytes (murmur hash + compare, as
+//   tiktoken does): 42 MB/s for the whole pre-tokenize + BPE chain at vocab 8192.
+// - integer pair table (every split of every token of <= 64 bytes into two tokens, built once):
+//   48.8 MB/s at 8192, 60.6 MB/s at 32768. Building it over all tokens (no length cap) made a
+//   vocabulary holding a 1 MB token quadratic to load: capped at kSmallPiece.
+// - in the binding: lists of shared cached ints instead of new ints, and the cyclic GC paused while
+//   they are built: Tokenizer.encode_ordinary per paragraph 25.9 -> 36.0 MB/s.

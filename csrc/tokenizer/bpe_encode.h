@@ -32,6 +32,8 @@ class BpeEncoder {
 
  private:
   void encode_small(std::string_view piece, std::vector<uint32_t>& out) const;
+  // Id of the token whose bytes are token a + token b, or UINT32_MAX.
+  uint32_t pair_id(uint32_t a, uint32_t b) const;
   void encode_large(std::string_view piece, std::vector<uint32_t>& out) const;
 
   std::vector<std::string> tokens_;
@@ -40,6 +42,11 @@ class BpeEncoder {
   std::vector<uint64_t> table_hash_;
   uint64_t mask_ = 0;
   uint32_t byte_rank_[256];
+  // (a << 32 | b) -> id of bytes(a) + bytes(b), for every split of every token into two tokens:
+  // the same answer as looking up the concatenated bytes, with one integer hash instead.
+  std::vector<uint64_t> pair_keys_;
+  std::vector<uint32_t> pair_ids_;
+  uint64_t pair_mask_ = 0;
 };
 
 }  // namespace fastlm::tokenizer

@@ -44,6 +44,15 @@ def describe(pattern: str = "gpt4") -> str:
     return f"pretokenize={pre} bpe={'native' if native_bpe() else 'python'}"
 
 
+def fix_surrogates(text: str) -> str:
+    """Lone surrogates become U+FFFD, as tiktoken does, so ids match tiktoken's."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _threads(num_threads: int) -> int:
     return num_threads if num_threads > 0 else (os.cpu_count() or 1)
 
@@ -99,16 +108,23 @@ class Encoder:
         pieces = _reference.pretokenize(texts, self.pat_str)
         return [[p.encode("utf-8", "surrogatepass") for p in ps] for ps in pieces]
 
-    def encode_ordinary_batch(self, texts: list[str], num_threads: int = 0) -> list[np.ndarray]:
-        if self._py is not None:
-            return self._py.encode_ordinary_batch(texts, _threads(num_threads))
-        if self.native_pre:
+    def encode_ordinary_batch(self, texts: list[str], num_threads: int = 0, *, as_lists: bool = False) -> list:
+        """uint32 arrays, or lists of int with ``as_lists`` (built natively: cheaper than tolist).
+        Lone surrogates are encoded as U+FFFD, as tiktoken does."""
+        if self._py is None and self.native_pre:
             # pre-tokenize + BPE in one GIL-free native call: no Python object per piece
-            return self._enc.encode_ordinary_batch(texts, PATTERN_IDS[self.name], num_threads)
-        return list(self._enc.encode_pieces_batch(self._pieces(texts, num_threads), num_threads))
+            return self._enc.encode_ordinary_batch(texts, PATTERN_IDS[self.name], num_threads, not as_lists, True)
+        texts = [fix_surrogates(t) for t in texts]
+        if self._py is not None:
+            out = self._py.encode_ordinary_batch(texts, _threads(num_threads))
+        else:
+            out = list(self._enc.encode_pieces_batch(self._pieces(texts, num_threads), num_threads))
+        return [a.tolist() for a in out] if as_lists else out
 
-    def encode_ordinary(self, text: str) -> np.ndarray:
-        return self.encode_ordinary_batch([text], 1)[0]
+    def encode_ordinary(self, text: str, *, as_lists: bool = False):
+        if as_lists and self._py is None and self.native_pre:
+            return self._enc.encode_ordinary(text, PATTERN_IDS[self.name])  # the one-text fast path
+        return self.encode_ordinary_batch([text], 1, as_lists=as_lists)[0]
 
     def decode(self, ids: Iterable[int]) -> bytes:
         if self._py is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import AbstractSet, Collection, Iterable, Iterator, Literal, Optional, Union
@@ -24,15 +25,6 @@ DEFAULT_SPECIALS: tuple[str, ...] = (
 )
 
 _TRAIN_CHUNK_BYTES = 8 << 20  # texts are pre-tokenized and counted this many bytes at a time
-
-
-def _fix_surrogates(text: str) -> str:
-    """Lone surrogates become U+FFFD, as tiktoken does, so ids match tiktoken's."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _chunks(texts: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
@@ -127,7 +119,7 @@ class Tokenizer:
         counts: dict[bytes, int] = {}
         t0, nbytes = time.perf_counter(), 0
         for chunk in _chunks(texts, _TRAIN_CHUNK_BYTES):
-            chunk = [_fix_surrogates(t) for t in chunk]
+            chunk = [_backend.fix_surrogates(t) for t in chunk]
             pieces, c = _backend.count_pieces(chunk, pattern, num_threads)
             for p, n in zip(pieces, c.tolist()):
                 counts[p] = counts.get(p, 0) + n
@@ -224,7 +216,7 @@ class Tokenizer:
         >>> tok.encode_ordinary("<|")
         [60, 124]
         """
-        return self._encoder.encode_ordinary(_fix_surrogates(text)).tolist()
+        return self._encoder.encode_ordinary(text, as_lists=True)
 
     def _special_regex(self, specials: AbstractSet[str]):
         key = frozenset(specials)
@@ -246,6 +238,9 @@ class Tokenizer:
 
     def _check_disallowed(self, text: str, disallowed: set[str]) -> None:
         if disallowed:
+            prefix = os.path.commonprefix(list(disallowed))  # "<|" for the default specials
+            if prefix and prefix not in text:  # one fast substring scan rules most texts out
+                return
             m = self._special_regex(disallowed).search(text)
             if m:
                 tok = m.group()
@@ -321,12 +316,13 @@ class Tokenizer:
                     plan.append(len(segments))
                     segments.append(t[start:])
                 plans.append(plan)
-            encoded = self._encoder.encode_ordinary_batch([_fix_surrogates(t) for t in segments], num_threads)
+            encoded = self._encoder.encode_ordinary_batch(segments, num_threads)
             out = [[x for step in plan for x in (step if isinstance(step, tuple) else encoded[step].tolist())]
                    for plan in plans]
             return [np.array(o, dtype=np.uint32) for o in out] if as_numpy else out
-        arrays = self._encoder.encode_ordinary_batch([_fix_surrogates(t) for t in texts], num_threads)
-        return [np.asarray(a, dtype=np.uint32) for a in arrays] if as_numpy else [a.tolist() for a in arrays]
+        if as_numpy:
+            return self._encoder.encode_ordinary_batch(texts, num_threads)
+        return self._encoder.encode_ordinary_batch(texts, num_threads, as_lists=True)
 
     def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = 0, as_numpy: bool = False) -> list:
         """encode_ordinary over many texts in parallel."""
