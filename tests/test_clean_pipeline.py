@@ -215,3 +215,12 @@ def test_clean_normalization_flags(tmp_path):
     assert "m2" in text and "x^2" not in text and "bold" in text and "textbf" not in text
     assert "x^2" in cleaned("--html", "--latex", "keep-math")
     assert "Cafe\u0301 m\u00b2" in cleaned("--html", "--unicode-form", "none")
+
+
+def test_output_folder_reads_back_without_its_report(tmp_path):
+    out = tmp_path / "out"
+    rep = clean(["builtin:pydoc"], str(out))
+    assert (out / "report.json").exists()
+    log = ErrorLog()
+    again = list(read_records([str(out)], errors=log))
+    assert len(again) == rep.kept and log.total == 0  # report.json is not read as a record

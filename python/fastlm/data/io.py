@@ -92,17 +92,24 @@ def open_text(path: str, *, encoding: str = "utf-8", errors: str = "strict") -> 
     return io.TextIOWrapper(open_binary(path), encoding=encoding, errors=errors, newline="")
 
 
+def is_report_file(name: str) -> bool:
+    """True for the reports fastlm's stages write beside their outputs (``report.json``,
+    ``part-00000.report.json``): a folder of shards is read without them."""
+    return name == "report.json" or name.endswith(".report.json")
+
+
 def _walk(directory: str) -> list[str]:
-    """All non-hidden files under a directory, recursively, in sorted order."""
+    """All non-hidden data files under a directory, recursively, in sorted order (stage reports skipped)."""
     out = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+        out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and not is_report_file(f))
     return sorted(out)
 
 
 def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
-    """Expand files, directories (recursive, sorted, hidden files skipped), globs, ``-`` and ``builtin:NAME``.
+    """Expand files, directories (recursive, sorted; hidden files and stage reports skipped), globs,
+    ``-`` and ``builtin:NAME``.
 
     Each path is listed once, in the order first given. An input that matches nothing raises
     FileNotFoundError naming it.
