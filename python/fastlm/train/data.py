@@ -1,0 +1,229 @@
+"""Causal-LM batches from token shards, read through ``numpy.memmap`` (the corpus is never loaded).
+
+``TokenDataset`` concatenates shards (headers checked for one tokenizer and dtype); ``random_windows`` draws
+``(x, y)`` windows anywhere in the stream; ``PackedBatches`` walks documents in a seeded order, packed
+back to back, each rank taking its own disjoint share, with a resumable position.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from fastlm.tokenizer.shards import FORMAT_NAME, read_shard
+
+
+def _header_paths(paths: Union[str, Sequence[str]]) -> list[str]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[str] = []
+    for p in map(str, paths):
+        if os.path.isdir(p):
+            for h in sorted(glob.glob(os.path.join(p, "*.json"))):
+                try:
+                    with open(h, encoding="utf-8") as f:
+                        if json.load(f).get("format") == FORMAT_NAME:
+                            out.append(h)
+                except (ValueError, OSError):
+                    continue
+        else:
+            out.append(p)
+    if not out:
+        raise ValueError(f"no {FORMAT_NAME} shard headers in {list(map(str, paths))}")
+    return out
+
+
+class TokenDataset:
+    """Token shards (``.json`` headers or folders of them) seen as one stream of ids and documents.
+
+    >>> import tempfile
+    >>> from fastlm.tokenizer.shards import TokenShardWriter
+    >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x")
+    >>> w.add([1, 2, 3]); w.add([4, 5]); ds = TokenDataset(w.close())
+    >>> ds.n_tokens, ds.n_docs, ds.document(1).tolist()
+    (5, 2, [4, 5])
+    """
+
+    def __init__(self, paths: Union[str, Sequence[str]]):
+        self.paths = _header_paths(paths)
+        self.shards: list[np.ndarray] = []
+        doc_offsets = []
+        first: Optional[dict] = None
+        base = 0
+        for path in self.paths:
+            header, tokens, offsets = read_shard(path)
+            if first is None:
+                first = header
+            else:
+                for key in ("tokenizer_sha256", "dtype", "vocab_size"):
+                    if header.get(key) != first.get(key):
+                        raise ValueError(f"{path}: {key} {header.get(key)!r} differs from {first.get(key)!r} "
+                                         f"of {self.paths[0]}")
+            if offsets.size and (offsets[0] != 0 or offsets[-1] != tokens.size or np.any(np.diff(offsets.astype(np.int64)) < 0)):
+                raise ValueError(f"{path}: .idx offsets are not increasing from 0 to n_tokens")
+            self.shards.append(tokens)
+            doc_offsets.append(offsets[1:].astype(np.int64) + base)
+            base += int(tokens.size)
+        assert first is not None
+        self.header = first
+        self.vocab_size: int = int(first["vocab_size"])
+        self.tokenizer_sha256: str = first["tokenizer_sha256"]
+        self.n_tokens = base
+        # start of each shard in the stream, and document boundaries (n_docs + 1 values)
+        self.shard_starts = np.cumsum([0] + [s.size for s in self.shards]).astype(np.int64)
+        self.doc_offsets = np.concatenate([np.zeros(1, np.int64)] + doc_offsets)
+        self.n_docs = int(self.doc_offsets.size - 1)
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Ids ``[start, stop)`` of the stream as int64 (crossing shard boundaries)."""
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise IndexError(f"token range [{start}, {stop}) outside [0, {self.n_tokens})")
+        out = np.empty(stop - start, np.int64)
+        i = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            s0 = int(self.shard_starts[i])
+            take = min(stop, int(self.shard_starts[i + 1])) - pos
+            out[pos - start:pos - start + take] = self.shards[i][pos - s0:pos - s0 + take]
+            pos += take
+            i += 1
+        return out
+
+    def document(self, i: int) -> np.ndarray:
+        """Ids of document ``i`` (separator tokens included, as written by ``fastlm tokenizer encode``)."""
+        return self.tokens(int(self.doc_offsets[i]), int(self.doc_offsets[i + 1]))
+
+    def random_windows(self, batch: int, seq_len: int, *, generator: Optional[torch.Generator] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` int64 ``[batch, seq_len]`` from uniformly random starts; ``y`` is ``x`` shifted by one.
+
+        >>> import tempfile
+        >>> from fastlm.tokenizer.shards import TokenShardWriter
+        >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x"); w.add(list(range(50)))
+        >>> x, y = TokenDataset(w.close()).random_windows(2, 8, generator=torch.Generator().manual_seed(0))
+        >>> bool((x[:, 1:] == y[:, :-1]).all()), x.dtype
+        (True, torch.int64)
+        """
+        if self.n_tokens < seq_len + 1:
+            raise ValueError(f"the shards hold {self.n_tokens} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+        starts = torch.randint(0, self.n_tokens - seq_len, (batch,), generator=generator).tolist()
+        buf = np.stack([self.tokens(s, s + seq_len + 1) for s in starts])
+        t = torch.from_numpy(buf)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+class PackedBatches:
+    """Sequential document-packed ``(x, y)`` batches for one rank, resumable and deterministic for a seed.
+
+    Each epoch orders the documents by a permutation seeded with ``(seed, epoch)`` (or keeps file order when
+    ``shuffle=False``); rank ``r`` takes documents ``r, r + world_size, ...`` of that order, so ranks never
+    share a document. A rank's documents are concatenated; each row takes ``seq_len + 1`` tokens and the
+    cursor moves by ``seq_len`` (every token is a target once). Iterating never ends (epochs follow).
+
+    >>> import tempfile
+    >>> from fastlm.tokenizer.shards import TokenShardWriter
+    >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x")
+    >>> for d in range(10): w.add([d] * 7)
+    >>> it = PackedBatches(TokenDataset(w.close()), batch=2, seq_len=4, seed=1)
+    >>> x, y = next(it); x.shape, bool((x[:, 1:] == y[:, :-1]).all())
+    (torch.Size([2, 4]), True)
+    """
+
+    def __init__(self, dataset: TokenDataset, *, batch: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if batch < 1 or seq_len < 1:
+            raise ValueError("batch and seq_len must be >= 1")
+        if dataset.n_docs < world_size:
+            raise ValueError(f"{dataset.n_docs} documents cannot be split over {world_size} ranks")
+        self.ds, self.batch, self.seq_len = dataset, batch, seq_len
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.epoch = 0
+        self.doc = 0          # index into this rank's document order
+        self.offset = 0       # token offset inside that document
+        self._order_epoch = -1
+        self._order = np.zeros(0, np.int64)
+        lengths = np.diff(dataset.doc_offsets)
+        if int(lengths.sum()) == 0:
+            raise ValueError("the shards hold no tokens")
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's document indices for ``epoch``."""
+        if epoch != self._order_epoch:
+            docs = np.arange(self.ds.n_docs, dtype=np.int64)
+            if self.shuffle:
+                docs = np.random.default_rng([self.seed, epoch]).permutation(docs)
+            self._order, self._order_epoch = docs[self.rank::self.world_size], epoch
+        return self._order
+
+    def _read(self, n: int) -> np.ndarray:
+        """The next ``n`` tokens of this rank's stream, advancing the cursor."""
+        out = np.empty(n, np.int64)
+        filled = 0
+        empty_docs = 0
+        while filled < n:
+            order = self.order(self.epoch)
+            if self.doc >= order.size:
+                self.epoch, self.doc, self.offset = self.epoch + 1, 0, 0
+                continue
+            d = int(order[self.doc])
+            start, stop = int(self.ds.doc_offsets[d]), int(self.ds.doc_offsets[d + 1])
+            take = min(n - filled, stop - start - self.offset)
+            if take <= 0:
+                empty_docs += 1
+                if empty_docs > 2 * order.size + 1:
+                    raise ValueError(f"rank {self.rank} has only empty documents")
+            else:
+                out[filled:filled + take] = self.ds.tokens(start + self.offset, start + self.offset + take)
+                filled += take
+                self.offset += take
+            if self.offset >= stop - start:
+                self.doc, self.offset = self.doc + 1, 0
+        return out
+
+    def _unread_one(self) -> None:
+        """Move the cursor back one token (rows overlap by one token)."""
+        while True:
+            if self.offset > 0:
+                self.offset -= 1
+                return
+            if self.doc == 0:
+                self.epoch -= 1
+                self.doc = self.order(self.epoch).size
+            self.doc -= 1
+            d = int(self.order(self.epoch)[self.doc])
+            self.offset = int(self.ds.doc_offsets[d + 1] - self.ds.doc_offsets[d])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for _ in range(self.batch):
+            rows.append(self._read(self.seq_len + 1))
+            self._unread_one()
+        t = torch.from_numpy(np.stack(rows))
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def state_dict(self) -> dict:
+        """The position (and the settings it depends on) as plain ints."""
+        return {"epoch": self.epoch, "doc": self.doc, "offset": self.offset, "seed": self.seed,
+                "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
+                "n_docs": self.ds.n_docs, "seq_len": self.seq_len, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; the settings that decide the order must match."""
+        for key in ("seed", "rank", "world_size", "shuffle", "n_docs"):
+            mine = self.ds.n_docs if key == "n_docs" else getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"state {key}={state[key]!r} does not match this loader's {mine!r}")
+        self.epoch, self.doc, self.offset = int(state["epoch"]), int(state["doc"]), int(state["offset"])
