@@ -225,7 +225,7 @@ def pack(examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int, 
     used = sum(len(ids) for ids, _ in items)
     slots = len(rows) * seq_len
     return {"input_ids": input_ids, "labels": labels, "position_ids": pos, "doc_ids": doc,
-            "padding_fraction": (1.0 - used / slots) if slots else 0.0, "n_truncated": cut}
+            "padding_fraction": (slots - used) / slots if slots else 0.0, "n_truncated": cut}
 
 
 def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
