@@ -138,3 +138,21 @@ def test_packed_bad_args(corpus):
         PackedBatches(ds, batch=1, seq_len=4, rank=2, world_size=2)
     with pytest.raises(ValueError):
         PackedBatches(ds, batch=0, seq_len=4)
+
+
+def test_packed_doc_ids(corpus):
+    paths, _ = corpus
+    ds = TokenDataset(paths)
+    it = PackedBatches(ds, batch=4, seq_len=12, seed=3, return_doc_ids=True)
+    plain = PackedBatches(ds, batch=4, seq_len=12, seed=3)
+    for _ in range(60):                     # past the first epoch
+        x, y, doc = next(it)
+        px, py = next(plain)
+        assert torch.equal(x, px) and torch.equal(y, py) and doc.shape == x.shape
+        for r in range(x.shape[0]):
+            for j in doc[r].unique().tolist():
+                sel = doc[r] == j
+                span = x[r][sel].numpy()
+                d = ds.document(j % ds.n_docs)
+                assert any(np.array_equal(d[s:s + span.size], span) for s in range(d.size - span.size + 1))
+    assert doc.max().item() >= ds.n_docs

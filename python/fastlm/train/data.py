@@ -127,6 +127,8 @@ class PackedBatches:
     ``shuffle=False``); rank ``r`` takes documents ``r, r + world_size, ...`` of that order, so ranks never
     share a document. A rank's documents are concatenated; each row takes ``seq_len + 1`` tokens and the
     cursor moves by ``seq_len`` (every token is a target once). Iterating never ends (epochs follow).
+    With ``return_doc_ids`` each batch is ``(x, y, doc_ids)``: ``epoch * n_docs + document index`` of each
+    ``x`` token (unique across epochs), for ``fastlm.train.collate.block_causal_mask``.
 
     >>> import tempfile
     >>> from fastlm.tokenizer.shards import TokenShardWriter
@@ -138,7 +140,7 @@ class PackedBatches:
     """
 
     def __init__(self, dataset: TokenDataset, *, batch: int, seq_len: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, return_doc_ids: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch < 1 or seq_len < 1:
@@ -147,6 +149,7 @@ class PackedBatches:
             raise ValueError(f"{dataset.n_docs} documents cannot be split over {world_size} ranks")
         self.ds, self.batch, self.seq_len = dataset, batch, seq_len
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.return_doc_ids = return_doc_ids
         self.epoch = 0
         self.doc = 0          # index into this rank's document order
         self.offset = 0       # token offset inside that document
@@ -165,9 +168,10 @@ class PackedBatches:
             self._order, self._order_epoch = docs[self.rank::self.world_size], epoch
         return self._order
 
-    def _read(self, n: int) -> np.ndarray:
-        """The next ``n`` tokens of this rank's stream, advancing the cursor."""
+    def _read(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``n`` tokens of this rank's stream and their document indices, advancing the cursor."""
         out = np.empty(n, np.int64)
+        docs = np.empty(n, np.int64)
         filled = 0
         empty_docs = 0
         while filled < n:
@@ -184,11 +188,12 @@ class PackedBatches:
                     raise ValueError(f"rank {self.rank} has only empty documents")
             else:
                 out[filled:filled + take] = self.ds.tokens(start + self.offset, start + self.offset + take)
+                docs[filled:filled + take] = self.epoch * self.ds.n_docs + d
                 filled += take
                 self.offset += take
             if self.offset >= stop - start:
                 self.doc, self.offset = self.doc + 1, 0
-        return out
+        return out, docs
 
     def _unread_one(self) -> None:
         """Move the cursor back one token (rows overlap by one token)."""
@@ -206,13 +211,16 @@ class PackedBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = []
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        rows, docs = [], []
         for _ in range(self.batch):
-            rows.append(self._read(self.seq_len + 1))
+            tokens, doc = self._read(self.seq_len + 1)
+            rows.append(tokens)
+            docs.append(doc[:-1])
             self._unread_one()
         t = torch.from_numpy(np.stack(rows))
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        return (x, y, torch.from_numpy(np.stack(docs))) if self.return_doc_ids else (x, y)
 
     def state_dict(self) -> dict:
         """The position (and the settings it depends on) as plain ints."""
