@@ -58,7 +58,8 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_token_id: int, vocab_size: int,
     all its tokens are masked, each then replaced 80/10/10 on its own (as transformers does).
 
     >>> ids = torch.arange(10, 30).view(2, 10)
-    >>> x, y = mask_tokens(ids, mask_token_id=1, vocab_size=40, special_ids=[10], generator=torch.Generator().manual_seed(0))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x, y = mask_tokens(ids, mask_token_id=1, vocab_size=40, special_ids=[10], generator=g)
     >>> bool(((y == -100) | (y == ids)).all()), bool((y[:, 0] == -100)[0])
     (True, True)
     """

@@ -64,7 +64,8 @@ class TokenDataset:
                     if header.get(key) != first.get(key):
                         raise ValueError(f"{path}: {key} {header.get(key)!r} differs from {first.get(key)!r} "
                                          f"of {self.paths[0]}")
-            if offsets.size and (offsets[0] != 0 or offsets[-1] != tokens.size or np.any(np.diff(offsets.astype(np.int64)) < 0)):
+            steps = np.diff(offsets.astype(np.int64))
+            if offsets.size and (offsets[0] != 0 or offsets[-1] != tokens.size or np.any(steps < 0)):
                 raise ValueError(f"{path}: .idx offsets are not increasing from 0 to n_tokens")
             self.shards.append(tokens)
             doc_offsets.append(offsets[1:].astype(np.int64) + base)
