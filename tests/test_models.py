@@ -204,9 +204,8 @@ def test_encoder_bidirectional_and_mlm_loss(positions):
                                        atol=1e-6)
             none = model(x, labels, kernels=kernels, reduction="none")
             assert none.shape == (1, 20) and (none[labels == -100] == 0).all()
-        # labels at -100 positions do not matter: changing their tokens' labels is a no-op
-        other = labels.clone()
-        torch.testing.assert_close(model(x, other), model(x, labels))
+        empty = torch.full_like(x, -100)  # nothing masked: zero loss, not NaN
+        assert model(x, empty).item() == 0.0
     model.train()
     loss = model(x, labels)
     loss.backward()
@@ -227,7 +226,9 @@ def test_overfits_tiny_batch(make):
         mask = torch.rand(x.shape, generator=g) < 0.3
         inp = x.masked_fill(mask, 0)
         tgt = x.masked_fill(~mask, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    # the encoder is less stable at 1e-2 (masked rows only: few, noisy gradients)
+    lr = 1e-2 if make == "gpt" else 3e-3
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     first = None
     for _ in range(100):
         loss = model(inp, tgt)
@@ -236,3 +237,25 @@ def test_overfits_tiny_batch(make):
         loss.backward()
         opt.step()
     assert first > 4.0 and loss.item() < 0.1, (first, loss.item())
+
+
+def test_bf16_autocast_loss_close_to_torch():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    x, t = ids(2, 24, 1), ids(2, 24, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(x, t)
+        plain = model(x, t, kernels="torch")
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=2e-2, atol=2e-2)
+    fused.backward()
+
+
+def test_doctests():
+    import doctest
+
+    import fastlm.models.config as config
+    import fastlm.models.encoder as encoder
+    import fastlm.models.gpt as gpt
+    for mod in (config, gpt, encoder):
+        assert doctest.testmod(mod).failed == 0, mod.__name__

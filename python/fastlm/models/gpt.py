@@ -21,7 +21,9 @@ def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, *, kernel
         dt = torch.get_autocast_dtype(h.device.type)
         h, w = h.to(dt), w.to(dt)
     if kernels == "fastlm":
-        return linear_cross_entropy(h, w, targets, reduction=reduction, ignore_index=-100)
+        # fp32 loss on both paths (the op returns the input dtype; bf16 under autocast)
+        return linear_cross_entropy(h, w, targets, reduction=reduction,
+                                    ignore_index=-100).float()
     logits = F.linear(h, w).float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=-100, reduction=reduction)
