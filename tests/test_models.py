@@ -259,3 +259,18 @@ def test_doctests():
     import fastlm.models.gpt as gpt
     for mod in (config, gpt, encoder):
         assert doctest.testmod(mod).failed == 0, mod.__name__
+
+
+@pytest.mark.slow
+def test_torch_compile_same_loss_and_grads():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_kv_head=2))
+    x, t = ids(2, 32, 1), ids(2, 32, 2)
+    eager = model(x, t)
+    eager.backward()
+    g_eager = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model)(x, t)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.lm_head.weight.grad, g_eager, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Model configs: `GPTConfig` (decoder-only causal LM) and `EncoderConfig` (BERT-style masked LM)."""
+"""Model configs: `GPTConfig` (decoder-only causal LM), `EncoderConfig` (BERT-style masked LM)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
