@@ -71,7 +71,7 @@ class GPTConfig(_Sizes):
     mlp_hidden: int = 0          # 0 = rule: 4*d (gelu) or 8d/3 rounded up to mlp_multiple_of
     mlp_multiple_of: int = 64    # SwiGLU hidden rounding: tensor-core friendly sizes
     rope_theta: float = 10000.0  # rotary base (LLaMA 1/2 default)
-    max_seq_len: int = 1024      # rotary table length; longer positions are refused
+    max_seq_len: int = 1024      # longest idx accepted (rotary angles are computed per call)
     tie_embeddings: bool = True  # head shares the token embedding (saves V*d params; GPT-2)
     norm_eps: float = 1e-5       # RMSNorm epsilon (LLaMA's rms_norm_eps)
     dropout: float = 0.0         # residual dropout; 0 for pretraining single-epoch data

