@@ -212,6 +212,23 @@ def test_encoder_bidirectional_and_mlm_loss(positions):
     assert model.tok_emb.weight.grad is not None
 
 
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_encoder_attention_mask_ignores_padding(positions):
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig.named("tiny", vocab_size=V, positions=positions)).eval()
+    a, b = ids(1, 12, 1), ids(1, 7, 2)
+    batch = torch.zeros(2, 12, dtype=torch.long)
+    batch[0], batch[1, :7] = a[0], b[0]
+    mask = torch.zeros(2, 12, dtype=torch.long)
+    mask[0], mask[1, :7] = 1, 1
+    with torch.no_grad():
+        out = model(batch, attention_mask=mask)
+        torch.testing.assert_close(out[0], model(a)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[1, :7], model(b)[0], rtol=1e-5, atol=1e-5)
+        batch[1, 7:] = 5  # other padding ids change nothing
+        torch.testing.assert_close(model(batch, attention_mask=mask)[1, :7], out[1, :7])
+
+
 @pytest.mark.parametrize("make", ["gpt", "encoder"])
 def test_overfits_tiny_batch(make):
     torch.manual_seed(0)

@@ -19,8 +19,9 @@ class Encoder(nn.Module):
     (dense d->d, GELU, RMSNorm, decoder to the vocabulary, optionally tied to the embedding;
     BERT's head with RMSNorm for LayerNorm and no bias).
 
-    No padding mask yet: every position attends to every other, so batches are full-length
-    (packed) sequences, as in MLM pretraining on token shards.
+    ``attention_mask`` (B, T), 1 for tokens and 0 for padding, keeps padding out of every
+    token's attention (then PyTorch's SDPA runs instead of fastlm.ops.attention); without it
+    every position attends to every other, as for full-length sequences from token shards.
 
     >>> import torch
     >>> model = Encoder(EncoderConfig.named("tiny", vocab_size=64))
@@ -52,7 +53,8 @@ class Encoder(nn.Module):
         if c.tie_embeddings:
             self.decoder.weight = self.tok_emb.weight
 
-    def hidden_states(self, idx: torch.Tensor, *, kernels: str = "fastlm") -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, *, kernels: str = "fastlm",
+                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, d_model) encoder outputs (after the final norm)."""
         backend = check_kernels(kernels)
         if idx.dim() != 2:
@@ -60,6 +62,12 @@ class Encoder(nn.Module):
         T = idx.shape[1]
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != idx.shape:
+                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match idx "
+                                 f"{tuple(idx.shape)}")
+            key_mask = attention_mask.to(device=idx.device, dtype=torch.bool)
         pos = torch.arange(T, device=idx.device)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
@@ -67,18 +75,19 @@ class Encoder(nn.Module):
         rope = self.rotary(pos) if self.rotary is not None else None
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, rope, backend)
+            x = block(x, rope, backend, key_mask)
         return self.norm(x)
 
     def _transform(self, h: torch.Tensor) -> torch.Tensor:
         return self.head_norm(F.gelu(self.head_dense(h)))
 
     def forward(self, idx: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
-                kernels: str = "fastlm", reduction: str = "mean") -> torch.Tensor:
+                kernels: str = "fastlm", reduction: str = "mean",
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """MLM logits (B, T, V) when ``labels`` is None, else the loss over positions with
         ``labels != -100`` (mean over them, 'sum', or 'none' giving (B, T) with 0 elsewhere).
         With 'mean'/'sum' only the labelled rows go through the head (~15% of tokens)."""
-        h = self.hidden_states(idx, kernels=kernels)
+        h = self.hidden_states(idx, kernels=kernels, attention_mask=attention_mask)
         if labels is None:
             return self.decoder(self._transform(h))
         if labels.shape != idx.shape:

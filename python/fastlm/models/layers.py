@@ -72,15 +72,21 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * hd, d, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
-                backend: str) -> torch.Tensor:
+                backend: str, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """key_mask (B, T) bool, True = a real token others may attend to (padding is False);
+        fastlm.ops.attention takes no mask, so masked calls go to PyTorch's SDPA."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        y = attention(q, k, v, is_causal=self.causal, enable_gqa=self.n_kv != self.n_head,
-                      backend=backend)
+        gqa = self.n_kv != self.n_head
+        if key_mask is None:
+            y = attention(q, k, v, is_causal=self.causal, enable_gqa=gqa, backend=backend)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],
+                                               is_causal=False, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 
@@ -113,8 +119,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, backend: str):
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, backend))
+    def forward(self, x, rope, backend: str, key_mask=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, backend, key_mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
