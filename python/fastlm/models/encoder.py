@@ -86,7 +86,9 @@ class Encoder(nn.Module):
                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """MLM logits (B, T, V) when ``labels`` is None, else the loss over positions with
         ``labels != -100`` (mean over them, 'sum', or 'none' giving (B, T) with 0 elsewhere).
-        With 'mean'/'sum' only the labelled rows go through the head (~15% of tokens)."""
+        With 'mean'/'sum' only the labelled rows go through the head (~15% of tokens); a batch
+        with no labelled position gives 0 (F.cross_entropy would give NaN). ``attention_mask``
+        (B, T): 1 = token, 0 = padding (a row with no token at all gives NaN outputs)."""
         h = self.hidden_states(idx, kernels=kernels, attention_mask=attention_mask)
         if labels is None:
             return self.decoder(self._transform(h))
