@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
 
 IGNORE_INDEX = -100
