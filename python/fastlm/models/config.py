@@ -163,3 +163,46 @@ _ENCODER_SIZES = {
     "tiny": EncoderConfig(vocab_size=512, n_layer=2, n_head=4, d_model=128, max_seq_len=256),
     "bert-base": EncoderConfig(),
 }
+
+
+MODEL_KINDS = {"gpt": GPTConfig, "encoder": EncoderConfig}  # checkpoint "model_kind" -> config class
+TASK_KIND = {"clm": "gpt", "mlm": "encoder"}
+
+
+def model_config_for(task: str, size: str, overrides: dict, *, vocab_size: int):
+    """The model config of a training task: ``GPTConfig`` (clm) or ``EncoderConfig`` (mlm) of a named
+    size, with ``overrides`` applied and the tokenizer's ``vocab_size``.
+
+    >>> model_config_for("clm", "tiny", {"n_layer": 3}, vocab_size=1000).n_layer
+    3
+    """
+    if task not in TASK_KIND:
+        raise ValueError(f"task must be one of {sorted(TASK_KIND)}, got {task!r}")
+    cls = MODEL_KINDS[TASK_KIND[task]]
+    fields = {f for f in cls.__dataclass_fields__}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"model.overrides: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    if "vocab_size" in overrides:
+        raise ValueError("model.overrides: vocab_size comes from the tokenizer; do not set it")
+    return cls.named(size, **overrides, vocab_size=vocab_size)
+
+
+def config_to_dict(config) -> dict:
+    """``{"kind": "gpt"|"encoder", **fields}``: JSON-safe, read back by ``config_from_dict``."""
+    from dataclasses import asdict
+    kind = next(k for k, c in MODEL_KINDS.items() if isinstance(config, c))
+    return {"kind": kind, **asdict(config)}
+
+
+def config_from_dict(data: dict):
+    """Inverse of ``config_to_dict``; unknown kinds or fields are refused."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model config kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    cls = MODEL_KINDS[kind]
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"model config: unknown field(s) {unknown} for {cls.__name__}")
+    return cls(**data)

@@ -1,0 +1,151 @@
+"""`TrainConfig`: every setting of a pretraining run (CLM or MLM), as nested dataclasses.
+
+Read from YAML/TOML with `load_train_config` (unknown keys and wrong types refused, naming the dotted
+key), overridden with ``--set section.key=value``. The defaults are the README's main job: a tiny causal
+LM on the built-in corpus that trains on a laptop CPU in a few minutes. No torch import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from fastlm.config import ConfigError, apply_overrides, from_dict, load_config_file
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. Either ``tokens`` (token shards written by `fastlm tokenizer encode`) with
+    their ``tokenizer``, or raw ``text`` inputs that the run cleans, tokenizes and caches first."""
+    text: list[str] = field(default_factory=lambda: ["builtin:pydoc", "builtin:shakespeare"])  # main job
+    tokens: list[str] = field(default_factory=list)      # token shard dirs/headers; set -> `text` unused
+    val_tokens: list[str] = field(default_factory=list)  # held-out shards; empty -> hold out val_fraction
+    val_fraction: float = 0.02   # share of documents held out when val_tokens is empty (2%, as GPT-2)
+    tokenizer: str = ""          # tokenizer of `tokens`; "" -> the one trained from `text` (cached)
+    vocab_size: int = 4096       # when the run trains its tokenizer: small corpus, small vocabulary
+    cache_dir: str = ""          # "" -> <out>/cache: cleaned text, tokenizer, shards reused across runs
+    seq_len: int = 256           # tokens per row (<= model max_seq_len)
+    sampling: Literal["packed", "random"] = "packed"  # packed: every token once per epoch; random windows
+    shuffle: bool = True         # packed: documents in a seeded order per epoch
+
+
+@dataclass
+class ModelConfig:
+    """The model: a named size of GPTConfig (clm) or EncoderConfig (mlm), with field overrides."""
+    size: str = "tiny"           # GPTConfig.named / EncoderConfig.named
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {n_layer: 4, d_model: 256}
+    kernels: Literal["fastlm", "torch"] = "fastlm"  # fused fastlm.ops, or plain PyTorch
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule (schedules are pure functions of the step; see fastlm.train.schedule)."""
+    lr: float = 3e-3             # peak lr: tiny models take a high one (nanoGPT shakespeare-char 1e-3)
+    min_lr_ratio: float = 0.1    # final lr = lr * min_lr_ratio (Chinchilla's 10x decay)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 50       # linear warmup from 0
+    decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay (MiniCPM's ~10-20%)
+    weight_decay: float = 0.1    # on matrices only; norms, biases and embeddings get none
+    beta1: float = 0.9
+    beta2: float = 0.95          # 0.95 rather than 0.999: steadier with large lr (GPT-3, LLaMA)
+    eps: float = 1e-8
+    grad_clip: float = 1.0       # max global grad norm; 0 = off
+    fused: Literal["auto", "on", "off"] = "auto"  # torch's fused AdamW where the device supports it
+
+
+@dataclass
+class TrainConfig:
+    """A pretraining run. Steps are optimizer steps of ``tokens_per_step`` tokens (all ranks together)."""
+    task: Literal["clm", "mlm"] = "clm"
+    run_name: str = ""           # "" -> "<task>-<size>-<YYYYmmdd-HHMMSS>"
+    out: str = "runs"            # outputs in <out>/<run_name>/
+    seed: int = 1337
+    device: str = "auto"         # auto: cuda if available, else cpu
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False        # torch.compile the model (slow start; pays off on long GPU runs)
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun; auto = ddp
+    micro_batch: int = 16        # rows per forward/backward on each rank
+    tokens_per_step: int = 0     # 0 -> micro_batch * seq_len * world size (no accumulation)
+    max_steps: int = 600         # optimizer steps
+    max_time: float = 0.0        # seconds; > 0 stops the run early (wall-clock budgets, benchmarks)
+    eval_every: int = 100        # steps; 0 = only at the end
+    eval_tokens: int = 65536     # val tokens per evaluation (all ranks together)
+    sample_every: int = 0        # steps; 0 = one sample at the end
+    sample_prompt: str = "The"
+    sample_tokens: int = 64
+    ckpt_every: int = 200        # steps; 0 = only at the end
+    keep_last: int = 2           # checkpoints kept (older ones deleted after a new one is complete)
+    log_every: int = 10          # steps between console/JSONL log lines
+    tensorboard: bool = False    # also write TensorBoard events (needs the tensorboard package)
+    plot: bool = True            # PNG of train/val loss at the end (skipped with a note without matplotlib)
+    spike_factor: float = 4.0    # a loss above spike_factor x its running mean is a spike: step skipped
+    max_bad_steps: int = 20      # stop after this many skipped (spike/NaN/inf) steps in a row
+    mlm_probability: float = 0.15  # mlm: share of tokens chosen (BERT)
+    whole_word_mask: bool = False  # mlm: choose whole words
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        _check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-safe), the inverse of ``from_dict(TrainConfig, ...)``."""
+        return dataclasses.asdict(self)
+
+
+def _check(c: TrainConfig) -> None:
+    positive = {"micro_batch": c.micro_batch, "max_steps": c.max_steps, "data.seq_len": c.data.seq_len,
+                "data.vocab_size": c.data.vocab_size, "keep_last": c.keep_last, "log_every": c.log_every,
+                "sample_tokens": c.sample_tokens, "eval_tokens": c.eval_tokens}
+    for name, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{name} must be > 0, got {v}")
+    non_negative = {"tokens_per_step": c.tokens_per_step, "max_time": c.max_time, "eval_every": c.eval_every,
+                    "sample_every": c.sample_every, "ckpt_every": c.ckpt_every, "optim.lr": c.optim.lr,
+                    "optim.warmup_steps": c.optim.warmup_steps, "optim.weight_decay": c.optim.weight_decay,
+                    "optim.grad_clip": c.optim.grad_clip}
+    for name, v in non_negative.items():
+        if v < 0:
+            raise ConfigError(f"{name} must be >= 0, got {v}")
+    for name, v in {"data.val_fraction": c.data.val_fraction, "optim.min_lr_ratio": c.optim.min_lr_ratio,
+                    "optim.decay_fraction": c.optim.decay_fraction, "mlm_probability": c.mlm_probability}.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {v}")
+    if not c.spike_factor > 1.0:
+        raise ConfigError(f"spike_factor must be > 1, got {c.spike_factor}")
+    if c.max_bad_steps < 1:
+        raise ConfigError(f"max_bad_steps must be >= 1, got {c.max_bad_steps}")
+    if "/" in c.run_name or c.run_name in (".", ".."):
+        raise ConfigError(f"run_name {c.run_name!r} must be a plain name, not a path (use out= for the folder)")
+
+
+def load_train_config(path: Optional[str] = None, overrides: Optional[list[str]] = None, *,
+                      base: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """The config of ``path`` (YAML/TOML, may be None) on top of ``base`` (a dict, e.g. the CLI's
+    ``--task``), with ``key=value`` overrides applied last.
+
+    >>> load_train_config(None, ["optim.lr=1e-3", "task=mlm"]).optim.lr
+    0.001
+    """
+    data: dict[str, Any] = dict(base or {})
+    where = "config"
+    if path:
+        file_data = load_config_file(path)
+        data = _merge(data, file_data)
+        where = path
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where = f"{where} (with --set)" if path else "--set"
+    try:
+        return from_dict(TrainConfig, data, where=where)
+    except TypeError as e:  # a dataclass refusing its arguments
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
