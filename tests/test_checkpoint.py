@@ -346,3 +346,65 @@ def test_bad_arguments(tmp_path):
     p = save_checkpoint(str(tmp_path), 1, model_state={f"module._orig_mod.{k}": v for k, v in sd.items()},
                         optimizer_state=None, meta=meta_of(model), tokenizer_path=None)
     load_model(p)
+
+
+def _dist_worker(rank, world, tmp, mode):
+    """Train 2 steps wrapped (DDP or FSDP2) on 2 gloo processes, save on rank 0, load back on every rank
+    into a fresh wrapped model and check that one more step gives the same weights."""
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+
+    def wrap(seed):
+        torch.manual_seed(seed)
+        model = gpt()
+        if mode == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+            return DistributedDataParallel(model)
+        from torch.distributed.fsdp import fully_shard
+        for block in model.blocks:
+            fully_shard(block)
+        return fully_shard(model)
+
+    x = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(rank))
+    model = wrap(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        model(x, x).backward()
+        opt.step()
+        opt.zero_grad()
+    ms, os_ = get_state_dict(model, opt, options=OPTS)
+    if rank == 0:
+        save_checkpoint(f"{tmp}/ckpt", 2, model_state=ms, optimizer_state=os_,
+                        meta={"model_config": config_to_dict(gpt().config)}, tokenizer_path=None)
+    dist.barrier()
+    c = load_checkpoint(f"{tmp}/ckpt")
+    saved = {k: v.clone() for k, v in c.model_state.items()}  # set_state_dict renames keys in place (DDP)
+    fresh = wrap(1)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=5.0)
+    set_state_dict(fresh, fresh_opt, model_state_dict=c.model_state, optim_state_dict=c.optimizer_state, options=OPTS)
+    for m, o in ((model, opt), (fresh, fresh_opt)):
+        m(x, x).backward()
+        o.step()
+    a, _ = get_state_dict(model, opt, options=OPTS)
+    b, _ = get_state_dict(fresh, fresh_opt, options=OPTS)
+    if rank == 0:
+        torch.save({"same": all(torch.equal(a[k], b[k]) for k in a), "saved": saved}, f"{tmp}/result.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_distributed_save_resume_any_world_size(tmp_path, mode):
+    import torch.multiprocessing as mp
+    mp.spawn(_dist_worker, args=(2, str(tmp_path), mode), nprocs=2)
+    result = torch.load(tmp_path / "result.pt")
+    assert result["same"], "resume under 2 processes differs"
+    c = load_checkpoint(str(tmp_path / "ckpt"))
+    assert c.meta["tied"] == {"lm_head.weight": "tok_emb.weight"}  # FSDP gathers two copies: stored once
+    model = gpt()  # world size 1, no process group
+    opt = torch.optim.AdamW(model.parameters())
+    set_state_dict(model, opt, model_state_dict=c.model_state, optim_state_dict=c.optimizer_state, options=OPTS)
+    for k, v in result["saved"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert len(opt.state) == len(list(model.parameters()))
