@@ -34,9 +34,9 @@ def trained(model, steps=3, seed=0):
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
     x = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(seed))
+    x = x.to(next(model.parameters()).device)
     for _ in range(steps):
-        loss = model(x, x) if isinstance(model, GPT) else model(x, x)
-        loss.backward()
+        model(x, x).backward()
         opt.step()
         opt.zero_grad()
     return model, opt
@@ -408,3 +408,21 @@ def test_distributed_save_resume_any_world_size(tmp_path, mode):
     for k, v in result["saved"].items():
         assert torch.equal(model.state_dict()[k], v), k
     assert len(opt.state) == len(list(model.parameters()))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rng_and_device_loading(tmp_path):
+    torch.cuda.manual_seed_all(7)
+    s = json.loads(json.dumps(rng_state()))
+    assert len(s["cuda"]) == torch.cuda.device_count()
+    a = torch.rand(5, device="cuda")
+    set_rng_state(s)
+    assert torch.equal(a, torch.rand(5, device="cuda"))
+    model, opt = trained(gpt().cuda())
+    path = save(tmp_path, 1, model, opt)
+    c = load_checkpoint(path, map_location="cuda")
+    assert c.model_state["tok_emb.weight"].is_cuda and c.optimizer_state["state"]["tok_emb.weight"]["exp_avg"].is_cuda
+    loaded, _, _ = load_model(path, device="cuda")
+    x = torch.randint(0, V, (1, 8), device="cuda")
+    assert torch.equal(loaded(x), model.eval()(x))
