@@ -25,7 +25,8 @@ math). Token-type embeddings (BERT's segment ids) are one zero row.
 Tokenizer: ``tokenizer.json`` (``Tokenizer.save_hf``: the same ids as fastlm, special tokens
 included, as ``encode(text, allowed_special="all")``) + ``tokenizer_config.json`` +
 ``special_tokens_map.json``; ``<|bos|>`` is bos (and eos for causal LMs: documents are separated by
-it), ``<|pad|>`` pad, ``<|mask|>`` mask, the chat tokens extra special tokens.
+it; ``<|eos|>``/``<|endoftext|>`` when the tokenizer has one), ``<|pad|>`` pad, ``<|mask|>`` mask,
+the others (chat tokens) extra special tokens.
 """
 from __future__ import annotations
 
@@ -72,10 +73,25 @@ def hf_architecture(config) -> str:
     return "MegatronBertForMaskedLM"
 
 
-def _special_ids(tokenizer, causal: bool) -> dict[str, Optional[int]]:
+def _first(sp: dict, names: tuple[str, ...]) -> Optional[str]:
+    return next((n for n in names if n in sp), None)
+
+
+def _special_names(tokenizer, causal: bool) -> dict[str, Optional[str]]:
+    """bos: ``<|bos|>`` (or GPT-2's ``<|endoftext|>``); eos of a causal LM: ``<|eos|>`` or
+    ``<|endoftext|>`` when documents end with one (``fastlm tokenizer encode --separator eos``), else
+    ``<|bos|>`` (the model predicts the next document's ``<|bos|>``); pad ``<|pad|>``, mask ``<|mask|>``."""
     sp = tokenizer.special_tokens if tokenizer is not None else {}
-    bos = sp.get("<|bos|>")
-    return {"bos_token_id": bos, "eos_token_id": bos if causal else None, "pad_token_id": sp.get("<|pad|>")}
+    return {"bos_token": _first(sp, ("<|bos|>", "<|endoftext|>")),
+            "eos_token": _first(sp, ("<|eos|>", "<|endoftext|>", "<|bos|>")) if causal else None,
+            "pad_token": _first(sp, ("<|pad|>",)),
+            "mask_token": None if causal else _first(sp, ("<|mask|>",))}
+
+
+def _special_ids(tokenizer, causal: bool) -> dict[str, Optional[int]]:
+    names = _special_names(tokenizer, causal)
+    sp = tokenizer.special_tokens if tokenizer is not None else {}
+    return {f"{k}_id": sp.get(v) if v else None for k, v in names.items() if k != "mask_token"}
 
 
 def hf_config(config, tokenizer=None, *, dtype: str = "float32") -> dict:
@@ -221,9 +237,7 @@ def tokenizer_configs(tokenizer, config) -> dict[str, dict]:
     """``tokenizer_config.json`` and ``special_tokens_map.json`` documents for ``AutoTokenizer``."""
     sp = tokenizer.special_tokens
     causal = isinstance(config, GPTConfig)
-    roles = {"bos_token": "<|bos|>", "eos_token": "<|bos|>" if causal else None,
-             "pad_token": "<|pad|>", "mask_token": None if causal else "<|mask|>"}
-    named = {k: v for k, v in roles.items() if v is not None and v in sp}
+    named = {k: v for k, v in _special_names(tokenizer, causal).items() if v is not None}
     extra = [s for s, _ in sorted(sp.items(), key=lambda kv: kv[1]) if s not in named.values()]
     # a fastlm tokenizer adds nothing around the text (no BOS, no [CLS]/[SEP]): the trainer does
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **named, "extra_special_tokens": extra,
@@ -234,11 +248,11 @@ def tokenizer_configs(tokenizer, config) -> dict[str, dict]:
 
 
 def generation_config(config, tokenizer=None) -> dict:
-    """``generation_config.json`` of a causal LM: stop at ``<|bos|>`` (a new document) or
+    """``generation_config.json`` of a causal LM: stop at eos (the end of a document) or at
     ``<|assistant_end|>`` (the end of a chat reply), whichever the tokenizer has."""
     ids = _special_ids(tokenizer, causal=True)
     sp = tokenizer.special_tokens if tokenizer is not None else {}
-    eos = [i for i in (sp.get("<|bos|>"), sp.get("<|assistant_end|>")) if i is not None]
+    eos = [i for i in (ids["eos_token_id"], sp.get("<|assistant_end|>")) if i is not None]
     return {"bos_token_id": ids["bos_token_id"], "eos_token_id": eos or None,
             "pad_token_id": ids["pad_token_id"], "max_length": config.max_seq_len}
 
