@@ -256,3 +256,28 @@ def test_trained_encoder_logits_match(tok, texts, tmp_path):
     x = masked[0][0][:4]
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=x).logits, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_chat_template_same_ids(tok, tmp_path):
+    from fastlm.tokenizer.chat_template import render_conversation, render_prompt
+    model = GPT(GPTConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=1))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(export_hf(model, tok, str(tmp_path / "hf")))
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is a sonnet?\n  Fourteen lines?"},
+                {"role": "assistant", "content": "Yes: fourteen lines, iambic pentameter."},
+                {"role": "user", "content": "naïve 🙂"}]
+    rec = {"messages": messages}
+
+    def hf_ids(msgs, gen):
+        out = hf_tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    assert hf_ids(messages, True) == render_prompt(tok, rec)
+    assert hf_ids(messages[:3], False) == render_conversation(tok, {"messages": messages[:3]})[0]
+
+
+def test_doctests():
+    import doctest
+
+    import fastlm.models.export as export
+    assert doctest.testmod(export).failed == 0

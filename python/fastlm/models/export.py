@@ -233,8 +233,24 @@ def to_hf_model(model, tokenizer=None):
     return hf
 
 
+# fastlm.tokenizer.chat_template's layout as a transformers chat template (same ids as
+# render_conversation / render_prompt; unlike fastlm, transformers tokenizes the rendered string,
+# so special-token text typed inside a message becomes the special token there).
+CHAT_TEMPLATE = (
+    "<|bos|>{%- for m in messages -%}"
+    "{%- if m['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{ raise_exception('role must be system, user or assistant, got ' + m['role']) }}"
+    "{%- endif -%}"
+    "<|{{ m['role'] }}_start|>{{ m['content'] }}<|{{ m['role'] }}_end|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant_start|>{%- endif -%}")
+
+
 def tokenizer_configs(tokenizer, config) -> dict[str, dict]:
-    """``tokenizer_config.json`` and ``special_tokens_map.json`` documents for ``AutoTokenizer``."""
+    """``tokenizer_config.json`` and ``special_tokens_map.json`` documents for ``AutoTokenizer``
+    (with fastlm's chat template when the tokenizer has every chat token)."""
+    from fastlm.tokenizer.chat_template import CHAT_SPECIALS
+
     sp = tokenizer.special_tokens
     causal = isinstance(config, GPTConfig)
     named = {k: v for k, v in _special_names(tokenizer, causal).items() if v is not None}
@@ -243,6 +259,8 @@ def tokenizer_configs(tokenizer, config) -> dict[str, dict]:
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **named, "extra_special_tokens": extra,
                "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
                "model_max_length": config.max_seq_len, "padding_side": "right" if not causal else "left"}
+    if causal and all(t in sp for t in CHAT_SPECIALS):
+        tok_cfg["chat_template"] = CHAT_TEMPLATE
     return {"tokenizer_config.json": tok_cfg,
             "special_tokens_map.json": {**named, "additional_special_tokens": extra}}
 
