@@ -69,10 +69,14 @@ def test_gpt_logits_match_transformers(name, tmp_path):
                                    model(x, position_ids=pos), rtol=1e-5, atol=1e-5)
 
 
+MODERN = dict(positions="rotary", mlp="swiglu", embed_norm=True)
 ENCODER_CASES = {
     "default-tied": dict(),
     "gqa-bias": dict(n_kv_head=2, bias=True, norm_eps=1e-12),
     "odd-untied": dict(d_model=48, n_head=3, mlp_hidden=100, n_layer=3, tie_embeddings=False),
+    "modernbert-tied": dict(MODERN, rope_theta=160000.0),
+    "modernbert-gqa-bias-untied": dict(MODERN, n_kv_head=2, bias=True, tie_embeddings=False),
+    "modernbert-odd": dict(MODERN, d_model=48, n_head=3, n_kv_head=1, mlp_hidden=100, n_layer=3),
 }
 
 
@@ -83,7 +87,8 @@ def test_encoder_logits_match_transformers(name, tmp_path):
                            **ENCODER_CASES[name]})
     model = perturb(Encoder(cfg))
     hf = load_hf(export_hf(model, None, str(tmp_path / "hf")))
-    assert type(hf).__name__ == "MegatronBertForMaskedLM"
+    assert type(hf).__name__ == ("ModernBertForMaskedLM" if cfg.embed_norm else
+                                 "MegatronBertForMaskedLM")
     x = ids(2, 40, 3)
     mask = torch.ones_like(x)
     mask[1, 25:] = 0  # padding: the real tokens' logits match
@@ -102,14 +107,19 @@ def test_default_and_named_configs_are_exportable():
         assert hf_architecture(EncoderConfig.named(name)) == "MegatronBertForMaskedLM"
 
 
-@pytest.mark.parametrize("kw,needle", [(dict(positions="rotary"), "positions='learned'"),
-                                       (dict(norm="rmsnorm"), "norm='layernorm'"),
-                                       (dict(mlp="swiglu"), "mlp='gelu'")])
-def test_unexportable_encoders_refused(kw, needle, tmp_path):
+@pytest.mark.parametrize("kw,needles", [
+    (dict(norm="rmsnorm"), ["MegatronBert", "norm='layernorm'"]),
+    (dict(mlp="swiglu"), ["MegatronBert", "mlp='gelu'"]),
+    (dict(embed_norm=True), ["MegatronBert", "embed_norm=False"]),
+    (dict(positions="rotary"), ["ModernBert", "mlp='swiglu'", "embed_norm=True"]),
+    (dict(MODERN, norm="rmsnorm"), ["ModernBert", "norm='layernorm'"]),
+])
+def test_unexportable_encoders_refused(kw, needles, tmp_path):
     model = Encoder(EncoderConfig.named("tiny", vocab_size=V, n_layer=1, **kw))
     with pytest.raises(ExportError, match="no exact Hugging Face equivalent") as e:
         export_hf(model, None, str(tmp_path / "hf"))
-    assert needle in str(e.value)
+    for needle in needles:
+        assert needle in str(e.value)
     assert not os.listdir(tmp_path)  # nothing written, no temp dir left
 
 
@@ -239,7 +249,8 @@ def test_trained_gpt_logits_and_greedy_match(tok, texts, tmp_path):
     assert theirs.tolist() == ours.tolist()
 
 
-def test_trained_encoder_logits_match(tok, texts, tmp_path):
+@pytest.mark.parametrize("kw", [dict(bias=True), MODERN], ids=["megatron", "modernbert"])
+def test_trained_encoder_logits_match(kw, tok, texts, tmp_path):
     from fastlm.train.collate import mask_tokens
     torch.manual_seed(0)
     stream = _stream(tok, texts[0][:200])
@@ -250,7 +261,7 @@ def test_trained_encoder_logits_match(tok, texts, tmp_path):
                           vocab_size=tok.n_vocab, special_ids=tok.special_tokens.values(),
                           generator=g) for i in range(0, len(rows) - 8, 8)]
     cfg = EncoderConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=2, d_model=64,
-                              max_seq_len=64, bias=True)
+                              max_seq_len=64, **kw)
     model = _train(Encoder(cfg), masked, lambda m, b: m(b[0], b[1]))
     hf = load_hf(export_hf(model, tok, str(tmp_path / "hf")))
     x = masked[0][0][:4]

@@ -135,7 +135,8 @@ def test_param_counts():
         cfg = tiny(**kw)
         assert GPT(cfg).num_params() == cfg.num_params()
     for kw in (dict(), dict(positions="rotary", tie_embeddings=False, bias=True), dict(bias=True),
-               dict(norm="rmsnorm", bias=True, n_kv_head=2)):
+               dict(norm="rmsnorm", bias=True, n_kv_head=2),
+               dict(positions="rotary", mlp="swiglu", embed_norm=True, bias=True)):
         cfg = EncoderConfig.named("tiny", **kw)
         m = Encoder(cfg)
         assert m.num_params() == cfg.num_params()

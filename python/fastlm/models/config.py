@@ -120,7 +120,8 @@ _GPT_SIZES = {
 @dataclass
 class EncoderConfig(_Sizes):
     """Bidirectional transformer encoder with a masked-LM head (pre-norm BERT: Megatron-BERT's block).
-    The defaults (LayerNorm, learned positions, GELU) export exactly to transformers' MegatronBERT."""
+    The defaults (LayerNorm, learned positions, GELU) export exactly to transformers' MegatronBERT;
+    rotary + swiglu + embed_norm to ModernBERT."""
     vocab_size: int = 30522      # BERT's WordPiece vocabulary size
     n_layer: int = 12            # transformer blocks
     n_head: int = 12             # attention heads
@@ -134,6 +135,8 @@ class EncoderConfig(_Sizes):
     max_seq_len: int = 512       # BERT's maximum length
     tie_embeddings: bool = True  # MLM decoder shares the token embedding (BERT)
     norm: str = "layernorm"      # "layernorm" (BERT; HF-exportable) or "rmsnorm" (as the GPT)
+    embed_norm: bool = False     # norm the embeddings, which then feed block 0's attention with no
+                                 # norm of its own (ModernBERT; rotary + swiglu export to it)
     norm_eps: float = 1e-5       # norm epsilon
     dropout: float = 0.0         # residual dropout
     bias: bool = False           # no biases in linears

@@ -10,17 +10,19 @@ GPT, ``mlp="swiglu"``       ``LlamaForCausalLM``           same block: RMSNorm, 
 GPT, ``mlp="gelu"``         ``ArceeForCausalLM``           Llama's block with a plain
                                                            up -> act -> down MLP (Llama has only
                                                            the gated one); ``hidden_act="gelu"``
-Encoder, LayerNorm,         ``MegatronBertForMaskedLM``    pre-LN BERT: LayerNorm before
-learned positions, GELU                                    attention/MLP, final LayerNorm, no
-                                                           embedding norm, positions 0..T-1
+Encoder (defaults):         ``MegatronBertForMaskedLM``    pre-LN BERT: LayerNorm before
+LayerNorm, learned                                         attention/MLP, final LayerNorm, no
+positions, GELU MLP                                        embedding norm, positions 0..T-1
+Encoder: LayerNorm,         ``ModernBertForMaskedLM``      pre-LN, rotary, gated MLP, normed
+rotary, SwiGLU,                                            embeddings feeding layer 0 without an
+``embed_norm=True``                                        attention norm; every layer global
 ==========================  =============================  ===================================
 
-Refused with the reason and the setting to change: encoders with RMSNorm (every pre-LN BERT in
-transformers uses LayerNorm), rotary positions (ModernBERT, the rotary pre-LN encoder, also
-normalizes the embeddings, has no attention norm in its first block and a gated MLP), or a SwiGLU
-MLP (BERT's MLP is not gated). Absent biases are written as zeros (HF BERTs always have them); an
-encoder with GQA is written with its key/value heads repeated (MegatronBERT has no GQA; the same
-math). Token-type embeddings (BERT's segment ids) are one zero row.
+Other encoders are refused with the reason and the settings to change (RMSNorm: every pre-LN
+encoder in transformers uses LayerNorm). Absent biases are written as zeros where the HF model
+always has them (MegatronBERT); an encoder with GQA is written with its key/value heads repeated
+(neither HF encoder has GQA; the same math). MegatronBERT's token-type embedding (BERT's segment
+ids) is one zero row; ModernBERT's fused ``Wqkv``/``Wi`` are our q,k,v / gate,up stacked.
 
 Tokenizer: ``tokenizer.json`` (``Tokenizer.save_hf``: the same ids as fastlm, special tokens
 included, as ``encode(text, allowed_special="all")``) + ``tokenizer_config.json`` +
@@ -57,20 +59,26 @@ def hf_architecture(config) -> str:
         return "LlamaForCausalLM" if config.mlp == "swiglu" else "ArceeForCausalLM"
     if not isinstance(config, EncoderConfig):
         raise ExportError(f"cannot export a {type(config).__name__}: expected GPTConfig or EncoderConfig")
-    why = []
-    if config.positions != "learned":
-        why.append("positions='rotary' (no transformers encoder matches exactly: ModernBERT also "
-                   "normalizes the embeddings, skips the first block's attention norm and uses a "
-                   "gated MLP) -> train with positions='learned'")
-    if config.norm != "layernorm":
-        why.append(f"norm={config.norm!r} (pre-LN BERTs in transformers use LayerNorm) -> "
-                   "train with norm='layernorm'")
-    if config.mlp != "gelu":
-        why.append(f"mlp={config.mlp!r} (BERT's MLP is not gated) -> train with mlp='gelu'")
+    c, why = config, []
+    if c.norm != "layernorm":
+        why.append(f"norm={c.norm!r} (transformers' pre-LN encoders use LayerNorm) -> norm='layernorm'")
+    if c.positions == "learned":
+        arch = "MegatronBertForMaskedLM"
+        if c.mlp != "gelu":
+            why.append(f"mlp={c.mlp!r} (its MLP is not gated) -> mlp='gelu'")
+        if c.embed_norm:
+            why.append("embed_norm=True (it has no embedding norm) -> embed_norm=False")
+    else:
+        arch = "ModernBertForMaskedLM"
+        if c.mlp != "swiglu":
+            why.append(f"mlp={c.mlp!r} (its MLP is gated) -> mlp='swiglu'")
+        if not c.embed_norm:
+            why.append("embed_norm=False (it norms the embeddings and has no attention norm in "
+                       "its first block) -> embed_norm=True")
     if why:
-        raise ExportError("this encoder has no exact Hugging Face equivalent (MegatronBertForMaskedLM "
-                          "is the target): " + "; ".join(why))
-    return "MegatronBertForMaskedLM"
+        raise ExportError(f"this encoder has no exact Hugging Face equivalent ({arch} is the "
+                          f"target for positions={c.positions!r}): " + "; ".join(why))
+    return arch
 
 
 def _first(sp: dict, names: tuple[str, ...]) -> Optional[str]:
@@ -109,6 +117,19 @@ def hf_config(config, tokenizer=None, *, dtype: str = "float32") -> dict:
               "num_attention_heads": c.n_head, "max_position_embeddings": c.max_seq_len,
               "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,
               "dtype": dtype, "torch_dtype": dtype}
+    if arch == "ModernBertForMaskedLM":
+        ids = _special_ids(tokenizer, causal=False)
+        rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+        return {**common, "model_type": "modernbert", "hidden_activation": "silu",
+                "layer_types": ["full_attention"] * c.n_layer,  # no sliding-window layers
+                "rope_parameters": {"full_attention": rope, "sliding_attention": dict(rope)},
+                "global_rope_theta": c.rope_theta, "local_rope_theta": c.rope_theta,
+                "global_attn_every_n_layers": 1, "norm_eps": c.norm_eps, "norm_bias": c.bias,
+                "attention_bias": c.bias, "mlp_bias": c.bias, "classifier_bias": c.bias,
+                "classifier_activation": "gelu", "decoder_bias": False, "embedding_dropout": 0.0,
+                "mlp_dropout": c.dropout, "attention_dropout": 0.0, "pad_token_id": ids["pad_token_id"],
+                "bos_token_id": ids["bos_token_id"], "eos_token_id": None, "cls_token_id": None,
+                "sep_token_id": None, "fastlm_config": config_to_dict(c)}
     if arch == "MegatronBertForMaskedLM":
         ids = _special_ids(tokenizer, causal=False)
         return {**common, "model_type": "megatron-bert", "hidden_act": "gelu",
@@ -186,6 +207,41 @@ def _megatron_state(c: EncoderConfig, ours: dict) -> dict:
     return sd
 
 
+def _modernbert_state(c: EncoderConfig, ours: dict) -> dict:
+    hd, group = c.head_dim, c.n_head // c.kv_heads
+
+    def kv_heads(t):  # (n_kv*hd, ...) -> (n_head*hd, ...): query head h reads kv head h // group
+        return t.reshape(c.kv_heads, hd, *t.shape[1:]).repeat_interleave(group, dim=0).reshape(
+            c.n_head * hd, *t.shape[1:])
+
+    def copy(dst: str, src: str, cat=None):
+        for t in ("weight", "bias"):
+            if src + "." + t in ours:
+                sd[f"{dst}.{t}"] = ours[f"{src}.{t}"] if cat is None else torch.cat(cat(t))
+
+    sd = {"model.embeddings.tok_embeddings.weight": ours["tok_emb.weight"]}
+    copy("model.embeddings.norm", "embed_norm")
+    for i in range(c.n_layer):
+        p, q = f"blocks.{i}.", f"model.layers.{i}."
+        if i > 0:  # layer 0's attention input is the normed embedding (see Encoder.embed_norm)
+            copy(q + "attn_norm", p + "attn_norm")
+        copy(q + "attn.Wqkv", p + "attn.q_proj", cat=lambda t: [  # rows: q, then k, then v
+            ours[f"{p}attn.q_proj.{t}"], kv_heads(ours[f"{p}attn.k_proj.{t}"]),
+            kv_heads(ours[f"{p}attn.v_proj.{t}"])])
+        copy(q + "attn.Wo", p + "attn.o_proj")
+        copy(q + "mlp_norm", p + "mlp_norm")
+        # Wi's output is chunked into (input, gate) with act(input) * gate: our silu(gate_proj) * up
+        copy(q + "mlp.Wi", p + "mlp.gate_proj", cat=lambda t: [ours[f"{p}mlp.gate_proj.{t}"],
+                                                              ours[f"{p}mlp.up_proj.{t}"]])
+        copy(q + "mlp.Wo", p + "mlp.down_proj")
+    copy("model.final_norm", "norm")
+    copy("head.dense", "head_dense")
+    copy("head.norm", "head_norm")
+    if not c.tie_embeddings:
+        sd["decoder.weight"] = ours["decoder.weight"]
+    return sd
+
+
 def hf_state_dict(model, *, dtype: str = "float32") -> dict[str, torch.Tensor]:
     """The model's weights under transformers' names, contiguous CPU tensors in ``dtype``; a tied
     output weight is left out (transformers ties it back from ``tie_word_embeddings``).
@@ -201,6 +257,8 @@ def hf_state_dict(model, *, dtype: str = "float32") -> dict[str, torch.Tensor]:
     ours = {k: v.detach() for k, v in model.state_dict().items()}
     if arch == "MegatronBertForMaskedLM":
         sd = _megatron_state(c, ours)
+    elif arch == "ModernBertForMaskedLM":
+        sd = _modernbert_state(c, ours)
     else:
         names = _llama_names(c)
         unknown = sorted(set(ours) - set(names))
