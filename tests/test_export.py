@@ -292,3 +292,59 @@ def test_doctests():
 
     import fastlm.models.export as export
     assert doctest.testmod(export).failed == 0
+
+
+# ---- `fastlm export` on checkpoints written by fastlm.train.checkpoint.save_checkpoint ------------
+
+def _checkpoint(tmp_path, model, tok):
+    from fastlm.models import config_to_dict
+    from fastlm.train.checkpoint import save_checkpoint
+    tok_path = str(tmp_path / "tokenizer.fastlm")
+    tok.save(tok_path)
+    run = tmp_path / "run"
+    save_checkpoint(str(run / "checkpoints"), 7, model_state=model.state_dict(), optimizer_state=None,
+                    meta={"model_config": config_to_dict(model.config)}, tokenizer_path=tok_path)
+    return str(run)
+
+
+@pytest.mark.parametrize("make", ["gpt", "encoder"])
+def test_cli_round_trip(make, tok, texts, tmp_path, capsys):
+    from fastlm.cli.main import main
+    torch.manual_seed(0)
+    if make == "gpt":
+        model = perturb(GPT(GPTConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=2, d_model=64,
+                                            n_kv_head=2, tie_embeddings=False)))
+    else:
+        model = perturb(Encoder(EncoderConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=2,
+                                                    d_model=64, **MODERN)))
+    run = _checkpoint(tmp_path, model, tok)
+    out = str(tmp_path / "hf")
+    assert main(["export", "--ckpt", run, "--to", "hf", out]) == 0
+    assert "step 7" in capsys.readouterr().err
+    hf = load_hf(out)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = texts[0][250]
+    x = torch.tensor([hf_tok(text)["input_ids"][:40]])
+    assert x[0].tolist() == tok.encode_ordinary(text)[:40]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=x).logits, model(x), rtol=1e-5, atol=1e-5)
+    # an existing export is kept unless --force
+    assert main(["export", "--ckpt", run, out]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--force" in err
+    assert main(["export", "--ckpt", run, out, "--force", "--dtype", "bfloat16"]) == 0
+    assert json.load(open(os.path.join(out, "config.json")))["dtype"] == "bfloat16"
+
+
+def test_cli_errors(tok, tmp_path, capsys):
+    from fastlm.cli.main import main
+    assert main(["export", "--ckpt", str(tmp_path / "nope"), str(tmp_path / "hf")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    model = Encoder(EncoderConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=1, norm="rmsnorm"))
+    run = _checkpoint(tmp_path, model, tok)
+    assert main(["export", "--ckpt", run, str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "fastlm: error:" in err and "norm='layernorm'" in err
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", run, "--to", "onnx", str(tmp_path / "hf")])
