@@ -126,10 +126,12 @@ def hf_config(config, tokenizer=None, *, dtype: str = "float32") -> dict:
                 "global_rope_theta": c.rope_theta, "local_rope_theta": c.rope_theta,
                 "global_attn_every_n_layers": 1, "norm_eps": c.norm_eps, "norm_bias": c.bias,
                 "attention_bias": c.bias, "mlp_bias": c.bias, "classifier_bias": c.bias,
-                "classifier_activation": "gelu", "decoder_bias": False, "embedding_dropout": 0.0,
-                "mlp_dropout": c.dropout, "attention_dropout": 0.0, "pad_token_id": ids["pad_token_id"],
-                "bos_token_id": ids["bos_token_id"], "eos_token_id": None, "cls_token_id": None,
-                "sep_token_id": None, "fastlm_config": config_to_dict(c)}
+                "classifier_activation": "gelu", "decoder_bias": False,
+                # its dropouts sit elsewhere than ours (residual): off, as for inference
+                "embedding_dropout": 0.0, "mlp_dropout": 0.0, "attention_dropout": 0.0,
+                "pad_token_id": ids["pad_token_id"], "bos_token_id": ids["bos_token_id"],
+                "eos_token_id": None, "cls_token_id": None, "sep_token_id": None,
+                "fastlm_config": config_to_dict(c)}
     if arch == "MegatronBertForMaskedLM":
         ids = _special_ids(tokenizer, causal=False)
         return {**common, "model_type": "megatron-bert", "hidden_act": "gelu",
