@@ -91,30 +91,11 @@ def test_fused_loss_matches_torch_and_cross_entropy(kw, reduction):
 
 
 def _llama_from(model):
-    transformers = pytest.importorskip("transformers")
-    c = model.config
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.mlp_hidden_size,
-        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
-        num_key_value_heads=c.kv_heads, head_dim=c.head_dim, hidden_act="silu",
-        max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.tie_embeddings, attention_bias=False, mlp_bias=False)
-    hf_cfg._attn_implementation = "eager"
-    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    ours = model.state_dict()
-    sd = {"model.embed_tokens.weight": ours["tok_emb.weight"],
-          "model.norm.weight": ours["norm.weight"], "lm_head.weight": ours["lm_head.weight"]}
-    for i in range(c.n_layer):
-        p, q = f"blocks.{i}.", f"model.layers.{i}."
-        sd[q + "input_layernorm.weight"] = ours[p + "attn_norm.weight"]
-        sd[q + "post_attention_layernorm.weight"] = ours[p + "mlp_norm.weight"]
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            sd[q + f"self_attn.{n}.weight"] = ours[p + f"attn.{n}.weight"]
-        for n in ("gate_proj", "up_proj", "down_proj"):
-            sd[q + f"mlp.{n}.weight"] = ours[p + f"mlp.{n}.weight"]
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    """The same weights in transformers' LlamaForCausalLM (name map: fastlm.models.export)."""
+    pytest.importorskip("transformers")
+    from fastlm.models.export import to_hf_model
+    hf = to_hf_model(model)
+    assert type(hf).__name__ == "LlamaForCausalLM"
     return hf
 
 
@@ -153,7 +134,9 @@ def test_param_counts():
     for kw in (dict(n_kv_head=2, tie_embeddings=False, bias=True), dict(mlp="gelu")):
         cfg = tiny(**kw)
         assert GPT(cfg).num_params() == cfg.num_params()
-    for kw in (dict(), dict(positions="rotary", tie_embeddings=False, bias=True)):
+    for kw in (dict(), dict(positions="rotary", tie_embeddings=False, bias=True), dict(bias=True),
+               dict(norm="rmsnorm", bias=True, n_kv_head=2),
+               dict(positions="rotary", mlp="swiglu", embed_norm=True, bias=True)):
         cfg = EncoderConfig.named("tiny", **kw)
         m = Encoder(cfg)
         assert m.num_params() == cfg.num_params()

@@ -56,7 +56,13 @@ class _Sizes:
         h = self.mlp_hidden_size
         n_in = 2 if self.mlp == "swiglu" else 1  # gate + up, or up only
         mlp = (n_in + 1) * d * h + ((n_in * h + d) if self.bias else 0)
-        return attn + attn_b + mlp + 2 * d
+        return attn + attn_b + mlp + 2 * self.norm_params
+
+    @property
+    def norm_params(self) -> int:
+        """Parameters of one norm: a weight, plus a bias for LayerNorm when ``bias`` is on."""
+        layer_norm_bias = getattr(self, "norm", "rmsnorm") == "layernorm" and self.bias
+        return 2 * self.d_model if layer_norm_bias else self.d_model
 
 
 @dataclass
@@ -113,7 +119,9 @@ _GPT_SIZES = {
 
 @dataclass
 class EncoderConfig(_Sizes):
-    """Bidirectional transformer encoder with a masked-LM head (BERT-style, pre-norm RMSNorm)."""
+    """Bidirectional transformer encoder with a masked-LM head (pre-norm BERT: Megatron-BERT's block).
+    The defaults (LayerNorm, learned positions, GELU) export exactly to transformers' MegatronBERT;
+    rotary + swiglu + embed_norm to ModernBERT."""
     vocab_size: int = 30522      # BERT's WordPiece vocabulary size
     n_layer: int = 12            # transformer blocks
     n_head: int = 12             # attention heads
@@ -126,7 +134,10 @@ class EncoderConfig(_Sizes):
     rope_theta: float = 10000.0  # rotary base when positions == "rotary"
     max_seq_len: int = 512       # BERT's maximum length
     tie_embeddings: bool = True  # MLM decoder shares the token embedding (BERT)
-    norm_eps: float = 1e-5       # RMSNorm epsilon
+    norm: str = "layernorm"      # "layernorm" (BERT; HF-exportable) or "rmsnorm" (as the GPT)
+    embed_norm: bool = False     # norm the embeddings, which then feed block 0's attention with no
+                                 # norm of its own (ModernBERT; rotary + swiglu export to it)
+    norm_eps: float = 1e-5       # norm epsilon
     dropout: float = 0.0         # residual dropout
     bias: bool = False           # no biases in linears
     init_std: float = 0.02       # normal init std; residual projections / sqrt(2*n_layer)
@@ -135,6 +146,8 @@ class EncoderConfig(_Sizes):
         _check_common(self)
         if self.positions not in ("learned", "rotary"):
             raise ValueError(f"positions must be 'learned' or 'rotary', got {self.positions!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
 
     @classmethod
     def named(cls, name: str, **overrides) -> "EncoderConfig":
@@ -150,8 +163,8 @@ class EncoderConfig(_Sizes):
     def num_params(self, *, non_embedding: bool = False) -> int:
         """Parameter count from the sizes (equals ``Encoder(cfg).num_params(...)``)."""
         d, V = self.d_model, self.vocab_size
-        n = self.n_layer * self.block_params() + d          # blocks + final norm
-        n += d * d + (d if self.bias else 0) + d            # MLM head transform + its norm
+        n = self.n_layer * self.block_params() + self.norm_params  # blocks + final norm
+        n += d * d + (d if self.bias else 0) + self.norm_params    # MLM head transform + its norm
         n += 0 if self.tie_embeddings else V * d            # untied decoder
         if non_embedding:
             return n

@@ -9,15 +9,17 @@ import torch.nn.functional as F
 
 from fastlm.models.config import EncoderConfig
 from fastlm.models.gpt import head_loss
-from fastlm.models.layers import (Block, RMSNorm, Rotary, check_kernels, count_params,
-                                  init_weights)
+from fastlm.models.layers import (Block, Rotary, check_kernels, count_params, init_weights,
+                                  make_norm)
 
 
 class Encoder(nn.Module):
     """Masked LM: token (+ learned position) embedding -> n_layer pre-norm blocks with
-    bidirectional attention (rotary when ``positions='rotary'``) -> RMSNorm -> MLM head
-    (dense d->d, GELU, RMSNorm, decoder to the vocabulary, optionally tied to the embedding;
-    BERT's head with RMSNorm for LayerNorm and no bias).
+    bidirectional attention (rotary when ``positions='rotary'``) -> norm -> MLM head
+    (dense d->d, GELU, norm, decoder to the vocabulary, optionally tied to the embedding;
+    BERT's head without the decoder bias). Norms are LayerNorm (default) or RMSNorm
+    (``norm='rmsnorm'``); with the defaults this is Megatron-BERT's pre-norm block.
+    ``embed_norm`` norms the embeddings and drops block 0's attention norm (ModernBERT).
 
     ``attention_mask`` (B, T), 1 for tokens and 0 for padding, keeps padding out of every
     token's attention (then PyTorch's SDPA runs instead of fastlm.ops.attention); without it
@@ -45,9 +47,12 @@ class Encoder(nn.Module):
             self.rotary = Rotary(c.head_dim, c.max_seq_len, c.rope_theta)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c, causal=False) for _ in range(c.n_layer))
-        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.embed_norm = make_norm(c) if c.embed_norm else None
+        if c.embed_norm:  # ModernBERT: the normed embeddings are block 0's attention input as is
+            self.blocks[0].attn_norm = nn.Identity()
+        self.norm = make_norm(c)
         self.head_dense = nn.Linear(c.d_model, c.d_model, bias=c.bias)
-        self.head_norm = RMSNorm(c.d_model, c.norm_eps)
+        self.head_norm = make_norm(c)
         self.decoder = nn.Linear(c.d_model, c.vocab_size, bias=False)
         init_weights(self, c.init_std, c.n_layer)
         if c.tie_embeddings:
@@ -72,6 +77,8 @@ class Encoder(nn.Module):
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(pos)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         rope = self.rotary(pos) if self.rotary is not None else None
         x = self.drop(x)
         for block in self.blocks:

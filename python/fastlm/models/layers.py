@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by the causal LM and the encoder: RMSNorm, rotary
+"""Transformer building blocks shared by the causal LM and the encoder: RMSNorm/LayerNorm, rotary
 positions (LLaMA's "rotate halves" layout), attention through fastlm.ops, SwiGLU/GELU MLP."""
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ class RMSNorm(nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+def make_norm(cfg) -> nn.Module:
+    """The config's norm: ``RMSNorm`` (GPT; encoders with ``norm='rmsnorm'``) or ``nn.LayerNorm``
+    (encoders' default, BERT's; its bias follows ``cfg.bias``)."""
+    if getattr(cfg, "norm", "rmsnorm") == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
 class Rotary(nn.Module):
@@ -113,9 +121,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg, *, causal: bool):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg, causal=causal)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -136,8 +144,10 @@ def init_weights(model: nn.Module, std: float, n_layer: int) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=std)
-        elif isinstance(m, RMSNorm):
+        elif isinstance(m, (RMSNorm, nn.LayerNorm)):
             nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
 
 
 def check_kernels(kernels: str) -> str:
