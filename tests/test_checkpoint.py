@@ -229,19 +229,27 @@ def _truncate_consistently(path):
                                                                           sha256=ck._sha256(p)))
 
 
+def _write(p, data, mode="w"):
+    with open(p, mode) as f:
+        f.write(data)
+
+
+STATE = r"state\.json"
 CORRUPTIONS = {
     "missing file": (lambda p: os.remove(os.path.join(p, "optimizer.safetensors")), r"optimizer\.safetensors: missing"),
-    "size": (lambda p: open(os.path.join(p, "model.safetensors"), "ab").write(b"x"), r"model\.safetensors: .*bytes"),
+    "size": (lambda p: _write(os.path.join(p, "model.safetensors"), b"x", "ab"), r"model\.safetensors: .*bytes"),
     "hash": (lambda p: _flip_byte(os.path.join(p, "tokenizer.fastlm")), r"tokenizer\.fastlm: sha256"),
     "opt hash": (lambda p: _flip_byte(os.path.join(p, "optimizer.safetensors")), r"optimizer\.safetensors: sha256"),
     "truncated safetensors": (_truncate_consistently, r"model\.safetensors: cannot read safetensors"),
-    "bad json": (lambda p: open(os.path.join(p, "state.json"), "w").write("{not json"), r"state\.json: not valid JSON"),
-    "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), r"state\.json: missing"),
-    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="other")), r"state\.json: not a fastlm checkpoint"),
-    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)), r"state\.json: unsupported checkpoint version 99"),
-    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")), r"state\.json: missing key.*model_config"),
+    "bad json": (lambda p: _write(os.path.join(p, "state.json"), "{not json"), STATE + ": not valid JSON"),
+    "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), STATE + ": missing"),
+    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="x")), STATE + ": not a fastlm checkpoint"),
+    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)),
+                STATE + ": unsupported checkpoint version 99"),
+    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")),
+                    STATE + ": missing key.*model_config"),
     "files entry": (lambda p: _rewrite_state(p, lambda s: s["files"].pop("model.safetensors")),
-                    r"state\.json: 'files' does not list model\.safetensors"),
+                    STATE + ": 'files' does not list model\\.safetensors"),
     "path in files": (lambda p: _rewrite_state(p, lambda s: s["files"].update({"../x": {"sha256": "", "bytes": 0}})),
                       r"plain file names"),
 }
