@@ -373,9 +373,32 @@ def _is_complete(ckpt: str) -> bool:
         return False
 
 
+def list_checkpoints(path: str) -> list[str]:
+    """The complete checkpoints under ``path`` (a run dir or its ``checkpoints/`` dir), oldest step first.
+    ``.tmp-*`` and incomplete dirs are skipped; a ``step-N.old-<pid>`` left by a crash stands in for a
+    missing or incomplete ``step-N``.
+
+    >>> import tempfile
+    >>> list_checkpoints(tempfile.mkdtemp())
+    []
+    """
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    if not os.path.isdir(root):
+        return []
+    best: dict[int, str] = {}
+    for name in sorted(os.listdir(root)):  # step-N sorts before step-N.old-*
+        m = _NAME.match(name) or _OLD.match(name)
+        if m is None:
+            continue
+        step, p = int(m.group(1)), os.path.join(root, name)
+        if (step not in best or _OLD.match(os.path.basename(best[step]))) and _is_complete(p):
+            best[step] = p
+    return [best[k] for k in sorted(best)]
+
+
 def latest_checkpoint(path: str) -> Optional[str]:
     """The newest complete checkpoint under ``path`` (a run dir, its ``checkpoints/`` dir, or a checkpoint
-    dir itself, returned as is); None when there is none. ``.tmp-*`` and incomplete dirs are skipped.
+    dir itself, returned as is); None when there is none (see `list_checkpoints`).
 
     >>> import tempfile
     >>> latest_checkpoint(tempfile.mkdtemp()) is None
@@ -383,18 +406,8 @@ def latest_checkpoint(path: str) -> Optional[str]:
     """
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return path
-    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    if not os.path.isdir(root):
-        return None
-    best: dict[int, str] = {}
-    for name in sorted(os.listdir(root)):
-        m = _NAME.match(name) or _OLD.match(name)
-        if m is None:
-            continue
-        step, p = int(m.group(1)), os.path.join(root, name)
-        if (step not in best or _OLD.match(os.path.basename(best[step]))) and _is_complete(p):
-            best[step] = p  # a step-N beats a leftover step-N.old-<pid> of the same step
-    return best[max(best)] if best else None
+    found = list_checkpoints(path)
+    return found[-1] if found else None
 
 
 def _resolve(path: str) -> str:
