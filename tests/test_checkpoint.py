@@ -79,7 +79,8 @@ def assert_same(a, b, where="state"):
 def test_round_trip_model_optimizer_meta(tmp_path, tok_path):
     model, opt = trained(gpt())
     ms, os_ = get_state_dict(model, opt, options=OPTS)
-    meta = meta_of(model, data_state={"epoch": 1, "pos": 37}, rng=rng_state(), loop={"tokens": 1234, "best": None})
+    meta = meta_of(model, data_state={"epoch": 1, "pos": 37}, rng=rng_state(), loop={"tokens": 1234, "best": None},
+                   numpy={"n": np.int64(5), "x": np.float32(0.5)})
     path = save_checkpoint(str(tmp_path / "checkpoints"), 3, model_state=ms, optimizer_state=os_, meta=meta,
                            tokenizer_path=tok_path, keep_last=2)
     assert os.path.basename(path) == "step-00000003"
@@ -88,6 +89,7 @@ def test_round_trip_model_optimizer_meta(tmp_path, tok_path):
     assert c.path == path and c.step == 3
     assert_same(dict(c.model_state), dict(ms), "model_state")
     assert_same(c.optimizer_state, os_, "optimizer_state")
+    meta["numpy"] = {"n": 5, "x": 0.5}  # numpy scalars are stored as numbers
     for k, v in meta.items():
         assert c.meta[k] == json.loads(json.dumps(v)), k
     with open(tok_path, "rb") as a, open(c.tokenizer_path, "rb") as b:

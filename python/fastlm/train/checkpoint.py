@@ -134,7 +134,7 @@ def save_checkpoint(ckpt_root: str, step: int, *, model_state: dict[str, torch.T
         state = {"format": FORMAT, "version": VERSION, "step": step, **meta, "tied": tied,
                  "optimizer": opt_json, "files": files, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1)
+            json.dump(state, f, indent=1, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -255,9 +255,15 @@ def _copy_tokenizer(src: str, dst: str) -> None:
         Tokenizer.from_file(src).save(dst)
 
 
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):  # numpy ints/floats in data or loop state
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def _check_json(obj: Any, where: str) -> None:
     try:
-        json.dumps(obj)
+        json.dumps(obj, default=_json_default)
     except (TypeError, ValueError) as e:
         if isinstance(obj, dict):
             for k, v in obj.items():
