@@ -79,7 +79,8 @@ def assert_same(a, b, where="state"):
 def test_round_trip_model_optimizer_meta(tmp_path, tok_path):
     model, opt = trained(gpt())
     ms, os_ = get_state_dict(model, opt, options=OPTS)
-    meta = meta_of(model, data_state={"epoch": 1, "pos": 37}, rng=rng_state(), loop={"tokens": 1234, "best": None})
+    meta = meta_of(model, data_state={"epoch": 1, "pos": 37}, rng=rng_state(), loop={"tokens": 1234, "best": None},
+                   numpy={"n": np.int64(5), "x": np.float32(0.5)})
     path = save_checkpoint(str(tmp_path / "checkpoints"), 3, model_state=ms, optimizer_state=os_, meta=meta,
                            tokenizer_path=tok_path, keep_last=2)
     assert os.path.basename(path) == "step-00000003"
@@ -88,6 +89,7 @@ def test_round_trip_model_optimizer_meta(tmp_path, tok_path):
     assert c.path == path and c.step == 3
     assert_same(dict(c.model_state), dict(ms), "model_state")
     assert_same(c.optimizer_state, os_, "optimizer_state")
+    meta["numpy"] = {"n": 5, "x": 0.5}  # numpy scalars are stored as numbers
     for k, v in meta.items():
         assert c.meta[k] == json.loads(json.dumps(v)), k
     with open(tok_path, "rb") as a, open(c.tokenizer_path, "rb") as b:
@@ -203,6 +205,72 @@ def test_resave_same_step_replaces(tmp_path):
     assert load_checkpoint(str(tmp_path)).meta["loop"] == {"v": 2}
 
 
+def _run_until_crash(k, fn):
+    """Run ``fn`` in a forked child killed (``os._exit``: no cleanup, as SIGKILL) at its k-th file-system
+    operation; a k-th ``rmtree`` first deletes one file (a deletion cut short). True if ``fn`` finished."""
+    import safetensors.torch
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            count = [0]
+
+            def hook(mod, name):
+                orig = getattr(mod, name)
+
+                def wrapped(*args, **kwargs):
+                    if count[0] == k:
+                        if name == "rmtree":
+                            for dirpath, _, files in os.walk(args[0]):
+                                if files:
+                                    os.remove(os.path.join(dirpath, files[0]))
+                                    break
+                        os._exit(3)
+                    count[0] += 1
+                    return orig(*args, **kwargs)
+                setattr(mod, name, wrapped)
+
+            for mod, name in ((os, "replace"), (os, "makedirs"), (os, "fsync"), (shutil, "rmtree"),
+                              (shutil, "copyfile"), (safetensors.torch, "save_file")):
+                hook(mod, name)
+            fn()
+            os._exit(0)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 3), f"child failed with exit code {code}"
+    return code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("scenario", ["new step", "same step again"])
+def test_kill_at_every_point_of_a_save(tmp_path, tok_path, scenario):
+    """Kill a save at each of its file-system operations: the complete checkpoints are always the old set
+    or the new one (each passing the full hash check), and the next save leaves no debris."""
+    torch.set_num_threads(1)
+    model = gpt()
+    template = tmp_path / "template"
+    for step in (10, 20):
+        save(template, step, model, tok=tok_path, keep_last=2, loop={"v": 1})
+    step, allowed = ((30, [[10, 20], [10, 20, 30], [20, 30]]) if scenario == "new step" else (20, [[10, 20]]))
+    for k in range(100):
+        root = tmp_path / f"k{k}"
+        shutil.copytree(template, root)
+        finished = _run_until_crash(k, lambda: save(root, step, model, tok=tok_path, keep_last=2, loop={"v": 2}))
+        found = ck.list_checkpoints(str(root))
+        steps = [load_checkpoint(p).step for p in found]  # full verification of every visible checkpoint
+        assert steps in allowed, (k, sorted(os.listdir(root)))
+        if finished:
+            assert load_checkpoint(str(root)).meta["loop"] == {"v": 2}
+            break
+        save(root, 40, model, tok=tok_path, keep_last=2)  # the next save cleans up
+        assert sorted(os.listdir(root)) == [os.path.basename(p) for p in ck.list_checkpoints(str(root))], k
+        assert len(os.listdir(root)) == 2, k
+    else:
+        pytest.fail("the save never finished")
+    assert k > 10  # every operation was a crash point once
+
+
 def _rewrite_state(path, fn):
     p = os.path.join(path, "state.json")
     with open(p) as f:
@@ -229,19 +297,27 @@ def _truncate_consistently(path):
                                                                           sha256=ck._sha256(p)))
 
 
+def _write(p, data, mode="w"):
+    with open(p, mode) as f:
+        f.write(data)
+
+
+STATE = r"state\.json"
 CORRUPTIONS = {
     "missing file": (lambda p: os.remove(os.path.join(p, "optimizer.safetensors")), r"optimizer\.safetensors: missing"),
-    "size": (lambda p: open(os.path.join(p, "model.safetensors"), "ab").write(b"x"), r"model\.safetensors: .*bytes"),
+    "size": (lambda p: _write(os.path.join(p, "model.safetensors"), b"x", "ab"), r"model\.safetensors: .*bytes"),
     "hash": (lambda p: _flip_byte(os.path.join(p, "tokenizer.fastlm")), r"tokenizer\.fastlm: sha256"),
     "opt hash": (lambda p: _flip_byte(os.path.join(p, "optimizer.safetensors")), r"optimizer\.safetensors: sha256"),
     "truncated safetensors": (_truncate_consistently, r"model\.safetensors: cannot read safetensors"),
-    "bad json": (lambda p: open(os.path.join(p, "state.json"), "w").write("{not json"), r"state\.json: not valid JSON"),
-    "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), r"state\.json: missing"),
-    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="other")), r"state\.json: not a fastlm checkpoint"),
-    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)), r"state\.json: unsupported checkpoint version 99"),
-    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")), r"state\.json: missing key.*model_config"),
+    "bad json": (lambda p: _write(os.path.join(p, "state.json"), "{not json"), STATE + ": not valid JSON"),
+    "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), STATE + ": missing"),
+    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="x")), STATE + ": not a fastlm checkpoint"),
+    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)),
+                STATE + ": unsupported checkpoint version 99"),
+    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")),
+                    STATE + ": missing key.*model_config"),
     "files entry": (lambda p: _rewrite_state(p, lambda s: s["files"].pop("model.safetensors")),
-                    r"state\.json: 'files' does not list model\.safetensors"),
+                    STATE + ": 'files' does not list model\\.safetensors"),
     "path in files": (lambda p: _rewrite_state(p, lambda s: s["files"].update({"../x": {"sha256": "", "bytes": 0}})),
                       r"plain file names"),
 }

@@ -54,6 +54,16 @@ def test_plain_console_lines(tmp_path):
     assert text[2].startswith("step 20/100 | val/loss 3.0000 | val/ppl 20.0900 | val/bpb 1.5000")
 
 
+def test_default_streams_and_none_values(tmp_path, capsys):
+    with MetricsLogger(str(tmp_path), total_steps=4) as log:  # stderr is not a terminal under pytest
+        log.log(2, **{"train/loss": 2.5, "mfu": None})
+        log.message("hello")
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("step 2/4 | loss 2.5000 | eta ") and "mfu" not in out
+    assert out.splitlines()[1] == "hello" and err == ""
+    assert lines(tmp_path)[0]["mfu"] is None
+
+
 def test_console_off_and_tqdm_bar(tmp_path):
     out = io.StringIO()
     with MetricsLogger(str(tmp_path / "a"), total_steps=5, console=False, stream=out) as log:
@@ -88,15 +98,20 @@ def test_resume_keeps_lines_up_to_start_step(tmp_path):
 
 def test_tensorboard(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(ValueError, match="pip install tensorboard"):
             MetricsLogger(str(tmp_path), total_steps=3, console=False, tensorboard=True)
         return
-    with MetricsLogger(str(tmp_path), total_steps=3, console=False, tensorboard=True) as log:
-        log.log(1, **{"train/loss": 2.0})
-    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tb"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    with MetricsLogger(str(tmp_path), total_steps=5, console=False, tensorboard=True) as log:
+        for step in range(1, 6):
+            log.log(step, **{"train/loss": float(step)})
+    with MetricsLogger(str(tmp_path), total_steps=5, console=False, tensorboard=True, start_step=3) as log:
+        log.log(4, **{"train/loss": 40.0})  # resumed at 3: the first run's steps 4, 5 are purged
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
 def _metrics(run_dir, n=60, val_every=20):
