@@ -64,9 +64,12 @@ def load_checkpoint_model(ckpt: str, device):
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file or directory")
     path = latest_checkpoint(ckpt)
     if path is None:
-        raise ValueError(f"--ckpt {ckpt}: no checkpoint found there (expected a step-XXXXXXXX "
-                         "directory with state.json)")
+        raise ValueError(f"--ckpt {ckpt}: no complete checkpoint there (a step-XXXXXXXX directory "
+                         "with state.json, or a run directory holding checkpoints/)")
     model, tok, meta = load_model(path, device=str(device))
+    if tok is None:
+        raise ValueError(f"{path}: the checkpoint holds no tokenizer.fastlm (needed to encode "
+                         "prompts and data)")
     model.eval()
     return model, tok, meta, path
 
