@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     # ---- the loop
     result = TrainResult(run_dir=run_dir, checkpoint=resume_ckpt, step=start_step)
     t_start = time.time()
-    t_log, tokens_log, train_time = time.time(), 0, 0.0
+    tokens_log, time_log, train_time = 0, 0.0, 0.0  # tokens/s over training time only (no eval, no saving)
     step = start_step
     while True:
         last = step >= cfg.max_steps
@@ -307,6 +307,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             torch.cuda.synchronize(device)
         dt = time.time() - t0
         train_time += dt
+        time_log += dt
         step += 1
         loop["step"] = step
         loop["tokens"] += tokens_per_step
@@ -314,14 +315,13 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
 
         # -- logging
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            now = time.time()
-            tps = tokens_log / max(now - t_log, 1e-9)
+            tps = tokens_log / max(time_log, 1e-9)
             peak = peak_flops(device, precision)
             mfu = flops_per_token * tps / (peak * info.world_size) if peak else None
             if finite and not spike:
                 log(step, **{"train/loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps,
                              "mfu": mfu, "tokens": loop["tokens"]})
-            t_log, tokens_log = now, 0
+            tokens_log, time_log = 0, 0.0
 
     result.step = step
     result.skipped = loop["skipped"]
