@@ -5,7 +5,8 @@ F.cross_entropy on the logits, torch AdamW) trained on the same token shards, sa
 Fair by construction: one TrainConfig drives both. The reference loop reads the trainer's own batch stream
 (`fastlm.train.batches.load_batches`: the same train rows in the same order, the same val rows), uses the
 same lr schedule function, the same AdamW groups (decay on matrices), grad clipping, bf16 autocast on GPU,
-and starts from the same initial weights (fastlm's init, copied in). Each contender runs in its own
+and starts from the same initial weights (fastlm's init, copied in; the max logits difference of the two
+models on a val row is recorded as a check). Each contender runs in its own
 subprocess (peak memory = that process's ru_maxrss, or CUDA max_memory_allocated, read at its last training
 log line, before the trainer's end-of-run sample and checkpoint). Both stop at the same wall-clock budget
 (`max_time`; evaluation time counts, as it would in a real run) and evaluate every `--eval-steps` steps,
@@ -108,8 +109,12 @@ def child_ref(spec: dict) -> dict:
 
     torch.manual_seed(cfg.seed)  # fastlm's init, copied into the reference
     mcfg = model_config_for("clm", cfg.model.size, cfg.model.overrides, vocab_size=batches.tokenizer.n_vocab)
-    model = RefGPT(mcfg)
-    model.load_fastlm_state(build_model(mcfg).state_dict())
+    model, fl = RefGPT(mcfg), build_model(mcfg)
+    model.load_fastlm_state(fl.state_dict())
+    with torch.no_grad():  # same function: logits of both models on a val row, before training
+        x = (batches.val[0][0] if batches.val else batches.next_micro(1)[0])[:1]
+        same = float((model(x) - fl(x, kernels="torch")).abs().max())
+    del fl
     model.to(device)
     torch.manual_seed(cfg.seed)
     o = cfg.optim
@@ -162,7 +167,7 @@ def child_ref(spec: dict) -> dict:
         step += 1
         tokens_log += tokens_per_step
         if step % cfg.log_every == 0:
-            train_loss = float(loss) * accum  # a sync, as nanoGPT's loss.item()
+            train_loss = float(loss.detach()) * accum  # a sync, as nanoGPT's loss.item()
             now = time.time()
             logs.append({"step": step, "train/loss": train_loss, "tokens_per_s": tokens_log / (now - t_log)})
             t_log, tokens_log = now, 0
@@ -170,15 +175,15 @@ def child_ref(spec: dict) -> dict:
             if not math.isfinite(train_loss):
                 raise RuntimeError(f"reference: non-finite loss at step {step}")
     return _summary(logs, vals, spec["eval_steps"], mem, {"wall_s": time.time() - t_start,
-                                                          "torch": torch.__version__})
+                                                          "torch": torch.__version__,
+                                                          "init_logits_max_diff": same})
 
 
 # ------------------------------------------------------------------------------------------- driver
 
 def _config(args) -> dict:
     """The TrainConfig (as a dict) both contenders run, data prepared once here."""
-    from fastlm.config import from_dict
-    from fastlm.train.config import TrainConfig, load_train_config
+    from fastlm.train.config import load_train_config
     from fastlm.train.prepare import prepare_data
 
     d = {"task": "clm", "out": args.out, "seed": args.seed, "device": args.device, "micro_batch": args.micro_batch,
@@ -187,9 +192,9 @@ def _config(args) -> dict:
          "keep_last": 1, "plot": False, "tensorboard": False,
          "data": {"seq_len": args.seq_len}, "model": {"size": args.size, "kernels": args.kernels},
          "optim": {"schedule": "constant", "warmup_steps": args.warmup}}
-    cfg = load_train_config(None, args.set, base=from_dict(TrainConfig, d)) if args.set else from_dict(TrainConfig, d)
+    cfg = load_train_config(None, args.set, base=d)
     if not cfg.data.tokens:
-        prepared = prepare_data(cfg, log=lambda s: print(f"  data: {s}", file=sys.stderr))
+        prepared = prepare_data(cfg, log=lambda s: print(f"  {s}", file=sys.stderr))
         cfg.data.tokens, cfg.data.val_tokens, cfg.data.tokenizer = prepared.train, prepared.val, prepared.tokenizer
     return cfg.to_dict()
 
