@@ -45,9 +45,13 @@ def _summary(logs: list[dict], vals: list[dict], eval_steps: int, mem: dict, ext
     tps = [r["tokens_per_s"] for r in logs]
     steady = tps[WARMUP_LOGS:] or tps
     at_n = next((v["val/loss"] for v in vals if v["step"] == eval_steps), None)
+    train_n = next((r["train/loss"] for r in logs if r["step"] == eval_steps), None)
     return {"tokens_per_s": statistics.median(steady) if steady else None, "n_intervals": len(steady),
+            "train_at_steps": train_n,
             "val_at_steps": at_n, "val_final": vals[-1]["val/loss"] if vals else None,
-            "final_step": vals[-1]["step"] if vals else None, **mem, **extra}
+            "final_step": vals[-1]["step"] if vals else None, **mem, **extra,
+            "train_loss": [[r["step"], r["train/loss"]] for r in logs], "val_loss": [[v["step"], v["val/loss"]]
+                                                                                  for v in vals]}
 
 
 # ------------------------------------------------------------------------------------ contender: fastlm
@@ -109,7 +113,8 @@ def child_ref(spec: dict) -> dict:
 
     torch.manual_seed(cfg.seed)  # fastlm's init, copied into the reference
     mcfg = model_config_for("clm", cfg.model.size, cfg.model.overrides, vocab_size=batches.tokenizer.n_vocab)
-    model, fl = RefGPT(mcfg), build_model(mcfg)
+    fl = build_model(mcfg)  # first, as the trainer does right after the seed: the same draws
+    model = RefGPT(mcfg)
     model.load_fastlm_state(fl.state_dict())
     with torch.no_grad():  # same function: logits of both models on a val row, before training
         x = (batches.val[0][0] if batches.val else batches.next_micro(1)[0])[:1]
@@ -224,6 +229,7 @@ def table(res: dict, eval_steps: int) -> str:
     mem_key = "cuda_mib" if "cuda_mib" in a and "cuda_mib" in b else "rss_mib"
     rows = [("tokens/s (median)", "tokens_per_s", ".0f", True),
             (f"peak {'CUDA alloc' if mem_key == 'cuda_mib' else 'RSS'} MiB", mem_key, ".0f", False),
+            (f"train loss @ step {eval_steps}", "train_at_steps", ".4f", False),
             (f"val loss @ step {eval_steps}", "val_at_steps", ".4f", False),
             ("val loss @ budget", "val_final", ".4f", False),
             ("steps @ budget", "final_step", "d", True)]
