@@ -14,6 +14,7 @@ so the table shows val loss after the same number of steps and after the same ti
 constant after warmup (the step count at the budget is not known in advance).
 
     python benchmarks/bench_train.py --quick                 # ~1 minute on a CPU
+    python benchmarks/bench_train.py --quick --repeats 3     # alternating runs on a noisy machine
     python benchmarks/bench_train.py --budget-s 120 --size small --set data.seq_len=512 --micro-batch 32
 """
 from __future__ import annotations
@@ -39,6 +40,13 @@ def _peak_memory() -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def _device_name(cfg) -> str:
+    import torch
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return torch.cuda.get_device_name()
 
 
 def _summary(logs: list[dict], vals: list[dict], eval_steps: int, mem: dict, extra: dict) -> dict:
@@ -81,7 +89,8 @@ def child_fastlm(spec: dict) -> dict:
     logs = [r for r in rows if r.get("tokens_per_s") is not None]
     vals = [r for r in rows if "val/loss" in r]
     return _summary(logs, vals, spec["eval_steps"], mem, {"wall_s": wall, "stopped": res.stopped,
-                                                          "torch": torch.__version__})
+                                                          "torch": torch.__version__,
+                                                          "device": _device_name(cfg)})
 
 
 # ------------------------------------------------------------------------- contender: plain PyTorch
@@ -181,7 +190,9 @@ def child_ref(spec: dict) -> dict:
                 raise RuntimeError(f"reference: non-finite loss at step {step}")
     return _summary(logs, vals, spec["eval_steps"], mem, {"wall_s": time.time() - t_start,
                                                           "torch": torch.__version__,
-                                                          "init_logits_max_diff": same})
+                                                          "init_logits_max_diff": same,
+                                                          "device": _device_name(cfg),
+                                                          "params": sum(p.numel() for p in model.parameters())})
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -259,6 +270,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
     p.add_argument("--out", default=os.path.join("runs", "bench_train"), help="runs, data cache and results")
     p.add_argument("--only", choices=("fastlm", "torch-ref"), help="run one contender")
+    p.add_argument("--repeats", type=int, default=1, help="runs per contender, alternating (tokens/s median)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -281,17 +293,33 @@ def main(argv=None) -> int:
         args.eval_tokens, args.warmup = 4096, 10
     os.makedirs(args.out, exist_ok=True)
     cfg = _config(args)
+    names = [n for n in ("fastlm", "torch-ref") if not args.only or n == args.only]
+    runs: dict = {n: [] for n in names}
+    for r in range(args.repeats):  # alternate the order: a noisy neighbour hurts both alike
+        for name in (names if r % 2 == 0 else names[::-1]):
+            c = dict(cfg, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            runs[name].append(_run_child(name, {"cfg": c, "eval_steps": args.eval_steps}, args.out,
+                                         args.threads))
     results = {}
-    for name in ("fastlm", "torch-ref"):
-        if args.only and name != args.only:
-            continue
-        c = dict(cfg, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        results[name] = _run_child(name, {"cfg": c, "eval_steps": args.eval_steps}, args.out, args.threads)
+    for name, rs in runs.items():  # the first run's figures, tokens/s and memory: median / max of runs
+        results[name] = dict(rs[0], tokens_per_s=statistics.median(r["tokens_per_s"] for r in rs),
+                             tokens_per_s_runs=[r["tokens_per_s"] for r in rs])
+        for key in ("rss_mib", "cuda_mib"):
+            if key in rs[0]:
+                results[name][key] = max(r[key] for r in rs)
     m = cfg["model"]
-    print(f"\nbench_train: {m['size']} {m['overrides'] or ''} on {cfg['device']}, {cfg['micro_batch']} x "
+    first = next(iter(results.values()))
+    params = f", {results['torch-ref']['params'] / 1e6:.2f}M params" if "torch-ref" in results else ""
+    print(f"\nbench_train: {m['size']} {m['overrides'] or ''}{params} on {first['device']}, torch "
+          f"{first['torch']}, {cfg['micro_batch']} x "
           f"{cfg['data']['seq_len']} tokens/step, budget {args.budget_s:.0f} s each, kernels={m['kernels']}")
     if len(results) == 2:
         print(table(results, args.eval_steps))
+    for name, r in results.items():
+        print(f"{name} tokens/s per run: {', '.join(f'{t:.0f}' for t in r['tokens_per_s_runs'])}; "
+              f"{r['n_intervals']} logged intervals after warm-up")
+    if "torch-ref" in results:
+        print(f"init check: max |logits fastlm - ref| = {results['torch-ref']['init_logits_max_diff']:.2e}")
     out = os.path.join(args.out, "bench_train.json")
     with open(out + ".tmp", "w") as f:
         json.dump({"config": cfg, "results": results}, f, indent=2)
