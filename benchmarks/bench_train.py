@@ -15,6 +15,7 @@ constant after warmup (the step count at the budget is not known in advance).
 
     python benchmarks/bench_train.py --quick                 # ~1 minute on a CPU
     python benchmarks/bench_train.py --quick --repeats 3     # alternating runs on a noisy machine
+    python benchmarks/bench_train.py --quick --steps-only 20 --profile   # model steps only, interleaved
     python benchmarks/bench_train.py --budget-s 120 --size small --set data.seq_len=512 --micro-batch 32
 """
 from __future__ import annotations
@@ -195,6 +196,69 @@ def child_ref(spec: dict) -> dict:
                                                           "params": sum(p.numel() for p in model.parameters())})
 
 
+# ------------------------------------------------------------------ interleaved steps, one process
+
+def step_compare(cfg_dict: dict, n: int, profile: bool) -> None:
+    """Training steps of both models (same weights, same batch, AdamW + clipping) alternated in one
+    process, so a noisy machine slows both alike: median ms/step, and torch.profiler's top ops."""
+    import torch
+
+    from fastlm.config import from_dict
+    from fastlm.models import build_model, model_config_for
+    from fastlm.tokenizer import Tokenizer
+    from fastlm.train.config import TrainConfig
+    from nanogpt_ref import RefGPT
+
+    cfg = from_dict(TrainConfig, cfg_dict)
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    vocab = Tokenizer.from_file(cfg.data.tokenizer).n_vocab
+    mcfg = model_config_for("clm", cfg.model.size, cfg.model.overrides, vocab_size=vocab)
+    torch.manual_seed(cfg.seed)
+    fl = build_model(mcfg)
+    ref = RefGPT(mcfg)
+    ref.load_fastlm_state(fl.state_dict())
+    fl.to(device), ref.to(device)
+    B, T = cfg.micro_batch, cfg.data.seq_len
+    x = torch.randint(0, vocab, (B, T), device=device)
+    y = torch.randint(0, vocab, (B, T), device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+            for k, m in (("fastlm", fl), ("torch-ref", ref))}
+
+    def step(name):
+        with autocast:
+            loss = (fl(x, y, kernels=cfg.model.kernels, reduction="sum") / y.numel() if name == "fastlm"
+                    else ref(x, y))
+        loss.backward()
+        m = fl if name == "fastlm" else ref
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times: dict = {"fastlm": [], "torch-ref": []}
+    for name in times:
+        step(name), step(name)  # warm-up
+    for i in range(n):
+        for name in (("fastlm", "torch-ref") if i % 2 == 0 else ("torch-ref", "fastlm")):
+            t0 = time.perf_counter()
+            step(name)
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print(f"\ninterleaved steps ({n} each, {B} x {T} tokens, {device}): fastlm {med['fastlm']:.1f} ms, "
+          f"torch-ref {med['torch-ref']:.1f} ms, fastlm/ref time {med['fastlm'] / med['torch-ref']:.3f}")
+    if profile:
+        from torch.profiler import profile as prof
+        for name in times:
+            with prof() as p:
+                for _ in range(3):
+                    step(name)
+            print(f"\n{name}: top ops by self time (3 steps)")
+            print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 # ------------------------------------------------------------------------------------------- driver
 
 def _config(args) -> dict:
@@ -271,6 +335,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join("runs", "bench_train"), help="runs, data cache and results")
     p.add_argument("--only", choices=("fastlm", "torch-ref"), help="run one contender")
     p.add_argument("--repeats", type=int, default=1, help="runs per contender, alternating (tokens/s median)")
+    p.add_argument("--steps-only", type=int, default=0, metavar="N",
+                   help="instead: N training steps of each model alternated in one process (noise-robust)")
+    p.add_argument("--profile", action="store_true", help="with --steps-only: torch.profiler top ops")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -293,6 +360,12 @@ def main(argv=None) -> int:
         args.eval_tokens, args.warmup = 4096, 10
     os.makedirs(args.out, exist_ok=True)
     cfg = _config(args)
+    if args.steps_only:
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
+        step_compare(cfg, args.steps_only, args.profile)
+        return 0
     names = [n for n in ("fastlm", "torch-ref") if not args.only or n == args.only]
     runs: dict = {n: [] for n in names}
     for r in range(args.repeats):  # alternate the order: a noisy neighbour hurts both alike
