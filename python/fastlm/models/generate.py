@@ -129,6 +129,15 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
 
 
+def _check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+
+
 def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
                    top_p: float = 1.0) -> torch.Tensor:
     """fp32 logits / temperature, then top-k, then top-p (transformers' warper order);
@@ -139,10 +148,7 @@ def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 to scale logits, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    _check_sampling(temperature, top_k, top_p)
     return top_p_filter(top_k_filter(logits.float() / temperature, top_k), top_p)
 
 
@@ -155,8 +161,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
     >>> sample_next(torch.tensor([[0.0, 5.0, 1.0]]), temperature=0.0)
     tensor([1])
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = process_logits(logits, temperature=temperature, top_k=top_k,
@@ -199,6 +204,7 @@ def generate(model, prompt_ids: Sequence[int], *, max_new_tokens: int, temperatu
         raise ValueError(f"generation needs a causal LM (GPT); got {type(model).__name__} "
                          f"(a masked LM cannot generate text)")
     tokens = _check_prompt(prompt_ids, cfg.vocab_size)
+    _check_sampling(temperature, top_k, top_p)
     if max_new_tokens == 0:
         return
     device = next(model.parameters()).device
