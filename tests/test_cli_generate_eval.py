@@ -17,7 +17,6 @@ from fastlm.models.generate import generate  # noqa: E402
 from fastlm.tokenizer import Tokenizer  # noqa: E402
 from fastlm.tokenizer.shards import TokenShardWriter, file_sha256  # noqa: E402
 from fastlm.train.checkpoint import load_model, save_checkpoint  # noqa: E402
-from fastlm.train.collate import mask_tokens  # noqa: E402
 from fastlm.train.config import TrainConfig  # noqa: E402
 
 torch.set_num_threads(1)
@@ -210,25 +209,21 @@ def test_eval_errors(clm_run, tok_path, tmp_path, capsys):
 
 
 def test_eval_mlm(mlm_run, tok_path, tmp_path, capsys):
+    from fastlm.train.batches import MLMMasker
     model, tok, _ = load_model(mlm_run)
     shards = _shards(tmp_path, tok_path, DOCS)
     out = str(tmp_path / "m.json")
     assert main(["eval", "--ckpt", mlm_run, shards, "--json", out, "--seed", "1", "--batch", "3"]) == 0
     assert "accuracy" in capsys.readouterr().out
     r = json.load(open(out))
-    # reference: the same rows masked with the same seeded generator, plain cross-entropy
+    # reference: rows of 16 masked one at a time (as the trainer masks), plain cross-entropy
     bos = tok.special_id("<|bos|>")
     s = torch.tensor([t for d in DOCS for t in [bos] + tok.encode_ordinary(d)])
-    g = torch.Generator().manual_seed(1)
+    masker = MLMMasker(tok, seed=1, mlm_probability=0.15)
     nats = correct = count = 0
-    full = len(s) // 16  # rows of 16, masked 3 rows at a time (--batch 3), the short row alone
-    groups = [s[a * 16:min(a + 3, full) * 16].view(-1, 16) for a in range(0, full, 3)]
-    groups += [s[full * 16:][None]] if len(s) % 16 else []
     with torch.no_grad():
-        for rows in groups:
-            x, y = mask_tokens(rows, mask_token_id=tok.special_id("<|mask|>"),
-                               vocab_size=tok.n_vocab, special_ids=tok.special_tokens.values(),
-                               mlm_probability=0.15, generator=g)
+        for i, a in enumerate(range(0, len(s), 16)):
+            x, y = masker(s[a:a + 16][None], torch.tensor([i]))
             keep = y != -100
             logits = model(x, kernels="torch")[keep]
             nats += float(F.cross_entropy(logits, y[keep], reduction="sum"))
@@ -237,3 +232,6 @@ def test_eval_mlm(mlm_run, tok_path, tmp_path, capsys):
     assert r["task"] == "mlm" and r["tokens"] == count > 0
     assert r["loss"] == pytest.approx(nats / count, rel=1e-5)
     assert r["accuracy"] == pytest.approx(correct / count)
+    # the figures do not depend on --batch
+    assert main(["eval", "--ckpt", mlm_run, shards, "--json", out, "--seed", "1", "--batch", "1"]) == 0
+    assert json.load(open(out))["loss"] == pytest.approx(r["loss"], rel=1e-6)

@@ -6,8 +6,8 @@ have been encoded with the checkpoint's tokenizer: same sha256) or text inputs (
 ``builtin:NAME``, read with fastlm.data.readers and encoded with the checkpoint's tokenizer, one <|bos|>
 before each document as in training). The tokens are read in order, as one stream, cut into rows of
 ``--seq-len`` tokens: every token of the first ``--max-tokens`` is predicted once (CLM; each row's first
-token is conditioned only on the tokens of its row). MLM rows are masked with a seeded generator (the
-run's mlm_probability, 80/10/10), so a figure is reproducible.
+token is conditioned only on the tokens of its row). MLM rows are masked as in training (the run's
+mlm_probability, 80/10/10), each row with a generator seeded by (--seed, row), so figures are reproducible.
 """
 
 from __future__ import annotations
@@ -134,21 +134,20 @@ def clm_batches(n_tokens: int, get, *, seq_len: int, batch: int, max_tokens: int
 
 
 def mlm_batches(n_tokens: int, get, *, seq_len: int, batch: int, max_tokens: int, tok, meta, seed: int):
-    """(masked ids, labels) rows of seq_len tokens, masked with a generator seeded with ``seed``."""
+    """(masked ids, labels) rows of seq_len tokens, masked as the trainer masks (`MLMMasker`: each row
+    with its own generator seeded by (``seed``, row index), so the figures do not depend on --batch)."""
     import numpy as np
     import torch
 
-    from fastlm.train.collate import mask_tokens
+    from fastlm.train.batches import MLMMasker
 
-    if "<|mask|>" not in tok.special_tokens:
-        raise ValueError("the checkpoint's tokenizer has no <|mask|> token: it cannot be an MLM tokenizer")
+    tc = meta.get("train_config") or {}
+    masker = MLMMasker(tok, seed=seed, mlm_probability=float(tc.get("mlm_probability", 0.15)),
+                       whole_word=bool(tc.get("whole_word_mask", False)))
     n = n_tokens if not max_tokens else min(n_tokens, max_tokens)
-    prob = float((meta.get("train_config") or {}).get("mlm_probability", 0.15))
-    g = torch.Generator().manual_seed(seed)
     for rows in _row_groups(n, seq_len, batch):
         ids = torch.from_numpy(np.stack([np.asarray(get(s, s + k), dtype=np.int64) for s, k in rows]))
-        yield mask_tokens(ids, mask_token_id=tok.special_tokens["<|mask|>"], vocab_size=tok.n_vocab,
-                          special_ids=tok.special_tokens.values(), mlm_probability=prob, generator=g)
+        yield masker(ids, torch.tensor([s // seq_len for s, _ in rows]))
 
 
 def run_eval(args: argparse.Namespace) -> int:
