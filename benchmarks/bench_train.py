@@ -295,30 +295,26 @@ def _run_child(name: str, spec: dict, out: str, threads: int) -> dict:
         return json.load(f)
 
 
-def _fmt(v, spec=".4g") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def table(res: dict, eval_steps: int) -> str:
     a, b = res["fastlm"], res["torch-ref"]
     mem_key = "cuda_mib" if "cuda_mib" in a and "cuda_mib" in b else "rss_mib"
-    rows = [("tokens/s (median)", "tokens_per_s", ".0f", True),
-            (f"peak {'CUDA alloc' if mem_key == 'cuda_mib' else 'RSS'} MiB", mem_key, ".0f", False),
-            (f"train loss @ step {eval_steps}", "train_at_steps", ".4f", False),
-            (f"val loss @ step {eval_steps}", "val_at_steps", ".4f", False),
-            ("val loss @ budget", "val_final", ".4f", False),
-            ("steps @ budget", "final_step", "d", True)]
+    rows = [("tokens/s (median)", "tokens_per_s", ".0f"),
+            (f"peak {'CUDA alloc' if mem_key == 'cuda_mib' else 'RSS'} MiB", mem_key, ".0f"),
+            (f"train loss @ step {eval_steps}", "train_at_steps", ".4f"),
+            (f"val loss @ step {eval_steps}", "val_at_steps", ".4f"),
+            ("val loss @ budget", "val_final", ".4f"), ("steps @ budget", "final_step", "d")]
     lines = [f"{'':28s}{'fastlm':>12s}{'torch-ref':>12s}{'fastlm/ref':>12s}"]
-    for label, key, spec, _ in rows:
+    for label, key, spec in rows:
         x, y = a.get(key), b.get(key)
         ratio = f"{x / y:.3f}" if x is not None and y else "-"
-        lines.append(f"{label:28s}{_fmt(x, spec):>12s}{_fmt(y, spec):>12s}{ratio:>12s}")
+        x_s, y_s = ("-" if v is None else format(v, spec) for v in (x, y))
+        lines.append(f"{label:28s}{x_s:>12s}{y_s:>12s}{ratio:>12s}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="~1 minute: 25 s per contender, small rows")
+    p.add_argument("--quick", action="store_true", help="~1 minute: 20 s per contender, small rows")
     p.add_argument("--budget-s", type=float, default=60.0, help="wall-clock budget per contender (default 60)")
     p.add_argument("--eval-steps", type=int, default=50, help="evaluate every N steps (val loss @ step N)")
     p.add_argument("--eval-tokens", type=int, default=16384, help="val tokens per evaluation")
@@ -356,7 +352,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.quick:
-        args.budget_s, args.eval_steps, args.seq_len, args.micro_batch = 25.0, 20, 128, 8
+        args.budget_s, args.eval_steps, args.seq_len, args.micro_batch = 20.0, 20, 128, 8
         args.eval_tokens, args.warmup = 4096, 10
     os.makedirs(args.out, exist_ok=True)
     cfg = _config(args)
