@@ -196,3 +196,26 @@ def test_stream_text_multibyte():
     byte_ids = list("😀".encode())  # one byte per token: held back until the 4th
     assert list(stream_text(tok, byte_ids)) == ["", "", "", "😀"]
     assert "".join(stream_text(tok, [0xF0, 0x9F])) == "\ufffd"  # truncated at the end
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_cache_matches_full_forward():
+    """bf16 autocast on CUDA, head dim 64 (the prefill takes fastlm's flash kernel when built):
+    cached logits stay within bf16 noise of full forwards; seeded sampling matches the CPU draw."""
+    torch.manual_seed(0)
+    model = GPT(tiny(d_model=256, n_head=4, n_kv_head=2, max_seq_len=128)).cuda().eval()
+    x = torch.randint(0, V, (2, 40), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        full = model(x).float()
+        cache = KVCache(64)
+        parts = [model(x[:, :30], kv_cache=cache)] + [model(x[:, t:t + 1], kv_cache=cache)
+                                                      for t in range(30, 40)]
+        got = torch.cat(parts, dim=1).float()
+        a = list(generate(model, x[0, :5].tolist(), max_new_tokens=20, temperature=0))
+    torch.testing.assert_close(got, full, rtol=0.05, atol=0.05)
+    assert len(a) == 20
+    logits = torch.randn(1, V, device="cuda")
+    on_gpu = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    on_cpu = sample_next(logits.cpu(), temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert int(on_gpu) == int(on_cpu) and on_gpu.device.type == "cuda"
