@@ -7,8 +7,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records, record_text
 from fastlm.data.records import ErrorLog
 
@@ -127,46 +125,25 @@ def _separator_id(tok, kind: str):
 def run_encode(args: argparse.Namespace) -> int:
     from fastlm.cli.progress import DocProgress
     from fastlm.tokenizer import formats, load
-    from fastlm.tokenizer.shards import TokenShardWriter, file_sha256
+    from fastlm.tokenizer.shards import encode_to_shards, file_sha256
 
     tok_path = formats.resolve_path(args.tokenizer)
     tok = load(tok_path)
     sep = _separator_id(tok, args.separator)
     log = ErrorLog(strict=args.strict)
-    writer = TokenShardWriter(args.output, vocab_size=tok.n_vocab, tokenizer_sha256=file_sha256(tok_path),
-                              shard_tokens=args.shard_tokens)
     progress = DocProgress("encode", enabled=not args.quiet)
-    t0, docs, nbytes = time.perf_counter(), 0, 0
-    batch: list[str] = []
-
-    def flush() -> None:
-        nonlocal docs, nbytes
-        for ids in tok.encode_ordinary_batch(batch, num_threads=args.threads, as_numpy=True):
-            if sep is None:
-                writer.add(ids)
-            elif args.separator == "bos":
-                writer.add(np.concatenate((np.array([sep], dtype=ids.dtype), ids)))
-            else:
-                writer.add(np.concatenate((ids, np.array([sep], dtype=ids.dtype))))
-        docs += len(batch)
-        nbytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
-        batch.clear()
-        progress(docs, nbytes)
-
+    t0 = time.perf_counter()
     try:
-        for text in _texts(args, log):
-            batch.append(text)
-            if len(batch) >= args.batch_docs:
-                flush()
-        if batch:
-            flush()
-        headers = writer.close()
+        st = encode_to_shards(tok, _texts(args, log), args.output, tokenizer_sha256=file_sha256(tok_path),
+                              separator_id=sep, separator_at="end" if args.separator == "eos" else "start",
+                              shard_tokens=args.shard_tokens, batch_docs=args.batch_docs,
+                              num_threads=args.threads, progress=progress)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
-    print(f"encoded {docs:,} documents, {nbytes / 1e6:.2f} MB -> {writer.total_tokens:,} tokens "
-          f"({nbytes / max(writer.total_tokens, 1):.3f} bytes/token) in {seconds:.2f} s "
-          f"({nbytes / 1e6 / max(seconds, 1e-9):.2f} MB/s); {len(headers)} shard(s) in {args.output}")
+    print(f"encoded {st.docs:,} documents, {st.bytes / 1e6:.2f} MB -> {st.tokens:,} tokens "
+          f"({st.bytes / max(st.tokens, 1):.3f} bytes/token) in {seconds:.2f} s "
+          f"({st.bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s); {len(st.headers)} shard(s) in {args.output}")
     if log.total:
         print(f"skipped {log.total} malformed records: {dict(log.counts)}", file=sys.stderr)
     return 0

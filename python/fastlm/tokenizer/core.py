@@ -13,7 +13,8 @@ from fastlm.tokenizer import _backend
 from fastlm.tokenizer.patterns import resolve_pattern
 
 # The chat-template control tokens (see fastlm.tokenizer.chat_template); <|bos|> also separates
-# documents in token shards.
+# documents in token shards; <|mask|> is the MLM [MASK], <|pad|> pads SFT/MLM batches. New ones go at
+# the end so that the ids of the earlier ones stay put.
 DEFAULT_SPECIALS: tuple[str, ...] = (
     "<|bos|>",
     "<|user_start|>",
@@ -22,6 +23,8 @@ DEFAULT_SPECIALS: tuple[str, ...] = (
     "<|assistant_end|>",
     "<|system_start|>",
     "<|system_end|>",
+    "<|mask|>",
+    "<|pad|>",
 )
 
 _TRAIN_CHUNK_BYTES = 8 << 20  # texts are pre-tokenized and counted this many bytes at a time

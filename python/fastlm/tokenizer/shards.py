@@ -11,9 +11,12 @@ Every file is written atomically (temp file + rename), the header last.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from typing import Callable, Iterable, Literal, Optional
+
 import numpy as np
 
 from fastlm.data.io import atomic_write
@@ -113,3 +116,58 @@ def read_shard(header_path: str) -> tuple[dict, np.ndarray, np.ndarray]:
     if tokens.size != header["n_tokens"] or offsets.size != header["n_docs"] + 1:
         raise ValueError(f"{header_path}: sizes of .bin/.idx do not match the header")
     return header, tokens, offsets
+
+
+@dataclasses.dataclass
+class EncodeStats:
+    """What `encode_to_shards` wrote."""
+    headers: list[str]  # shard header paths
+    docs: int           # documents encoded
+    bytes: int          # UTF-8 bytes of their text
+    tokens: int         # ids written (separators included)
+
+
+def encode_to_shards(tok, texts: Iterable[str], out_dir: str, *, tokenizer_sha256: str,
+                     separator_id: Optional[int] = None, separator_at: Literal["start", "end"] = "start",
+                     shard_tokens: int = 100_000_000, batch_docs: int = 256, num_threads: int = 0,
+                     progress: Optional[Callable[[int, int], None]] = None) -> EncodeStats:
+    """Encode documents (ordinary text: special-token text stays text) into token shards in ``out_dir``,
+    ``separator_id`` before (or after) each one; ``progress(docs, bytes)`` after each batch.
+
+    >>> import tempfile
+    >>> from fastlm.tokenizer import Tokenizer
+    >>> tok = Tokenizer.train_from_iterator(["ab ab"] * 3, 300)
+    >>> st = encode_to_shards(tok, ["ab", "ab ab"], tempfile.mkdtemp(), tokenizer_sha256="x",
+    ...                       separator_id=tok.special_tokens["<|bos|>"])
+    >>> st.docs, st.tokens
+    (2, 5)
+    """
+    writer = TokenShardWriter(out_dir, vocab_size=tok.n_vocab, tokenizer_sha256=tokenizer_sha256,
+                              shard_tokens=shard_tokens)
+    sep = None if separator_id is None else np.array([separator_id], dtype=writer.dtype)
+    docs = nbytes = 0
+    batch: list[str] = []
+
+    def flush() -> None:
+        nonlocal docs, nbytes
+        for ids in tok.encode_ordinary_batch(batch, num_threads=num_threads, as_numpy=True):
+            if sep is None:
+                writer.add(ids)
+            elif separator_at == "start":
+                writer.add(np.concatenate((sep, ids.astype(writer.dtype, copy=False))))
+            else:
+                writer.add(np.concatenate((ids.astype(writer.dtype, copy=False), sep)))
+        docs += len(batch)
+        nbytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
+        batch.clear()
+        if progress is not None:
+            progress(docs, nbytes)
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= batch_docs:
+            flush()
+    if batch:
+        flush()
+    headers = writer.close()
+    return EncodeStats(headers=headers, docs=docs, bytes=nbytes, tokens=writer.total_tokens)
