@@ -151,3 +151,21 @@ def test_fastlm_parser_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip() == "False"
+
+
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+
+
+@pytest.mark.parametrize("name", ["clm-tiny", "clm-small", "mlm-tiny", "gpt2-124m"])
+def test_example_configs_load(name):
+    from fastlm.models import model_config_for
+
+    cfg = load_train_config(os.path.join(CONFIGS, f"{name}.yaml"))
+    model = model_config_for(cfg.task, cfg.model.size, cfg.model.overrides, vocab_size=cfg.data.vocab_size)
+    assert cfg.data.seq_len <= model.max_seq_len
+
+
+def test_clm_tiny_config_is_the_main_job():
+    from fastlm.train.config import TrainConfig
+
+    assert load_train_config(os.path.join(CONFIGS, "clm-tiny.yaml")) == TrainConfig()
