@@ -141,13 +141,17 @@ class PackedBatches:
     """
 
     def __init__(self, dataset: TokenDataset, *, batch: int, seq_len: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, return_doc_ids: bool = False):
+                 seed: int = 0, shuffle: bool = True, return_doc_ids: bool = False,
+                 docs: Optional[np.ndarray] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch < 1 or seq_len < 1:
             raise ValueError("batch and seq_len must be >= 1")
-        if dataset.n_docs < world_size:
-            raise ValueError(f"{dataset.n_docs} documents cannot be split over {world_size} ranks")
+        # the documents this loader walks (default all; e.g. the train side of `holdout_split`)
+        self.docs = (np.arange(dataset.n_docs, dtype=np.int64) if docs is None
+                     else np.asarray(docs, dtype=np.int64))
+        if self.docs.size < world_size:
+            raise ValueError(f"{self.docs.size} documents cannot be split over {world_size} ranks")
         self.ds, self.batch, self.seq_len = dataset, batch, seq_len
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
         self.return_doc_ids = return_doc_ids
@@ -156,14 +160,14 @@ class PackedBatches:
         self.offset = 0       # token offset inside that document
         self._order_epoch = -1
         self._order = np.zeros(0, np.int64)
-        lengths = np.diff(dataset.doc_offsets)
+        lengths = np.diff(dataset.doc_offsets)[self.docs]
         if int(lengths.sum()) == 0:
             raise ValueError("the shards hold no tokens")
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's document indices for ``epoch``."""
         if epoch != self._order_epoch:
-            docs = np.arange(self.ds.n_docs, dtype=np.int64)
+            docs = self.docs
             if self.shuffle:
                 docs = np.random.default_rng([self.seed, epoch]).permutation(docs)
             self._order, self._order_epoch = docs[self.rank::self.world_size], epoch
@@ -213,8 +217,12 @@ class PackedBatches:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, ...]:
+        return self.next_rows(self.batch)
+
+    def next_rows(self, n: int) -> tuple[torch.Tensor, ...]:
+        """The next ``n`` rows (``__next__`` is ``next_rows(batch)``)."""
         rows, docs = [], []
-        for _ in range(self.batch):
+        for _ in range(n):
             tokens, doc = self._read(self.seq_len + 1)
             rows.append(tokens)
             docs.append(doc[:-1])
@@ -227,12 +235,127 @@ class PackedBatches:
         """The position (and the settings it depends on) as plain ints."""
         return {"epoch": self.epoch, "doc": self.doc, "offset": self.offset, "seed": self.seed,
                 "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
-                "n_docs": self.ds.n_docs, "seq_len": self.seq_len, "batch": self.batch}
+                "n_docs": int(self.docs.size), "seq_len": self.seq_len, "batch": self.batch}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``; the settings that decide the order must match."""
         for key in ("seed", "rank", "world_size", "shuffle", "n_docs"):
-            mine = self.ds.n_docs if key == "n_docs" else getattr(self, key)
+            mine = int(self.docs.size) if key == "n_docs" else getattr(self, key)
             if state[key] != mine:
                 raise ValueError(f"state {key}={state[key]!r} does not match this loader's {mine!r}")
         self.epoch, self.doc, self.offset = int(state["epoch"]), int(state["doc"]), int(state["offset"])
+
+
+def holdout_split(n_docs: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_docs, val_docs)``: every ``round(1 / val_fraction)``-th document (indices ``k-1, 2k-1, ...``)
+    is held out for validation, the rest trains; ``val_fraction == 0`` holds out nothing.
+
+    >>> tr, va = holdout_split(10, 0.2); va.tolist(), tr.size
+    ([4, 9], 8)
+    """
+    docs = np.arange(n_docs, dtype=np.int64)
+    if val_fraction <= 0:
+        return docs, docs[:0]
+    k = max(1, round(1.0 / val_fraction))
+    if n_docs < 2:
+        raise ValueError(f"cannot hold out validation documents from {n_docs} document(s); give data.val_tokens "
+                         "or set data.val_fraction=0")
+    val = docs[k - 1::k] if k <= n_docs else docs[-1:]
+    if val.size == n_docs:  # val_fraction 1: keep one document to train on
+        val = val[1:]
+    return np.setdiff1d(docs, val), val
+
+
+class RandomRows:
+    """Random ``(x, y)`` windows from a document subset, concatenated; row ``i`` depends only on ``(seed, i)``,
+    so the position is one row counter (world-size free). Windows may span document boundaries.
+
+    >>> import tempfile
+    >>> from fastlm.tokenizer.shards import TokenShardWriter
+    >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x"); w.add(list(range(50)))
+    >>> r = RandomRows(TokenDataset(w.close()), seq_len=8, seed=0); x, y = r.next_rows(3); x.shape
+    torch.Size([3, 8])
+    """
+
+    def __init__(self, dataset: TokenDataset, *, seq_len: int, seed: int = 0, docs: Optional[np.ndarray] = None):
+        self.ds, self.seq_len, self.seed = dataset, seq_len, seed
+        self.docs = np.arange(dataset.n_docs, dtype=np.int64) if docs is None else np.asarray(docs, np.int64)
+        lengths = np.diff(dataset.doc_offsets)[self.docs]
+        self.cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # virtual stream of the subset
+        if int(self.cum[-1]) < seq_len + 1:
+            raise ValueError(f"the documents hold {int(self.cum[-1])} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+        self.row = 0
+
+    def _read(self, start: int, n: int) -> np.ndarray:
+        out = np.empty(n, np.int64)
+        i = int(np.searchsorted(self.cum, start, side="right")) - 1
+        filled = 0
+        while filled < n:
+            d = int(self.docs[i])
+            a = int(self.ds.doc_offsets[d]) + (start + filled - int(self.cum[i]))
+            take = min(n - filled, int(self.ds.doc_offsets[d + 1]) - a)
+            out[filled:filled + take] = self.ds.tokens(a, a + take)
+            filled += take
+            i += 1
+        return out
+
+    def next_rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` rows."""
+        high = int(self.cum[-1]) - self.seq_len
+        rows = []
+        for i in range(self.row, self.row + n):
+            start = int(np.random.default_rng([self.seed, i]).integers(0, high))
+            rows.append(self._read(start, self.seq_len + 1))
+        self.row += n
+        t = torch.from_numpy(np.stack(rows))
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def state_dict(self) -> dict:
+        return {"row": self.row, "seed": self.seed, "n_docs": int(self.docs.size), "seq_len": self.seq_len}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "n_docs", "seq_len"):
+            mine = int(self.docs.size) if key == "n_docs" else getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"state {key}={state[key]!r} does not match this loader's {mine!r}")
+        self.row = int(state["row"])
+
+
+class GlobalRows:
+    """One global stream of rows (a ``PackedBatches`` of rank 0 of 1, or ``RandomRows``) from which each rank
+    takes its contiguous share: ``take(n_global, rank, world)`` reads ``n_global`` rows and returns rows
+    ``[rank * n_global / world, (rank + 1) * n_global / world)`` with their global row indices. Every rank
+    reads every row (cheap: memmap), so the position is one cursor and resumes under any world size.
+
+    >>> import tempfile
+    >>> from fastlm.tokenizer.shards import TokenShardWriter
+    >>> w = TokenShardWriter(tempfile.mkdtemp(), vocab_size=300, tokenizer_sha256="x"); w.add(list(range(50)))
+    >>> g = GlobalRows(RandomRows(TokenDataset(w.close()), seq_len=4, seed=0))
+    >>> x, y, rows = g.take(4, rank=1, world_size=2); rows.tolist()
+    [2, 3]
+    """
+
+    def __init__(self, source: Union[PackedBatches, RandomRows]):
+        if isinstance(source, PackedBatches) and source.world_size != 1:
+            raise ValueError("GlobalRows needs the global stream (a PackedBatches with world_size=1)")
+        self.source = source
+        self.rows = 0  # rows read so far
+
+    def take(self, n_global: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor]:
+        """This rank's ``(x, y, row_ids)`` of the next ``n_global`` rows."""
+        if n_global % world_size:
+            raise ValueError(f"{n_global} rows cannot be split evenly over {world_size} ranks")
+        x, y = self.source.next_rows(n_global)[:2]
+        per = n_global // world_size
+        a = rank * per
+        ids = torch.arange(self.rows + a, self.rows + a + per)
+        self.rows += n_global
+        return x[a:a + per], y[a:a + per], ids
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state["source"])
+        self.rows = int(state["rows"])
