@@ -93,23 +93,20 @@ def test_defaults_config_set_and_flags_in_that_order(fake_run, tmp_path, capsys)
     path = tmp_path / "cfg.yaml"
     path.write_text("task: clm\nmax_steps: 10\nout: from-file\noptim:\n  lr: 3e-4\nmodel:\n  size: small\n")
     code = cli.main(["--config", str(path), "--set", "max_steps=20", "out=from-set", "data.seq_len=32",
-                     "--task", "mlm", "--out", str(tmp_path / "runs"), "--device", "cpu", "--resume", "runs/x",
-                     "--quiet"])
+                     "--task", "mlm", "--out", str(tmp_path / "runs"), "--device", "cpu", "--quiet"])
     assert code == 0
     (call,) = fake_run.calls
     cfg = call["cfg"]
     assert (cfg.max_steps, cfg.optim.lr, cfg.data.seq_len, cfg.model.size) == (20, 3e-4, 32, "small")
     assert (cfg.task, cfg.out, cfg.device) == ("mlm", str(tmp_path / "runs"), "cpu")
-    assert call["resume"] == "runs/x" and call["console"] is False
-    assert cfg.run_name.startswith("mlm-small-")  # named by the CLI: printed before the run starts
+    assert call["resume"] is None and call["console"] is False and cfg.run_name == ""  # the trainer names runs
 
 
-def test_start_and_end_lines_say_where_the_outputs_are(fake_run, tmp_path, capsys):
+def test_end_lines_say_where_the_outputs_are(fake_run, tmp_path, capsys):
     assert cli.main(["--out", str(tmp_path), "--run-name", "demo", "--set", "max_steps=3"]) == 0
     out = capsys.readouterr().out
     run_dir = os.path.join(str(tmp_path), "demo")
-    first, *rest = out.splitlines()
-    assert run_dir in first
+    rest = out.splitlines()
     assert "The end." in out and "loss 2.5" in out and "ppl 12.18" in out
     assert f"checkpoint: {os.path.join(str(tmp_path), 'ckpt')}" in out and rest[-1] == f"outputs in {run_dir}"
 
@@ -118,17 +115,29 @@ def test_alias_runs_the_same_command(fake_run, capsys):
     assert fastlm_main.main(["train", "--set", "max_steps=3", "--run-name", "x"]) == 0
     assert fake_run.calls[0]["cfg"].max_steps == 3 and fake_run.calls[0]["cfg"].run_name == "x"
     fake_run.error = ValueError("checkpoint runs/x: state.json is not JSON")
-    assert fastlm_main.main(["train", "--resume", "runs/x"]) == 2
+    assert fastlm_main.main(["train", "--run-name", "x"]) == 2
     assert "fastlm train: error: checkpoint runs/x: state.json is not JSON" in capsys.readouterr().err
 
 
-def test_run_errors_are_one_line(fake_run, capsys):
+def test_run_errors_are_one_line(fake_run, capsys, monkeypatch):
     fake_run.error = FileNotFoundError("data.text: input 'x.txt' matches no file or directory")
     assert cli.main([]) == 2
     assert capsys.readouterr().err == "fastlm-train: error: data.text: input 'x.txt' matches no file or directory\n"
+    fake_run.error = RuntimeError("stopping: 20 bad steps in a row")
+    assert cli.main([]) == 1
+    assert capsys.readouterr().err == "fastlm-train: error: stopping: 20 bad steps in a row\n"
+    monkeypatch.setenv("FASTLM_TRACEBACK", "1")
+    with pytest.raises(RuntimeError):
+        cli.main([])
 
 
-def test_only_rank_0_prints_and_torchrun_runs_are_named_by_the_trainer(fake_run, monkeypatch, capsys):
+def test_resume_without_a_checkpoint_is_refused(fake_run, tmp_path, capsys):
+    assert cli.main(["--resume", str(tmp_path)]) == 2
+    assert f"--resume {tmp_path}: no complete checkpoint there" in capsys.readouterr().err
+    assert fake_run.calls == []
+
+
+def test_only_rank_0_prints(fake_run, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["--set", "max_steps=3"]) == 0

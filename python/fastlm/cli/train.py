@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import textwrap
-import time
 import typing
 from typing import Any, Optional
 
@@ -148,18 +147,30 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _resumed_config(path: str) -> dict[str, Any]:
+    """The train config stored in the latest complete checkpoint of a run (or in a checkpoint)."""
+    from fastlm.train.checkpoint import CheckpointError, latest_checkpoint
+
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"--resume {path}: no complete checkpoint there")
+    state_path = os.path.join(ckpt, "state.json")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            return dict(json.load(f)["train_config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{state_path}: no readable train_config ({e})") from None
+
+
 def resolve_config(args: argparse.Namespace):
-    """The TrainConfig of parsed arguments: defaults < --config < --set < flags."""
+    """The TrainConfig of parsed arguments: defaults (or, with --resume, the checkpoint's config) < --config
+    < --set < flags."""
     from fastlm.train.config import load_train_config
 
     flags = {"task": args.task, "out": args.out, "run_name": args.run_name, "device": args.device}
     overrides = list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    cfg = load_train_config(args.config, overrides)
-    if not cfg.run_name and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # named here so that the start line can say where the outputs go; under torchrun the trainer
-        # names the run (one name for all ranks)
-        cfg = dataclasses.replace(cfg, run_name=f"{cfg.task}-{cfg.model.size}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return cfg
+    base = _resumed_config(args.resume) if args.resume else None
+    return load_train_config(args.config, overrides, base=base)
 
 
 def _summary(result: Any) -> list[str]:
@@ -190,16 +201,20 @@ def run_args(args: argparse.Namespace, *, prog: str = "fastlm-train") -> int:
             return 0
         from fastlm.train import trainer
 
-        if main and not args.quiet:
-            where = os.path.join(cfg.out, cfg.run_name or f"{cfg.task}-{cfg.model.size}-<time>")
-            what = f"resuming {args.resume}" if args.resume else f"{cfg.task} model '{cfg.model.size}'"
-            print(f"{prog}: {what}; outputs in {where}/", flush=True)
+        # the trainer says where the outputs go as it starts (it names the run, one name for all ranks)
         result = trainer.run(cfg, resume=args.resume, console=not args.quiet)
     except (ValueError, OSError) as e:  # ConfigError, missing inputs, refused checkpoints: the message says it all
+        if os.environ.get("FASTLM_TRACEBACK"):
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the run itself failed (e.g. stopped after repeated loss spikes, out of memory)
+        if os.environ.get("FASTLM_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted (resume with --resume and the run directory)", file=sys.stderr)
+        print(f"{prog}: interrupted (continue with --resume and the run directory)", file=sys.stderr)
         return 130
     if main:
         print("\n".join(_summary(result)), flush=True)
