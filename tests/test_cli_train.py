@@ -178,3 +178,70 @@ def test_clm_tiny_config_is_the_main_job():
     from fastlm.train.config import TrainConfig
 
     assert load_train_config(os.path.join(CONFIGS, "clm-tiny.yaml")) == TrainConfig()
+
+
+# ---- end to end: the real trainer on a small text file ------------------------------------------------
+
+TINY = ["data.vocab_size=320", "data.seq_len=32", "micro_batch=4", "max_steps=6", "eval_every=3", "ckpt_every=3",
+        "log_every=2", "eval_tokens=512", "sample_tokens=8", "optim.warmup_steps=2",
+        "model.overrides={n_layer: 1, d_model: 32, n_head: 2}"]
+
+
+@pytest.fixture()
+def small_text(tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from fastlm.data.readers import read_records
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    docs = [r.data["text"] for r in read_records("builtin:pydoc") if len(r.data["text"].split()) >= 80][:40]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    yield "docs.jsonl"
+    torch.set_num_threads(threads)
+
+
+def test_end_to_end_run_resume_and_cache(small_text, tmp_path, capsys):
+    from fastlm.train.checkpoint import latest_checkpoint
+
+    assert cli.main(["--run-name", "e2e", "--set", f"data.text=[{small_text}]", *TINY]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "e2e"  # ./runs by default
+    assert sorted(os.listdir(run / "checkpoints")) == ["step-00000003", "step-00000006"]
+    assert {"model.safetensors", "optimizer.safetensors", "state.json", "tokenizer.fastlm"} <= set(
+        os.listdir(run / "checkpoints" / "step-00000006"))
+    cfg = load_train_config(str(run / "config.yaml"))
+    assert cfg.max_steps == 6 and cfg.model.overrides == {"n_layer": 1, "d_model": 32, "n_head": 2}
+    rows = [__import__("json").loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in r for r in rows) and rows[-1]["step"] == 6 and "val/loss" in rows[-1]
+    assert os.path.isdir(tmp_path / "runs" / "cache")
+    assert f"outputs in {run}" in out and str(run) in out.splitlines()[0]
+    assert "sample:" in out and "val (step 6): loss" in out and f"checkpoint: {run / 'checkpoints' / 'step-00000006'}" in out
+
+    # resume: the checkpoint's own config (1 layer, 320 ids), two more steps
+    assert cli.main(["--resume", str(run), "--set", "max_steps=8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert latest_checkpoint(str(run)).endswith("step-00000008") and "val (step 8)" in out
+    assert out.splitlines()[-1] == f"outputs in {run}"  # --quiet: only the summary
+
+    # a second run on the same text reuses the prepared data
+    assert fastlm_main.main(["train", "--run-name", "again", "--set", f"data.text=[{small_text}]", *TINY,
+                             "max_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("data: reusing") == 3 and "val (step 2): loss" in out
+
+
+def test_end_to_end_mlm(small_text, tmp_path, capsys):
+    from fastlm.models import Encoder
+
+    if not hasattr(Encoder, "flops_per_token"):  # lands with the trainer's MLM support
+        pytest.skip("Encoder.flops_per_token is not there yet")
+    assert cli.main(["--task", "mlm", "--run-name", "mlm", "--set", f"data.text=[{small_text}]", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "val (step 6): loss" in out and "accuracy" in out
+    assert os.path.isdir(tmp_path / "runs" / "mlm" / "checkpoints" / "step-00000006")
