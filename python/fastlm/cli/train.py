@@ -175,7 +175,8 @@ def resolve_config(args: argparse.Namespace):
 
 def _summary(result: Any) -> list[str]:
     lines = []
-    sample = getattr(result, "sample", "") or ""
+    sample = "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1]  # no raw control characters
+                     for c in getattr(result, "sample", "") or "")
     if sample:
         lines += ["sample:", "  " + sample.strip().replace("\n", "\n  ")]
     val = getattr(result, "val", None) or {}
