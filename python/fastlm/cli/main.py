@@ -17,6 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fastlm.cli import tokenizer as tokenizer_cli
 
     tokenizer_cli.register(groups)
+    from fastlm.cli import evaluate as eval_cli, generate as generate_cli
+
+    generate_cli.register(groups)
+    eval_cli.register(groups)
     return parser
 
 
