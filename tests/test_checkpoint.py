@@ -34,9 +34,9 @@ def trained(model, steps=3, seed=0):
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
     x = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(seed))
+    x = x.to(next(model.parameters()).device)
     for _ in range(steps):
-        loss = model(x, x) if isinstance(model, GPT) else model(x, x)
-        loss.backward()
+        model(x, x).backward()
         opt.step()
         opt.zero_grad()
     return model, opt
@@ -229,19 +229,27 @@ def _truncate_consistently(path):
                                                                           sha256=ck._sha256(p)))
 
 
+def _write(p, data, mode="w"):
+    with open(p, mode) as f:
+        f.write(data)
+
+
+STATE = r"state\.json"
 CORRUPTIONS = {
     "missing file": (lambda p: os.remove(os.path.join(p, "optimizer.safetensors")), r"optimizer\.safetensors: missing"),
-    "size": (lambda p: open(os.path.join(p, "model.safetensors"), "ab").write(b"x"), r"model\.safetensors: .*bytes"),
+    "size": (lambda p: _write(os.path.join(p, "model.safetensors"), b"x", "ab"), r"model\.safetensors: .*bytes"),
     "hash": (lambda p: _flip_byte(os.path.join(p, "tokenizer.fastlm")), r"tokenizer\.fastlm: sha256"),
     "opt hash": (lambda p: _flip_byte(os.path.join(p, "optimizer.safetensors")), r"optimizer\.safetensors: sha256"),
     "truncated safetensors": (_truncate_consistently, r"model\.safetensors: cannot read safetensors"),
-    "bad json": (lambda p: open(os.path.join(p, "state.json"), "w").write("{not json"), r"state\.json: not valid JSON"),
-    "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), r"state\.json: missing"),
-    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="other")), r"state\.json: not a fastlm checkpoint"),
-    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)), r"state\.json: unsupported checkpoint version 99"),
-    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")), r"state\.json: missing key.*model_config"),
+    "bad json": (lambda p: _write(os.path.join(p, "state.json"), "{not json"), STATE + ": not valid JSON"),
+    "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), STATE + ": missing"),
+    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="x")), STATE + ": not a fastlm checkpoint"),
+    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)),
+                STATE + ": unsupported checkpoint version 99"),
+    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")),
+                    STATE + ": missing key.*model_config"),
     "files entry": (lambda p: _rewrite_state(p, lambda s: s["files"].pop("model.safetensors")),
-                    r"state\.json: 'files' does not list model\.safetensors"),
+                    STATE + ": 'files' does not list model\\.safetensors"),
     "path in files": (lambda p: _rewrite_state(p, lambda s: s["files"].update({"../x": {"sha256": "", "bytes": 0}})),
                       r"plain file names"),
 }
@@ -346,3 +354,83 @@ def test_bad_arguments(tmp_path):
     p = save_checkpoint(str(tmp_path), 1, model_state={f"module._orig_mod.{k}": v for k, v in sd.items()},
                         optimizer_state=None, meta=meta_of(model), tokenizer_path=None)
     load_model(p)
+
+
+def _dist_worker(rank, world, tmp, mode):
+    """Train 2 steps wrapped (DDP or FSDP2) on 2 gloo processes, save on rank 0, load back on every rank
+    into a fresh wrapped model and check that one more step gives the same weights."""
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+
+    def wrap(seed):
+        torch.manual_seed(seed)
+        model = gpt()
+        if mode == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+            return DistributedDataParallel(model)
+        from torch.distributed.fsdp import fully_shard
+        for block in model.blocks:
+            fully_shard(block)
+        return fully_shard(model)
+
+    x = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(rank))
+    model = wrap(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        model(x, x).backward()
+        opt.step()
+        opt.zero_grad()
+    ms, os_ = get_state_dict(model, opt, options=OPTS)
+    if rank == 0:
+        save_checkpoint(f"{tmp}/ckpt", 2, model_state=ms, optimizer_state=os_,
+                        meta={"model_config": config_to_dict(gpt().config)}, tokenizer_path=None)
+    dist.barrier()
+    c = load_checkpoint(f"{tmp}/ckpt")
+    saved = {k: v.clone() for k, v in c.model_state.items()}  # set_state_dict renames keys in place (DDP)
+    fresh = wrap(1)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=5.0)
+    set_state_dict(fresh, fresh_opt, model_state_dict=c.model_state, optim_state_dict=c.optimizer_state, options=OPTS)
+    for m, o in ((model, opt), (fresh, fresh_opt)):
+        m(x, x).backward()
+        o.step()
+    a, _ = get_state_dict(model, opt, options=OPTS)
+    b, _ = get_state_dict(fresh, fresh_opt, options=OPTS)
+    if rank == 0:
+        torch.save({"same": all(torch.equal(a[k], b[k]) for k in a), "saved": saved}, f"{tmp}/result.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_distributed_save_resume_any_world_size(tmp_path, mode):
+    import torch.multiprocessing as mp
+    mp.spawn(_dist_worker, args=(2, str(tmp_path), mode), nprocs=2)
+    result = torch.load(tmp_path / "result.pt")
+    assert result["same"], "resume under 2 processes differs"
+    c = load_checkpoint(str(tmp_path / "ckpt"))
+    assert c.meta["tied"] == {"lm_head.weight": "tok_emb.weight"}  # FSDP gathers two copies: stored once
+    model = gpt()  # world size 1, no process group
+    opt = torch.optim.AdamW(model.parameters())
+    set_state_dict(model, opt, model_state_dict=c.model_state, optim_state_dict=c.optimizer_state, options=OPTS)
+    for k, v in result["saved"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert len(opt.state) == len(list(model.parameters()))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rng_and_device_loading(tmp_path):
+    torch.cuda.manual_seed_all(7)
+    s = json.loads(json.dumps(rng_state()))
+    assert len(s["cuda"]) == torch.cuda.device_count()
+    a = torch.rand(5, device="cuda")
+    set_rng_state(s)
+    assert torch.equal(a, torch.rand(5, device="cuda"))
+    model, opt = trained(gpt().cuda())
+    path = save(tmp_path, 1, model, opt)
+    c = load_checkpoint(path, map_location="cuda")
+    assert c.model_state["tok_emb.weight"].is_cuda and c.optimizer_state["state"]["tok_emb.weight"]["exp_avg"].is_cuda
+    loaded, _, _ = load_model(path, device="cuda")
+    x = torch.randint(0, V, (1, 8), device="cuda")
+    assert torch.equal(loaded(x), model.eval()(x))

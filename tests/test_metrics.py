@@ -88,9 +88,8 @@ def test_resume_keeps_lines_up_to_start_step(tmp_path):
 
 def test_tensorboard(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(ValueError, match="pip install tensorboard"):
             MetricsLogger(str(tmp_path), total_steps=3, console=False, tensorboard=True)
         return

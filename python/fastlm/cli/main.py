@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fastlm.cli import train as train_cli
 
     train_cli.register(groups)
+    from fastlm.cli import evaluate as eval_cli, generate as generate_cli
+
+    generate_cli.register(groups)
+    eval_cli.register(groups)
     return parser
 
 

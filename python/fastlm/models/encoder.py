@@ -110,3 +110,13 @@ class Encoder(nn.Module):
             n -= self.tok_emb.weight.numel()
             n -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
         return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward), counted as ``GPT.flops_per_token``:
+        6 * (non-embedding params + the V*d decoder matmul) + 12 * n_layer * n_head * head_dim *
+        seq_len. An upper bound for MLM training, whose loss runs the head on masked rows only."""
+        c = self.config
+        n = self.num_params(non_embedding=True)
+        if c.tie_embeddings:
+            n += c.vocab_size * c.d_model
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * seq_len

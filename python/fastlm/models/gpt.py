@@ -57,12 +57,17 @@ class GPT(nn.Module):
             self.lm_head.weight = self.tok_emb.weight  # after init: one N(0, std) table
 
     def hidden_states(self, idx: torch.Tensor, *, kernels: str = "fastlm",
-                      position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, d_model) final-norm hidden states."""
+                      position_ids: Optional[torch.Tensor] = None,
+                      kv_cache=None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, d_model) final-norm hidden states. With ``kv_cache`` (a
+        `fastlm.models.generate.KVCache`) idx continues the cached tokens: positions default to
+        cache.pos .. cache.pos+T-1, and the cache advances by T."""
         backend = check_kernels(kernels)
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
         T = idx.shape[1]
+        if kv_cache is not None:
+            return self._cached_hidden_states(idx, backend, position_ids, kv_cache)
         if position_ids is None:
             if T > self.config.max_seq_len:
                 raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")
@@ -76,16 +81,29 @@ class GPT(nn.Module):
             x = block(x, rope, backend)
         return self.norm(x)
 
+    def _cached_hidden_states(self, idx, backend, position_ids, cache) -> torch.Tensor:
+        T = idx.shape[1]
+        cache.check(idx.shape[0], T, len(self.blocks))
+        if position_ids is None:
+            position_ids = torch.arange(cache.pos, cache.pos + T, device=idx.device)
+        rope = self.rotary(position_ids)
+        x = self.drop(self.tok_emb(idx))
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, backend, kv_cache=cache.layer(i))
+        cache.advance(T)
+        return self.norm(x)
+
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
                 kernels: str = "fastlm", reduction: str = "mean",
-                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                position_ids: Optional[torch.Tensor] = None, kv_cache=None) -> torch.Tensor:
         """Logits (B, T, V) when ``targets`` is None, else the loss against ``targets`` (B, T)
         (-100 = no loss; shift them yourself: targets[:, t] is the token after idx[:, t]).
         ``kernels``: 'fastlm' (fused attention/loss from fastlm.ops; the loss never builds
         the logits) or 'torch' (plain SDPA and F.cross_entropy on logits). ``reduction``:
         'mean' over non-ignored tokens, 'sum', or 'none' (B, T). ``position_ids`` (T,) or (B, T)
-        for packed or offset sequences; default 0..T-1."""
-        h = self.hidden_states(idx, kernels=kernels, position_ids=position_ids)
+        for packed or offset sequences; default 0..T-1. ``kv_cache``: see `hidden_states`."""
+        h = self.hidden_states(idx, kernels=kernels, position_ids=position_ids,
+                               kv_cache=kv_cache)
         if targets is None:
             return self.lm_head(h)
         if targets.shape != idx.shape:

@@ -72,9 +72,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * hd, d, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
-                backend: str, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                backend: str, key_mask: Optional[torch.Tensor] = None,
+                kv_cache=None) -> torch.Tensor:
         """key_mask (B, T) bool, True = a real token others may attend to (padding is False);
-        fastlm.ops.attention takes no mask, so masked calls go to PyTorch's SDPA."""
+        fastlm.ops.attention takes no mask, so masked calls go to PyTorch's SDPA.
+        kv_cache: this layer's view of a `fastlm.models.generate.KVCache` (causal only): the new
+        keys/values are written at the cache position and the queries attend to all cached ones."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, Hkv, T, hd)
@@ -82,6 +85,11 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         gqa = self.n_kv != self.n_head
+        if kv_cache is not None:
+            k, v, mask = kv_cache.update(k, v)  # all cached keys; mask None = plain causal
+            if mask is not None:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+                return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
         if key_mask is None:
             y = attention(q, k, v, is_causal=self.causal, enable_gqa=gqa, backend=backend)
         else:
@@ -119,8 +127,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, backend: str, key_mask=None):
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, backend, key_mask))
+    def forward(self, x, rope, backend: str, key_mask=None, kv_cache=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, backend, key_mask, kv_cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 

@@ -22,8 +22,13 @@ are ignored by readers and removed by the next save.
 The optimizer state has the name-keyed layout of ``torch.distributed.checkpoint.state_dict.get_state_dict(
 model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))`` and goes back with
 ``set_state_dict(model, opt, model_state_dict=..., optim_state_dict=..., options=<same options>)``; both
-work without a process group (plain single-process CPU runs), under DDP and under FSDP. With FSDP and
-``full_state_dict=True`` only rank 0 holds the full state: rank 0 saves, every rank loads the files.
+work without a process group (plain single-process CPU runs), under DDP and under FSDP (tested with 2
+gloo processes, DDP and FSDP2 ``fully_shard``, loaded back with 2 processes and with 1). Notes for callers:
+only rank 0 saves (with FSDP only rank 0 holds the gathered state; `save_checkpoint` refuses other ranks);
+every rank loads the files. Under DDP on CPU the state dicts alias the live parameters, so save before the
+next optimizer step (`save_checkpoint` is synchronous). ``set_state_dict`` renames the keys of the dicts it
+is given in place (DDP adds ``module.``): pass each loaded dict once. RNG states are per process: gather
+every rank's `rng_state()` if dropout or sampling must resume bit for bit under several processes.
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ def save_checkpoint(ckpt_root: str, step: int, *, model_state: dict[str, torch.T
     >>> os.path.basename(p), load_checkpoint(p).step
     ('step-00000005', 5)
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        raise ValueError(f"save_checkpoint called on rank {torch.distributed.get_rank()}: checkpoints are "
+                         "written once, by rank 0 (the other ranks only take part in get_state_dict)")
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
     clash = sorted(set(meta) & set(RESERVED))

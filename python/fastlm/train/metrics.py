@@ -237,7 +237,8 @@ def plot_losses(metrics_path: str, png_path: str, *, note: Optional[Callable[[st
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
     >>> with MetricsLogger(d, total_steps=2, console=False) as log: log.log(1, **{"train/loss": 2.0})
-    >>> plot_losses(os.path.join(d, "metrics.jsonl"), os.path.join(d, "loss.png"), note=print) in (None, os.path.join(d, "loss.png"))
+    >>> png = os.path.join(d, "loss.png")
+    >>> plot_losses(os.path.join(d, "metrics.jsonl"), png, note=print) in (None, png)
     True
     """
     say = note if note is not None else (lambda text: print(text, file=sys.stderr))

@@ -157,6 +157,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     device = info.device
     precision = _precision(cfg, device)
     resume_ckpt = _resolve_resume(resume) if resume else None
+    state = ck.load_checkpoint(resume_ckpt) if resume_ckpt else None  # every rank reads it (CPU)
     run_dir = _run_dir(cfg, info, resume_ckpt)
     say = print if (info.is_main and console) else (lambda *a, **k: None)
     if info.is_main:
@@ -194,7 +195,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     # ---- steps: rows per step, micro-steps
     T = cfg.data.seq_len
     micro_global = cfg.micro_batch * info.world_size
-    tokens_per_step = cfg.tokens_per_step or micro_global * T
+    # 0 = one micro-batch on every rank; a resumed run keeps its checkpoint's batch under any world size
+    tokens_per_step = (cfg.tokens_per_step or (state.meta.get("tokens_per_step", 0) if state else 0)
+                       or micro_global * T)
     if tokens_per_step % (micro_global * T):
         raise ValueError(f"tokens_per_step {tokens_per_step} is not a multiple of micro_batch x seq_len x world "
                          f"= {micro_global * T}")
@@ -204,8 +207,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
 
     # ---- resume: weights, optimizer, data cursor, loop state, RNG
     loop = {"step": 0, "tokens": 0, "ema": 0.0, "good": 0, "bad_run": 0, "skipped": 0}
-    if resume_ckpt is not None:
-        state = ck.load_checkpoint(resume_ckpt)
+    if state is not None:
         _check_resume(cfg, state.meta, config_to_dict(mcfg), batches.tokenizer_path, resume_ckpt)
         load_full_state(model, optimizer, state.model_state, state.optimizer_state)
         batches.train.load_state_dict(state.meta["data_state"])
@@ -226,7 +228,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     # ---- the loop
     result = TrainResult(run_dir=run_dir, checkpoint=resume_ckpt, step=start_step)
     t_start = time.time()
-    t_log, tokens_log, train_time = time.time(), 0, 0.0
+    tokens_log, time_log, train_time = 0, 0.0, 0.0  # tokens/s over training time only (no eval, no saving)
     step = start_step
     while True:
         last = step >= cfg.max_steps
@@ -254,7 +256,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             if info.is_main:
                 meta = {"model_config": config_to_dict(mcfg), "train_config": cfg.to_dict(),
                         "data_state": batches.train.state_dict(), "rng": ck.rng_state(),
-                        "loop": dict(loop), "world_size": info.world_size, "val": result.val}
+                        "loop": dict(loop), "world_size": info.world_size, "tokens_per_step": tokens_per_step, "val": result.val}
                 result.checkpoint = ck.save_checkpoint(
                     os.path.join(run_dir, "checkpoints"), step, model_state=model_state,
                     optimizer_state=optim_state, meta=meta, tokenizer_path=batches.tokenizer_path,
@@ -307,6 +309,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             torch.cuda.synchronize(device)
         dt = time.time() - t0
         train_time += dt
+        time_log += dt
         step += 1
         loop["step"] = step
         loop["tokens"] += tokens_per_step
@@ -314,14 +317,13 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
 
         # -- logging
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            now = time.time()
-            tps = tokens_log / max(now - t_log, 1e-9)
+            tps = tokens_log / max(time_log, 1e-9)
             peak = peak_flops(device, precision)
             mfu = flops_per_token * tps / (peak * info.world_size) if peak else None
             if finite and not spike:
                 log(step, **{"train/loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps,
                              "mfu": mfu, "tokens": loop["tokens"]})
-            t_log, tokens_log = now, 0
+            tokens_log, time_log = 0, 0.0
 
     result.step = step
     result.skipped = loop["skipped"]

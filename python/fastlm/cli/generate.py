@@ -1,0 +1,155 @@
+"""`fastlm generate --ckpt DIR --prompt TEXT`: sample text from a causal-LM checkpoint, streamed to
+stdout as the tokens arrive (KV cache; temperature, top-k, top-p; seeded)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def add_ckpt_args(p: argparse.ArgumentParser) -> None:
+    """--ckpt and --device, shared by `generate` and `eval`."""
+    p.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a checkpoint directory, a run's checkpoints/ directory or a run directory "
+                        "(the latest checkpoint in it is used)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    p = groups.add_parser(
+        "generate", help="sample text from a causal-LM checkpoint",
+        description="Continue PROMPT with a causal LM checkpoint, printing the text as it is "
+                    "generated. The prompt is encoded with the checkpoint's tokenizer after a "
+                    "<|bos|> token (documents in training start with one). Generation stops after "
+                    "--max-tokens or when the model ends the document (<|endoftext|>/<|eos|>, "
+                    "else the next document's <|bos|>).")
+    add_ckpt_args(p)
+    p.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
+    p.add_argument("--max-tokens", type=int, default=200, help="new tokens at most (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="softmax temperature; 0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest; 0 = off "
+                                                          "(default: 200)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off "
+                                                            "(default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    p.add_argument("--no-bos", action="store_true", help="do not put <|bos|> before the prompt")
+    p.add_argument("--ignore-eos", action="store_true", help="never stop before --max-tokens")
+    p.set_defaults(func=run_generate)
+
+
+def pick_device(name: str):
+    """'auto' -> cuda when available, else cpu; anything else as torch.device (checked)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_checkpoint_model(ckpt: str, device):
+    """(model, tokenizer, meta, checkpoint dir) via fastlm.train.checkpoint.load_model; eval mode."""
+    from fastlm.train.checkpoint import latest_checkpoint, load_model
+
+    if not os.path.exists(ckpt):
+        raise FileNotFoundError(f"--ckpt {ckpt}: no such file or directory")
+    path = latest_checkpoint(ckpt)
+    if path is None:
+        raise ValueError(f"--ckpt {ckpt}: no complete checkpoint there (a step-XXXXXXXX directory "
+                         "with state.json, or a run directory holding checkpoints/)")
+    model, tok, meta = load_model(path, device=str(device))
+    if tok is None:
+        raise ValueError(f"{path}: the checkpoint holds no tokenizer.fastlm (needed to encode "
+                         "prompts and data)")
+    model.eval()
+    return model, tok, meta, path
+
+
+def kernels_of(meta: dict) -> str:
+    """The attention/loss kernels the run trained with ('fastlm' unless it said 'torch')."""
+    k = ((meta.get("train_config") or {}).get("model") or {}).get("kernels", "fastlm")
+    return k if k in ("fastlm", "torch") else "fastlm"
+
+
+def autocast_for(device):
+    """bf16 autocast on CUDA (as training ran), a no-op context on CPU."""
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _stop_id(tok):
+    specials = tok.special_tokens
+    for name in ("<|endoftext|>", "<|eos|>", "<|bos|>"):
+        if name in specials:
+            return specials[name]
+    return None
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastlm.models import GPT
+    from fastlm.models.generate import generate, stream_text
+
+    if args.max_tokens < 0:
+        raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    device = pick_device(args.device)
+    model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
+    if not isinstance(model, GPT):
+        task = (meta.get("train_config") or {}).get("task", "mlm")
+        raise ValueError(f"{path} holds a {type(model).__name__} ({task}) model: generation needs a "
+                         "causal LM checkpoint (task clm); use `fastlm eval` for masked LMs")
+    ids = tok.encode_ordinary(args.prompt)
+    if not args.no_bos and "<|bos|>" in tok.special_tokens:
+        ids = [tok.special_tokens["<|bos|>"]] + ids
+    if not ids:
+        raise ValueError("the prompt is empty and the tokenizer has no <|bos|>: pass --prompt TEXT")
+    eos = None if args.ignore_eos else _stop_id(tok)
+    gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    print(f"{path} (step {meta.get('step', '?')}, {model.num_params():,} params, {device})",
+          file=sys.stderr)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    t0, n = time.perf_counter(), 0
+
+    def ids_until_eos():
+        nonlocal n
+        for i in generate(model, ids, max_new_tokens=args.max_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          eos_id=eos, generator=gen, kernels=kernels_of(meta)):
+            n += 1
+            if i == eos:
+                return
+            yield i
+
+    with autocast_for(device):
+        for piece in stream_text(tok, ids_until_eos()):
+            if piece:
+                out.write(piece)
+                out.flush()
+    out.write("\n")
+    out.flush()
+    dt = time.perf_counter() - t0
+    print(f"{n} tokens in {dt:.2f} s ({n / max(dt, 1e-9):.1f} tokens/s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,254 @@
+"""Autoregressive generation from a `GPT`: a preallocated KV cache, top-k/top-p/temperature
+sampling (the same filtering as transformers' logits warpers), streaming ids and UTF-8-safe text.
+
+Context policy. The model sees at most ``max_seq_len`` tokens. A prompt longer than that keeps
+only its last ``keep = max_seq_len - max_seq_len // 4`` tokens (a warning says so). When the
+context would pass ``max_seq_len`` tokens during generation, it *slides*: the cache is rebuilt from
+the last ``keep`` tokens at positions 0.. (one prefill per max_seq_len // 4 new tokens), the
+cropped window a model without a cache would see. `generate` never stops because of the context
+length; it stops after ``max_new_tokens`` ids or at ``eos_id``.
+"""
+from __future__ import annotations
+
+import codecs
+import warnings
+from typing import Iterable, Iterator, Optional, Sequence
+
+import torch
+
+from fastlm.models.config import GPTConfig
+
+class _LayerView:
+    """One layer's slice of a `KVCache`, as `Attention.forward` uses it."""
+
+    def __init__(self, cache: "KVCache", i: int):
+        self.cache, self.i = cache, i
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, Hkv, T, hd) at the cache position; return all keys/values so far and
+        the attention mask (None when the cache was empty: plain causal attention)."""
+        return self.cache._update(self.i, k, v)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (n_layer, B, Hkv, max_len, hd) each, allocated
+    on the first write with the keys' dtype and device (so bf16 autocast gives a bf16 cache).
+
+    >>> import torch
+    >>> from fastlm.models import GPT, GPTConfig
+    >>> model = GPT(GPTConfig.named("tiny", vocab_size=64)).eval()
+    >>> cache = KVCache(max_len=16)
+    >>> with torch.no_grad():
+    ...     a = model(torch.tensor([[1, 2, 3]]), kv_cache=cache)[:, -1]
+    ...     b = model(torch.tensor([[4]]), kv_cache=cache)[:, -1]
+    >>> cache.pos
+    4
+    >>> full = model(torch.tensor([[1, 2, 3, 4]]))[:, -1]
+    >>> torch.allclose(b, full, atol=1e-5)
+    True
+    """
+
+    def __init__(self, max_len: int):
+        if max_len <= 0:
+            raise ValueError(f"KVCache max_len must be > 0, got {max_len}")
+        self.max_len = max_len
+        self.pos = 0           # tokens cached so far (same for every row of the batch)
+        self.k: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+        self._mask: Optional[torch.Tensor] = None  # (1, 1, T, pos+T) for the current call
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the buffers are kept)."""
+        self.pos = 0
+
+    def check(self, batch: int, T: int, n_layer: int) -> None:
+        """Refuse a call that would overflow the cache or change the batch size."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} cached + {T} new tokens > max_len "
+                             f"{self.max_len}")
+        if self.k is not None and (self.k.shape[0] != n_layer or self.k.shape[1] != batch):
+            if self.pos:
+                raise ValueError(f"KV cache holds batch {self.k.shape[1]} x {self.k.shape[0]} "
+                                 f"layers, got batch {batch} x {n_layer} layers")
+            self.k = self.v = None  # empty cache: reallocate for the new shape
+        self._n_layer, self._mask = n_layer, None
+
+    def layer(self, i: int) -> _LayerView:
+        return _LayerView(self, i)
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+        self._mask = None
+
+    def _update(self, i: int, k: torch.Tensor, v: torch.Tensor):
+        B, H, T, hd = k.shape
+        if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
+            if self.pos:
+                raise ValueError("KV cache dtype/device changed between calls")
+            shape = (self._n_layer, B, H, self.max_len, hd)
+            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+        p = self.pos
+        self.k[i, :, :, p:p + T] = k
+        self.v[i, :, :, p:p + T] = v
+        if p == 0:
+            return k, v, None  # nothing cached before: the caller's causal attention is exact
+        if self._mask is None:  # query t (position p+t) sees keys 0..p+t; shared by all layers
+            q_pos = torch.arange(p, p + T, device=k.device)[:, None]
+            self._mask = (torch.arange(p + T, device=k.device)[None, :] <= q_pos)[None, None]
+        return self.k[i, :, :, :p + T], self.v[i, :, :, :p + T], self._mask
+
+
+def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Logits outside the ``top_k`` largest set to -inf (ties with the k-th kept); 0 = off.
+    Same rule as transformers' TopKLogitsWarper.
+
+    >>> top_k_filter(torch.tensor([[1.0, 3.0, 2.0]]), 2)
+    tensor([[-inf, 3., 2.]])
+    """
+    if top_k <= 0:
+        return logits
+    k = min(top_k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probability reaches
+    ``top_p`` (at least one); 1.0 = off. Same rule as transformers' TopPLogitsWarper.
+
+    >>> top_p_filter(torch.tensor([[0.0, 2.0, 1.0]]), 0.6)
+    tensor([[-inf, 2., -inf]])
+    """
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cum <= (1.0 - top_p)
+    remove[..., -1:] = False  # the most likely token always stays
+    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """fp32 logits / temperature, then top-k, then top-p (transformers' warper order);
+    filtered entries are -inf. ``temperature`` must be > 0 here (0 = greedy is `sample_next`'s).
+
+    >>> process_logits(torch.tensor([[2.0, 4.0, 0.0]]), temperature=2.0, top_k=2)
+    tensor([[1., 2., -inf]])
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 to scale logits, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    return top_p_filter(top_k_filter(logits.float() / temperature, top_k), top_p)
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) next ids: argmax when ``temperature`` is 0, else a draw from
+    softmax(`process_logits`). The draw happens on the CPU with ``generator`` (a CPU
+    generator), so a seed gives the same ids on any device.
+
+    >>> sample_next(torch.tensor([[0.0, 5.0, 1.0]]), temperature=0.0)
+    tensor([1])
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = process_logits(logits, temperature=temperature, top_k=top_k,
+                           top_p=top_p).softmax(dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+
+
+def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
+    ids = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    if not ids:
+        raise ValueError("prompt_ids is empty: pass at least one token (e.g. the tokenizer's "
+                         "<|bos|> id)")
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt id {bad[0]} is outside the model's vocabulary [0, {vocab_size})")
+    return ids
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: Sequence[int], *, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, eos_id: Optional[int] = None,
+             generator: Optional[torch.Generator] = None, kernels: str = "fastlm",
+             use_cache: bool = True) -> Iterator[int]:
+    """Stream up to ``max_new_tokens`` ids continuing ``prompt_ids`` (a list or 1-D tensor)
+    from a causal `GPT`. temperature 0 = greedy; ``top_k`` 0 and ``top_p`` 1.0 are off;
+    ``eos_id`` stops after that id is yielded; ``generator``: a seeded CPU torch.Generator for
+    reproducible sampling. ``use_cache=False`` recomputes the whole window each step (the
+    reference the cache is tested against). Context policy: see the module docstring.
+
+    >>> from fastlm.models import GPT, GPTConfig
+    >>> model = GPT(GPTConfig.named("tiny", vocab_size=64)).eval()
+    >>> ids = list(generate(model, [1, 2, 3], max_new_tokens=5, temperature=0))
+    >>> len(ids)
+    5
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, GPTConfig):
+        raise ValueError(f"generation needs a causal LM (GPT); got {type(model).__name__} "
+                         f"(a masked LM cannot generate text)")
+    tokens = _check_prompt(prompt_ids, cfg.vocab_size)
+    if max_new_tokens == 0:
+        return
+    device = next(model.parameters()).device
+    max_len = cfg.max_seq_len
+    keep = max(1, max_len - max_len // 4)  # tokens kept when the window slides
+    if len(tokens) > max_len:
+        warnings.warn(f"prompt has {len(tokens)} tokens > max_seq_len {max_len}: keeping the "
+                      f"last {keep}", stacklevel=2)
+    was_training = model.training
+    model.eval()
+    try:
+        cache = KVCache(max_len) if use_cache else None
+        window = tokens[-keep:] if len(tokens) > max_len else list(tokens)  # what the model sees
+        fresh = window  # tokens not yet in the cache
+        for _ in range(max_new_tokens):
+            if cache is None:
+                x = torch.tensor([window], dtype=torch.long, device=device)
+                h = model.hidden_states(x, kernels=kernels)[:, -1]
+            else:
+                x = torch.tensor([fresh], dtype=torch.long, device=device)
+                h = model.hidden_states(x, kernels=kernels, kv_cache=cache)[:, -1]
+            logits = model.lm_head(h)
+            nxt = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=generator)[0])
+            yield nxt
+            if eos_id is not None and nxt == eos_id:
+                return
+            window.append(nxt)
+            fresh = [nxt]
+            if len(window) > max_len:  # full: slide, rebuild the cache from the last `keep`
+                window = window[-keep:]
+                fresh = window
+                if cache is not None:
+                    cache.reset()
+    finally:
+        model.train(was_training)
+
+
+def stream_text(tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Decode ids to text as they arrive, holding back the bytes of a UTF-8 character split
+    across tokens until it is complete (invalid bytes become U+FFFD).
+
+    >>> from fastlm.tokenizer import Tokenizer
+    >>> tok = Tokenizer([bytes([b]) for b in range(256)])
+    >>> list(stream_text(tok, list("é!".encode())))
+    ['', 'é', '!']
+    """
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for i in ids:
+        yield dec.decode(tokenizer.token_bytes(int(i)))
+    tail = dec.decode(b"", final=True)
+    if tail:
+        yield tail

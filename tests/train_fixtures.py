@@ -1,0 +1,42 @@
+"""Shared helpers for the trainer tests: a small tokenizer + token shards from pydoc topics, tiny configs."""
+import os
+
+from corpora import PYDOC
+
+from fastlm.config import from_dict
+from fastlm.tokenizer import Tokenizer
+from fastlm.tokenizer.shards import encode_to_shards, file_sha256
+from fastlm.train.config import TrainConfig
+
+TINY_GPT = {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 64}
+
+
+def make_shards(root: str, *, n_docs: int = 60, vocab_size: int = 320, specials=None) -> tuple[str, str]:
+    """``(tokenizer_file, shard_dir)`` under ``root`` (built once per root)."""
+    tok_file = os.path.join(root, "tokenizer.fastlm")
+    shard_dir = os.path.join(root, "tokens")
+    if os.path.exists(tok_file):
+        return tok_file, shard_dir
+    texts = [PYDOC[k] for k in sorted(PYDOC)][:n_docs]
+    kw = {} if specials is None else {"special_tokens": specials}
+    tok = Tokenizer.train_from_iterator(texts, vocab_size, **kw)
+    tok.save(tok_file)
+    bos = tok.special_tokens.get("<|bos|>")
+    encode_to_shards(tok, texts, shard_dir, tokenizer_sha256=file_sha256(tok_file), separator_id=bos)
+    return tok_file, shard_dir
+
+
+def tiny_config(root: str, out: str, **over) -> TrainConfig:
+    """A few-step CPU run on ``make_shards(root)`` with a 1-layer, 32-wide model."""
+    tok, shards = make_shards(root)
+    data = {"task": "clm", "out": out, "run_name": "run", "micro_batch": 4, "max_steps": 6, "eval_every": 0,
+            "eval_tokens": 512, "ckpt_every": 0, "log_every": 1, "sample_tokens": 8, "plot": False,
+            "data": {"tokens": [shards], "tokenizer": tok, "seq_len": 32, "val_fraction": 0.1},
+            "model": {"size": "tiny", "overrides": dict(TINY_GPT)},
+            "optim": {"lr": 3e-3, "warmup_steps": 2}}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return from_dict(TrainConfig, data)
