@@ -79,7 +79,8 @@ def assert_same(a, b, where="state"):
 def test_round_trip_model_optimizer_meta(tmp_path, tok_path):
     model, opt = trained(gpt())
     ms, os_ = get_state_dict(model, opt, options=OPTS)
-    meta = meta_of(model, data_state={"epoch": 1, "pos": 37}, rng=rng_state(), loop={"tokens": 1234, "best": None})
+    meta = meta_of(model, data_state={"epoch": 1, "pos": 37}, rng=rng_state(), loop={"tokens": 1234, "best": None},
+                   numpy={"n": np.int64(5), "x": np.float32(0.5)})
     path = save_checkpoint(str(tmp_path / "checkpoints"), 3, model_state=ms, optimizer_state=os_, meta=meta,
                            tokenizer_path=tok_path, keep_last=2)
     assert os.path.basename(path) == "step-00000003"
@@ -88,6 +89,7 @@ def test_round_trip_model_optimizer_meta(tmp_path, tok_path):
     assert c.path == path and c.step == 3
     assert_same(dict(c.model_state), dict(ms), "model_state")
     assert_same(c.optimizer_state, os_, "optimizer_state")
+    meta["numpy"] = {"n": 5, "x": 0.5}  # numpy scalars are stored as numbers
     for k, v in meta.items():
         assert c.meta[k] == json.loads(json.dumps(v)), k
     with open(tok_path, "rb") as a, open(c.tokenizer_path, "rb") as b:
@@ -201,6 +203,72 @@ def test_resave_same_step_replaces(tmp_path):
     save(tmp_path, 10, gpt(), loop={"v": 2})
     assert os.listdir(tmp_path) == ["step-00000010"]
     assert load_checkpoint(str(tmp_path)).meta["loop"] == {"v": 2}
+
+
+def _run_until_crash(k, fn):
+    """Run ``fn`` in a forked child killed (``os._exit``: no cleanup, as SIGKILL) at its k-th file-system
+    operation; a k-th ``rmtree`` first deletes one file (a deletion cut short). True if ``fn`` finished."""
+    import safetensors.torch
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            count = [0]
+
+            def hook(mod, name):
+                orig = getattr(mod, name)
+
+                def wrapped(*args, **kwargs):
+                    if count[0] == k:
+                        if name == "rmtree":
+                            for dirpath, _, files in os.walk(args[0]):
+                                if files:
+                                    os.remove(os.path.join(dirpath, files[0]))
+                                    break
+                        os._exit(3)
+                    count[0] += 1
+                    return orig(*args, **kwargs)
+                setattr(mod, name, wrapped)
+
+            for mod, name in ((os, "replace"), (os, "makedirs"), (os, "fsync"), (shutil, "rmtree"),
+                              (shutil, "copyfile"), (safetensors.torch, "save_file")):
+                hook(mod, name)
+            fn()
+            os._exit(0)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 3), f"child failed with exit code {code}"
+    return code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("scenario", ["new step", "same step again"])
+def test_kill_at_every_point_of_a_save(tmp_path, tok_path, scenario):
+    """Kill a save at each of its file-system operations: the complete checkpoints are always the old set
+    or the new one (each passing the full hash check), and the next save leaves no debris."""
+    torch.set_num_threads(1)
+    model = gpt()
+    template = tmp_path / "template"
+    for step in (10, 20):
+        save(template, step, model, tok=tok_path, keep_last=2, loop={"v": 1})
+    step, allowed = ((30, [[10, 20], [10, 20, 30], [20, 30]]) if scenario == "new step" else (20, [[10, 20]]))
+    for k in range(100):
+        root = tmp_path / f"k{k}"
+        shutil.copytree(template, root)
+        finished = _run_until_crash(k, lambda: save(root, step, model, tok=tok_path, keep_last=2, loop={"v": 2}))
+        found = ck.list_checkpoints(str(root))
+        steps = [load_checkpoint(p).step for p in found]  # full verification of every visible checkpoint
+        assert steps in allowed, (k, sorted(os.listdir(root)))
+        if finished:
+            assert load_checkpoint(str(root)).meta["loop"] == {"v": 2}
+            break
+        save(root, 40, model, tok=tok_path, keep_last=2)  # the next save cleans up
+        assert sorted(os.listdir(root)) == [os.path.basename(p) for p in ck.list_checkpoints(str(root))], k
+        assert len(os.listdir(root)) == 2, k
+    else:
+        pytest.fail("the save never finished")
+    assert k > 10  # every operation was a crash point once
 
 
 def _rewrite_state(path, fn):

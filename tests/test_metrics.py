@@ -54,6 +54,16 @@ def test_plain_console_lines(tmp_path):
     assert text[2].startswith("step 20/100 | val/loss 3.0000 | val/ppl 20.0900 | val/bpb 1.5000")
 
 
+def test_default_streams_and_none_values(tmp_path, capsys):
+    with MetricsLogger(str(tmp_path), total_steps=4) as log:  # stderr is not a terminal under pytest
+        log.log(2, **{"train/loss": 2.5, "mfu": None})
+        log.message("hello")
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("step 2/4 | loss 2.5000 | eta ") and "mfu" not in out
+    assert out.splitlines()[1] == "hello" and err == ""
+    assert lines(tmp_path)[0]["mfu"] is None
+
+
 def test_console_off_and_tqdm_bar(tmp_path):
     out = io.StringIO()
     with MetricsLogger(str(tmp_path / "a"), total_steps=5, console=False, stream=out) as log:

@@ -134,7 +134,7 @@ def save_checkpoint(ckpt_root: str, step: int, *, model_state: dict[str, torch.T
         state = {"format": FORMAT, "version": VERSION, "step": step, **meta, "tied": tied,
                  "optimizer": opt_json, "files": files, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1)
+            json.dump(state, f, indent=1, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -255,9 +255,15 @@ def _copy_tokenizer(src: str, dst: str) -> None:
         Tokenizer.from_file(src).save(dst)
 
 
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):  # numpy ints/floats in data or loop state
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def _check_json(obj: Any, where: str) -> None:
     try:
-        json.dumps(obj)
+        json.dumps(obj, default=_json_default)
     except (TypeError, ValueError) as e:
         if isinstance(obj, dict):
             for k, v in obj.items():
@@ -373,9 +379,32 @@ def _is_complete(ckpt: str) -> bool:
         return False
 
 
+def list_checkpoints(path: str) -> list[str]:
+    """The complete checkpoints under ``path`` (a run dir or its ``checkpoints/`` dir), oldest step first.
+    ``.tmp-*`` and incomplete dirs are skipped; a ``step-N.old-<pid>`` left by a crash stands in for a
+    missing or incomplete ``step-N``.
+
+    >>> import tempfile
+    >>> list_checkpoints(tempfile.mkdtemp())
+    []
+    """
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    if not os.path.isdir(root):
+        return []
+    best: dict[int, str] = {}
+    for name in sorted(os.listdir(root)):  # step-N sorts before step-N.old-*
+        m = _NAME.match(name) or _OLD.match(name)
+        if m is None:
+            continue
+        step, p = int(m.group(1)), os.path.join(root, name)
+        if (step not in best or _OLD.match(os.path.basename(best[step]))) and _is_complete(p):
+            best[step] = p
+    return [best[k] for k in sorted(best)]
+
+
 def latest_checkpoint(path: str) -> Optional[str]:
     """The newest complete checkpoint under ``path`` (a run dir, its ``checkpoints/`` dir, or a checkpoint
-    dir itself, returned as is); None when there is none. ``.tmp-*`` and incomplete dirs are skipped.
+    dir itself, returned as is); None when there is none (see `list_checkpoints`).
 
     >>> import tempfile
     >>> latest_checkpoint(tempfile.mkdtemp()) is None
@@ -383,18 +412,8 @@ def latest_checkpoint(path: str) -> Optional[str]:
     """
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return path
-    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    if not os.path.isdir(root):
-        return None
-    best: dict[int, str] = {}
-    for name in sorted(os.listdir(root)):
-        m = _NAME.match(name) or _OLD.match(name)
-        if m is None:
-            continue
-        step, p = int(m.group(1)), os.path.join(root, name)
-        if (step not in best or _OLD.match(os.path.basename(best[step]))) and _is_complete(p):
-            best[step] = p  # a step-N beats a leftover step-N.old-<pid> of the same step
-    return best[max(best)] if best else None
+    found = list_checkpoints(path)
+    return found[-1] if found else None
 
 
 def _resolve(path: str) -> str:

@@ -4,8 +4,9 @@
 at once (a SIGKILL loses at most the line being written; non-finite floats are written as ``NaN`` /
 ``Infinity``, which Python's json reads back). Keys the trainer logs: ``train/loss``, ``lr``, ``grad_norm``,
 ``tokens_per_s``, ``mfu`` (a fraction: 0.35 is shown as 35%), ``tokens``, ``val/loss``, ``val/ppl``,
-``val/bpb``, ``val/accuracy``, ``skipped``. On a terminal the console shows a tqdm bar (loss, lr, tok/s,
-ETA); anywhere else (CI, a log file) every call prints one plain line, so logs stay readable. No torch
+``val/bpb``, ``val/accuracy``, ``skipped`` (None values are written as null and not shown). When stderr is
+a terminal the console shows a tqdm bar there (loss, lr, tok/s, ETA; val lines and messages above it);
+anywhere else (CI, a log file) every call prints one plain line to stdout, so logs stay readable. No torch
 import unless TensorBoard is asked for; matplotlib is imported only by `plot_losses`.
 """
 
@@ -45,7 +46,10 @@ class MetricsLogger:
         self.run_dir, self.total_steps, self.start_step = run_dir, total_steps, start_step
         self.path = os.path.join(run_dir, METRICS_FILE)
         self.console = console
-        self.stream = stream if stream is not None else sys.stderr
+        # The bar goes to stderr (tqdm's habit) when it is a terminal; plain lines go to stdout, in order with
+        # the caller's prints (one stream, one buffer) and captured by `fastlm-train > log.txt`.
+        self._bar_stream = stream if stream is not None else sys.stderr
+        self._plain_stream = stream if stream is not None else sys.stdout
         self._t0 = time.time()
         self._writer = _summary_writer(os.path.join(run_dir, "tb"), start_step) if tensorboard else None
         if start_step > 0 and os.path.exists(self.path):
@@ -54,10 +58,10 @@ class MetricsLogger:
         else:
             self._file = open(self.path, "w", encoding="utf-8")
         self._bar = None
-        if console and _isatty(self.stream):
+        if console and _isatty(self._bar_stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
+            self._bar = tqdm(total=total_steps, initial=start_step, file=self._bar_stream, dynamic_ncols=True,
                              unit="step", smoothing=0.1)
 
     def log(self, step: int, **values: Any) -> None:
@@ -80,23 +84,23 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(max(0, min(step, self.total_steps) - self._bar.n))
             post = {name: _fmt(k, values[k]) for k, name in (("train/loss", "loss"), ("lr", "lr"),
-                                                              ("tokens_per_s", "tok/s")) if k in values}
+                                                              ("tokens_per_s", "tok/s")) if values.get(k) is not None}
             if post:
                 self._bar.set_postfix(post, refresh=True)
             if any(k.startswith("val/") for k in values):
                 self._bar.write(self._line(step, {k: v for k, v in values.items() if k.startswith("val/")}),
-                                file=self.stream)
+                                file=self._bar_stream)
         else:
-            print(self._line(step, values, eta=True), file=self.stream, flush=True)
+            print(self._line(step, values, eta=True), file=self._plain_stream, flush=True)
 
     def message(self, text: str) -> None:
         """Print a line to the console without breaking the progress bar."""
         if not self.console:
             return
         if self._bar is not None:
-            self._bar.write(text, file=self.stream)
+            self._bar.write(text, file=self._bar_stream)
         else:
-            print(text, file=self.stream, flush=True)
+            print(text, file=self._plain_stream, flush=True)
 
     def close(self) -> None:
         """Close the file, the bar and the TensorBoard writer (idempotent)."""
@@ -119,8 +123,8 @@ class MetricsLogger:
         keys = [k for k in SHOWN if k in values] + [k for k in values if k not in SHOWN]
         parts = [f"step {step}/{self.total_steps}"]
         for k in keys:
-            if k == "skipped" and not values[k]:
-                continue
+            if values[k] is None or (k == "skipped" and not values[k]):
+                continue  # e.g. mfu on a device of unknown peak FLOPs
             name = {"train/loss": "loss", "tokens_per_s": "tok/s"}.get(k, k)
             parts.append(f"{name} {_fmt(k, values[k])}")
         done = step - self.start_step
