@@ -245,3 +245,16 @@ def test_end_to_end_mlm(small_text, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "val (step 6): loss" in out and "accuracy" in out
     assert os.path.isdir(tmp_path / "runs" / "mlm" / "checkpoints" / "step-00000006")
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_0_prints(small_text, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "fastlm.cli.train", "--set", f"data.text=[{small_text}]", *TINY, "max_steps=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("outputs in ") for line in lines) == 1 and "world 2" in proc.stdout
+    (run,) = [d for d in os.listdir(tmp_path / "runs") if d != "cache"]  # one run name for both ranks
+    assert sorted(os.listdir(tmp_path / "runs" / run / "checkpoints")) == ["step-00000002"]
