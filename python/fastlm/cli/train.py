@@ -1,7 +1,7 @@
 """`fastlm-train` (and its alias `fastlm train`): pretrain a causal or masked LM from a config, flags and ``--set``.
 
 With no arguments it runs the README's main job: a tiny causal LM on the built-in corpora, on the GPU when
-there is one, else the CPU in a few minutes. The settings are `fastlm.train.config.TrainConfig`; this
+there is one, else the CPU. The settings are `fastlm.train.config.TrainConfig`; this
 file only turns argv into one and prints where the outputs go. Neither torch nor ``fastlm.train`` is
 imported until a run (or ``--help``) needs them, so ``fastlm data ...`` stays light.
 """
@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override config keys, e.g. --set max_steps=100 optim.lr=1e-3 model.overrides.n_layer=2 "
                    "(values read as YAML)")
     p.add_argument("--resume", metavar="RUN_OR_CKPT", help="continue from a run directory (its latest complete "
-                   "checkpoint) or a checkpoint directory; the run's own config is used")
+                   "checkpoint) or a checkpoint directory, with the config stored there (--config/--set/flags on top, "
+                   "e.g. --set max_steps=1200)")
     p.add_argument("--out", metavar="DIR", help="parent directory of runs and of the data cache (config key "
                    "out, default ./runs)")
     p.add_argument("--run-name", metavar="NAME", help="run directory name under --out (default "
