@@ -16,7 +16,7 @@ from train_fixtures import TINY_GPT, make_shards, tiny_config
 from fastlm.models import GPT, Encoder, EncoderConfig, GPTConfig
 from fastlm.train import trainer as trainer_mod
 from fastlm.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from fastlm.train.trainer import _optimizer, run
+from fastlm.train.trainer import _optimizer, resume_config, run
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -124,6 +124,8 @@ def test_exact_resume_after_sigkill(data_root, tmp_path):
     first = latest_checkpoint(run_b)
     assert first.endswith("step-00000004")
     assert not os.path.exists(os.path.join(run_b, "checkpoints", "step-00000010"))
+    assert resume_config(run_b).to_dict() == cfg_b.to_dict()  # the CLI's --resume: config from the checkpoint
+    assert resume_config(first, ["max_steps=12"]).max_steps == 12
     b = run(cfg_b, resume=run_b, console=False)
     assert b.step == 10 and b.run_dir == a.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b"))
     wa, wb = weights(a.checkpoint), weights(b.checkpoint)

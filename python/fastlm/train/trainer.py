@@ -134,6 +134,15 @@ def _check_resume(cfg: TrainConfig, meta: dict, model_config: dict, tokenizer_pa
         raise CheckpointError(f"{ckpt}: task {meta['train_config']['task']!r} differs from {cfg.task!r}")
 
 
+def resume_config(resume: str, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """The ``TrainConfig`` saved in the latest checkpoint of ``resume`` (a run or checkpoint dir), with
+    ``key=value`` overrides (e.g. ``max_steps=2000`` to extend a run), for ``run(cfg, resume=resume)``."""
+    from fastlm.train.checkpoint import load_checkpoint
+    from fastlm.train.config import load_train_config
+    meta = load_checkpoint(_resolve_resume(resume), optimizer=False).meta
+    return load_train_config(None, overrides, base=meta["train_config"])
+
+
 def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True) -> TrainResult:
     """Train ``cfg`` (under torchrun: every rank calls it); ``resume`` = a run or checkpoint dir to continue.
 
