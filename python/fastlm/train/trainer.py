@@ -134,6 +134,15 @@ def _check_resume(cfg: TrainConfig, meta: dict, model_config: dict, tokenizer_pa
         raise CheckpointError(f"{ckpt}: task {meta['train_config']['task']!r} differs from {cfg.task!r}")
 
 
+def resume_config(resume: str, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """The ``TrainConfig`` saved in the latest checkpoint of ``resume`` (a run or checkpoint dir), with
+    ``key=value`` overrides (e.g. ``max_steps=2000`` to extend a run), for ``run(cfg, resume=resume)``."""
+    from fastlm.train.checkpoint import load_checkpoint
+    from fastlm.train.config import load_train_config
+    meta = load_checkpoint(_resolve_resume(resume), optimizer=False).meta
+    return load_train_config(None, overrides, base=meta["train_config"])
+
+
 def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True) -> TrainResult:
     """Train ``cfg`` (under torchrun: every rank calls it); ``resume`` = a run or checkpoint dir to continue.
 
@@ -256,7 +265,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             if info.is_main:
                 meta = {"model_config": config_to_dict(mcfg), "train_config": cfg.to_dict(),
                         "data_state": batches.train.state_dict(), "rng": ck.rng_state(),
-                        "loop": dict(loop), "world_size": info.world_size, "tokens_per_step": tokens_per_step, "val": result.val}
+                        "loop": dict(loop), "world_size": info.world_size, "tokens_per_step": tokens_per_step,
+                        "val": result.val}
                 result.checkpoint = ck.save_checkpoint(
                     os.path.join(run_dir, "checkpoints"), step, model_state=model_state,
                     optimizer_state=optim_state, meta=meta, tokenizer_path=batches.tokenizer_path,
@@ -300,7 +310,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             message(f"step {step + 1}: {why}: step skipped")
             log(step + 1, skipped=1, **({"train/loss": train_loss} if finite else {}))
             if loop["bad_run"] >= cfg.max_bad_steps:
-                optimizer.zero_grad(set_to_none=True)
+                if logger is not None:
+                    logger.close()
                 raise RuntimeError(f"stopping: {loop['bad_run']} bad steps in a row (spike or NaN/inf; "
                                    f"max_bad_steps={cfg.max_bad_steps}) at step {step + 1}; last good "
                                    f"checkpoint: {result.checkpoint}. Lower optim.lr or check the data.")
