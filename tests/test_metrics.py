@@ -103,9 +103,15 @@ def test_tensorboard(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="pip install tensorboard"):
             MetricsLogger(str(tmp_path), total_steps=3, console=False, tensorboard=True)
         return
-    with MetricsLogger(str(tmp_path), total_steps=3, console=False, tensorboard=True) as log:
-        log.log(1, **{"train/loss": 2.0})
-    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tb"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    with MetricsLogger(str(tmp_path), total_steps=5, console=False, tensorboard=True) as log:
+        for step in range(1, 6):
+            log.log(step, **{"train/loss": float(step)})
+    with MetricsLogger(str(tmp_path), total_steps=5, console=False, tensorboard=True, start_step=3) as log:
+        log.log(4, **{"train/loss": 40.0})  # resumed at 3: the first run's steps 4, 5 are purged
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
 def _metrics(run_dir, n=60, val_every=20):

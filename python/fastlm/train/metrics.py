@@ -142,7 +142,7 @@ def _summary_writer(log_dir: str, start_step: int):
         raise MissingDependencyError(f"tensorboard=true needs the tensorboard package: pip install tensorboard "
                                      f"(or pip install 'fastlm[tensorboard]') ({e})") from None
     # purge_step: a resumed run drops the events written after its checkpoint, as metrics.jsonl does.
-    return SummaryWriter(log_dir, purge_step=start_step if start_step > 0 else None)
+    return SummaryWriter(log_dir, purge_step=start_step + 1 if start_step > 0 else None)  # purges steps >= it
 
 
 def _truncate_after(path: str, step: int) -> None:
