@@ -46,7 +46,7 @@ def test_help_lists_every_option_and_config_key(argv, capsys):
     for opt in ("--task", "--config", "--set", "--resume", "--out", "--run-name", "--device", "--quiet"):
         assert opt in out
     from fastlm.train.config import TrainConfig
-    for key in ("max_steps = 600", "optim.lr = 0.003", "data.vocab_size = 4096", "model.size = tiny",
+    for key in ("max_steps = 300", "optim.lr = 0.003", "data.vocab_size = 4096", "model.size = tiny",
                 "data.text = [builtin:pydoc, builtin:shakespeare]"):
         assert key in out
     assert "optimizer steps" in out and "auto|fp32|bf16" in out  # comments and choices

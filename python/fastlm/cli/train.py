@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(values read as YAML)")
     p.add_argument("--resume", metavar="RUN_OR_CKPT", help="continue from a run directory (its latest complete "
                    "checkpoint) or a checkpoint directory, with the config stored there (--config/--set/flags on top, "
-                   "e.g. --set max_steps=1200)")
+                   "e.g. --set max_steps=600)")
     p.add_argument("--out", metavar="DIR", help="parent directory of runs and of the data cache (config key "
                    "out, default ./runs)")
     p.add_argument("--run-name", metavar="NAME", help="run directory name under --out (default "
