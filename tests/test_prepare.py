@@ -170,3 +170,31 @@ def test_given_tokens_refuse_a_mismatch(shards):
     w.add([1, 2]); w.close()
     with pytest.raises(ValueError, match="data.val_tokens: .*val2"):
         prep.prepare_data(tokens_config(d, tokens=[str(d / "train")], val_tokens=[str(d / "val2")], tokenizer=tok_path))
+
+
+def test_tokenizer_never_sees_the_validation_documents(tmp_path, corpus, monkeypatch):
+    from fastlm.train.data import holdout_split
+
+    seen = []
+    real_train = Tokenizer.train_from_iterator
+    monkeypatch.setattr(Tokenizer, "train_from_iterator", classmethod(
+        lambda cls, texts, *a, **k: real_train.__func__(cls, seen.extend(texts) or seen, *a, **k)))
+    got = prep.prepare_data(config(tmp_path, corpus, val_fraction=0.1), log=lambda s: None)
+    cleaned = [r.data["text"] for r in read_records(os.path.join(got.cache_dir, "text"))]
+    train_docs, val_docs = holdout_split(len(cleaned), 0.1)  # the trainer's split of the same documents
+    assert len(val_docs) >= 3 and seen == [cleaned[i] for i in train_docs]
+    key = prep.cache_key(config(tmp_path, corpus, val_fraction=0.1))[0]
+    assert prep.cache_key(config(tmp_path, corpus, val_fraction=0.2))[0] != key
+    assert prep.cache_key(config(tmp_path, corpus, val_fraction=0.1, val_tokens=["v"]))[0] == key
+
+
+def test_text_mode_val_tokens_must_use_the_runs_tokenizer(tmp_path, corpus, shards):
+    d, _ = shards
+    with pytest.raises(ValueError, match="data.val_tokens: .*encode them with that tokenizer"):
+        prep.prepare_data(config(tmp_path, corpus, val_tokens=[str(d / "val")]), log=lambda s: None)
+    got = prep.prepare_data(config(tmp_path, corpus), log=lambda s: None)
+    tok = load(got.tokenizer)
+    w = TokenShardWriter(str(tmp_path / "myval"), vocab_size=tok.n_vocab, tokenizer_sha256=file_sha256(got.tokenizer))
+    w.add(tok.encode("held-out text")); w.close()
+    again = prep.prepare_data(config(tmp_path, corpus, val_tokens=[str(tmp_path / "myval")]), log=lambda s: None)
+    assert again.val == [str(tmp_path / "myval" / "tokens-00000.json")] and again.tokenizer == got.tokenizer

@@ -16,7 +16,7 @@ from train_fixtures import TINY_GPT, make_shards, tiny_config
 from fastlm.models import GPT, Encoder, EncoderConfig, GPTConfig
 from fastlm.train import trainer as trainer_mod
 from fastlm.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from fastlm.train.trainer import _optimizer, run
+from fastlm.train.trainer import _optimizer, resume_config, run
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -124,6 +124,8 @@ def test_exact_resume_after_sigkill(data_root, tmp_path):
     first = latest_checkpoint(run_b)
     assert first.endswith("step-00000004")
     assert not os.path.exists(os.path.join(run_b, "checkpoints", "step-00000010"))
+    assert resume_config(run_b).to_dict() == cfg_b.to_dict()  # the CLI's --resume: config from the checkpoint
+    assert resume_config(first, ["max_steps=12"]).max_steps == 12
     b = run(cfg_b, resume=run_b, console=False)
     assert b.step == 10 and b.run_dir == a.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b"))
     wa, wb = weights(a.checkpoint), weights(b.checkpoint)
@@ -252,3 +254,28 @@ def test_random_windows_and_max_time(data_root, tmp_path):
     r = run(cfg, console=False)
     assert r.stopped == "max_time" and 0 < r.step < 100000
     assert r.checkpoint.endswith(f"step-{r.step:08d}")
+
+
+def test_val_documents_never_trained(data_root):
+    from fastlm.train.data import PackedBatches, TokenDataset, holdout_split
+    ds = TokenDataset(os.path.join(data_root, "tokens"))
+    train, val = holdout_split(ds.n_docs, 0.1)
+    assert set(train.tolist()).isdisjoint(val.tolist()) and len(train) + len(val) == ds.n_docs
+    assert val.tolist() == list(range(9, ds.n_docs, 10))
+    it = PackedBatches(ds, batch=4, seq_len=32, docs=train, return_doc_ids=True)
+    seen = set()
+    for _ in range(300):
+        seen |= set((next(it)[2] % ds.n_docs).flatten().tolist())
+    assert seen <= set(train.tolist()) and len(seen) > 5
+
+
+def test_bf16_autocast_on_cpu(data_root, tmp_path):
+    r = run(tiny_config(data_root, str(tmp_path), precision="bf16", max_steps=3), console=False)
+    assert r.step == 3 and r.skipped == 0 and math.isfinite(r.val["loss"])
+
+
+@pytest.mark.slow
+def test_compile_matches_eager(data_root, tmp_path):
+    eager = run(tiny_config(data_root, str(tmp_path / "e"), max_steps=3), console=False)
+    comp = run(tiny_config(data_root, str(tmp_path / "c"), max_steps=3, compile=True), console=False)
+    assert comp.val["loss"] == pytest.approx(eager.val["loss"], rel=1e-4)

@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fastlm.cli import tokenizer as tokenizer_cli
 
     tokenizer_cli.register(groups)
+    from fastlm.cli import train as train_cli
+
+    train_cli.register(groups)
     from fastlm.cli import export as export_cli
 
     export_cli.register(groups)

@@ -25,7 +25,7 @@ class DataConfig:
     tokenizer: str = ""          # tokenizer of `tokens`; "" -> the one trained from `text` (cached)
     vocab_size: int = 4096       # when the run trains its tokenizer: small corpus, small vocabulary
     cache_dir: str = ""          # "" -> <out>/cache: cleaned text, tokenizer, shards reused across runs
-    seq_len: int = 256           # tokens per row (<= model max_seq_len)
+    seq_len: int = 128           # tokens per row (<= model max_seq_len); 128 keeps the CPU main job short
     sampling: Literal["packed", "random"] = "packed"  # packed: every token once per epoch; random windows
     shuffle: bool = True         # packed: documents in a seeded order per epoch
 
@@ -44,7 +44,7 @@ class OptimConfig:
     lr: float = 3e-3             # peak lr: tiny models take a high one (nanoGPT shakespeare-char 1e-3)
     min_lr_ratio: float = 0.1    # final lr = lr * min_lr_ratio (Chinchilla's 10x decay)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = 50       # linear warmup from 0
+    warmup_steps: int = 30       # linear warmup from 0 (10% of the default 300 steps)
     decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay (MiniCPM's ~10-20%)
     weight_decay: float = 0.1    # on matrices only; norms, biases and embeddings get none
     beta1: float = 0.9
@@ -67,10 +67,10 @@ class TrainConfig:
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun; auto = ddp
     micro_batch: int = 16        # rows per forward/backward on each rank
     tokens_per_step: int = 0     # 0 -> micro_batch * seq_len * world size (no accumulation)
-    max_steps: int = 600         # optimizer steps
+    max_steps: int = 300         # optimizer steps (main job: 300 x 2048 = 0.6M tokens, minutes on a CPU)
     max_time: float = 0.0        # seconds; > 0 stops the run early (wall-clock budgets, benchmarks)
     eval_every: int = 100        # steps; 0 = only at the end
-    eval_tokens: int = 65536     # val tokens per evaluation (all ranks together)
+    eval_tokens: int = 16384     # val tokens per evaluation (all ranks together)
     sample_every: int = 0        # steps; 0 = one sample at the end
     sample_prompt: str = "The"
     sample_tokens: int = 64

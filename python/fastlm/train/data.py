@@ -357,5 +357,9 @@ class GlobalRows:
         return {"rows": self.rows, "source": self.source.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state["source"])
-        self.rows = int(state["rows"])
+        try:
+            self.source.load_state_dict(state["source"])
+            self.rows = int(state["rows"])
+        except KeyError as e:
+            raise ValueError(f"data position {state!r} was saved by another kind of loader (missing {e}); "
+                             f"this run reads with {type(self.source).__name__}") from None

@@ -8,12 +8,14 @@ wait at a barrier). Two modes, chosen by ``cfg.data``:
 - otherwise ``text`` (default: the built-in corpora): a cache folder
   ``<cache_dir or <out>/cache>/<key>/`` keyed by a hash of everything that decides its contents (the
   inputs: names, sizes and mtimes of files, the package version of built-in corpora; vocab size;
-  pre-tokenization pattern; clean settings; fastlm version) holds three steps, each written to a
+  validation share; pre-tokenization pattern; clean settings; fastlm version) holds three steps, each written to a
   hidden temp folder and renamed into place only when complete, so a step that exists is done:
   ``text/`` (`fastlm.data.pipeline.clean` with the default CleanConfig), ``tokenizer/``
-  (``tokenizer.fastlm`` + ``tokenizer.json``, trained on ``text/``) and ``tokens/`` (one ``<|bos|>``
+  (``tokenizer.fastlm`` + ``tokenizer.json``, trained on ``text/`` less the documents that the trainer
+  holds out for validation, `fastlm.train.data.holdout_split`) and ``tokens/`` (one ``<|bos|>``
   before each document, as ``fastlm tokenizer encode``). A second run with the same key reuses
-  them and says so. ``val`` stays empty: the trainer holds documents out of ``train``.
+  them and says so. ``val`` stays empty (the trainer holds documents out of ``train``) unless
+  ``val_tokens`` are given, encoded with the cached tokenizer.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ def prepare_data(cfg: TrainConfig, *, log: Callable[[str], Any] = print) -> Prep
 def _check_tokens(cfg: TrainConfig) -> PreparedData:
     from fastlm.tokenizer import formats
     from fastlm.tokenizer.shards import file_sha256
-    from fastlm.train.data import TokenDataset
 
     if not cfg.data.tokenizer:
         raise ValueError("data.tokens is set but data.tokenizer is empty: give the tokenizer the shards were "
@@ -74,23 +75,28 @@ def _check_tokens(cfg: TrainConfig) -> PreparedData:
     if not os.path.isfile(tok_path):
         raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tok_path}")
     sha = file_sha256(tok_path)
-    found = {}
-    for key, paths in (("data.tokens", cfg.data.tokens), ("data.val_tokens", cfg.data.val_tokens)):
-        if not paths:
-            continue
-        for p in paths:
-            if not os.path.exists(p):
-                raise FileNotFoundError(f"{key}: {p} does not exist")
-        try:
-            ds = TokenDataset(paths)  # checks that its shards agree on tokenizer, dtype and vocab size
-        except ValueError as e:
-            raise ValueError(f"{key}: {e}") from None
-        if ds.tokenizer_sha256 != sha:
-            raise ValueError(f"{key}: {ds.paths[0]} was encoded with tokenizer sha256 {ds.tokenizer_sha256[:12]}..., "
-                             f"but data.tokenizer {tok_path} has sha256 {sha[:12]}...: give the tokenizer the "
-                             f"shards were encoded with (or re-encode them)")
-        found[key] = list(ds.paths)
-    return PreparedData(tokenizer=tok_path, train=found["data.tokens"], val=found.get("data.val_tokens", []))
+    return PreparedData(tokenizer=tok_path, train=_checked_shards("data.tokens", cfg.data.tokens, tok_path, sha),
+                        val=_checked_shards("data.val_tokens", cfg.data.val_tokens, tok_path, sha))
+
+
+def _checked_shards(key: str, paths: list[str], tok_path: str, sha: str) -> list[str]:
+    """The shard headers of ``paths`` (config key ``key``), refused unless encoded with the tokenizer ``sha``."""
+    from fastlm.train.data import TokenDataset
+
+    if not paths:
+        return []
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{key}: {p} does not exist")
+    try:
+        ds = TokenDataset(paths)  # checks that its shards agree on tokenizer, dtype and vocab size
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
+    if ds.tokenizer_sha256 != sha:
+        raise ValueError(f"{key}: {ds.paths[0]} was encoded with tokenizer sha256 {ds.tokenizer_sha256[:12]}..., "
+                         f"but the run's tokenizer {tok_path} has sha256 {sha[:12]}...: encode them with that "
+                         f"tokenizer (fastlm tokenizer encode --tokenizer {tok_path})")
+    return list(ds.paths)
 
 
 # ---- raw text, cached ----------------------------------------------------------------------------
@@ -137,11 +143,18 @@ def cache_key(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
         "inputs": [_describe_input(p) for p in inputs],
         "clean": dataclasses.asdict(CleanConfig()),
         "vocab_size": cfg.data.vocab_size,
+        "tokenizer_holdout": _holdout_fraction(cfg),
         "pattern": PATTERN,
         "separator": SEPARATOR,
     }
     blob = json.dumps(recipe, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16], recipe
+
+
+def _holdout_fraction(cfg: TrainConfig) -> float:
+    """The share of documents the trainer holds out for validation when no val_tokens are given. Kept out of
+    the tokenizer even when they are, so that the cache (and the tokenizer) does not change with them."""
+    return cfg.data.val_fraction
 
 
 def _publish(tmp: str, final: str) -> bool:
@@ -198,12 +211,21 @@ def _prepare_text(cfg: TrainConfig, log: Callable[[str], Any]) -> PreparedData:
     if os.path.isfile(tok_path):
         log(f"data: reusing tokenizer {tok_path}")
     else:
-        log(f"data: training a {cfg.data.vocab_size}-id tokenizer ...")
+        from fastlm.train.data import holdout_split
+
+        # the documents the trainer will validate on stay out of the tokenizer too (honest bits per byte)
+        n_docs = sum(1 for _ in texts())
+        held: set[int] = set()
+        if _holdout_fraction(cfg) > 0 and n_docs >= 2:
+            held = set(holdout_split(n_docs, _holdout_fraction(cfg))[1].tolist())
+        log(f"data: training a {cfg.data.vocab_size}-id tokenizer ({len(held)} held-out documents left out) ...")
         t0 = time.perf_counter()
         counted = {"docs": 0, "bytes": 0}
 
         def counting():
-            for t in texts():
+            for i, t in enumerate(texts()):
+                if i in held:
+                    continue
                 counted["docs"] += 1
                 counted["bytes"] += len(t.encode("utf-8", "surrogatepass"))
                 yield t
@@ -254,5 +276,5 @@ def _prepare_text(cfg: TrainConfig, log: Callable[[str], Any]) -> PreparedData:
         with atomic_write(manifest) as f:
             json.dump({"key": key, "recipe": recipe, "stats": {**old, **stats}}, f, indent=1, default=str)
             f.write("\n")
-    train = TokenDataset(tokens_dir).paths
-    return PreparedData(tokenizer=tok_path, train=list(train), val=[], cache_dir=key_dir)
+    val = _checked_shards("data.val_tokens", cfg.data.val_tokens, tok_path, sha)
+    return PreparedData(tokenizer=tok_path, train=list(TokenDataset(tokens_dir).paths), val=val, cache_dir=key_dir)

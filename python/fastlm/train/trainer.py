@@ -134,6 +134,15 @@ def _check_resume(cfg: TrainConfig, meta: dict, model_config: dict, tokenizer_pa
         raise CheckpointError(f"{ckpt}: task {meta['train_config']['task']!r} differs from {cfg.task!r}")
 
 
+def resume_config(resume: str, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """The ``TrainConfig`` saved in the latest checkpoint of ``resume`` (a run or checkpoint dir), with
+    ``key=value`` overrides (e.g. ``max_steps=2000`` to extend a run), for ``run(cfg, resume=resume)``."""
+    from fastlm.train.checkpoint import load_checkpoint
+    from fastlm.train.config import load_train_config
+    meta = load_checkpoint(_resolve_resume(resume), optimizer=False).meta
+    return load_train_config(None, overrides, base=meta["train_config"])
+
+
 def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True) -> TrainResult:
     """Train ``cfg`` (under torchrun: every rank calls it); ``resume`` = a run or checkpoint dir to continue.
 
@@ -157,6 +166,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     device = info.device
     precision = _precision(cfg, device)
     resume_ckpt = _resolve_resume(resume) if resume else None
+    state = ck.load_checkpoint(resume_ckpt) if resume_ckpt else None  # every rank reads it (CPU)
     run_dir = _run_dir(cfg, info, resume_ckpt)
     say = print if (info.is_main and console) else (lambda *a, **k: None)
     if info.is_main:
@@ -194,7 +204,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     # ---- steps: rows per step, micro-steps
     T = cfg.data.seq_len
     micro_global = cfg.micro_batch * info.world_size
-    tokens_per_step = cfg.tokens_per_step or micro_global * T
+    # 0 = one micro-batch on every rank; a resumed run keeps its checkpoint's batch under any world size
+    tokens_per_step = (cfg.tokens_per_step or (state.meta.get("tokens_per_step", 0) if state else 0)
+                       or micro_global * T)
     if tokens_per_step % (micro_global * T):
         raise ValueError(f"tokens_per_step {tokens_per_step} is not a multiple of micro_batch x seq_len x world "
                          f"= {micro_global * T}")
@@ -204,8 +216,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
 
     # ---- resume: weights, optimizer, data cursor, loop state, RNG
     loop = {"step": 0, "tokens": 0, "ema": 0.0, "good": 0, "bad_run": 0, "skipped": 0}
-    if resume_ckpt is not None:
-        state = ck.load_checkpoint(resume_ckpt)
+    if state is not None:
         _check_resume(cfg, state.meta, config_to_dict(mcfg), batches.tokenizer_path, resume_ckpt)
         load_full_state(model, optimizer, state.model_state, state.optimizer_state)
         batches.train.load_state_dict(state.meta["data_state"])
@@ -254,7 +265,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             if info.is_main:
                 meta = {"model_config": config_to_dict(mcfg), "train_config": cfg.to_dict(),
                         "data_state": batches.train.state_dict(), "rng": ck.rng_state(),
-                        "loop": dict(loop), "world_size": info.world_size, "val": result.val}
+                        "loop": dict(loop), "world_size": info.world_size, "tokens_per_step": tokens_per_step,
+                        "val": result.val}
                 result.checkpoint = ck.save_checkpoint(
                     os.path.join(run_dir, "checkpoints"), step, model_state=model_state,
                     optimizer_state=optim_state, meta=meta, tokenizer_path=batches.tokenizer_path,
@@ -298,7 +310,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             message(f"step {step + 1}: {why}: step skipped")
             log(step + 1, skipped=1, **({"train/loss": train_loss} if finite else {}))
             if loop["bad_run"] >= cfg.max_bad_steps:
-                optimizer.zero_grad(set_to_none=True)
+                if logger is not None:
+                    logger.close()
                 raise RuntimeError(f"stopping: {loop['bad_run']} bad steps in a row (spike or NaN/inf; "
                                    f"max_bad_steps={cfg.max_bad_steps}) at step {step + 1}; last good "
                                    f"checkpoint: {result.checkpoint}. Lower optim.lr or check the data.")
