@@ -1,4 +1,4 @@
-"""`TrainConfig`: every setting of a pretraining run (CLM or MLM), as nested dataclasses.
+"""`TrainConfig`: every setting of a training run (pretraining CLM/MLM, post-training), as nested dataclasses.
 
 Read from YAML/TOML with `load_train_config` (unknown keys and wrong types refused, naming the dotted
 key), overridden with ``--set section.key=value``. The defaults are the README's main job: a tiny causal
@@ -55,9 +55,48 @@ class OptimConfig:
 
 
 @dataclass
+class PostConfig:
+    """Post-training (sft, reward, dpo, ppo, grpo, rloo). Without ``data`` the built-in tasks
+    (fastlm.posttrain.tasks: verifiable answers) provide SFT examples, preference pairs and prompts."""
+    init_from: str = "auto"      # checkpoint/run dir or HF model dir; auto: newest run of the stage before
+                                 # in <out> (sft <- clm; reward, dpo, ppo, grpo, rloo <- sft)
+    data: list[str] = field(default_factory=list)      # sft: Alpaca/ShareGPT/messages/prompt-completion;
+                                                       # reward/dpo: prompt/chosen/rejected; rl: prompts
+    val_data: list[str] = field(default_factory=list)  # held-out; empty -> hold out data.val_fraction
+    tasks: list[str] = field(default_factory=lambda: ["copy", "reverse", "add"])  # built-in, when no data
+    task_examples: int = 4000    # built-in training examples per task (generated, seeded)
+    eval_examples: int = 200     # built-in held-out exact-match examples per task
+    train_on_prompt: bool = False  # sft: supervise the prompt tokens too (default: assistant tokens only)
+    packing: bool = True         # sft: several examples per row, no attention across them; False: padding
+    margin: float = 0.0          # reward: loss = -logsigmoid(r_chosen - r_rejected - margin)
+    center_rewards: float = 0.0  # reward: + coef * (r_chosen + r_rejected)^2 keeps rewards near 0 (TRL: 0.01)
+    beta: float = 0.1            # dpo: implicit-reward temperature (DPO paper's default)
+    reference: Literal["precompute", "online"] = "precompute"  # dpo: reference log-probs once, or per step
+    reward_model: str = "auto"   # rl: reward-model checkpoint, or "task" (the built-in tasks' verifiable
+                                 # reward); auto: newest reward run in <out>, else "task"
+    prompts_per_step: int = 16   # rl: prompts per optimizer step (all ranks together)
+    samples_per_prompt: int = 4  # grpo/rloo: group size for relative advantages (ppo uses 1)
+    max_new_tokens: int = 24     # rl rollouts and exact-match evaluation
+    temperature: float = 1.0     # rl rollout sampling
+    top_k: int = 0               # rl rollout sampling; 0 = off
+    top_p: float = 1.0           # rl rollout sampling; 1 = off
+    ppo_epochs: int = 2          # passes over each batch of rollouts
+    minibatches: int = 2         # optimizer steps per pass
+    clip: float = 0.2            # policy ratio clip (PPO / GRPO)
+    value_clip: float = 0.2      # ppo: value prediction clip around the rollout's values
+    vf_coef: float = 0.1         # ppo: value loss weight
+    gamma: float = 1.0           # ppo: discount (1: episodic text)
+    lam: float = 0.95            # ppo: GAE lambda
+    kl_coef: float = 0.05        # KL-to-reference penalty; 0 = off (and no reference model kept)
+    kl_target: float = 0.0       # > 0: adaptive KL coefficient aiming at this KL (Ziegler et al. 2019)
+    whiten_rewards: bool = True  # ppo: normalize rewards per batch
+    entropy_coef: float = 0.0    # entropy bonus
+
+
+@dataclass
 class TrainConfig:
     """A pretraining run. Steps are optimizer steps of ``tokens_per_step`` tokens (all ranks together)."""
-    task: Literal["clm", "mlm"] = "clm"
+    task: Literal["clm", "mlm", "sft", "reward", "dpo", "ppo", "grpo", "rloo"] = "clm"
     run_name: str = ""           # "" -> "<task>-<size>-<YYYYmmdd-HHMMSS>"
     out: str = "runs"            # outputs in <out>/<run_name>/
     seed: int = 1337
@@ -86,6 +125,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    post: PostConfig = field(default_factory=PostConfig)
 
     def __post_init__(self):
         _check(self)
@@ -113,6 +153,24 @@ def _check(c: TrainConfig) -> None:
                     "optim.decay_fraction": c.optim.decay_fraction, "mlm_probability": c.mlm_probability}.items():
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name} must be in [0, 1], got {v}")
+    p = c.post
+    for name, v in {"post.task_examples": p.task_examples, "post.eval_examples": p.eval_examples,
+                    "post.prompts_per_step": p.prompts_per_step, "post.samples_per_prompt": p.samples_per_prompt,
+                    "post.max_new_tokens": p.max_new_tokens, "post.ppo_epochs": p.ppo_epochs,
+                    "post.minibatches": p.minibatches, "post.beta": p.beta}.items():
+        if v <= 0:
+            raise ConfigError(f"{name} must be > 0, got {v}")
+    for name, v in {"post.clip": p.clip, "post.value_clip": p.value_clip, "post.vf_coef": p.vf_coef,
+                    "post.kl_coef": p.kl_coef, "post.kl_target": p.kl_target, "post.temperature": p.temperature,
+                    "post.top_k": p.top_k, "post.center_rewards": p.center_rewards,
+                    "post.entropy_coef": p.entropy_coef}.items():
+        if v < 0:
+            raise ConfigError(f"{name} must be >= 0, got {v}")
+    for name, v in {"post.gamma": p.gamma, "post.lam": p.lam, "post.top_p": p.top_p}.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {v}")
+    if c.task in ("grpo", "rloo") and p.samples_per_prompt < 2:
+        raise ConfigError(f"task={c.task} compares samples of one prompt: post.samples_per_prompt must be >= 2")
     if not c.spike_factor > 1.0:
         raise ConfigError(f"spike_factor must be > 1, got {c.spike_factor}")
     if c.max_bad_steps < 1:
