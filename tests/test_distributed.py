@@ -119,3 +119,15 @@ def test_one_process_checkpoint_resumes_in_two(data_root, tmp_path):
     t1, _ = losses(one.run_dir)
     t2, _ = losses(first.run_dir)
     assert_close_curves(t1, t2)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_mlm(data_root, tmp_path):
+    # MLM masks are drawn per global row: the same masks under any world size
+    over = dict(task="mlm", max_steps=4, eval_every=2, log_every=1)
+    one = run(tiny_config(data_root, str(tmp_path / "one"), micro_batch=4, **over), console=False)
+    torchrun(tmp_path, tiny_config(data_root, str(tmp_path / "two"), micro_batch=2, **over))
+    t1, v1 = losses(one.run_dir)
+    t2, v2 = losses(os.path.join(str(tmp_path / "two"), "run"))
+    assert_close_curves(t1, t2)
+    assert_close_curves(v1, v2)

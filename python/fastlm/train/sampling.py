@@ -17,7 +17,16 @@ SAMPLE_TOP_K = 40
 
 
 def sample_text(model, tokenizer, cfg, device: torch.device, autocast=None) -> str:
-    """The run's sample: the prompt and its continuation (clm), or the prompt with predicted masks (mlm)."""
+    """The run's sample: the prompt and its continuation (clm), or the prompt with predicted masks (mlm).
+
+    >>> from fastlm.models import GPT, GPTConfig
+    >>> from fastlm.tokenizer import Tokenizer
+    >>> from fastlm.train.config import TrainConfig
+    >>> tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={"<|bos|>": 256})
+    >>> m = GPT(GPTConfig.named("tiny", vocab_size=257, n_layer=1))
+    >>> sample_text(m, tok, TrainConfig(sample_prompt="Hi", sample_tokens=4), torch.device("cpu")).startswith("Hi")
+    True
+    """
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(cfg.seed)

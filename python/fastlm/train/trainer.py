@@ -259,7 +259,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             log(step, **vals)
         if (last or (cfg.sample_every and step % cfg.sample_every == 0 and step > 0)) and not fresh:
             result.sample = sample_text(raw, batches.tokenizer, cfg, device, autocast)
-            message(f"sample @ {step}: {result.sample!r}")
+            if not last:  # the final sample is in the result (fastlm-train prints it with the summary)
+                message(f"sample @ {step}: {result.sample!r}")
         if step > 0 and not fresh and (last or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
             model_state, optim_state = full_state(model, optimizer)
             if info.is_main:
@@ -344,9 +345,5 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             png = plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
             if png is None:
                 say("loss plot skipped (pip install matplotlib for loss.png)")
-    if result.val:
-        say(f"val loss {result.val['loss']:.4f}" + (f", {result.val['bpb']:.4f} bits/byte" if "bpb" in result.val
-                                                     else f", accuracy {result.val.get('accuracy', 0):.3f}"))
-    say(f"done: {step} steps in {time.time() - t_start:.1f}s ({train_time:.1f}s training); outputs in {run_dir}"
-        + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))
+    say(f"done: {step} steps in {time.time() - t_start:.1f}s ({train_time:.1f}s training)")
     return result
