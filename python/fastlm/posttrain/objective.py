@@ -13,6 +13,7 @@ The interface (helpers writing an objective subclass `Objective` and register it
     obj.tokenizer_path   # its file (copied into every checkpoint as tokenizer.fastlm)
     obj.seq_len          # row length: steps hold tokens_per_step / (micro_batch * world * seq_len) micro-steps
     obj.init_from        # the resolved post.init_from path (recorded in checkpoint meta), or None
+    obj.summary          # {key: number} logged once at the start of a fresh run (data report), may be {}
     obj.next_micro(n_global) -> batch        # this rank's contiguous share of the next global micro-batch
                                              # of n_global rows (rows: packed/padded sequences, or pairs)
     obj.state_dict() / obj.load_state_dict(d)  # the data position (JSON-safe), for exact resume
@@ -87,6 +88,7 @@ class Objective:
     tokenizer_path: str
     seq_len: int
     init_from: Optional[str] = None
+    summary: dict = {}
 
     def next_micro(self, n_global: int) -> Any:
         raise NotImplementedError
@@ -186,8 +188,8 @@ class LMObjective(Objective):
 def _checkpoint_task(ckpt: str) -> Optional[str]:
     import json
     try:
-        with open(os.path.join(ckpt, "state.json"), encoding="utf-8") as f:
-            return json.load(f).get("meta", {}).get("train_config", {}).get("task")
+        with open(os.path.join(ckpt, "state.json"), encoding="utf-8") as f:  # meta, without the weights
+            return json.load(f).get("train_config", {}).get("task")
     except (OSError, ValueError):
         from fastlm.train.checkpoint import load_checkpoint
         return load_checkpoint(ckpt, optimizer=False).meta.get("train_config", {}).get("task")
