@@ -196,12 +196,13 @@ def _checkpoint_task(ckpt: str) -> Optional[str]:
 
 
 def is_hf_dir(path: str) -> bool:
-    """A Hugging Face model directory (``config.json``, no fastlm checkpoint).
+    """A Hugging Face model directory (``config.json`` + weights; `fastlm.posttrain.hf_import.is_hf_dir`).
 
     >>> is_hf_dir("/nonexistent")
     False
     """
-    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+    from fastlm.posttrain.hf_import import is_hf_dir as hf_dir
+    return hf_dir(path)
 
 
 def resolve_init(cfg: TrainConfig) -> Optional[str]:

@@ -330,13 +330,11 @@ class SFTObjective(Objective):
                 out["val/loss"] = loss / n
             if self.eval_examples:
                 from fastlm.posttrain.tasks import exact_match
-                hits, total = 0.0, 0
-                for name, examples in self.eval_examples.items():
-                    r = exact_match(model, self.tokenizer, examples, max_new_tokens=self.cfg.post.max_new_tokens,
-                                    device=device, batch=max(self.cfg.micro_batch, 32))
-                    out[f"val/exact_match/{name}"] = r["accuracy"]
-                    hits, total = hits + r["accuracy"] * r["n"], total + r["n"]
-                out["val/exact_match"] = hits / max(total, 1)
+                examples = [ex for exs in self.eval_examples.values() for ex in exs]
+                r = exact_match(model, self.tokenizer, examples, max_new_tokens=self.cfg.post.max_new_tokens,
+                                device=device, batch=max(self.cfg.micro_batch, 32), kernels=self.cfg.model.kernels)
+                out["val/exact_match"] = r["accuracy"]
+                out.update({f"val/exact_match/{name}": t["accuracy"] for name, t in r["per_task"].items()})
         finally:
             model.train(was_training)
         return out
