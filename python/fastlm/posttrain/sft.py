@@ -106,7 +106,7 @@ def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int,
     >>> tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={s: 256 + i for i, s in enumerate(DEFAULT_SPECIALS)})
     >>> [m for _, m in render_examples(tok, [({"prompt": "a", "completion": "b"}, "x:1")], seq_len=16,
     ...                                train_on_prompt=True, report=SFTReport())]
-    [[1, 1, 1, 1, 1, 1, 1, 1]]
+    [[1, 1, 1, 1, 1, 1, 1]]
     """
     from fastlm.tokenizer.chat_template import render_conversation
     out = []
@@ -132,8 +132,8 @@ def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int,
 def padding_fraction(lengths: list[int], group: int) -> float:
     """Share of padded slots when consecutive groups of ``group`` examples are padded to their longest.
 
-    >>> padding_fraction([2, 4, 3, 3], 2)
-    0.2
+    >>> padding_fraction([2, 4, 4, 4], 2)  # slots 2 x 4 + 2 x 4, 14 tokens
+    0.125
     """
     slots = sum(max(lengths[i:i + group]) * len(lengths[i:i + group]) for i in range(0, len(lengths), group))
     return (slots - sum(lengths)) / slots if slots else 0.0
@@ -144,7 +144,7 @@ class SFTRows:
 
     >>> rows = SFTRows([([1, 2, 3], [0, 1, 1])] * 5, seq_len=8, pad_id=0, packing=True, seed=0)
     >>> rows.take(2)["input_ids"].shape, rows.padding_fraction
-    (torch.Size([2, 8]), 0.0625)
+    (torch.Size([2, 8]), 0.375)
     """
 
     def __init__(self, examples: list[Example], *, seq_len: int, pad_id: int, packing: bool, seed: int,
