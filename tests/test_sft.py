@@ -296,3 +296,29 @@ def test_sft_raises_exact_match_on_a_builtin_task(tmp_path):
     after = exact_match(load_model(r.checkpoint)[0], tok, val, max_new_tokens=12)["accuracy"]
     assert r.val["exact_match"] == pytest.approx(after)
     assert before <= 0.05 and after >= 0.3, (before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packing", [True, False])
+def test_sft_ddp_matches_one_process(pretrained, tmp_path, packing):
+    """2 gloo ranks x 2 rows = 1 process x 4 rows: same train and val losses (rank shares of one stream)."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    worker = tmp_path / "worker.py"
+    worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
+                      "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
+                      "run(from_dict(TrainConfig, json.loads(sys.argv[1])), console=False)\n")
+    curves = []
+    for nproc, mb in ((2, 2), (1, 4)):
+        cfg = sft_config(pretrained, str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3, eval_every=3,
+                         post={"init_from": pretrained["run"], "packing": packing})
+        env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(here), "python"), OMP_NUM_THREADS="1")
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", str(worker), json.dumps(cfg.to_dict())],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        rows = [json.loads(x) for x in open(os.path.join(str(tmp_path / f"n{nproc}"), "sft", "metrics.jsonl"))]
+        curves.append({(m["step"], k): m[k] for m in rows for k in ("train/loss", "val/loss") if k in m})
+    assert curves[0].keys() == curves[1].keys() and len(curves[0]) >= 4
+    for k in curves[0]:
+        assert curves[0][k] == pytest.approx(curves[1][k], rel=1e-5), k

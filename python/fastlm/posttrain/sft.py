@@ -32,7 +32,7 @@ import torch
 from fastlm.posttrain.objective import Objective, load_init
 from fastlm.train.collate import IGNORE_INDEX, pack, pad_collate
 from fastlm.train.config import TrainConfig
-from fastlm.train.distributed import DistInfo, all_reduce_sum
+from fastlm.train.distributed import DistInfo
 
 PACK_WINDOW = 512  # examples packed together: first fit is O(window x rows), and windows keep epochs mixed
 PAD_TOKEN = "<|pad|>"
@@ -278,7 +278,8 @@ class SFTObjective(Objective):
         return train, val, evals, report
 
     def _val_batches(self, val_ex: list[Example]) -> list[dict]:
-        """This rank's fixed val batches (equal counts per rank; the remainder rows are left out)."""
+        """The fixed val batches. Every rank evaluates all of them (SFT val sets are small): the result is
+        the same under any world size, and FSDP ranks run the same forwards in step."""
         if not val_ex:
             return []
         if self.cfg.post.packing:
@@ -287,9 +288,7 @@ class SFTObjective(Objective):
                     for i in range(rows["input_ids"].shape[0])]
         else:
             rows = val_ex
-        w, r = self.info.world_size, self.info.rank
-        mine = rows[r:(len(rows) // w) * w:w]
-        B = self.cfg.micro_batch
+        mine, B = rows, self.cfg.micro_batch
         if self.cfg.post.packing:
             return [{k: torch.stack([x[k] for x in mine[i:i + B]]) for k in mine[0]} for i in range(0, len(mine), B)]
         return [{k: v for k, v in pad_collate(mine[i:i + B], self.pad_id).items() if k != "position_ids"}
@@ -325,7 +324,6 @@ class SFTObjective(Objective):
                     b = self.to_device(b, device)
                     s, k = sft_loss(model, b, kernels=self.cfg.model.kernels)
                     loss, n = loss + float(s), n + k
-            loss, n = all_reduce_sum([loss, n], self.info)
             if n > 0:
                 out["val/loss"] = loss / n
             if self.eval_examples:
