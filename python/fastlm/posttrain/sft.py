@@ -103,7 +103,8 @@ def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int,
     """``(ids, loss_mask)`` per record (chat template), cut to ``seq_len``; dropped when no target is left.
 
     >>> from fastlm.tokenizer import DEFAULT_SPECIALS, Tokenizer
-    >>> tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={s: 256 + i for i, s in enumerate(DEFAULT_SPECIALS)})
+    >>> specials = {s: 256 + i for i, s in enumerate(DEFAULT_SPECIALS)}
+    >>> tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens=specials)
     >>> [m for _, m in render_examples(tok, [({"prompt": "a", "completion": "b"}, "x:1")], seq_len=16,
     ...                                train_on_prompt=True, report=SFTReport())]
     [[1, 1, 1, 1, 1, 1, 1]]
