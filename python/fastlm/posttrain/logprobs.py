@@ -37,7 +37,7 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tens
     >>> model = GPT(GPTConfig.named("tiny", vocab_size=64, n_layer=1))
     >>> ids = torch.tensor([[1, 2, 3, 4]])
     >>> labels = torch.tensor([[-100, 3, 4, -100]])  # log p of tokens 3 and 4 only
-    >>> lp = token_logprobs(model, ids, labels)
+    >>> lp = token_logprobs(model, ids, labels).detach()
     >>> lp.shape, lp.dtype, float(lp[0, 0]), bool((lp[0, 1:3] < 0).all())
     (torch.Size([1, 4]), torch.float32, 0.0, True)
     """
