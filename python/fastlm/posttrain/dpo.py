@@ -86,7 +86,8 @@ class DPOObjective(Objective):
         self.model, self.model_config = init.model, config_to_dict(init.model.config)
         self.tokenizer, self.tokenizer_path, self.init_from = init.tokenizer, init.tokenizer_path, init.source
         self.seq_len = min(cfg.data.seq_len, self.model.config.max_seq_len)
-        self.train_pairs, self.val_pairs = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len, log=log)
+        self.train_pairs, self.val_pairs, self.summary = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len,
+                                                                               log=log)
         self.stream = PairStream(self.train_pairs, seed=cfg.seed, rank=info.rank, world=info.world_size)
         self.kernels = cfg.model.kernels
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)

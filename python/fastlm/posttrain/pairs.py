@@ -70,6 +70,9 @@ def parse_pair(data: Any) -> tuple[list[Turn], list[Turn], list[Turn]]:
             raise ConversionError("missing_field", f"no {key!r} field (preference records need prompt/chosen/rejected)")
     c, r = data["chosen"], data["rejected"]
     if "prompt" not in data:  # implicit prompt: the shared leading turns
+        if not (isinstance(c, list) and isinstance(r, list)):
+            raise ConversionError("missing_field", "no 'prompt' field (an implicit prompt needs chosen and "
+                                                   "rejected as message lists)")
         chosen, rejected = _messages(c, "chosen"), _messages(r, "rejected")
         k = 0
         while k < min(len(chosen), len(rejected)) - 1 and (chosen[k].role, chosen[k].content) == \
@@ -251,16 +254,18 @@ def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in val]
 
 
-def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[list[Pair], list[Pair]]:
-    """``(train, val)`` pairs of a reward/dpo run: ``post.data`` (val: ``post.val_data``, else a seeded
+def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[list[Pair], list[Pair], dict]:
+    """``(train, val, summary)`` pairs of a reward/dpo run: ``post.data`` (val: ``post.val_data``, else a seeded
     ``data.val_fraction`` hold-out), or without data the built-in ``post.tasks`` (``task_examples`` train
     and ``eval_examples`` val examples per task, from the tasks' disjoint splits). Prints what was read,
-    truncated and skipped (malformed records with file:line).
+    truncated and skipped (malformed records with file:line); ``summary`` holds those counts
+    (``data/train_pairs``, ``data/val_pairs``, ``data/malformed``, ``data/truncated``, ``data/too_long``).
 
     >>> # train, val = load_preference_data(TrainConfig(task="dpo"), tok, seq_len=128)
     """
     p = cfg.post
     counts: dict[str, int] = {}
+    malformed = 0
     if p.data:
         errors = ErrorLog()
         train = read_pairs(p.data, tokenizer, seq_len=seq_len, errors=errors, counts=counts)
@@ -270,6 +275,7 @@ def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[li
         else:
             train, val = split_pairs(train, cfg.data.val_fraction, cfg.seed)
             where = f"{len(p.data)} file(s), {len(val)} held out (data.val_fraction={cfg.data.val_fraction})"
+        malformed = errors.total
         if errors.total:
             shown = "; ".join(f"{b.source}:{b.line} {b.reason}: {b.detail}" for b in errors.samples[:5])
             log(f"preference data: skipped {errors.total} malformed record(s) {dict(errors.counts)}: {shown}")
@@ -283,7 +289,9 @@ def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[li
     if not train:
         raise ValueError(f"no training pairs left ({where})")
     log(f"preference data: {len(train)} train / {len(val)} val pairs from {where}")
-    return train, val
+    summary = {"data/train_pairs": len(train), "data/val_pairs": len(val), "data/malformed": malformed,
+               "data/truncated": counts.get("truncated", 0), "data/too_long": counts.get("too_long", 0)}
+    return train, val, summary
 
 
 # --------------------------------------------------------------------------------------------- batches

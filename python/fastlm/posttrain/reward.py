@@ -66,7 +66,8 @@ class RewardObjective(Objective):
         self.model_config = config_dict(self.model)
         self.tokenizer, self.tokenizer_path, self.init_from = init.tokenizer, init.tokenizer_path, init.source
         self.seq_len = min(cfg.data.seq_len, self.model.config.max_seq_len)
-        self.train_pairs, self.val_pairs = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len, log=log)
+        self.train_pairs, self.val_pairs, self.summary = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len,
+                                                                               log=log)
         self.stream = PairStream(self.train_pairs, seed=cfg.seed, rank=info.rank, world=info.world_size)
         log(f"reward model: {type(init.model).__name__} from {init.source or 'a fresh model'} + scalar head; "
             f"margin {cfg.post.margin}, center_rewards {cfg.post.center_rewards}")
