@@ -20,10 +20,14 @@ Reference = the initial policy (``post.init_from``), frozen. ``post.reference``:
   forward cost per step, no start-up pass; for datasets too large to precompute).
 
 Policy and reference see the same rows (chosen and rejected concatenated in one forward, TRL's
-``concatenated_forward``), in eval mode for the reference (dropout off).
+``concatenated_forward``), in eval mode for the reference (dropout off), and in the run's precision: the
+precomputation and `evaluate` use the loop's bf16 autocast on GPU (``precision``), so that at step 0 the
+policy's log-probs equal the precomputed ones (loss log 2, margin 0) rather than differ by rounding.
+Under torchrun every rank precomputes every pair (simple; the pass is a forward per pair, once).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable, Optional
 
@@ -61,16 +65,26 @@ def pair_logprobs(model: torch.nn.Module, batch: dict, *, kernels: str) -> tuple
     return lp[:B], lp[B:]
 
 
+def run_autocast(cfg: TrainConfig, device: torch.device):
+    """The training loop's autocast context: bf16 on GPU under precision auto/bf16, else none."""
+    precision = ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def precompute_reference(ref: torch.nn.Module, pairs: list[Pair], *, device: torch.device, kernels: str,
-                         batch: int = 32) -> None:
-    """Set ``pair.ref = (logp_chosen, logp_rejected)`` under ``ref`` for every pair (in place)."""
+                         batch: int = 32, autocast=None) -> None:
+    """Set ``pair.ref = (logp_chosen, logp_rejected)`` under ``ref`` for every pair (in place).
+
+    >>> # precompute_reference(frozen_policy, train_pairs, device=torch.device("cpu"), kernels="fastlm")
+    """
     was = ref.training
     ref.eval()
     for i in range(0, len(pairs), batch):
         chunk = pairs[i:i + batch]
         b = {k: v.to(device) for k, v in collate_pairs(chunk).items()}
-        lc, lr = pair_logprobs(ref, b, kernels=kernels)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            lc, lr = pair_logprobs(ref, b, kernels=kernels)
         for p, c, r in zip(chunk, lc.tolist(), lr.tolist()):
             p.ref = (c, r)
     ref.train(was)
@@ -96,7 +110,7 @@ class DPOObjective(Objective):
             t0 = time.time()
             ref.to(info.device)
             precompute_reference(ref, self.train_pairs + self.val_pairs, device=info.device, kernels=self.kernels,
-                                 batch=max(cfg.micro_batch, 16))
+                                 batch=max(cfg.micro_batch, 16), autocast=run_autocast(cfg, info.device))
             self.ref: Optional[torch.nn.Module] = None
             log(f"dpo: reference log-probs of {len(self.train_pairs) + len(self.val_pairs)} pairs precomputed "
                 f"in {time.time() - t0:.1f}s (beta {cfg.post.beta})")
@@ -141,8 +155,10 @@ class DPOObjective(Objective):
     def evaluate(self, model) -> dict:
         if not self.val_pairs:
             return {}
-        r = evaluate_dpo(model, self.val_pairs, self.info, beta=self.cfg.post.beta, kernels=self.kernels,
-                         batch=max(self.cfg.micro_batch, 16), ref=self.ref)
+        device = next(model.parameters()).device
+        with run_autocast(self.cfg, device):
+            r = evaluate_dpo(model, self.val_pairs, self.info, beta=self.cfg.post.beta, kernels=self.kernels,
+                             batch=max(self.cfg.micro_batch, 16), ref=self.ref)
         return {f"val/{k}": v for k, v in r.items() if k != "n"}
 
     def sample(self, model, device, autocast=None) -> str:
