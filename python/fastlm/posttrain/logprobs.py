@@ -9,7 +9,8 @@ The log-probs come from the model's own loss path, ``model(ids, labels, reductio
 ``kernels="fastlm"`` that is the fused ``fastlm.ops.linear_cross_entropy`` (per-token -log p, the
 (B*T, V) logits never held), with ``kernels="torch"`` plain ``F.cross_entropy`` on logits; negated.
 Calling the module (not ``model.hidden_states``) keeps DDP/FSDP hooks and ``torch.compile`` working.
-Values are float32 also under bf16 autocast (the loss path returns fp32).
+Values are float32; under bf16 autocast the head matmul runs in bf16 (the model's loss path), so they
+carry bf16 logit rounding: compare log-probs computed in the same precision (policy vs reference, new vs old).
 """
 from __future__ import annotations
 
