@@ -24,9 +24,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from fastlm.models.config import config_to_dict
 from fastlm.models.reward import RewardModel
 from fastlm.posttrain.objective import Objective, load_init
-from fastlm.posttrain.pairs import collate_pairs, load_preference_data, PairStream
+from fastlm.posttrain.pairs import PairStream, collate_pairs, load_preference_data
 from fastlm.train.config import TrainConfig
 from fastlm.train.distributed import DistInfo, all_reduce_sum
 
@@ -63,7 +64,7 @@ class RewardObjective(Objective):
         torch.manual_seed(cfg.seed)  # the head's init, same on every rank
         self.model = init.model if isinstance(init.model, RewardModel) else RewardModel.from_gpt(init.model)
         self.model.train()
-        self.model_config = config_dict(self.model)
+        self.model_config = config_to_dict(self.model.config)  # kind "reward"
         self.tokenizer, self.tokenizer_path, self.init_from = init.tokenizer, init.tokenizer_path, init.source
         self.seq_len = min(cfg.data.seq_len, self.model.config.max_seq_len)
         self.train_pairs, self.val_pairs, self.summary = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len,
@@ -99,11 +100,6 @@ class RewardObjective(Objective):
         r = evaluate_pairs(model, self.val_pairs, self.info, batch=self.cfg.micro_batch, kernels=self.cfg.model.kernels,
                            margin=self.cfg.post.margin, center_rewards=self.cfg.post.center_rewards)
         return {"val/loss": r["loss"], "val/accuracy": r["accuracy"], "val/margin": r["margin"]}
-
-
-def config_dict(model: torch.nn.Module) -> dict:
-    from fastlm.models import config_to_dict
-    return config_to_dict(model.config)
 
 
 @torch.no_grad()
