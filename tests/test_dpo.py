@@ -137,3 +137,17 @@ def test_dpo_raises_held_out_margin_and_accuracy(tmp_path):
     assert last["val/rewards/chosen"] > last["val/rewards/rejected"]
     train = [m for m in _metrics(res.run_dir) if "rewards/margin" in m]
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracy", "train/loss"} <= set(train[-1])
+
+
+def test_dpo_refuses_a_reward_model_as_policy(tmp_path):
+    from fastlm.models import RewardModel, config_to_dict
+    from fastlm.tokenizer import Tokenizer
+    from fastlm.train.checkpoint import save_checkpoint
+    cfg = pairs_config(tmp_path, "dpo", micro_batch=4, post={"task_examples": 8, "eval_examples": 4})
+    rm = RewardModel(GPTConfig.named("tiny", vocab_size=Tokenizer.from_file(cfg.data.tokenizer).n_vocab, n_layer=1,
+                                     d_model=32, n_head=2, max_seq_len=64))
+    ckpt = save_checkpoint(str(tmp_path / "rm" / "checkpoints"), 1, model_state=rm.state_dict(), optimizer_state=None,
+                           meta={"model_config": config_to_dict(rm.config)}, tokenizer_path=cfg.data.tokenizer)
+    cfg.post.init_from = ckpt
+    with pytest.raises(ValueError, match="DPO trains a causal LM policy"):
+        DPOObjective(cfg, DistInfo(), run_dir=str(tmp_path / "dpo"), log=lambda *a: None)

@@ -97,6 +97,10 @@ class DPOObjective(Objective):
         from fastlm.models import config_to_dict
         self.cfg, self.info = cfg, info
         init = load_init(cfg, tokenizer_dir=run_dir)
+        from fastlm.models import GPT, RewardModel
+        if not isinstance(init.model, GPT) or isinstance(init.model, RewardModel):
+            raise ValueError(f"post.init_from={init.source}: DPO trains a causal LM policy (an SFT model), "
+                             f"got a {type(init.model).__name__}")
         self.model, self.model_config = init.model, config_to_dict(init.model.config)
         self.tokenizer, self.tokenizer_path, self.init_from = init.tokenizer, init.tokenizer_path, init.source
         self.seq_len = min(cfg.data.seq_len, self.model.config.max_seq_len)

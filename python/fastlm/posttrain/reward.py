@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fastlm.models.config import config_to_dict
+from fastlm.models.gpt import GPT
 from fastlm.models.reward import RewardModel
 from fastlm.posttrain.objective import Objective, load_init
 from fastlm.posttrain.pairs import PairStream, collate_pairs, load_preference_data
@@ -62,6 +63,9 @@ class RewardObjective(Objective):
         self.cfg, self.info = cfg, info
         init = load_init(cfg, tokenizer_dir=run_dir)
         torch.manual_seed(cfg.seed)  # the head's init, same on every rank
+        if not isinstance(init.model, GPT):
+            raise ValueError(f"post.init_from={init.source}: a reward model needs a causal LM (GPT) body, "
+                             f"got {type(init.model).__name__}")
         self.model = init.model if isinstance(init.model, RewardModel) else RewardModel.from_gpt(init.model)
         self.model.train()
         self.model_config = config_to_dict(self.model.config)  # kind "reward"
