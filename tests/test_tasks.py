@@ -26,8 +26,8 @@ def check_answer(name: str, inp: str) -> str:
     if name == "add":
         a, b = inp.split(" + ")
         return " ".join(str(int(a.replace(" ", "")) + int(b.replace(" ", ""))))
-    words = inp.split(" ")
-    return " ".join({"copy": words, "reverse": list(reversed(words)), "sort": sorted(words)}[name])
+    words = inp.split("\n")
+    return "\n".join({"copy": words, "reverse": list(reversed(words)), "sort": sorted(words)}[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -58,8 +58,8 @@ def test_answers_and_meta(name):
         assert ex.meta["task"] == name
         assert task.is_correct(ex, ex.answer) and task.reward(ex.meta, ex.answer) == 1.0
         if name == "add":
-            a, b = (int(x.replace(" ", "")) for x in inp.split(" + "))
-            assert 0 <= a <= 99 and 0 <= b <= 99
+            a, b = inp.split(" + ")
+            assert len(a) == len(b) == 3 and 0 <= int(a.replace(" ", "")) <= 99 >= int(b.replace(" ", ""))
         else:
             words = inp.split()
             assert 2 <= len(words) <= 5 and len(set(words)) == len(words) and set(words) <= set(T.WORDS)
