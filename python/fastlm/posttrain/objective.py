@@ -22,10 +22,12 @@ The interface (helpers writing an objective subclass `Objective` and register it
         # n_units: float, how many units it sums over (tokens with a label for LM losses, pairs for
         # reward/dpo); metric_sums: {"train/accuracy": float sum over units, ...} (plain floats).
         # The loop all-reduces n_units and metric sums over micro-steps and ranks and divides by the total,
-        # so gradient accumulation and DDP give exactly the gradient of the mean over the whole step.
+        # so gradient accumulation and DDP give exactly the gradient of the mean over the whole step
+        # (the loop backpropagates loss_sum and divides the gradients by the global n_units after).
         # ``model`` is the wrapped module (DDP/FSDP/compiled): call it, don't reach into it.
     obj.evaluate(model) -> {"val/loss": ..., ...}   # logged keys; {} when there is no val data; every rank
-                                                    # calls it (all-reduce inside); model is the raw module
+                                                    # calls it (split + all-reduce, or all ranks evaluate all);
+                                                    # model is the raw module; result.val drops "val/"
     obj.sample(model, device, autocast) -> str      # a short sample for the console ("" for none)
     obj.tokens(batch) -> int                        # real (non-padding) input tokens, for tokens/s
     obj.to_device(batch, device) -> batch           # default: every tensor in a dict/tuple/list moved
@@ -196,12 +198,13 @@ def _checkpoint_task(ckpt: str) -> Optional[str]:
 
 
 def is_hf_dir(path: str) -> bool:
-    """A Hugging Face model directory (``config.json``, no fastlm checkpoint).
+    """A Hugging Face model directory (``config.json`` + weights; `fastlm.posttrain.hf_import.is_hf_dir`).
 
     >>> is_hf_dir("/nonexistent")
     False
     """
-    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+    from fastlm.posttrain.hf_import import is_hf_dir as hf_dir
+    return hf_dir(path)
 
 
 def resolve_init(cfg: TrainConfig) -> Optional[str]:

@@ -32,7 +32,7 @@ import torch
 from fastlm.posttrain.objective import Objective, load_init
 from fastlm.train.collate import IGNORE_INDEX, pack, pad_collate
 from fastlm.train.config import TrainConfig
-from fastlm.train.distributed import DistInfo, all_reduce_sum
+from fastlm.train.distributed import DistInfo
 
 PACK_WINDOW = 512  # examples packed together: first fit is O(window x rows), and windows keep epochs mixed
 PAD_TOKEN = "<|pad|>"
@@ -106,7 +106,7 @@ def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int,
     >>> tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={s: 256 + i for i, s in enumerate(DEFAULT_SPECIALS)})
     >>> [m for _, m in render_examples(tok, [({"prompt": "a", "completion": "b"}, "x:1")], seq_len=16,
     ...                                train_on_prompt=True, report=SFTReport())]
-    [[1, 1, 1, 1, 1, 1, 1, 1]]
+    [[1, 1, 1, 1, 1, 1, 1]]
     """
     from fastlm.tokenizer.chat_template import render_conversation
     out = []
@@ -132,8 +132,8 @@ def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int,
 def padding_fraction(lengths: list[int], group: int) -> float:
     """Share of padded slots when consecutive groups of ``group`` examples are padded to their longest.
 
-    >>> padding_fraction([2, 4, 3, 3], 2)
-    0.2
+    >>> padding_fraction([2, 4, 4, 4], 2)  # slots 2 x 4 + 2 x 4, 14 tokens
+    0.125
     """
     slots = sum(max(lengths[i:i + group]) * len(lengths[i:i + group]) for i in range(0, len(lengths), group))
     return (slots - sum(lengths)) / slots if slots else 0.0
@@ -144,7 +144,7 @@ class SFTRows:
 
     >>> rows = SFTRows([([1, 2, 3], [0, 1, 1])] * 5, seq_len=8, pad_id=0, packing=True, seed=0)
     >>> rows.take(2)["input_ids"].shape, rows.padding_fraction
-    (torch.Size([2, 8]), 0.0625)
+    (torch.Size([2, 8]), 0.375)
     """
 
     def __init__(self, examples: list[Example], *, seq_len: int, pad_id: int, packing: bool, seed: int,
@@ -278,7 +278,8 @@ class SFTObjective(Objective):
         return train, val, evals, report
 
     def _val_batches(self, val_ex: list[Example]) -> list[dict]:
-        """This rank's fixed val batches (equal counts per rank; the remainder rows are left out)."""
+        """The fixed val batches. Every rank evaluates all of them (SFT val sets are small): the result is
+        the same under any world size, and FSDP ranks run the same forwards in step."""
         if not val_ex:
             return []
         if self.cfg.post.packing:
@@ -287,9 +288,7 @@ class SFTObjective(Objective):
                     for i in range(rows["input_ids"].shape[0])]
         else:
             rows = val_ex
-        w, r = self.info.world_size, self.info.rank
-        mine = rows[r:(len(rows) // w) * w:w]
-        B = self.cfg.micro_batch
+        mine, B = rows, self.cfg.micro_batch
         if self.cfg.post.packing:
             return [{k: torch.stack([x[k] for x in mine[i:i + B]]) for k in mine[0]} for i in range(0, len(mine), B)]
         return [{k: v for k, v in pad_collate(mine[i:i + B], self.pad_id).items() if k != "position_ids"}
@@ -325,18 +324,15 @@ class SFTObjective(Objective):
                     b = self.to_device(b, device)
                     s, k = sft_loss(model, b, kernels=self.cfg.model.kernels)
                     loss, n = loss + float(s), n + k
-            loss, n = all_reduce_sum([loss, n], self.info)
             if n > 0:
                 out["val/loss"] = loss / n
             if self.eval_examples:
                 from fastlm.posttrain.tasks import exact_match
-                hits, total = 0.0, 0
-                for name, examples in self.eval_examples.items():
-                    r = exact_match(model, self.tokenizer, examples, max_new_tokens=self.cfg.post.max_new_tokens,
-                                    device=device, batch=max(self.cfg.micro_batch, 32))
-                    out[f"val/exact_match/{name}"] = r["accuracy"]
-                    hits, total = hits + r["accuracy"] * r["n"], total + r["n"]
-                out["val/exact_match"] = hits / max(total, 1)
+                examples = [ex for exs in self.eval_examples.values() for ex in exs]
+                r = exact_match(model, self.tokenizer, examples, max_new_tokens=self.cfg.post.max_new_tokens,
+                                device=device, batch=max(self.cfg.micro_batch, 32), kernels=self.cfg.model.kernels)
+                out["val/exact_match"] = r["accuracy"]
+                out.update({f"val/exact_match/{name}": t["accuracy"] for name, t in r["per_task"].items()})
         finally:
             model.train(was_training)
         return out

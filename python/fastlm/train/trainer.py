@@ -23,6 +23,7 @@ state and RNG states after s steps; the resumed run continues the same loop from
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -183,7 +184,11 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
 
     # ---- objective: model (built, or loaded from post.init_from), tokenizer, batch source, loss lines
     from fastlm.posttrain.objective import make_objective
-    objective = make_objective(cfg, info, run_dir=run_dir, log=say)
+    obj_cfg = cfg
+    if state is not None and "init_from" in state.meta:  # the model the run started from, not a newer "auto"
+        post = dataclasses.replace(cfg.post, init_from=state.meta["init_from"] or "none")
+        obj_cfg = dataclasses.replace(cfg, post=post)
+    objective = make_objective(obj_cfg, info, run_dir=run_dir, log=say)
     raw = objective.model.to(device)
     T = objective.seq_len
     flops_per_token = raw.flops_per_token(T) if hasattr(raw, "flops_per_token") else 0
