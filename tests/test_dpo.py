@@ -126,11 +126,12 @@ def test_dpo_resume_is_exact(tmp_path):
 @pytest.mark.slow
 def test_dpo_raises_held_out_margin_and_accuracy(tmp_path):
     from fastlm.train.trainer import run
-    res = run(pairs_config(tmp_path, "dpo", max_steps=150, eval_every=150), console=False)
+    res = run(pairs_config(tmp_path, "dpo", max_steps=250, eval_every=250), console=False)
     val = [m for m in _metrics(res.run_dir) if "val/rewards/margin" in m]
     first, last = val[0], val[-1]
     assert first["step"] == 0 and first["val/rewards/margin"] == pytest.approx(0.0, abs=1e-4)
     assert first["val/loss"] == pytest.approx(math.log(2), abs=1e-4)
+    print("dpo held-out:", last)
     assert last["val/rewards/margin"] > 1.0, last
     assert last["val/rewards/accuracy"] > 0.85, last
     assert last["val/loss"] < 0.5 * math.log(2)
