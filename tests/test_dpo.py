@@ -152,3 +152,32 @@ def test_dpo_refuses_a_reward_model_as_policy(tmp_path):
     cfg.post.init_from = ckpt
     with pytest.raises(ValueError, match="DPO trains a causal LM policy"):
         DPOObjective(cfg, DistInfo(), run_dir=str(tmp_path / "dpo"), log=lambda *a: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["reward", "dpo"])
+def test_ddp_matches_one_process(tmp_path, task):
+    """2 gloo ranks x 2 pairs = 1 process x 4 pairs: same train metrics and val metrics (strided val shares)."""
+    import json
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    worker = tmp_path / "worker.py"
+    worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
+                      "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
+                      "run(from_dict(TrainConfig, json.loads(sys.argv[1])), console=False)\n")
+    curves = []
+    for nproc, mb in ((2, 2), (1, 4)):
+        cfg = pairs_config(tmp_path, task, out=str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3,
+                           eval_every=3, log_every=1, post={"task_examples": 40, "eval_examples": 9})
+        env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(here), "python"), OMP_NUM_THREADS="1")
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", str(worker), json.dumps(cfg.to_dict())],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        rows = _metrics(os.path.join(str(tmp_path / f"n{nproc}"), task))
+        curves.append({(m["step"], k): v for m in rows for k, v in m.items()
+                       if k.startswith(("train/", "val/", "rewards/"))})
+    assert curves[0].keys() == curves[1].keys() and len(curves[0]) >= 8
+    for k in curves[0]:
+        assert curves[0][k] == pytest.approx(curves[1][k], rel=1e-4, abs=1e-6), k
