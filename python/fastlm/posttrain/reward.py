@@ -19,7 +19,7 @@ training) or ``score_ids`` on token rows.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
