@@ -7,9 +7,11 @@ first runs the occasional blocks (eval, sample, checkpoint; all of them on the l
 fenced training step, then logging. Tasks differ only in their objective (`fastlm.posttrain.objective`):
 the model it builds or loads (``post.init_from``), the batch source, the loss lines, eval and sample.
 
-Step = ``tokens_per_step`` tokens = ``accum`` micro-steps of ``micro_batch`` rows on each of ``world`` ranks.
-Rows come from one global stream (``GlobalRows``): micro-step ``k`` reads the next ``micro_batch * world``
-rows and rank ``r`` takes its contiguous share, so the data position is one cursor, free of the world size.
+Step = ``tokens_per_step`` row slots (``seq_len`` each) = ``accum`` micro-steps of ``micro_batch`` rows on
+each of ``world`` ranks (SFT rows may be shorter: padded to the longest of their batch; reward/dpo rows are
+pairs). Rows come from one global stream (``GlobalRows``, ``SFTRows``, ...): micro-step ``k`` reads the next
+``micro_batch * world`` rows and rank ``r`` takes its contiguous share, so the data position is one cursor,
+free of the world size. Logged ``tokens`` and ``tokens_per_s`` count real (non-padding) input tokens.
 The loss of a step is the sum over its units (target tokens; pairs for reward/dpo) / their global count
 (gradient accumulation and DDP averaging give exactly the gradient of one big batch, also for MLM's and
 SFT's varying number of supervised tokens).
