@@ -99,7 +99,7 @@ def test_policy_loss_and_clip_fraction_vs_direct_formula():
             terms.append(max(u, c))
             clipped_n += c > u
             n += 1
-    assert float(loss) == pytest.approx(sum(terms) / n, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(terms) / n, rel=1e-5)
     assert float(stats["clip_frac"]) == pytest.approx(clipped_n / n)
     assert 0 < clipped_n < n  # the case is not degenerate
     loss.backward()  # clipped tokens get no gradient; unclipped ones -A ratio / n
