@@ -1,15 +1,18 @@
-"""The pretraining loop (CLM and MLM): `run(cfg)` trains, evaluates, samples and checkpoints one run.
+"""The training loop shared by clm, mlm, sft, reward and dpo: `run(cfg)` trains, evaluates, samples and
+checkpoints one run (ppo/grpo/rloo go to `fastlm.posttrain.rl.run_rl`).
 
-Read top to bottom (nanochat ``base_train.py``): init (process group, device, seed, precision) -> data ->
-model -> optimizer -> schedule -> one loop whose iteration ``step`` (optimizer steps done so far) first runs
-the occasional blocks (eval, sample, checkpoint; all of them on the last iteration), then one fenced
-training step, then logging. CLM and MLM differ only in the batch source and the loss lines.
+Read top to bottom (nanochat ``base_train.py``): init (process group, device, seed, precision) -> objective
+(model, data) -> optimizer -> schedule -> one loop whose iteration ``step`` (optimizer steps done so far)
+first runs the occasional blocks (eval, sample, checkpoint; all of them on the last iteration), then one
+fenced training step, then logging. Tasks differ only in their objective (`fastlm.posttrain.objective`):
+the model it builds or loads (``post.init_from``), the batch source, the loss lines, eval and sample.
 
 Step = ``tokens_per_step`` tokens = ``accum`` micro-steps of ``micro_batch`` rows on each of ``world`` ranks.
 Rows come from one global stream (``GlobalRows``): micro-step ``k`` reads the next ``micro_batch * world``
 rows and rank ``r`` takes its contiguous share, so the data position is one cursor, free of the world size.
-The loss of a step is the sum over its target tokens / their global count (gradient accumulation and DDP
-averaging give exactly the gradient of one big batch, also for MLM's varying number of masked tokens).
+The loss of a step is the sum over its units (target tokens; pairs for reward/dpo) / their global count
+(gradient accumulation and DDP averaging give exactly the gradient of one big batch, also for MLM's and
+SFT's varying number of supervised tokens).
 A non-finite loss or grad norm, or a loss above ``spike_factor`` x its running mean (EMA, after 20 good
 steps), skips the optimizer step; ``max_bad_steps`` in a row stop the run.
 
@@ -28,12 +31,9 @@ from typing import Optional
 
 import torch
 
-from fastlm.train.batches import Batches, load_batches
 from fastlm.train.config import TrainConfig
 from fastlm.train.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, full_state,
                                       init_distributed, load_full_state, no_grad_sync, wrap_model)
-from fastlm.train.evaluate import evaluate_clm, evaluate_mlm
-from fastlm.train.sampling import sample_text
 from fastlm.train.schedule import learning_rate
 
 SPIKE_WARMUP = 20   # good steps before the spike test starts (the early loss falls too fast to judge)
@@ -148,6 +148,9 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True)
 
     >>> # run(TrainConfig(max_steps=100))  # the README's main job: tiny CLM on the built-in corpus
     """
+    if cfg.task in ("ppo", "grpo", "rloo"):
+        from fastlm.posttrain.rl import run_rl  # its own loop: rollouts, then several passes per batch
+        return run_rl(cfg, resume=resume, console=console)
     started_pg = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
     try:
@@ -158,7 +161,6 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True)
 
 
 def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: bool) -> TrainResult:
-    from fastlm.models import build_model, config_to_dict, model_config_for
     from fastlm.train import checkpoint as ck
     from fastlm.train.metrics import MetricsLogger, plot_losses
 
@@ -179,30 +181,22 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
 
-    # ---- data: rank 0 prepares (tokenizer, shards), the others wait and reuse it
-    from fastlm.train.prepare import prepare_data
-    prepared = prepare_data(cfg, log=say) if info.is_main else None
-    barrier(info)
-    prepared = broadcast_object(prepared, info)
-    batches: Batches = load_batches(cfg, prepared, info)
-
-    # ---- model (same init on every rank: FSDP shards a full model), then per-rank RNG streams
-    torch.manual_seed(cfg.seed)
-    mcfg = model_config_for(cfg.task, cfg.model.size, cfg.model.overrides, vocab_size=batches.tokenizer.n_vocab)
-    if cfg.data.seq_len > mcfg.max_seq_len:
-        raise ValueError(f"data.seq_len {cfg.data.seq_len} > the model's max_seq_len {mcfg.max_seq_len} "
-                         "(set model.overrides.max_seq_len)")
-    raw = build_model(mcfg).to(device)
-    flops_per_token = raw.flops_per_token(cfg.data.seq_len)
-    say(f"model: {type(raw).__name__} {raw.num_params():,} params ({raw.num_params(non_embedding=True):,} "
-        f"non-embedding), vocab {mcfg.vocab_size}, {flops_per_token / 1e6:.2f} MFLOPs/token")
+    # ---- objective: model (built, or loaded from post.init_from), tokenizer, batch source, loss lines
+    from fastlm.posttrain.objective import make_objective
+    objective = make_objective(cfg, info, run_dir=run_dir, log=say)
+    raw = objective.model.to(device)
+    T = objective.seq_len
+    flops_per_token = raw.flops_per_token(T) if hasattr(raw, "flops_per_token") else 0
+    if hasattr(raw, "num_params"):
+        say(f"model: {type(raw).__name__} {raw.num_params():,} params ({raw.num_params(non_embedding=True):,} "
+            f"non-embedding), vocab {objective.model_config.get('vocab_size')}, "
+            f"{flops_per_token / 1e6:.2f} MFLOPs/token" + (f"; from {objective.init_from}" if objective.init_from else ""))
     model = wrap_model(raw, info, cfg.distributed)
     optimizer = _optimizer(model if cfg.distributed == "fsdp" else raw, cfg, device)
     fwd = torch.compile(model) if cfg.compile else model
     torch.manual_seed(cfg.seed + info.rank)
 
     # ---- steps: rows per step, micro-steps
-    T = cfg.data.seq_len
     micro_global = cfg.micro_batch * info.world_size
     # 0 = one micro-batch on every rank; a resumed run keeps its checkpoint's batch under any world size
     tokens_per_step = (cfg.tokens_per_step or (state.meta.get("tokens_per_step", 0) if state else 0)
@@ -217,9 +211,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     # ---- resume: weights, optimizer, data cursor, loop state, RNG
     loop = {"step": 0, "tokens": 0, "ema": 0.0, "good": 0, "bad_run": 0, "skipped": 0}
     if state is not None:
-        _check_resume(cfg, state.meta, config_to_dict(mcfg), batches.tokenizer_path, resume_ckpt)
+        _check_resume(cfg, state.meta, objective.model_config, objective.tokenizer_path, resume_ckpt)
         load_full_state(model, optimizer, state.model_state, state.optimizer_state)
-        batches.train.load_state_dict(state.meta["data_state"])
+        objective.load_state_dict(state.meta["data_state"])
         loop.update(state.meta["loop"])
         if info.world_size == 1 and state.meta.get("world_size", 1) == 1:
             ck.set_rng_state(state.meta["rng"])  # exact continuation; else fresh per-rank streams
@@ -248,29 +242,25 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
                 last, result.stopped = True, "max_time"
 
         # -- occasional blocks: eval, sample, checkpoint
-        if batches.val is not None and (last or (cfg.eval_every and step % cfg.eval_every == 0)) and not fresh:
-            if cfg.task == "clm":
-                r = evaluate_clm(raw, batches.val, byte_lengths=batches.byte_lengths, kernels=cfg.model.kernels)
-                vals = {"val/loss": r["loss"], "val/ppl": r["ppl"], "val/bpb": r["bpb"]}
-            else:
-                r = evaluate_mlm(raw, batches.val, kernels=cfg.model.kernels)
-                vals = {"val/loss": r["loss"], "val/ppl": r["ppl"], "val/accuracy": r["accuracy"]}
-            result.val = r
-            log(step, **vals)
+        if (last or (cfg.eval_every and step % cfg.eval_every == 0)) and not fresh:
+            vals = objective.evaluate(raw)
+            if vals:
+                result.val = {k.split("/", 1)[1] if k.startswith("val/") else k: v for k, v in vals.items()}
+                log(step, **vals)
         if (last or (cfg.sample_every and step % cfg.sample_every == 0 and step > 0)) and not fresh:
-            result.sample = sample_text(raw, batches.tokenizer, cfg, device, autocast)
+            result.sample = objective.sample(raw, device, autocast)
             if not last:  # the final sample is in the result (fastlm-train prints it with the summary)
                 message(f"sample @ {step}: {result.sample!r}")
         if step > 0 and not fresh and (last or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
             model_state, optim_state = full_state(model, optimizer)
             if info.is_main:
-                meta = {"model_config": config_to_dict(mcfg), "train_config": cfg.to_dict(),
-                        "data_state": batches.train.state_dict(), "rng": ck.rng_state(),
+                meta = {"model_config": objective.model_config, "train_config": cfg.to_dict(),
+                        "data_state": objective.state_dict(), "rng": ck.rng_state(),
                         "loop": dict(loop), "world_size": info.world_size, "tokens_per_step": tokens_per_step,
-                        "val": result.val}
+                        "val": result.val, "init_from": objective.init_from}
                 result.checkpoint = ck.save_checkpoint(
                     os.path.join(run_dir, "checkpoints"), step, model_state=model_state,
-                    optimizer_state=optim_state, meta=meta, tokenizer_path=batches.tokenizer_path,
+                    optimizer_state=optim_state, meta=meta, tokenizer_path=objective.tokenizer_path,
                     keep_last=cfg.keep_last)
             del model_state, optim_state
             barrier(info)
@@ -283,18 +273,30 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
         lr = learning_rate(step, cfg.optim, cfg.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [batches.next_micro(micro_global) for _ in range(accum)]  # the whole step's rows first
-        n_targets = all_reduce_sum([float(sum(int((y != -100).sum()) for _, y in micro))], info)[0]
-        loss_sum = 0.0
-        for k, (x, y) in enumerate(micro):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        # sum of the loss over every unit of the step, then / the global unit count (known only after the
+        # forward passes: SFT/MLM vary it): grads of loss_sum x world (DDP/FSDP average ranks) are divided
+        # by the total before clipping, which is exactly the gradient of the step's mean loss
+        loss_sum, units, sums, step_tokens = 0.0, 0.0, {}, 0
+        for k in range(accum):
+            batch = objective.to_device(objective.next_micro(micro_global), device)
             with autocast:
-                s = fwd(x, y, kernels=cfg.model.kernels, reduction="sum")
-            loss = s * (info.world_size / max(n_targets, 1.0))  # DDP/FSDP average ranks: x world
+                s, n, metrics = objective.loss(fwd, batch, kernels=cfg.model.kernels)
             with no_grad_sync(model, info.distributed and k < accum - 1):
-                loss.backward()
+                (s * info.world_size).backward()
             loss_sum += float(s.detach())
-        train_loss = all_reduce_sum([loss_sum], info)[0] / max(n_targets, 1.0)
+            units += float(n)
+            step_tokens += objective.tokens(batch)
+            for key, v in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(v)
+        keys = sorted(sums)
+        totals = all_reduce_sum([loss_sum, units, float(step_tokens)] + [sums[key] for key in keys], info)
+        n_units = max(totals[1], 1.0)
+        train_loss = totals[0] / n_units
+        step_tokens = int(totals[2])
+        step_metrics = {key: v / n_units for key, v in zip(keys, totals[3:])}
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.div_(n_units)
         grad_norm = _grad_norm(model, cfg.optim.grad_clip)
         finite = math.isfinite(train_loss) and math.isfinite(grad_norm)
         spike = loop["good"] >= SPIKE_WARMUP and train_loss > cfg.spike_factor * loop["ema"]
@@ -324,8 +326,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
         time_log += dt
         step += 1
         loop["step"] = step
-        loop["tokens"] += tokens_per_step
-        tokens_log += tokens_per_step
+        loop["tokens"] += step_tokens
+        tokens_log += step_tokens
 
         # -- logging
         if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -333,8 +335,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             peak = peak_flops(device, precision)
             mfu = flops_per_token * tps / (peak * info.world_size) if peak else None
             if finite and not spike:
-                log(step, **{"train/loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps,
-                             "mfu": mfu, "tokens": loop["tokens"]})
+                log(step, **{"train/loss": train_loss, **step_metrics, "lr": lr, "grad_norm": grad_norm,
+                             "tokens_per_s": tps, "mfu": mfu, "tokens": loop["tokens"]})
             tokens_log, time_log = 0, 0.0
 
     result.step = step
