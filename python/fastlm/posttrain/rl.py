@@ -143,7 +143,7 @@ def _prompts(cfg: TrainConfig, tok) -> list[tuple[list[int], dict]]:
     from fastlm.data.readers import read_records
     from fastlm.tokenizer.chat_template import render_prompt
     items = []
-    for rec in read_records(cfg.post.data):
+    for rec in read_records(cfg.post.data, text_field="prompt"):  # strict: a bad record names file:line
         d = rec.data
         meta = {k: d[k] for k in ("task", "answer") if k in d}
         try:
@@ -403,7 +403,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
                         loss = loss - p.entropy_coef * ent_mean
                 loss.backward()
                 grad_norm = _grad_norm(trainable, cfg.optim.grad_clip)
-                if math.isfinite(float(loss)) and math.isfinite(grad_norm):
+                if math.isfinite(float(loss.detach())) and math.isfinite(grad_norm):
                     optimizer.step()
                     loop["bad_run"] = 0
                 else:
@@ -416,7 +416,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
                                            f"{step + 1}; last checkpoint: {result.checkpoint}. Lower optim.lr.")
                 optimizer.zero_grad(set_to_none=True)
                 for k, v in (("clip_frac", st["clip_frac"]), ("approx_kl", st["approx_kl"]),
-                             ("entropy", ent_mean), ("grad_norm", grad_norm), ("loss", loss)):
+                             ("entropy", ent_mean), ("grad_norm", grad_norm), ("loss", loss.detach())):
                     stats[k].append(float(v))
         if ppo:
             kl_ctl.update(float(seq_kl.mean()), n_steps=N)
