@@ -150,25 +150,34 @@ def _val_exact(run_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["grpo", "ppo"])
-def test_rl_raises_reward_and_keeps_exact_match(sft_model, task):
+def test_rl_raises_reward_and_exact_match(sft_model, task):
+    """~20-30 s each on one CPU thread. Measured (these seeds): grpo train reward 0.812 -> 0.827, held-out
+    greedy exact match 0.565 -> 0.605 (reward 0.854 -> 0.877); ppo 0.785 -> 0.823, 0.565 -> 0.600
+    (0.854 -> 0.870), on 200 val problems of the copy task."""
     d, ckpt, tok = sft_model
-    res = run_rl(_cfg(os.path.join(d, task), ckpt, task, 60, "eval_every=60"), console=False)
+    steps = 100
+    n = "post.prompts_per_step=64" if task == "ppo" else "post.prompts_per_step=16"  # 64 samples a step
+    res = run_rl(_cfg(os.path.join(d, task), ckpt, task, steps, f"eval_every={steps}", n), console=False)
     rows = _metrics(res.run_dir)
     rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
-    assert len(rewards) == 60
+    assert len(rewards) == steps
     for r in rows:
         if "reward/mean" in r:
             assert {"kl", "entropy", "clip_frac", "response_len", "lr"} <= set(r)
             assert ("value_loss" in r and r["value_loss"] is not None) == (task == "ppo")
-    start, end = _val_exact(res.run_dir)[0], _val_exact(res.run_dir)[-1]
-    first, last = sum(rewards[:15]) / 15, sum(rewards[-15:]) / 15
-    print(f"{task}: train reward {first:.3f} -> {last:.3f}; val exact match {start:.3f} -> {end:.3f}")
-    assert last > first
-    assert end >= start
+    vals = [r for r in rows if "val/exact_match" in r]
+    assert [r["step"] for r in vals] == [0, steps]
+    q = steps // 4
+    first, last = sum(rewards[:q]) / q, sum(rewards[-q:]) / q
+    print(f"{task}: train reward {first:.3f} -> {last:.3f}; held-out exact match {vals[0]['val/exact_match']:.3f} "
+          f"-> {vals[1]['val/exact_match']:.3f}, reward {vals[0]['val/reward']:.3f} -> {vals[1]['val/reward']:.3f}")
+    assert last > first  # sampled reward on the training prompts rises
+    assert vals[1]["val/reward"] > vals[0]["val/reward"]  # greedy reward on held-out prompts rises
+    assert vals[1]["val/exact_match"] >= vals[0]["val/exact_match"]
     model, mtok, meta = load_model(res.checkpoint)  # a plain GPT checkpoint: generate/eval/export load it
     assert type(model).__name__ == "GPT" and meta["train_config"]["task"] == task
     again = exact_match(model, mtok, examples_for([TASK], "val", 200, seed=1337), max_new_tokens=16)
-    assert again["accuracy"] == pytest.approx(end)
+    assert again["accuracy"] == pytest.approx(vals[1]["val/exact_match"])
 
 
 @pytest.mark.parametrize("task", ["rloo", "ppo"])

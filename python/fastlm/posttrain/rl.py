@@ -395,7 +395,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
                     if ppo:
                         vl, _ = value_loss(values, old_values[rows, :T], returns[rows, :T], m, clip=p.value_clip)
                         loss = loss + p.vf_coef * vl
-                        stats["value_loss"].append(float(vl))
+                        stats["value_loss"].append(float(vl.detach()))
                     elif reference is not None and p.kl_coef > 0:
                         loss = loss + p.kl_coef * masked_mean(kl_k3(logp, ref_logp[rows, :T]), m)
                     ent_mean = masked_mean(ent, m)
