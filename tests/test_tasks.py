@@ -26,8 +26,8 @@ def check_answer(name: str, inp: str) -> str:
     if name == "add":
         a, b = inp.split(" + ")
         return " ".join(str(int(a.replace(" ", "")) + int(b.replace(" ", ""))))
-    words = inp.split(" ")
-    return " ".join({"copy": words, "reverse": list(reversed(words)), "sort": sorted(words)}[name])
+    words = inp.split("\n")
+    return "\n".join({"copy": words, "reverse": list(reversed(words)), "sort": sorted(words)}[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -58,8 +58,8 @@ def test_answers_and_meta(name):
         assert ex.meta["task"] == name
         assert task.is_correct(ex, ex.answer) and task.reward(ex.meta, ex.answer) == 1.0
         if name == "add":
-            a, b = (int(x.replace(" ", "")) for x in inp.split(" + "))
-            assert 0 <= a <= 99 and 0 <= b <= 99
+            a, b = inp.split(" + ")
+            assert len(a) == len(b) == 3 and 0 <= int(a.replace(" ", "")) <= 99 >= int(b.replace(" ", ""))
         else:
             words = inp.split()
             assert 2 <= len(words) <= 5 and len(set(words)) == len(words) and set(words) <= set(T.WORDS)
@@ -199,3 +199,56 @@ def test_exact_match_without_task_meta():
                      tok.encode_ordinary(" yo ") + [tok.special_id("<|assistant_end|>")]}
     r = exact_match(model, tok, [Example("hi", "yo")], max_new_tokens=8)
     assert r["accuracy"] == 1.0 and r["per_task"][""]["n"] == 1
+
+
+# ---------------------------------------------------------------------------------- fastlm eval --task
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    from fastlm.config import from_dict
+    from fastlm.models import config_to_dict
+    from fastlm.train.checkpoint import save_checkpoint
+    from fastlm.train.config import TrainConfig
+    root = tmp_path_factory.mktemp("run")
+    tok = byte_tok()
+    tok.save(str(root / "tokenizer.fastlm"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=1, d_model=32))
+    cfg = from_dict(TrainConfig, {"task": "sft", "model": {"kernels": "torch"}})
+    save_checkpoint(str(root / "checkpoints"), 5, model_state=model.state_dict(), optimizer_state=None,
+                    meta={"model_config": config_to_dict(model.config), "train_config": cfg.to_dict()},
+                    tokenizer_path=str(root / "tokenizer.fastlm"))
+    return str(root), model.eval(), tok
+
+
+def test_cli_eval_task(chat_run, tmp_path, capsys):
+    import json
+    from fastlm.cli.main import main
+    root, model, tok = chat_run
+    out = str(tmp_path / "em.json")
+    assert main(["eval", "--ckpt", root, "--task", "copy,add", "--examples", "6", "--max-new-tokens",
+                 "5", "--seed", "2", "--json", out]) == 0
+    text = capsys.readouterr().out
+    assert "copy" in text and "add" in text and "mean" in text
+    doc = json.load(open(out))
+    assert doc["task"] == ["copy", "add"] and doc["step"] == 5 and doc["examples"] == 6
+    for name in ("copy", "add"):
+        want = exact_match(model, tok, get_task(name).examples("val", 6, 2), max_new_tokens=5,
+                           kernels="torch")
+        got = doc["tasks"][name]
+        assert got["n"] == 6 and got["accuracy"] == want["accuracy"]
+        assert got["reward"] == pytest.approx(want["reward"])
+        assert [s["response"] for s in got["samples"]] == [s["response"] for s in want["samples"][:3]]
+    assert doc["accuracy"] == pytest.approx((doc["tasks"]["copy"]["accuracy"] + doc["tasks"]["add"]["accuracy"]) / 2)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--task", "copy", "some.txt"], "either DATA"),
+    ([], "nothing to evaluate"),
+    (["--task", "copy", "--examples", "0"], "--examples"),
+])
+def test_cli_eval_task_errors(chat_run, argv, needle, capsys):
+    from fastlm.cli.main import main
+    assert main(["eval", "--ckpt", chat_run[0], *argv]) == 2
+    assert needle in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`fastlm eval --ckpt DIR DATA...`: loss, perplexity and bits per byte of a causal-LM checkpoint (loss,
-perplexity and accuracy of a masked LM) on token shards or text.
+perplexity and accuracy of a masked LM) on token shards or text; `fastlm eval --ckpt DIR --task NAME[,NAME]`:
+greedy exact-match accuracy and mean reward on built-in tasks' held-out problems.
 
 DATA is either token shards (a directory of ``fastlm-tokens`` headers or the ``.json`` headers; they must
 have been encoded with the checkpoint's tokenizer: same sha256) or text inputs (files, directories, globs,
@@ -8,6 +9,11 @@ before each document as in training). The tokens are read in order, as one strea
 ``--seq-len`` tokens: every token of the first ``--max-tokens`` is predicted once (CLM; each row's first
 token is conditioned only on the tokens of its row). MLM rows are masked as in training (the run's
 mlm_probability, 80/10/10), each row with a generator seeded by (--seed, row), so figures are reproducible.
+
+--task NAME[,NAME] (no DATA): ``--examples`` held-out problems per task (fastlm.posttrain.tasks: val split,
+drawn with --seed, so every checkpoint sees the same problems), each prompt rendered with the chat template
+and answered greedily until <|assistant_end|> or --max-new-tokens; exact-match accuracy and mean reward
+(partial credit) per task and their mean over tasks.
 """
 
 from __future__ import annotations
@@ -27,15 +33,23 @@ def register(groups: argparse._SubParsersAction) -> None:
         "eval", help="loss, perplexity, bits per byte (MLM: accuracy) of a checkpoint on data",
         description=__doc__.split("\n\n", 1)[1].replace("``", "'"))
     add_ckpt_args(p)
-    p.add_argument("data", nargs="+", metavar="DATA",
+    p.add_argument("data", nargs="*", metavar="DATA",
                    help="token shard dirs/headers, or text files, directories, globs, builtin:NAME")
+    p.add_argument("--task", metavar="NAME[,NAME]",
+                   help="instead of DATA: exact-match accuracy on built-in tasks (copy, reverse, sort, add)")
+    p.add_argument("--examples", type=int, default=200,
+                   help="--task: held-out problems per task (default: 200)")
+    p.add_argument("--max-new-tokens", type=int, default=24,
+                   help="--task: longest answer generated, in tokens (default: 24)")
     p.add_argument("--max-tokens", type=int, default=0,
                    help="evaluate at most this many target tokens (default: 0 = all)")
-    p.add_argument("--batch", type=int, default=8, help="rows per forward (default: 8)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="rows per forward (default: 8; --task: prompts per batch, default 32)")
     p.add_argument("--seq-len", type=int, default=0,
                    help="tokens per row (default: 0 = the run's data.seq_len, else max_seq_len)")
     p.add_argument("--text-field", default="text", help="text field of JSON records (default: text)")
-    p.add_argument("--seed", type=int, default=0, help="MLM masking seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="MLM masking seed; --task: which held-out problems (default: 0)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the figures to this JSON file")
     p.set_defaults(func=run_eval)
 
@@ -150,13 +164,71 @@ def mlm_batches(n_tokens: int, get, *, seq_len: int, batch: int, max_tokens: int
         yield masker(ids, torch.tensor([s // seq_len for s, _ in rows]))
 
 
+def _write_json(path: str, result: dict) -> None:
+    from fastlm.data.io import atomic_write
+
+    with atomic_write(path) as f:
+        json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                   for k, v in result.items()}, f, indent=2)
+        f.write("\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def run_task_eval(args: argparse.Namespace) -> int:
+    """`fastlm eval --task`: exact-match accuracy and mean reward per built-in task."""
+    from fastlm.models import GPT
+    from fastlm.posttrain.tasks import exact_match, get_task
+
+    names = [n.strip() for n in args.task.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--task: name at least one task (copy, reverse, sort, add)")
+    tasks = [get_task(n) for n in names]  # unknown names refused before loading anything
+    if args.batch < 0 or args.examples < 1 or args.max_new_tokens < 1:
+        raise ValueError(f"--batch must be >= 0, --examples and --max-new-tokens >= 1; got {args.batch}, "
+                         f"{args.examples}, {args.max_new_tokens}")
+    device = pick_device(args.device)
+    model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
+    if not isinstance(model, GPT):
+        raise ValueError(f"{path}: --task needs a causal LM that generates answers; this is a masked LM")
+    batch = args.batch or 32  # prompts are short: more of them per forward than DATA rows
+    t0 = time.perf_counter()
+    per_task = {}
+    with autocast_for(device):
+        for task in tasks:
+            r = exact_match(model, tok, task.examples("val", args.examples, args.seed),
+                            max_new_tokens=args.max_new_tokens, device=device, batch=batch,
+                            kernels=kernels_of(meta), n_samples=3)
+            per_task[task.name] = {k: r[k] for k in ("accuracy", "reward", "n", "samples")}
+            s = r["samples"][0]
+            print(f"{task.name:<8} accuracy {r['accuracy']:.4f}  reward {r['reward']:.4f}  "
+                  f"({r['n']} examples)  e.g. {s['prompt'].splitlines()[-1]!r} -> {s['response']!r}")
+    dt = time.perf_counter() - t0
+    acc = sum(t["accuracy"] for t in per_task.values()) / len(per_task)
+    rew = sum(t["reward"] for t in per_task.values()) / len(per_task)
+    if len(per_task) > 1:
+        print(f"{'mean':<8} accuracy {acc:.4f}  reward {rew:.4f}  ({dt:.1f} s)")
+    if args.json_out:
+        _write_json(args.json_out, {"checkpoint": path, "step": meta.get("step"), "task": names,
+                                    "split": "val", "examples": args.examples, "seed": args.seed,
+                                    "max_new_tokens": args.max_new_tokens, "accuracy": acc,
+                                    "reward": rew, "tasks": per_task, "seconds": round(dt, 3)})
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from fastlm.models import GPT
     from fastlm.tokenizer.shards import file_sha256
     from fastlm.train.evaluate import evaluate_clm, evaluate_mlm, token_byte_lengths
 
+    if args.task is not None:
+        if args.data:
+            raise ValueError("pass either DATA (loss on text/shards) or --task (exact match), not both")
+        return run_task_eval(args)
+    if not args.data:
+        raise ValueError("nothing to evaluate: pass DATA (token shards or text) or --task NAME")
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    args.batch = args.batch or 8
     if args.batch < 1 or args.seq_len < 0:
         raise ValueError("--batch must be >= 1 and --seq-len >= 0")
     device = pick_device(args.device)
@@ -192,11 +264,5 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  accuracy {r['accuracy']:.4f}  masked tokens "
               f"{r['tokens']:,}  ({dt:.1f} s)")
     if args.json_out:
-        from fastlm.data.io import atomic_write
-
-        with atomic_write(args.json_out) as f:
-            json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                       for k, v in result.items()}, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json_out}", file=sys.stderr)
+        _write_json(args.json_out, result)
     return 0

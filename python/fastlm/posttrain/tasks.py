@@ -4,20 +4,25 @@ rewards and greedy exact-match evaluation, small enough for a tiny model to lear
 Every task draws a short problem, phrases it as an instruction (``prompt`` = the user turn, Alpaca's
 ``instruction + "\\n\\n" + input``) and knows the one right ``answer``:
 
-========  ==========================================  ======================  ==============
-task      prompt (instruction, blank line, input)     answer                  space
-========  ==========================================  ======================  ==============
-copy      Repeat these words exactly.  key one time   key one time            2-5 words
-reverse   Reverse the order of these words.  ...      time one key            distinct words
-sort      Sort these words in alphabetical order. ..  key one time            from `WORDS`
-add       Add the two numbers. ...  3 7 + 5           4 2                     0..99 + 0..99
-========  ==========================================  ======================  ==============
+========  ===========================================  ==================  ====================
+task      prompt: instruction, blank line, input           answer              problems
+========  ===========================================  ==================  ====================
+copy      Repeat these words exactly. | key one time       key one time        2-5 distinct words
+reverse   Reverse the order of these words. | ...          time one key        from `WORDS`, one
+sort      Sort these words in alphabetical order. | ...    key one time        per line
+add       Add the two numbers. Digits are ... | 0 3 + 5 4  5 7                 00..99 + 00..99
+========  ===========================================  ==================  ====================
 
-Words come from `WORDS`, 14 short English words that the default tokenizer (byte-level BPE, 4096
-ids, trained on pydoc + Shakespeare) keeps as one token both with and without a leading space, so
-a list of n words is n tokens wherever it appears. Numbers are written with a space between digits
-("3 7" is 37): the GPT-4 split pattern cuts digit runs into chunks of up to 3 that the BPE then
-merges unevenly ("12" one token, "146" -> "14" "6"); spaced, every digit is its own token.
+Token forms (the tasks are built so that a tiny model sees one token per unit, always the same
+one). Words come from `WORDS`, 14 short English words that the default tokenizer (byte-level BPE,
+4096 ids, trained on pydoc + Shakespeare) keeps as one token, and are listed one per line (``SEP``
+= newline) in prompts and answers: with spaces, the first word of a list is "key" and the others
+" key", two different tokens, and moving a word to or from the front (reverse, sort) would need
+that mapping learned too; measured, 2 min of SFT from scratch: reverse 7% -> 78% exact with
+newlines. Numbers are written with a space between digits ("3 7" is 37): the GPT-4 split pattern
+cuts digit runs into chunks of up to 3 that the BPE merges unevenly ("12" one token, "146" ->
+"14" "6"); spaced, every digit is its own token. Operands are zero-padded to two digits ("0 3") so
+each digit has a fixed place; the sum is written without padding.
 
 Splits. A problem belongs to "val" when a hash of (task, prompt) falls in the first `VAL_SHARE` of
 the hash range, else to "train": fixed for every seed and size, so no val prompt ever appears in
@@ -46,6 +51,7 @@ WORDS = ("end", "get", "hand", "key", "list", "name", "one", "run", "set", "thre
          "type", "word")
 VAL_SHARE = 0.1  # share of each task's problems held out for evaluation
 MIN_WORDS, MAX_WORDS = 2, 5
+SEP = "\n"  # between listed words: every word then has one token form (see the module docstring)
 MAX_OPERAND = 99  # add: operands 0..99 (1-2 digits), sums 0..198
 
 
@@ -58,13 +64,13 @@ class Example:
     meta: dict = field(default_factory=dict)
 
 
-def spaced(n: int) -> str:
-    """A number with one space between digits (one token per digit).
+def spaced(n: int, width: int = 1) -> str:
+    """A number with one space between digits (one token per digit), zero-padded to ``width``.
 
-    >>> spaced(105)
-    '1 0 5'
+    >>> spaced(105), spaced(7, width=2)
+    ('1 0 5', '0 7')
     """
-    return " ".join(str(n))
+    return " ".join(str(n).zfill(width))
 
 
 def _is_val(task: str, prompt: str) -> bool:
@@ -103,8 +109,8 @@ class Task:
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         """``n`` distinct problems of ``split`` ("train" or "val"), the same for the same seed.
 
-        >>> [e.answer for e in get_task("reverse").examples("val", 2, seed=0)]
-        ['one run set list', 'type hand time']
+        >>> [e.answer.split() for e in get_task("reverse").examples("val", 2, seed=0)]
+        [['type', 'get', 'run', 'hand', 'name'], ['word', 'run', 'hand']]
         """
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -151,7 +157,7 @@ class Task:
 
 class _WordTask(Task):
     def _draw(self, rng: random.Random) -> str:
-        return " ".join(rng.sample(WORDS, rng.randint(MIN_WORDS, MAX_WORDS)))
+        return SEP.join(rng.sample(WORDS, rng.randint(MIN_WORDS, MAX_WORDS)))
 
     def _wrong(self, inp: str, answer: str, rng: random.Random) -> str:
         words = answer.split()
@@ -160,7 +166,7 @@ class _WordTask(Task):
             words[i], words[i + 1] = words[i + 1], words[i]
         else:  # one word replaced by a word not in the list
             words[rng.randrange(len(words))] = rng.choice([w for w in WORDS if w not in words])
-        return " ".join(words)
+        return SEP.join(words)
 
 
 class CopyTask(_WordTask):
@@ -168,7 +174,7 @@ class CopyTask(_WordTask):
     instruction = "Repeat these words exactly."
 
     def solve(self, inp: str) -> str:
-        return " ".join(inp.split())
+        return SEP.join(inp.split())
 
 
 class ReverseTask(_WordTask):
@@ -176,11 +182,11 @@ class ReverseTask(_WordTask):
     instruction = "Reverse the order of these words."
 
     def solve(self, inp: str) -> str:
-        return " ".join(inp.split()[::-1])
+        return SEP.join(inp.split()[::-1])
 
     def _wrong(self, inp: str, answer: str, rng: random.Random) -> str:
         if rng.random() < 1 / 3:
-            return " ".join(inp.split())  # copied instead of reversed
+            return SEP.join(inp.split())  # copied instead of reversed
         return super()._wrong(inp, answer, rng)
 
 
@@ -189,7 +195,7 @@ class SortTask(_WordTask):
     instruction = "Sort these words in alphabetical order."
 
     def solve(self, inp: str) -> str:
-        return " ".join(sorted(inp.split()))
+        return SEP.join(sorted(inp.split()))
 
 
 class AddTask(Task):
@@ -197,7 +203,8 @@ class AddTask(Task):
     instruction = "Add the two numbers. Digits are written with spaces between them."
 
     def _draw(self, rng: random.Random) -> str:
-        return f"{spaced(rng.randint(0, MAX_OPERAND))} + {spaced(rng.randint(0, MAX_OPERAND))}"
+        width = len(str(MAX_OPERAND))  # fixed-width operands: digit i of each always at one place
+        return f"{spaced(rng.randint(0, MAX_OPERAND), width)} + {spaced(rng.randint(0, MAX_OPERAND), width)}"
 
     def solve(self, inp: str) -> str:
         a, b = inp.split("+")
@@ -254,8 +261,9 @@ def examples_for(names: list[str], split: str, n: int, seed: int = 0) -> list[Ex
 def sft_record(ex: Example) -> dict[str, str]:
     """The Alpaca record of an Example (``instruction`` + blank line + ``input`` = ``ex.prompt``).
 
-    >>> sft_record(get_task("copy").make("one two"))
-    {'instruction': 'Repeat these words exactly.', 'input': 'one two', 'output': 'one two'}
+    >>> rec = sft_record(get_task("reverse").make(SEP.join(["one", "two"])))
+    >>> rec["instruction"], rec["output"].split()
+    ('Reverse the order of these words.', ['two', 'one'])
     """
     return _task_of(ex).sft_record(ex)
 
