@@ -31,6 +31,7 @@ examples:
   fastlm-train                                   # the main job: tiny CLM on the built-in corpora
   fastlm-train --config configs/clm-small.yaml --set max_steps=2000 optim.lr=1e-3
   fastlm-train --task mlm --set data.text='[corpus/*.jsonl]'
+  fastlm-train --task sft --set post.data='[chats.jsonl]'   # from the newest clm run in ./runs
   fastlm-train --resume runs/clm-tiny-20261127-101500        # continue the run's latest checkpoint
   torchrun --standalone --nproc_per_node 2 -m fastlm.cli.train --config cfg.yaml   # DDP/FSDP
 """
@@ -51,8 +52,11 @@ class _HelpAction(argparse.Action):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `fastlm-train` (shared by the `fastlm train` alias)."""
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help (options and config keys) and exit")
-    p.add_argument("--task", choices=("clm", "mlm"), help="clm: causal LM (GPT); mlm: masked LM (encoder). "
-                   "Default: the config's task, else clm")
+    p.add_argument("--task", choices=("clm", "mlm", "sft", "reward", "dpo", "ppo", "grpo", "rloo"),
+                   help="clm: causal LM (GPT); mlm: masked LM (encoder); post-training (from post.init_from): "
+                   "sft, reward, dpo, ppo, grpo, rloo. Default: the config's task, else clm")
+    p.add_argument("--train-on-prompt", action="store_true", default=None,
+                   help="sft: supervise prompt tokens too (post.train_on_prompt; default: assistant tokens only)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of config keys (see below; unknown keys "
                    "and wrong types are refused)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -168,7 +172,8 @@ def resolve_config(args: argparse.Namespace):
     < --set < flags."""
     from fastlm.train.config import load_train_config
 
-    flags = {"task": args.task, "out": args.out, "run_name": args.run_name, "device": args.device}
+    flags = {"task": args.task, "out": args.out, "run_name": args.run_name, "device": args.device,
+             "post.train_on_prompt": getattr(args, "train_on_prompt", None)}
     overrides = list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     base = _resumed_config(args.resume) if args.resume else None
     return load_train_config(args.config, overrides, base=base)

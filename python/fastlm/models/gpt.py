@@ -58,15 +58,19 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, *, kernels: str = "fastlm",
                       position_ids: Optional[torch.Tensor] = None,
-                      kv_cache=None) -> torch.Tensor:
+                      kv_cache=None, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, d_model) final-norm hidden states. With ``kv_cache`` (a
         `fastlm.models.generate.KVCache`) idx continues the cached tokens: positions default to
-        cache.pos .. cache.pos+T-1, and the cache advances by T."""
+        cache.pos .. cache.pos+T-1, and the cache advances by T. ``doc_ids`` (B, T): packed rows,
+        attention block-diagonal causal (a token sees earlier tokens of its own document only;
+        -1 = padding, sees itself); pass ``position_ids`` restarting per document with it."""
         backend = check_kernels(kernels)
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
         T = idx.shape[1]
         if kv_cache is not None:
+            if doc_ids is not None:
+                raise ValueError("doc_ids (packed rows) cannot be combined with kv_cache")
             return self._cached_hidden_states(idx, backend, position_ids, kv_cache)
         if position_ids is None:
             if T > self.config.max_seq_len:
@@ -75,10 +79,16 @@ class GPT(nn.Module):
         elif position_ids.shape[-1] != T:
             raise ValueError(f"position_ids {tuple(position_ids.shape)} do not match idx "
                              f"{tuple(idx.shape)}")
+        mask = None
+        if doc_ids is not None:
+            from fastlm.train.collate import block_causal_mask
+            if doc_ids.shape != idx.shape:
+                raise ValueError(f"doc_ids {tuple(doc_ids.shape)} must match idx {tuple(idx.shape)}")
+            mask = block_causal_mask(doc_ids)  # (B, 1, T, T): SDPA with a mask, not the fused kernel
         rope = self.rotary(position_ids)
         x = self.drop(self.tok_emb(idx))
         for block in self.blocks:
-            x = block(x, rope, backend)
+            x = block(x, rope, backend, mask)
         return self.norm(x)
 
     def _cached_hidden_states(self, idx, backend, position_ids, cache) -> torch.Tensor:
@@ -95,15 +105,17 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
                 kernels: str = "fastlm", reduction: str = "mean",
-                position_ids: Optional[torch.Tensor] = None, kv_cache=None) -> torch.Tensor:
+                position_ids: Optional[torch.Tensor] = None, kv_cache=None,
+                doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, T, V) when ``targets`` is None, else the loss against ``targets`` (B, T)
         (-100 = no loss; shift them yourself: targets[:, t] is the token after idx[:, t]).
         ``kernels``: 'fastlm' (fused attention/loss from fastlm.ops; the loss never builds
         the logits) or 'torch' (plain SDPA and F.cross_entropy on logits). ``reduction``:
         'mean' over non-ignored tokens, 'sum', or 'none' (B, T). ``position_ids`` (T,) or (B, T)
-        for packed or offset sequences; default 0..T-1. ``kv_cache``: see `hidden_states`."""
+        for packed or offset sequences; default 0..T-1. ``kv_cache``, ``doc_ids`` (packed rows:
+        no attention across documents): see `hidden_states`."""
         h = self.hidden_states(idx, kernels=kernels, position_ids=position_ids,
-                               kv_cache=kv_cache)
+                               kv_cache=kv_cache, doc_ids=doc_ids)
         if targets is None:
             return self.lm_head(h)
         if targets.shape != idx.shape:

@@ -82,7 +82,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
                 backend: str, key_mask: Optional[torch.Tensor] = None,
                 kv_cache=None) -> torch.Tensor:
-        """key_mask (B, T) bool, True = a real token others may attend to (padding is False);
+        """key_mask (B, T) bool, True = a real token others may attend to (padding is False), or a
+        full (B, 1, T, T) bool mask (True = query may attend key; packed rows' block-causal mask);
         fastlm.ops.attention takes no mask, so masked calls go to PyTorch's SDPA.
         kv_cache: this layer's view of a `fastlm.models.generate.KVCache` (causal only): the new
         keys/values are written at the cache position and the queries attend to all cached ones."""
@@ -101,8 +102,8 @@ class Attention(nn.Module):
         if key_mask is None:
             y = attention(q, k, v, is_causal=self.causal, enable_gqa=gqa, backend=backend)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],
-                                               is_causal=False, enable_gqa=gqa)
+            mask = key_mask if key_mask.dim() == 4 else key_mask[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 

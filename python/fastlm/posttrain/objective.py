@@ -13,6 +13,7 @@ The interface (helpers writing an objective subclass `Objective` and register it
     obj.tokenizer_path   # its file (copied into every checkpoint as tokenizer.fastlm)
     obj.seq_len          # row length: steps hold tokens_per_step / (micro_batch * world * seq_len) micro-steps
     obj.init_from        # the resolved post.init_from path (recorded in checkpoint meta), or None
+    obj.summary          # {key: number} logged once at the start of a fresh run (data report), may be {}
     obj.next_micro(n_global) -> batch        # this rank's contiguous share of the next global micro-batch
                                              # of n_global rows (rows: packed/padded sequences, or pairs)
     obj.state_dict() / obj.load_state_dict(d)  # the data position (JSON-safe), for exact resume
@@ -21,10 +22,12 @@ The interface (helpers writing an objective subclass `Objective` and register it
         # n_units: float, how many units it sums over (tokens with a label for LM losses, pairs for
         # reward/dpo); metric_sums: {"train/accuracy": float sum over units, ...} (plain floats).
         # The loop all-reduces n_units and metric sums over micro-steps and ranks and divides by the total,
-        # so gradient accumulation and DDP give exactly the gradient of the mean over the whole step.
+        # so gradient accumulation and DDP give exactly the gradient of the mean over the whole step
+        # (the loop backpropagates loss_sum and divides the gradients by the global n_units after).
         # ``model`` is the wrapped module (DDP/FSDP/compiled): call it, don't reach into it.
     obj.evaluate(model) -> {"val/loss": ..., ...}   # logged keys; {} when there is no val data; every rank
-                                                    # calls it (all-reduce inside); model is the raw module
+                                                    # calls it (split + all-reduce, or all ranks evaluate all);
+                                                    # model is the raw module; result.val drops "val/"
     obj.sample(model, device, autocast) -> str      # a short sample for the console ("" for none)
     obj.tokens(batch) -> int                        # real (non-padding) input tokens, for tokens/s
     obj.to_device(batch, device) -> batch           # default: every tensor in a dict/tuple/list moved
@@ -87,6 +90,7 @@ class Objective:
     tokenizer_path: str
     seq_len: int
     init_from: Optional[str] = None
+    summary: dict = {}
 
     def next_micro(self, n_global: int) -> Any:
         raise NotImplementedError
@@ -186,20 +190,21 @@ class LMObjective(Objective):
 def _checkpoint_task(ckpt: str) -> Optional[str]:
     import json
     try:
-        with open(os.path.join(ckpt, "state.json"), encoding="utf-8") as f:
-            return json.load(f).get("meta", {}).get("train_config", {}).get("task")
+        with open(os.path.join(ckpt, "state.json"), encoding="utf-8") as f:  # meta, without the weights
+            return json.load(f).get("train_config", {}).get("task")
     except (OSError, ValueError):
         from fastlm.train.checkpoint import load_checkpoint
         return load_checkpoint(ckpt, optimizer=False).meta.get("train_config", {}).get("task")
 
 
 def is_hf_dir(path: str) -> bool:
-    """A Hugging Face model directory (``config.json``, no fastlm checkpoint).
+    """A Hugging Face model directory (``config.json`` + weights; `fastlm.posttrain.hf_import.is_hf_dir`).
 
     >>> is_hf_dir("/nonexistent")
     False
     """
-    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+    from fastlm.posttrain.hf_import import is_hf_dir as hf_dir
+    return hf_dir(path)
 
 
 def resolve_init(cfg: TrainConfig) -> Optional[str]:

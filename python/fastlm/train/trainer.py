@@ -227,6 +227,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
                            tensorboard=cfg.tensorboard, start_step=start_step) if info.is_main else None
     log = logger.log if logger else (lambda *a, **k: None)
     message = logger.message if logger else (lambda *a, **k: None)
+    if objective.summary and resume_ckpt is None:
+        log(0, **objective.summary)
 
     # ---- the loop
     result = TrainResult(run_dir=run_dir, checkpoint=resume_ckpt, step=start_step)
