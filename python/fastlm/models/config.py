@@ -178,7 +178,14 @@ _ENCODER_SIZES = {
 }
 
 
-MODEL_KINDS = {"gpt": GPTConfig, "encoder": EncoderConfig}  # checkpoint "model_kind" -> config class
+@dataclass
+class RewardConfig(GPTConfig):
+    """A GPT body with a scalar reward head (`fastlm.models.reward.RewardModel`): GPTConfig's fields, its
+    own checkpoint kind "reward"."""
+
+
+MODEL_KINDS = {"gpt": GPTConfig, "encoder": EncoderConfig,  # checkpoint "model_kind" -> config class
+               "reward": RewardConfig}
 TASK_KIND = {"clm": "gpt", "mlm": "encoder"}
 
 
@@ -202,9 +209,9 @@ def model_config_for(task: str, size: str, overrides: dict, *, vocab_size: int):
 
 
 def config_to_dict(config) -> dict:
-    """``{"kind": "gpt"|"encoder", **fields}``: JSON-safe, read back by ``config_from_dict``."""
+    """``{"kind": "gpt"|"encoder"|"reward", **fields}``: JSON-safe, read back by ``config_from_dict``."""
     from dataclasses import asdict
-    kind = next(k for k, c in MODEL_KINDS.items() if isinstance(config, c))
+    kind = next(k for k, c in reversed(MODEL_KINDS.items()) if isinstance(config, c))  # reward before gpt
     return {"kind": kind, **asdict(config)}
 
 

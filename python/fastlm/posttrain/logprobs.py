@@ -9,7 +9,8 @@ The log-probs come from the model's own loss path, ``model(ids, labels, reductio
 ``kernels="fastlm"`` that is the fused ``fastlm.ops.linear_cross_entropy`` (per-token -log p, the
 (B*T, V) logits never held), with ``kernels="torch"`` plain ``F.cross_entropy`` on logits; negated.
 Calling the module (not ``model.hidden_states``) keeps DDP/FSDP hooks and ``torch.compile`` working.
-Values are float32 also under bf16 autocast (the loss path returns fp32).
+Values are float32; under bf16 autocast the head matmul runs in bf16 (the model's loss path), so they
+carry bf16 logit rounding: compare log-probs computed in the same precision (policy vs reference, new vs old).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tens
     >>> model = GPT(GPTConfig.named("tiny", vocab_size=64, n_layer=1))
     >>> ids = torch.tensor([[1, 2, 3, 4]])
     >>> labels = torch.tensor([[-100, 3, 4, -100]])  # log p of tokens 3 and 4 only
-    >>> lp = token_logprobs(model, ids, labels)
+    >>> lp = token_logprobs(model, ids, labels).detach()
     >>> lp.shape, lp.dtype, float(lp[0, 0]), bool((lp[0, 1:3] < 0).all())
     (torch.Size([1, 4]), torch.float32, 0.0, True)
     """
