@@ -12,7 +12,7 @@ from fastlm.models.generate import generate
 from fastlm.posttrain.logprobs import token_logprobs
 from fastlm.posttrain.rl import PolicyWithValue, PromptSource, run_rl
 from fastlm.posttrain.rollout import PaddedKVCache, build_batch, sample_responses
-from fastlm.posttrain.tasks import examples_for, exact_match, sft_record
+from fastlm.posttrain.tasks import exact_match
 from fastlm.tokenizer import Tokenizer
 from fastlm.tokenizer.chat_template import render_conversation
 from fastlm.train.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -99,20 +99,34 @@ def test_prompt_source_epochs_and_resume():
 
 # ---------------------------------------------------------------------------------------- end to end
 
-TASK = "copy"
+def _copy_problems(n_train, n_val, seed=0):
+    """Copy problems with the words on one line ("key one time"): a 2-layer d=64 model learns them in 300
+    SFT steps (~50% exact match), where the built-in one-word-per-line form needs minutes. Scored by the
+    built-in copy task's reward (``task``/``answer`` fields; items split on whitespace)."""
+    from fastlm.posttrain.tasks import WORDS
+    rng, seen = random.Random(seed), set()
+    while len(seen) < n_train + n_val:
+        seen.add(" ".join(rng.sample(WORDS, rng.randint(2, 5))))
+    rows = [{"prompt": f"Repeat these words exactly.\n\n{w}", "task": "copy", "answer": w} for w in sorted(seen)]
+    rng.shuffle(rows)
+    return rows[:n_train], rows[n_train:]
 
 
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
-    """A tiny GPT taught the copy task by a plain masked-loss loop (a quick stand-in for `--task sft`),
-    saved as an sft checkpoint with its tokenizer (trained on the task texts: words are single tokens)."""
+    """A tiny GPT taught the copy problems by a plain masked-loss loop (a quick stand-in for `--task sft`),
+    saved as an sft checkpoint with its tokenizer (trained on the task texts: words are single tokens);
+    the RL prompts are train.jsonl, the held-out ones val.jsonl."""
     d = str(tmp_path_factory.mktemp("rl"))
-    train = examples_for([TASK], "train", 400, seed=0)
-    tok = Tokenizer.train_from_iterator([ex.prompt + "\n" + ex.answer for ex in train], 400)
+    train, val = _copy_problems(400, 200)
+    for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
+        with open(os.path.join(d, name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    tok = Tokenizer.train_from_iterator([r["prompt"] + "\n" + r["answer"] for r in train], 400)
     torch.manual_seed(0)
     cfg = GPTConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=2, d_model=64, n_head=4, max_seq_len=96)
     model = GPT(cfg)
-    rows = [render_conversation(tok, sft_record(ex)) for ex in train]
+    rows = [render_conversation(tok, {"instruction": r["prompt"], "output": r["answer"]}) for r in train]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = random.Random(0)
     for _ in range(300):
@@ -132,11 +146,13 @@ def sft_model(tmp_path_factory):
 
 
 def _cfg(out, ckpt, task, steps, *extra):
+    data = os.path.dirname(os.path.dirname(os.path.dirname(ckpt)))  # the fixture's dir
     return load_train_config(None, [
         f"task={task}", f"out={out}", f"run_name={task}", f"post.init_from={ckpt}", "post.reward_model=task",
-        f"post.tasks=[{TASK}]", "post.eval_examples=200", "post.max_new_tokens=16", f"max_steps={steps}",
-        "eval_every=0", "log_every=1", "optim.lr=2e-4", "optim.warmup_steps=0", "optim.schedule=constant",
-        "post.prompts_per_step=16", "post.samples_per_prompt=4", "post.kl_coef=0.01", "plot=false", *extra])
+        f"post.data=[{data}/train.jsonl]", f"post.val_data=[{data}/val.jsonl]", "post.eval_examples=200",
+        "post.max_new_tokens=16", f"max_steps={steps}", "eval_every=0", "log_every=1", "optim.lr=2e-4",
+        "optim.warmup_steps=0", "optim.schedule=constant", "post.prompts_per_step=16",
+        "post.samples_per_prompt=4", "post.kl_coef=0.01", "plot=false", *extra])
 
 
 def _metrics(run_dir):
@@ -153,7 +169,7 @@ def _val_exact(run_dir):
 def test_rl_raises_reward_and_exact_match(sft_model, task):
     """~20-30 s each on one CPU thread. Measured (these seeds): grpo train reward 0.812 -> 0.827, held-out
     greedy exact match 0.565 -> 0.605 (reward 0.854 -> 0.877); ppo 0.785 -> 0.823, 0.565 -> 0.600
-    (0.854 -> 0.870), on 200 val problems of the copy task."""
+    (0.854 -> 0.870), on 200 held-out copy problems."""
     d, ckpt, tok = sft_model
     steps = 100
     n = "post.prompts_per_step=64" if task == "ppo" else "post.prompts_per_step=16"  # 64 samples a step
@@ -176,7 +192,8 @@ def test_rl_raises_reward_and_exact_match(sft_model, task):
     assert vals[1]["val/exact_match"] >= vals[0]["val/exact_match"]
     model, mtok, meta = load_model(res.checkpoint)  # a plain GPT checkpoint: generate/eval/export load it
     assert type(model).__name__ == "GPT" and meta["train_config"]["task"] == task
-    again = exact_match(model, mtok, examples_for([TASK], "val", 200, seed=1337), max_new_tokens=16)
+    from fastlm.posttrain.rl import _prompts
+    again = exact_match(model, mtok, _prompts(_cfg(d, ckpt, task, 1), mtok)[1], max_new_tokens=16)
     assert again["accuracy"] == pytest.approx(vals[1]["val/exact_match"])
 
 
@@ -226,3 +243,39 @@ def test_errors_are_clear(sft_model, tmp_path):
                        '"answer": "one two"}\n{"oops": 1}\n')
     with pytest.raises(ValueError, match="prompts.jsonl:2"):
         run_rl(_cfg(str(tmp_path), ckpt, "grpo", 1, f"post.data=[{prompts}]"), console=False)
+
+
+def test_reward_model_scores_rollouts(sft_model, tmp_path):
+    """post.reward_model = a reward checkpoint (and "auto" finds the newest reward run in out): the logged
+    mean reward is the reward model's score of prompt + response + <|assistant_end|>."""
+    from fastlm.models.reward import RewardModel
+    from fastlm.posttrain.reward import score_ids
+    d, ckpt, tok = sft_model
+    policy, _, _ = load_model(ckpt)
+    torch.manual_seed(3)
+    rm = RewardModel.from_gpt(policy)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)
+    out = str(tmp_path)
+    rckpt = save_checkpoint(os.path.join(out, "reward-x", "checkpoints"), 1, model_state=rm.state_dict(),
+                            optimizer_state=None, tokenizer_path=os.path.join(ckpt, "tokenizer.fastlm"),
+                            meta={"model_config": config_to_dict(rm.config), "train_config": {"task": "reward"}})
+    res = run_rl(_cfg(out, ckpt, "grpo", 1, "post.reward_model=auto", "post.prompts_per_step=2",
+                      "post.eval_examples=4", "post.temperature=0", "post.kl_coef=0", "optim.lr=0"), console=False)
+    logged = [r for r in _metrics(res.run_dir) if "reward/mean" in r][0]["reward/mean"]
+    assert load_checkpoint(res.checkpoint).meta["reward_model"] == rckpt
+    # greedy rollouts of the unchanged policy: recompute what the reward model must have said
+    from fastlm.posttrain.rl import PromptSource, _prompts
+    cfg = _cfg(out, ckpt, "grpo", 1, "post.prompts_per_step=2")
+    items = PromptSource(_prompts(cfg, tok)[0], cfg.seed).next(2)
+    eos = tok.special_id("<|assistant_end|>")
+    prompts = [ids for ids, _ in items]
+    responses = sample_responses(policy, prompts, max_new_tokens=16, eos_id=eos, pad_id=0, temperature=0)
+    rows = [p + r + ([] if r[-1] == eos else [eos]) for p, r in zip(prompts, responses)]
+    assert logged == pytest.approx(float(score_ids(rm.eval(), rows).mean()), abs=1e-5)
+    other = Tokenizer.train_from_iterator(["something else entirely"] * 3, 300)
+    other.save(str(tmp_path / "other.fastlm"))
+    save_checkpoint(str(tmp_path / "bad" / "checkpoints"), 1, model_state=rm.state_dict(), optimizer_state=None,
+                    tokenizer_path=str(tmp_path / "other.fastlm"),
+                    meta={"model_config": config_to_dict(rm.config), "train_config": {"task": "reward"}})
+    with pytest.raises(ValueError, match="another tokenizer"):
+        run_rl(_cfg(out, ckpt, "grpo", 1, f"post.reward_model={tmp_path / 'bad'}"), console=False)

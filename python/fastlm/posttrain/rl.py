@@ -30,12 +30,15 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
 - No missing-EOS penalty, no reward clipping, no value warmup, no separate value lr.
 - The reference is the policy at ``init_from`` (reloaded from there on resume); kl_coef 0 and kl_target 0
   keep no reference at all.
-- Rewards: ``post.reward_model`` = a reward-model checkpoint (same tokenizer; scores prompt + response read
-  at the last token, ``<|assistant_end|>`` when the policy stopped) or "task" (the built-in tasks'
+- Rewards: ``post.reward_model`` = a reward-model checkpoint (same tokenizer; scores prompt + response +
+  ``<|assistant_end|>`` (added when the policy did not stop, as the reward model was trained) read at that
+  last token; no penalty for not stopping) or "task" (the built-in tasks'
   verifiable reward on the decoded response); "auto" = the newest reward run in ``out``, else "task".
 - Prompts: the built-in tasks' train split (``post.tasks``), or ``post.data`` files (chat records or
   ``{"prompt": ...}``; fields ``task`` + ``answer`` make a record scorable by the task reward), visited in
-  a seeded order per epoch.
+  a seeded order per epoch. Held-out evaluation (greedy exact match and mean task reward, `exact_match`)
+  runs on the tasks' val split, or on the ``{"prompt", "task", "answer"}`` records of ``post.val_data``
+  (else a held-out ``data.val_fraction`` of ``post.data``); other records are not evaluated.
 """
 
 from __future__ import annotations
@@ -134,25 +137,48 @@ def _user_prompt(tok, text: str) -> list[int]:
     return render_prompt(tok, {"messages": [{"role": "user", "content": text}]})
 
 
-def _prompts(cfg: TrainConfig, tok) -> list[tuple[list[int], dict]]:
-    """(prompt ids, reward meta) for every training prompt (see the module docstring)."""
-    if not cfg.post.data:
-        from fastlm.posttrain.tasks import examples_for
-        return [(_user_prompt(tok, ex.prompt), ex.meta)
-                for ex in examples_for(list(cfg.post.tasks), "train", cfg.post.task_examples, cfg.seed)]
+def _read_prompts(paths: list[str], tok) -> list[tuple[list[int], dict, Any]]:
+    """(prompt ids, reward meta, Example or None) per record of ``paths``: a record ``{"prompt": str}`` is one
+    user turn, any chat record (messages, Alpaca, ShareGPT...) is rendered up to its last assistant reply;
+    ``task`` + ``answer`` fields are the meta of the task reward, and make a plain prompt an `Example` that
+    the held-out exact match can score."""
     from fastlm.data.readers import read_records
+    from fastlm.posttrain.tasks import Example
     from fastlm.tokenizer.chat_template import render_prompt
     items = []
-    for rec in read_records(cfg.post.data, text_field="prompt"):  # strict: a bad record names file:line
+    for rec in read_records(paths, text_field="prompt"):  # strict: a malformed record names its file:line
         d = rec.data
         meta = {k: d[k] for k in ("task", "answer") if k in d}
+        plain = isinstance(d.get("prompt"), str) and not any(k in d for k in ("completion", "chosen", "messages"))
         try:
-            is_plain = isinstance(d.get("prompt"), str) and not any(k in d for k in ("completion", "chosen"))
-            ids = _user_prompt(tok, d["prompt"]) if is_plain else render_prompt(tok, d)
+            ids = _user_prompt(tok, d["prompt"]) if plain else render_prompt(tok, d)
         except Exception as e:  # a record that is no prompt: name it
             raise ValueError(f"{rec.source}:{rec.line}: not an RL prompt record ({e})") from None
-        items.append((ids, meta))
+        ex = Example(d["prompt"], str(meta["answer"]), meta) if plain and len(meta) == 2 else None
+        items.append((ids, meta, ex))
     return items
+
+
+def _prompts(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], dict]], list]:
+    """``(train items (prompt ids, reward meta), held-out Examples)``: the built-in tasks' train and val
+    splits; or ``post.data`` (held out: ``post.val_data``, else a seeded ``data.val_fraction`` of it)."""
+    p = cfg.post
+    if not p.data:
+        from fastlm.posttrain.tasks import examples_for
+        train = [(_user_prompt(tok, ex.prompt), ex.meta)
+                 for ex in examples_for(list(p.tasks), "train", p.task_examples, cfg.seed)]
+        return train, examples_for(list(p.tasks), "val", p.eval_examples, cfg.seed) if p.tasks else []
+    items = _read_prompts(list(p.data), tok)
+    if p.val_data:
+        val = _read_prompts(list(p.val_data), tok)
+    else:
+        order = list(range(len(items)))
+        random.Random(cfg.seed).shuffle(order)
+        n_val = math.ceil(cfg.data.val_fraction * len(items)) if len(items) > 1 else 0
+        held = set(order[:n_val])
+        val = [it for i, it in enumerate(items) if i in held]
+        items = [it for i, it in enumerate(items) if i not in held]
+    return [(ids, meta) for ids, meta, _ in items], [ex for _, _, ex in val if ex is not None][:p.eval_examples]
 
 
 def _find_reward_run(out: str) -> Optional[str]:
@@ -178,7 +204,7 @@ class RewardFn:
     """Sequence scores (N,) for rollouts: a reward model, or the built-in tasks' verifiable reward."""
 
     def __init__(self, cfg: TrainConfig, tokenizer, tokenizer_path: str, device: torch.device, say):
-        from fastlm.train.checkpoint import CheckpointError, latest_checkpoint, load_model
+        from fastlm.train.checkpoint import CheckpointError, latest_checkpoint
         self.tok, self.kernels, self.model = tokenizer, cfg.model.kernels, None
         src = cfg.post.reward_model
         if src == "auto":
@@ -186,25 +212,26 @@ class RewardFn:
         self.source = src
         if src == "task":
             return
+        from fastlm.posttrain.reward import load_reward_model
+        from fastlm.tokenizer.shards import file_sha256
         ckpt = latest_checkpoint(src) if os.path.exists(src) else None
         if ckpt is None:
             raise CheckpointError(f"post.reward_model: {src} holds no complete checkpoint (use \"task\" for the "
                                   "built-in tasks' reward, or run `fastlm-train --task reward` first)")
-        model, rtok, _ = load_model(ckpt, device=str(device))
-        if not hasattr(model, "score"):
-            raise CheckpointError(f"post.reward_model: {ckpt} is a {type(model).__name__}, not a reward model")
-        from fastlm.tokenizer.shards import file_sha256
-        rpath = os.path.join(ckpt, "tokenizer.fastlm")
-        if rtok is None or file_sha256(rpath) != file_sha256(tokenizer_path):
+        model, _ = load_reward_model(ckpt, device=str(device))
+        if file_sha256(os.path.join(ckpt, "tokenizer.fastlm")) != file_sha256(tokenizer_path):
             raise CheckpointError(f"post.reward_model: {ckpt} was trained with another tokenizer than the policy's")
         self.model = model.requires_grad_(False)
         self.source = ckpt
         say(f"reward model: {ckpt}")
 
     @torch.no_grad()
-    def __call__(self, batch: RolloutBatch, responses: list[list[int]], metas: list[dict], eos: int) -> torch.Tensor:
-        if self.model is not None:
-            return self.model(batch.ids, lengths=batch.lengths, kernels=self.kernels).float().cpu()
+    def __call__(self, prompts: list[list[int]], responses: list[list[int]], metas: list[dict],
+                 eos: int) -> torch.Tensor:
+        if self.model is not None:  # rows as the reward model was trained: the answer closed by eos
+            from fastlm.posttrain.reward import score_ids
+            rows = [list(p) + list(r) + ([] if r and r[-1] == eos else [eos]) for p, r in zip(prompts, responses)]
+            return score_ids(self.model, rows, kernels=self.kernels).float()
         from fastlm.posttrain.tasks import reward
         out = []
         for r, meta in zip(responses, metas):
@@ -245,7 +272,7 @@ def run_rl(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = Tr
 def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> TrainResult:
     from fastlm.models import config_to_dict
     from fastlm.posttrain.objective import load_init
-    from fastlm.posttrain.tasks import examples_for, exact_match
+    from fastlm.posttrain.tasks import exact_match
     from fastlm.train import checkpoint as ck
     from fastlm.train.distributed import full_state, load_full_state
     from fastlm.train.metrics import MetricsLogger, plot_losses
@@ -256,6 +283,9 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
     precision = _precision(cfg, device)
     resume_ckpt = _resolve_resume(resume) if resume else None
     state = ck.load_checkpoint(resume_ckpt) if resume_ckpt else None
+    if state is not None and state.meta.get("train_config", {}).get("task") != cfg.task:
+        raise ck.CheckpointError(f"{resume_ckpt}: task {state.meta.get('train_config', {}).get('task')!r} differs "
+                                 f"from {cfg.task!r} (resume with the checkpoint's own task)")
     run_dir = _run_dir(cfg, info, resume_ckpt)
     say = print if console else (lambda *a, **k: None)
     os.makedirs(run_dir, exist_ok=True)
@@ -280,8 +310,8 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         f"reward: {reward_fn.source}")
 
     # ---- prompts, evaluation set, optimizer, generator (sampling and minibatch order)
-    source = PromptSource(_prompts(cfg, tok), cfg.seed)
-    val_examples = examples_for(list(p.tasks), "val", p.eval_examples, cfg.seed) if p.tasks else []
+    train_items, val_examples = _prompts(cfg, tok)
+    source = PromptSource(train_items, cfg.seed)
     optimizer = _optimizer(trainable, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     G = 1 if ppo else p.samples_per_prompt
@@ -361,7 +391,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         mask = batch.mask
         N = len(responses)
         with torch.no_grad(), autocast:
-            scores = reward_fn(batch, responses, metas, eos).to(device)
+            scores = reward_fn(prompts, responses, metas, eos).to(device)
             old_logp, old_values, _ = trainable.score(batch, kernels=cfg.model.kernels)
             ref_logp = (token_logprobs(reference, batch.ids, batch.labels, kernels=cfg.model.kernels)
                         if reference is not None else old_logp)
