@@ -228,6 +228,18 @@ def test_rloo_short_run_logs_and_checkpoints(sft_model):
     assert os.path.isfile(os.path.join(res.checkpoint, "tokenizer.fastlm"))
 
 
+def test_ppo_adaptive_kl_coefficient_follows_the_controller(sft_model):
+    d, ckpt, _ = sft_model
+    res = run_rl(_cfg(os.path.join(d, "ppo-akl"), ckpt, "ppo", 3, "post.prompts_per_step=4", "post.eval_examples=8",
+                      "post.kl_coef=0.2", "post.kl_target=0.01"), console=False)
+    rows = [r for r in _metrics(res.run_dir) if "reward/mean" in r]
+    coef = 0.2
+    for r in rows:  # logged kl_coef = the value after this batch's update
+        coef *= 1 + max(-0.2, min(0.2, r["kl"] / 0.01 - 1)) * 4 / 10000
+        assert r["kl_coef"] == pytest.approx(coef, rel=1e-9)
+    assert rows[-1]["kl_coef"] != 0.2
+
+
 def test_errors_are_clear(sft_model, tmp_path):
     d, ckpt, _ = sft_model
     with pytest.raises(ValueError, match="run_rl trains ppo, grpo or rloo"):

@@ -11,7 +11,8 @@ The algorithms (formulas in `fastlm.posttrain.rl_losses`):
 - ppo (Ziegler et al. 2019, Ouyang et al. 2022, TRL PPOTrainer): per-token reward = -kl_coef (logp - logp_ref)
   (k1), plus the sequence score at the last response token; rewards whitened per batch (``whiten_rewards``,
   mean kept, as TRL); GAE(gamma, lam) on a value head; advantages whitened; loss = clipped policy loss +
-  vf_coef x clipped value loss - entropy_coef x entropy; ``kl_target`` > 0 adapts kl_coef (Ziegler).
+  vf_coef x clipped value loss - entropy_coef x entropy; ``kl_target`` > 0 adapts kl_coef after each
+  rollout batch (Ziegler; horizon `KL_HORIZON`; ppo only: grpo/rloo keep kl_coef fixed).
 - grpo (Shao et al. 2024) / rloo (Ahmadian et al. 2024): ``samples_per_prompt`` samples per prompt, one
   advantage per sample (grpo: (r - mean) / (std + eps); rloo: r - mean of the others) on all its tokens,
   clipped ratio objective, + kl_coef x k3 KL to the reference in the loss (GRPO's estimator; used for rloo
@@ -270,7 +271,6 @@ def run_rl(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = Tr
 
 
 def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> TrainResult:
-    from fastlm.models import config_to_dict
     from fastlm.posttrain.objective import load_init
     from fastlm.posttrain.tasks import exact_match
     from fastlm.train import checkpoint as ck
