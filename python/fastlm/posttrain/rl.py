@@ -27,7 +27,10 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
 - Losses are token-level means over every response token of a minibatch (TRL PPO, DAPO), not GRPO's
   per-sequence mean of per-token means; a group whose rewards are all equal gives zero advantage.
 - Old log-probs and values are recomputed after sampling with the training forward (right-padded rows,
-  no dropout: the policy is kept in eval mode), so the first minibatch's ratio is exactly 1.
+  no dropout: the policy is kept in eval mode), so the first minibatch's ratio is 1 up to float rounding
+  (sampling-time log-probs, from the left-padded cached pass, are not reused).
+- RL steps ignore ``micro_batch``/``tokens_per_step``/``data.seq_len``: a step is ``prompts_per_step`` prompts,
+  each minibatch one forward/backward (no accumulation); rows are prompt + at most ``max_new_tokens``.
 - No missing-EOS penalty, no reward clipping, no value warmup, no separate value lr.
 - The reference is the policy at ``init_from`` (reloaded from there on resume); kl_coef 0 and kl_target 0
   keep no reference at all.
@@ -300,7 +303,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
     init = load_init(init_cfg, tokenizer_dir=run_dir)
     if type(init.model).__name__ != "GPT":
         raise ValueError(f"post.init_from: {init.source} is a {type(init.model).__name__}; RL needs a causal LM (GPT)")
-    tok, policy = init.tokenizer, init.model.to(device).eval()  # eval: no dropout (ratios exactly 1 at start)
+    tok, policy = init.tokenizer, init.model.to(device).eval()  # eval: no dropout (ratios 1 at the start)
     use_ref = p.kl_coef > 0 or p.kl_target > 0
     reference = copy.deepcopy(policy).requires_grad_(False) if use_ref else None
     trainable = PolicyWithValue(policy, value=ppo).to(device)
@@ -446,7 +449,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
                                            f"{step + 1}; last checkpoint: {result.checkpoint}. Lower optim.lr.")
                 optimizer.zero_grad(set_to_none=True)
                 for k, v in (("clip_frac", st["clip_frac"]), ("approx_kl", st["approx_kl"]),
-                             ("entropy", ent_mean), ("grad_norm", grad_norm), ("loss", loss.detach())):
+                             ("entropy", ent_mean.detach()), ("grad_norm", grad_norm), ("loss", loss.detach())):
                     stats[k].append(float(v))
         if ppo:
             kl_ctl.update(float(seq_kl.mean()), n_steps=N)
@@ -458,7 +461,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
             n_tokens = float(mask.sum())
-            logger.log(step, **{"reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
+            logger.log(step, **{"reward/mean": float(scores.mean()), "reward/std": float(scores.std(correction=0)),
                                 "kl": float(seq_kl.mean()), "entropy": mean(stats["entropy"]),
                                 "clip_frac": mean(stats["clip_frac"]), "approx_kl": mean(stats["approx_kl"]),
                                 "response_len": n_tokens / N, "value_loss": mean(stats["value_loss"]),
