@@ -26,8 +26,8 @@ def check_answer(name: str, inp: str) -> str:
     if name == "add":
         a, b = inp.split(" + ")
         return " ".join(str(int(a.replace(" ", "")) + int(b.replace(" ", ""))))
-    words = inp.split("\n")
-    return "\n".join({"copy": words, "reverse": list(reversed(words)), "sort": sorted(words)}[name])
+    words = inp.split(" ")
+    return " " + " ".join({"copy": words, "reverse": list(reversed(words)), "sort": sorted(words)}[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -54,7 +54,7 @@ def test_answers_and_meta(name):
     for ex in task.examples("train", 300, seed=0) + task.examples("val", 50, seed=0):
         inp = ex.meta["input"]
         assert ex.answer == check_answer(name, inp) == ex.meta["answer"]
-        assert ex.prompt == ex.meta["instruction"] + "\n\n" + inp
+        assert ex.prompt == ex.meta["instruction"] + " " + inp and ex.prompt.count("\n") == 0
         assert ex.meta["task"] == name
         assert task.is_correct(ex, ex.answer) and task.reward(ex.meta, ex.answer) == 1.0
         if name == "add":
@@ -128,6 +128,10 @@ def test_answers_tokenize_as_intended():
         for ex in get_task(name).examples("train", 30):
             for text in (ex.prompt, ex.answer):
                 assert tok.decode(tok.encode_ordinary(text)) == text
+    for ex in get_task("copy").examples("train", 30):  # the words' tokens are the same in the answer
+        prompt = tok.encode_ordinary(ex.prompt)
+        answer = tok.encode_ordinary(ex.answer)
+        assert prompt[-len(answer):] == answer
     pieces = [tok.decode([i]) for i in tok.encode_ordinary(T.spaced(1905))]
     assert [p for p in pieces if p.strip()] == ["1", "9", "0", "5"]  # one token per digit
 

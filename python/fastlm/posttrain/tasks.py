@@ -1,28 +1,33 @@
 """Built-in tasks with verifiable answers (copy, reverse, sort, add): SFT records, preference pairs,
 rewards and greedy exact-match evaluation, small enough for a tiny model to learn on a CPU.
 
-Every task draws a short problem, phrases it as an instruction (``prompt`` = the user turn, Alpaca's
-``instruction + "\\n\\n" + input``) and knows the one right ``answer``:
+Every task draws a short problem and phrases it as one instruction line (``prompt``, the user turn;
+the Alpaca record puts it all in ``instruction``, ``input`` empty) with one right ``answer``:
 
-========  ===========================================  ==================  ====================
-task      prompt: instruction, blank line, input           answer              problems
-========  ===========================================  ==================  ====================
-copy      Repeat these words exactly. | key one time       key one time        2-5 distinct words
-reverse   Reverse the order of these words. | ...          time one key        from `WORDS`, one
-sort      Sort these words in alphabetical order. | ...    key one time        per line
-add       Add the two numbers. Digits are ... | 0 3 + 5 4  5 7                 00..99 + 00..99
-========  ===========================================  ==================  ====================
+========  ====================================================  ===============  ==================
+task      prompt                                                answer           problems
+========  ====================================================  ===============  ==================
+copy      Repeat these words exactly: key one time               " key one time"  2-5 distinct words
+reverse   Reverse the order of these words: key one time         " time one key"  from `WORDS`
+sort      Sort these words in alphabetical order: time key one   " key one time"
+add       Add the two numbers (digits spaced, two per number):   "5 7"            00..99 + 00..99
+          0 3 + 5 4
+========  ====================================================  ===============  ==================
 
-Token forms (the tasks are built so that a tiny model sees one token per unit, always the same
-one). Words come from `WORDS`, 14 short English words that the default tokenizer (byte-level BPE,
-4096 ids, trained on pydoc + Shakespeare) keeps as one token, and are listed one per line (``SEP``
-= newline) in prompts and answers: with spaces, the first word of a list is "key" and the others
-" key", two different tokens, and moving a word to or from the front (reverse, sort) would need
-that mapping learned too; measured, 2 min of SFT from scratch: reverse 7% -> 78% exact with
-newlines. Numbers are written with a space between digits ("3 7" is 37): the GPT-4 split pattern
-cuts digit runs into chunks of up to 3 that the BPE merges unevenly ("12" one token, "146" ->
-"14" "6"); spaced, every digit is its own token. Operands are zero-padded to two digits ("0 3") so
-each digit has a fixed place; the sum is written without padding.
+Token forms: a tiny model should see one token per unit, always the same one. Words come from
+`WORDS`, 14 short English words that the default tokenizer (byte-level BPE, 4096 ids, trained on
+pydoc + Shakespeare) keeps as one token with a leading space (and without). Word answers start
+with a space (``lead``): then every listed word, in the prompt (after the colon) and in the
+answer, is the " key" form, and copying is a plain induction (find the previous word in the
+prompt, emit its neighbour). Tried and dropped: answers without the space (the first word is then
+"key", another token, and reverse/sort must learn that mapping: 2 min of SFT from scratch left
+reverse at 7% exact, every miss on the first word); one word per line (one form, but a newline
+between words makes the lookup two tokens back: stuck at loss 1.2 for 900 steps with 4 tasks).
+Scoring splits on whitespace, so the leading space never matters there. Numbers are written with a
+space between digits ("3 7" is 37): the GPT-4 split pattern cuts digit runs into chunks of up to 3
+that the BPE merges unevenly ("12" one token, "146" -> "14" "6"); spaced, every digit is its own
+token. Operands are zero-padded to two digits ("0 3") so each digit has a fixed place; the sum is
+not padded.
 
 Splits. A problem belongs to "val" when a hash of (task, prompt) falls in the first `VAL_SHARE` of
 the hash range, else to "train": fixed for every seed and size, so no val prompt ever appears in
@@ -51,7 +56,7 @@ WORDS = ("end", "get", "hand", "key", "list", "name", "one", "run", "set", "thre
          "type", "word")
 VAL_SHARE = 0.1  # share of each task's problems held out for evaluation
 MIN_WORDS, MAX_WORDS = 2, 5
-SEP = "\n"  # between listed words: every word then has one token form (see the module docstring)
+SEP = " "  # between listed words
 MAX_OPERAND = 99  # add: operands 0..99 (1-2 digits), sums 0..198
 
 
@@ -82,6 +87,7 @@ class Task:
     """A built-in task: subclasses set ``name``, ``instruction`` and draw/solve/wrong-answer rules."""
     name = ""
     instruction = ""
+    lead = ""  # text before every answer (" " for word lists: see the module docstring)
 
     def _draw(self, rng: random.Random) -> str:
         """A random input text."""
@@ -101,8 +107,8 @@ class Task:
 
     def make(self, inp: str) -> Example:
         """The Example for an input text."""
-        answer = self.solve(inp)
-        prompt = f"{self.instruction}\n\n{inp}"
+        answer = self.lead + self.solve(inp)
+        prompt = f"{self.instruction} {inp}"
         return Example(prompt, answer, {"task": self.name, "instruction": self.instruction,
                                         "input": inp, "answer": answer})
 
@@ -110,7 +116,7 @@ class Task:
         """``n`` distinct problems of ``split`` ("train" or "val"), the same for the same seed.
 
         >>> [e.answer.split() for e in get_task("reverse").examples("val", 2, seed=0)]
-        [['type', 'get', 'run', 'hand', 'name'], ['word', 'run', 'hand']]
+        [['key', 'end', 'hand', 'run', 'one'], ['end', 'two', 'set', 'hand', 'run']]
         """
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -133,13 +139,13 @@ class Task:
         return out
 
     def sft_record(self, ex: Example) -> dict[str, str]:
-        """The Alpaca record: {"instruction", "input", "output"}."""
-        return {"instruction": ex.meta["instruction"], "input": ex.meta["input"], "output": ex.answer}
+        """The Alpaca record: {"instruction": the whole prompt, "input": "", "output"}."""
+        return {"instruction": ex.prompt, "input": "", "output": ex.answer}
 
     def preference_pair(self, ex: Example, rng: random.Random) -> dict[str, str]:
         """{"prompt", "chosen": the answer, "rejected": a plausible wrong answer}."""
         return {"prompt": ex.prompt, "chosen": ex.answer,
-                "rejected": self._wrong(ex.meta["input"], ex.answer, rng)}
+                "rejected": self.lead + self._wrong(ex.meta["input"], ex.answer, rng)}
 
     def reward(self, ex_or_meta: Union[Example, dict], response: str) -> float:
         """1.0 when correct, else the share of positions right (see the module docstring)."""
@@ -156,6 +162,7 @@ class Task:
 
 
 class _WordTask(Task):
+    lead = " "  # every word of the answer spaced: " key", one token form (module docstring)
     def _draw(self, rng: random.Random) -> str:
         return SEP.join(rng.sample(WORDS, rng.randint(MIN_WORDS, MAX_WORDS)))
 
@@ -171,7 +178,7 @@ class _WordTask(Task):
 
 class CopyTask(_WordTask):
     name = "copy"
-    instruction = "Repeat these words exactly."
+    instruction = "Repeat these words exactly:"
 
     def solve(self, inp: str) -> str:
         return SEP.join(inp.split())
@@ -179,7 +186,7 @@ class CopyTask(_WordTask):
 
 class ReverseTask(_WordTask):
     name = "reverse"
-    instruction = "Reverse the order of these words."
+    instruction = "Reverse the order of these words:"
 
     def solve(self, inp: str) -> str:
         return SEP.join(inp.split()[::-1])
@@ -192,7 +199,7 @@ class ReverseTask(_WordTask):
 
 class SortTask(_WordTask):
     name = "sort"
-    instruction = "Sort these words in alphabetical order."
+    instruction = "Sort these words in alphabetical order:"
 
     def solve(self, inp: str) -> str:
         return SEP.join(sorted(inp.split()))
@@ -200,7 +207,7 @@ class SortTask(_WordTask):
 
 class AddTask(Task):
     name = "add"
-    instruction = "Add the two numbers. Digits are written with spaces between them."
+    instruction = "Add the two numbers (digits spaced, two per number):"
 
     def _draw(self, rng: random.Random) -> str:
         width = len(str(MAX_OPERAND))  # fixed-width operands: digit i of each always at one place
@@ -259,11 +266,11 @@ def examples_for(names: list[str], split: str, n: int, seed: int = 0) -> list[Ex
 
 
 def sft_record(ex: Example) -> dict[str, str]:
-    """The Alpaca record of an Example (``instruction`` + blank line + ``input`` = ``ex.prompt``).
+    """The Alpaca record of an Example: ``instruction`` = ``ex.prompt``, ``input`` empty, ``output``.
 
     >>> rec = sft_record(get_task("reverse").make(SEP.join(["one", "two"])))
     >>> rec["instruction"], rec["output"].split()
-    ('Reverse the order of these words.', ['two', 'one'])
+    ('Reverse the order of these words: one two', ['two', 'one'])
     """
     return _task_of(ex).sft_record(ex)
 
