@@ -322,3 +322,19 @@ def test_sft_ddp_matches_one_process(pretrained, tmp_path, packing):
     assert curves[0].keys() == curves[1].keys() and len(curves[0]) >= 4
     for k in curves[0]:
         assert curves[0][k] == pytest.approx(curves[1][k], rel=1e-5), k
+
+
+def test_resume_keeps_the_resolved_init(pretrained, tmp_path):
+    """init_from=auto is resolved once: a newer clm run (another model) does not change a resumed run."""
+    out = str(tmp_path / "runs")
+    shutil.copytree(pretrained["run"], os.path.join(out, "clm"))
+    cfg = sft_config(pretrained, out, max_steps=2, ckpt_every=1, keep_last=5, post={"init_from": "auto"})
+    first = run(cfg, console=False)
+    run(tiny_config(pretrained["root"], out, max_steps=1, run_name="clm-wider",
+                    model={"overrides": {"n_layer": 1, "n_head": 2, "d_model": 48, "max_seq_len": 64}}),
+        console=False)
+    cfg.max_steps = 3
+    again = run(cfg, console=False, resume=first.run_dir)
+    assert again.step == 3
+    from fastlm.train.checkpoint import load_checkpoint
+    assert load_checkpoint(again.checkpoint, optimizer=False).meta["init_from"].startswith(os.path.join(out, "clm/"))

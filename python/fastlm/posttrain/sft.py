@@ -270,29 +270,25 @@ class SFTObjective(Objective):
         train, val, evals = [], [], {}
         for name in p.tasks:
             task = get_task(name)
-            for i, ex in enumerate(task.examples("train", p.task_examples, cfg.seed)):
-                train.append((task.sft_record(ex), f"task:{name}:train:{i}"))
+            examples = task.examples("train", p.task_examples, cfg.seed)
+            train += [(task.sft_record(ex), f"task:{name}:train:{i}") for i, ex in enumerate(examples)]
             evals[name] = task.examples("val", p.eval_examples, cfg.seed)
             val += [(task.sft_record(ex), f"task:{name}:val:{i}") for i, ex in enumerate(evals[name])]
-            report.read += p.task_examples + len(evals[name])
+            report.read += len(examples) + len(evals[name])
         return train, val, evals, report
 
     def _val_batches(self, val_ex: list[Example]) -> list[dict]:
         """The fixed val batches. Every rank evaluates all of them (SFT val sets are small): the result is
         the same under any world size, and FSDP ranks run the same forwards in step."""
+        B = self.cfg.micro_batch
         if not val_ex:
             return []
         if self.cfg.post.packing:
             rows = pack(val_ex, self.seq_len, pad_id=self.pad_id)
-            rows = [{k: rows[k][i] for k in ("input_ids", "labels", "position_ids", "doc_ids")}
-                    for i in range(rows["input_ids"].shape[0])]
-        else:
-            rows = val_ex
-        mine, B = rows, self.cfg.micro_batch
-        if self.cfg.post.packing:
-            return [{k: torch.stack([x[k] for x in mine[i:i + B]]) for k in mine[0]} for i in range(0, len(mine), B)]
-        return [{k: v for k, v in pad_collate(mine[i:i + B], self.pad_id).items() if k != "position_ids"}
-                for i in range(0, len(mine), B)]
+            keys = ("input_ids", "labels", "position_ids", "doc_ids")
+            return [{k: rows[k][i:i + B] for k in keys} for i in range(0, rows["input_ids"].shape[0], B)]
+        return [{k: v for k, v in pad_collate(val_ex[i:i + B], self.pad_id).items() if k != "position_ids"}
+                for i in range(0, len(val_ex), B)]
 
     def next_micro(self, n_global: int) -> dict:
         return self.rows.take(n_global, self.info.rank, self.info.world_size)

@@ -7,9 +7,11 @@ first runs the occasional blocks (eval, sample, checkpoint; all of them on the l
 fenced training step, then logging. Tasks differ only in their objective (`fastlm.posttrain.objective`):
 the model it builds or loads (``post.init_from``), the batch source, the loss lines, eval and sample.
 
-Step = ``tokens_per_step`` tokens = ``accum`` micro-steps of ``micro_batch`` rows on each of ``world`` ranks.
-Rows come from one global stream (``GlobalRows``): micro-step ``k`` reads the next ``micro_batch * world``
-rows and rank ``r`` takes its contiguous share, so the data position is one cursor, free of the world size.
+Step = ``tokens_per_step`` row slots (``seq_len`` each) = ``accum`` micro-steps of ``micro_batch`` rows on
+each of ``world`` ranks (SFT rows may be shorter: padded to the longest of their batch; reward/dpo rows are
+pairs). Rows come from one global stream (``GlobalRows``, ``SFTRows``, ...): micro-step ``k`` reads the next
+``micro_batch * world`` rows and rank ``r`` takes its contiguous share, so the data position is one cursor,
+free of the world size. Logged ``tokens`` and ``tokens_per_s`` count real (non-padding) input tokens.
 The loss of a step is the sum over its units (target tokens; pairs for reward/dpo) / their global count
 (gradient accumulation and DDP averaging give exactly the gradient of one big batch, also for MLM's and
 SFT's varying number of supervised tokens).
@@ -23,6 +25,7 @@ state and RNG states after s steps; the resumed run continues the same loop from
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -183,7 +186,11 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
 
     # ---- objective: model (built, or loaded from post.init_from), tokenizer, batch source, loss lines
     from fastlm.posttrain.objective import make_objective
-    objective = make_objective(cfg, info, run_dir=run_dir, log=say)
+    obj_cfg = cfg
+    if state is not None and "init_from" in state.meta:  # the model the run started from, not a newer "auto"
+        post = dataclasses.replace(cfg.post, init_from=state.meta["init_from"] or "none")
+        obj_cfg = dataclasses.replace(cfg, post=post)
+    objective = make_objective(obj_cfg, info, run_dir=run_dir, log=say)
     raw = objective.model.to(device)
     T = objective.seq_len
     flops_per_token = raw.flops_per_token(T) if hasattr(raw, "flops_per_token") else 0
