@@ -16,6 +16,7 @@ from fastlm.posttrain.pairs import collate_pairs, render_pair  # noqa: E402
 from fastlm.posttrain.reward import (load_reward_model, pair_rewards, render_exchange, reward_loss,  # noqa: E402
                                      score, score_ids)
 from fastlm.train.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from fastlm.train.distributed import DistInfo  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -183,18 +184,19 @@ def _metrics(run_dir):
 @pytest.mark.slow
 def test_reward_model_ranks_held_out_pairs(tmp_path):
     from fastlm.train.trainer import run
-    cfg = pairs_config(tmp_path, "reward", max_steps=400, eval_every=400)
+    cfg = pairs_config(tmp_path, "reward", max_steps=550, eval_every=550)
     res = run(cfg, console=False)
     val = [m for m in _metrics(res.run_dir) if "val/accuracy" in m]
     assert val[0]["step"] == 0 and 0.3 <= val[0]["val/accuracy"] <= 0.7  # chance before training
+    print("reward held-out:", val[-1])
     assert val[-1]["val/accuracy"] > 0.8, val[-1]
     assert val[-1]["val/margin"] > 1.0
     rm, tok = load_reward_model(res.run_dir)
-    from fastlm.posttrain.tasks import get_task
+    from fastlm.posttrain.tasks import SEP, get_task
     task = get_task("sort")
     exs = task.examples("val", 50, 1)
     good = score(rm, tok, [e.prompt for e in exs], [e.answer for e in exs])
-    bad = score(rm, tok, [e.prompt for e in exs], [" ".join(reversed(e.answer.split())) for e in exs])
+    bad = score(rm, tok, [e.prompt for e in exs], [SEP.join(reversed(e.answer.split())) for e in exs])
     assert float((good > bad).float().mean()) > 0.8
 
 
@@ -213,3 +215,27 @@ def test_reward_resume_is_exact(tmp_path):
     b, _ = load_reward_model(resumed.checkpoint)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
+
+
+def test_reward_run_starts_from_the_newest_sft_checkpoint(tmp_path):
+    from fastlm.posttrain.reward import RewardObjective
+    cfg = pairs_config(tmp_path, "reward", micro_batch=4, post={"init_from": "auto", "task_examples": 8,
+                                                                "eval_examples": 4})
+    from fastlm.tokenizer import Tokenizer
+    tok_file = cfg.data.tokenizer
+    torch.manual_seed(3)
+    sft = GPT(GPTConfig.named("tiny", vocab_size=Tokenizer.from_file(tok_file).n_vocab, n_layer=1, d_model=32,
+                              n_head=2, max_seq_len=64))
+    meta = {"model_config": config_to_dict(sft.config), "train_config": {**cfg.to_dict(), "task": "sft"}}
+    save_checkpoint(os.path.join(cfg.out, "sft-run", "checkpoints"), 5, model_state=sft.state_dict(),
+                    optimizer_state=None, meta=meta, tokenizer_path=tok_file)
+    obj = RewardObjective(cfg, DistInfo(), run_dir=str(tmp_path / "rm"), log=lambda *a: None)
+    assert isinstance(obj.model, RewardModel) and obj.init_from.endswith("step-00000005")
+    assert obj.model_config["kind"] == "reward"
+    assert torch.equal(obj.model.tok_emb.weight, sft.tok_emb.weight)
+    s, n, m = obj.loss(obj.model, obj.next_micro(4), kernels="fastlm")
+    assert n == 4.0 and 0 <= m["train/accuracy"] <= 4
+    b = obj.next_micro(4)
+    rc, rr = pair_rewards(obj.model, b, kernels="torch")
+    assert float(obj.loss(obj.model, b, kernels="torch")[0].detach()) == pytest.approx(
+        float(trl_reward_loss(rc, rr).detach()) * 4, abs=1e-5)

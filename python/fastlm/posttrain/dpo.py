@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from fastlm.models import GPT, RewardModel, config_to_dict
 from fastlm.posttrain.logprobs import sequence_logprobs
 from fastlm.posttrain.objective import Objective, load_init
 from fastlm.posttrain.pairs import Pair, PairStream, collate_pairs, load_preference_data
 from fastlm.train.config import TrainConfig
-from fastlm.train.distributed import DistInfo, all_reduce_sum
+from fastlm.train.distributed import DistInfo
 
 
 def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -94,19 +96,20 @@ class DPOObjective(Objective):
     """The dpo task for the shared loop (see `fastlm.posttrain.objective`); units are pairs."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, *, run_dir: str, log: Callable[[str], None] = print):
-        from fastlm.models import config_to_dict
         self.cfg, self.info = cfg, info
         init = load_init(cfg, tokenizer_dir=run_dir)
+        if not isinstance(init.model, GPT) or isinstance(init.model, RewardModel):
+            raise ValueError(f"post.init_from={init.source}: DPO trains a causal LM policy (an SFT model), "
+                             f"got a {type(init.model).__name__}")
         self.model, self.model_config = init.model, config_to_dict(init.model.config)
         self.tokenizer, self.tokenizer_path, self.init_from = init.tokenizer, init.tokenizer_path, init.source
         self.seq_len = min(cfg.data.seq_len, self.model.config.max_seq_len)
-        self.train_pairs, self.val_pairs, self.summary = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len,
-                                                                               log=log)
+        self.train_pairs, self.val_pairs, self.summary = load_preference_data(
+            cfg, self.tokenizer, seq_len=self.seq_len, log=log)
         self.stream = PairStream(self.train_pairs, seed=cfg.seed, rank=info.rank, world=info.world_size)
         self.kernels = cfg.model.kernels
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         if cfg.post.reference == "precompute":
-            import time
             t0 = time.time()
             ref.to(info.device)
             precompute_reference(ref, self.train_pairs + self.val_pairs, device=info.device, kernels=self.kernels,
@@ -157,7 +160,7 @@ class DPOObjective(Objective):
             return {}
         device = next(model.parameters()).device
         with run_autocast(self.cfg, device):
-            r = evaluate_dpo(model, self.val_pairs, self.info, beta=self.cfg.post.beta, kernels=self.kernels,
+            r = evaluate_dpo(model, self.val_pairs, beta=self.cfg.post.beta, kernels=self.kernels,
                              batch=max(self.cfg.micro_batch, 16), ref=self.ref)
         return {f"val/{k}": v for k, v in r.items() if k != "n"}
 
@@ -177,22 +180,20 @@ class DPOObjective(Objective):
 
 
 @torch.no_grad()
-def evaluate_dpo(model: torch.nn.Module, pairs: list[Pair], info: Optional[DistInfo] = None, *, beta: float,
+def evaluate_dpo(model: torch.nn.Module, pairs: list[Pair], *, beta: float,
                  kernels: str = "fastlm", batch: int = 32, ref: Optional[torch.nn.Module] = None) -> dict:
     """DPO metrics on held-out pairs (``pair.ref`` precomputed, or scored by ``ref``): mean ``loss``,
     ``rewards/chosen``, ``rewards/rejected``, ``rewards/margin``, ``rewards/accuracy``, and ``n``.
-    Under torchrun each rank scores a strided share; the sums are all-reduced.
+    Under torchrun every rank scores every pair (FSDP-safe, world-size free).
 
     >>> # evaluate_dpo(policy, val_pairs, beta=0.1)["rewards/margin"]
     """
-    info = info or DistInfo()
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    mine = pairs[info.rank::info.world_size]
     sums = [0.0] * 6  # loss, chosen, rejected, margin, accuracy, n
-    for i in range(0, len(mine), batch):
-        chunk = mine[i:i + batch]
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i:i + batch]
         b = {k: v.to(device) for k, v in collate_pairs(chunk).items()}
         if ref is None:
             refs = torch.tensor([p.ref for p in chunk], dtype=torch.float32, device=device)
@@ -206,7 +207,6 @@ def evaluate_dpo(model: torch.nn.Module, pairs: list[Pair], info: Optional[DistI
             sums[k] += float(v)
         sums[5] += len(chunk)
     model.train(was)
-    sums = all_reduce_sum(sums, info)
     n = max(sums[5], 1.0)
     return {"loss": sums[0] / n, "rewards/chosen": sums[1] / n, "rewards/rejected": sums[2] / n,
             "rewards/margin": sums[3] / n, "rewards/accuracy": sums[4] / n, "n": int(sums[5])}

@@ -19,16 +19,18 @@ training) or ``score_ids`` on token rows.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
+from fastlm.models.config import config_to_dict
+from fastlm.models.gpt import GPT
 from fastlm.models.reward import RewardModel
 from fastlm.posttrain.objective import Objective, load_init
-from fastlm.posttrain.pairs import collate_pairs, load_preference_data, PairStream
+from fastlm.posttrain.pairs import PairStream, collate_pairs, load_preference_data
 from fastlm.train.config import TrainConfig
-from fastlm.train.distributed import DistInfo, all_reduce_sum
+from fastlm.train.distributed import DistInfo
 
 
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, *, margin: Union[float, torch.Tensor] = 0.0,
@@ -61,13 +63,16 @@ class RewardObjective(Objective):
         self.cfg, self.info = cfg, info
         init = load_init(cfg, tokenizer_dir=run_dir)
         torch.manual_seed(cfg.seed)  # the head's init, same on every rank
+        if not isinstance(init.model, GPT):
+            raise ValueError(f"post.init_from={init.source}: a reward model needs a causal LM (GPT) body, "
+                             f"got {type(init.model).__name__}")
         self.model = init.model if isinstance(init.model, RewardModel) else RewardModel.from_gpt(init.model)
         self.model.train()
-        self.model_config = config_dict(self.model)
+        self.model_config = config_to_dict(self.model.config)  # kind "reward"
         self.tokenizer, self.tokenizer_path, self.init_from = init.tokenizer, init.tokenizer_path, init.source
         self.seq_len = min(cfg.data.seq_len, self.model.config.max_seq_len)
-        self.train_pairs, self.val_pairs, self.summary = load_preference_data(cfg, self.tokenizer, seq_len=self.seq_len,
-                                                                               log=log)
+        self.train_pairs, self.val_pairs, self.summary = load_preference_data(
+            cfg, self.tokenizer, seq_len=self.seq_len, log=log)
         self.stream = PairStream(self.train_pairs, seed=cfg.seed, rank=info.rank, world=info.world_size)
         log(f"reward model: {type(init.model).__name__} from {init.source or 'a fresh model'} + scalar head; "
             f"margin {cfg.post.margin}, center_rewards {cfg.post.center_rewards}")
@@ -96,39 +101,33 @@ class RewardObjective(Objective):
     def evaluate(self, model) -> dict:
         if not self.val_pairs:
             return {}
-        r = evaluate_pairs(model, self.val_pairs, self.info, batch=self.cfg.micro_batch, kernels=self.cfg.model.kernels,
+        r = evaluate_pairs(model, self.val_pairs, batch=self.cfg.micro_batch, kernels=self.cfg.model.kernels,
                            margin=self.cfg.post.margin, center_rewards=self.cfg.post.center_rewards)
         return {"val/loss": r["loss"], "val/accuracy": r["accuracy"], "val/margin": r["margin"]}
 
 
-def config_dict(model: torch.nn.Module) -> dict:
-    from fastlm.models import config_to_dict
-    return config_to_dict(model.config)
-
-
 @torch.no_grad()
-def evaluate_pairs(model: torch.nn.Module, pairs: list, info: Optional[DistInfo] = None, *, batch: int = 32,
+def evaluate_pairs(model: torch.nn.Module, pairs: list, *, batch: int = 32,
                    kernels: str = "fastlm", margin: float = 0.0, center_rewards: float = 0.0) -> dict:
     """Reward-model metrics on held-out pairs: mean ``loss``, ``accuracy`` (r_c > r_r), ``margin`` (mean
-    r_c - r_r), ``n``. Under torchrun each rank scores a strided share and the sums are all-reduced.
+    r_c - r_r), ``n``. Under torchrun every rank scores every pair (the same forwards on every rank: safe
+    under FSDP, whose forwards are collectives, and free of the world size).
 
     >>> # evaluate_pairs(rm, val_pairs)["accuracy"]
     """
-    info = info or DistInfo()
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    mine = pairs[info.rank::info.world_size]
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, correct, margin, n
-    for i in range(0, len(mine), batch):
-        b = {k: v.to(device) for k, v in collate_pairs(mine[i:i + batch]).items()}
+    for i in range(0, len(pairs), batch):
+        b = {k: v.to(device) for k, v in collate_pairs(pairs[i:i + batch]).items()}
         rc, rr = pair_rewards(model, b, kernels=kernels)
         sums[0] += float(reward_loss(rc, rr, margin=margin, center_rewards=center_rewards).sum())
         sums[1] += float((rc > rr).sum())
         sums[2] += float((rc - rr).sum())
         sums[3] += rc.shape[0]
     model.train(was)
-    loss, correct, margin_sum, n = all_reduce_sum(sums, info)
+    loss, correct, margin_sum, n = sums
     n = max(n, 1.0)
     return {"loss": loss / n, "accuracy": correct / n, "margin": margin_sum / n, "n": int(n)}
 
