@@ -365,7 +365,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
             mstate, ostate = full_state(trainable, optimizer)
             meta = {"model_config": init.model_config, "train_config": cfg.to_dict(),
                     "data_state": source.state_dict(), "rng": ck.rng_state(), "generator": _b64_state(gen),
-                    "loop": dict(loop), "kl_coef": kl_ctl.value, "init_from": init.source,
+                    "loop": dict(loop), "kl_coef": kl_ctl.value, "init_from": init.source or "none",
                     "reward_model": reward_fn.source, "val": result.val, "world_size": 1}
             if ppo:
                 meta["value_head"] = {k[len("value_head."):]: v.tolist() for k, v in mstate.items()
