@@ -62,7 +62,7 @@ import torch.nn as nn
 
 from fastlm.posttrain.logprobs import token_logprobs
 from fastlm.posttrain.rl_losses import (AdaptiveKLController, entropy_from_logits, gae, group_advantages, kl_k1,
-                                        kl_k3, masked_mean, policy_loss, value_loss, whiten)
+                                        kl_k3, masked_mean, policy_loss, ppo_rewards, value_loss, whiten)
 from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
@@ -401,8 +401,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         kl_tok = kl_k1(old_logp, ref_logp) * mask
         seq_kl = kl_tok.sum(-1)  # (N,) k1 estimate of KL(policy || ref) per response
         if ppo:
-            rewards = -kl_ctl.value * kl_tok
-            rewards[torch.arange(N, device=device), batch.last] += scores
+            rewards = ppo_rewards(scores, old_logp, ref_logp, mask, batch.last, kl_coef=kl_ctl.value)
             if p.whiten_rewards:
                 rewards = whiten(rewards, mask, shift_mean=False)
             advantages, returns = gae(rewards, old_values, mask, gamma=p.gamma, lam=p.lam)
