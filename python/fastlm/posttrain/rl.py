@@ -43,6 +43,11 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
   a seeded order per epoch. Held-out evaluation (greedy exact match and mean task reward, `exact_match`)
   runs on the tasks' val split, or on the ``{"prompt", "task", "answer"}`` records of ``post.val_data``
   (else a held-out ``data.val_fraction`` of ``post.data``); other records are not evaluated.
+
+Logged every ``log_every`` steps (metrics.jsonl): reward/mean, reward/std (sequence scores), kl (k1 summed
+over a response, batch mean), entropy (per response token), clip_frac, approx_kl, response_len (tokens),
+value_loss (ppo; null otherwise), train/loss, grad_norm, kl_coef, lr, rollout_s, step_s, tokens_per_s
+(sampled tokens per rollout second); val/exact_match and val/reward at eval steps.
 """
 
 from __future__ import annotations
