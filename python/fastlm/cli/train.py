@@ -44,9 +44,25 @@ class _HelpAction(argparse.Action):
         super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.epilog = EXAMPLES + "\n" + config_help()
+        parser.epilog = EXAMPLES + "\n" + task_defaults_help() + "\n" + config_help()
         parser.print_help()
         parser.exit()
+
+
+def task_defaults_help() -> str:
+    """The defaults each post-training task changes (fastlm.train.config.TASK_DEFAULTS)."""
+    from fastlm.train.config import TASK_DEFAULTS
+
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+        return out
+    lines = ["task defaults (under --config and --set):"]
+    for task, d in TASK_DEFAULTS.items():
+        lines.append(textwrap.fill(" ".join(flat(d)), width=100, initial_indent=f"  {task:<7} ",
+                                   subsequent_indent=" " * 10))
+    return "\n".join(lines) + "\n"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

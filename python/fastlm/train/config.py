@@ -179,6 +179,21 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError(f"run_name {c.run_name!r} must be a plain name, not a path (use out= for the folder)")
 
 
+# Defaults per task, under the file and --set values: post-training starts from a trained model and wants
+# fewer, gentler steps than pretraining (measured on the built-in tasks with the tiny model on CPU: SFT reaches
+# 0.36 held-out exact match after 600 steps, 0.02 after 300; RL at lr 3e-3 lost accuracy, 5e-4 gained).
+_RL_DEFAULTS = {"max_steps": 100, "eval_every": 50, "ckpt_every": 50, "log_every": 5,
+                "optim": {"lr": 5e-4, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0}}
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {"max_steps": 600, "eval_every": 200, "ckpt_every": 200},
+    "reward": {"max_steps": 300, "micro_batch": 32, "eval_every": 100, "ckpt_every": 100,
+               "optim": {"weight_decay": 0.0, "warmup_steps": 10}},
+    "dpo": {"max_steps": 250, "micro_batch": 32, "eval_every": 125, "ckpt_every": 125,
+            "optim": {"weight_decay": 0.0, "warmup_steps": 10}, "post": {"task_examples": 1000}},
+    "ppo": _RL_DEFAULTS, "grpo": _RL_DEFAULTS, "rloo": _RL_DEFAULTS,
+}
+
+
 def load_train_config(path: Optional[str] = None, overrides: Optional[list[str]] = None, *,
                       base: Optional[dict[str, Any]] = None) -> TrainConfig:
     """The config of ``path`` (YAML/TOML, may be None) on top of ``base`` (a dict, e.g. the CLI's
@@ -196,6 +211,9 @@ def load_train_config(path: Optional[str] = None, overrides: Optional[list[str]]
     if overrides:
         data = apply_overrides(data, overrides)
         where = f"{where} (with --set)" if path else "--set"
+    task = data.get("task", "clm")
+    if isinstance(task, str) and task in TASK_DEFAULTS:  # an unknown task is refused by from_dict below
+        data = _merge(TASK_DEFAULTS[task], data)
     try:
         return from_dict(TrainConfig, data, where=where)
     except TypeError as e:  # a dataclass refusing its arguments

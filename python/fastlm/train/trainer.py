@@ -15,8 +15,8 @@ free of the world size. Logged ``tokens`` and ``tokens_per_s`` count real (non-p
 The loss of a step is the sum over its units (target tokens; pairs for reward/dpo) / their global count
 (gradient accumulation and DDP averaging give exactly the gradient of one big batch, also for MLM's and
 SFT's varying number of supervised tokens).
-A non-finite loss or grad norm, or a loss above ``spike_factor`` x its running mean (EMA, after 20 good
-steps), skips the optimizer step; ``max_bad_steps`` in a row stop the run.
+A non-finite loss or grad norm, or a loss above ``spike_factor`` x its running mean and at least 1 nat above it
+(EMA, after 20 good steps), skips the optimizer step; ``max_bad_steps`` in a row stop the run.
 
 Exact resume (CPU, one process): a checkpoint at step s holds the weights, AdamW state, data cursor, loop
 state and RNG states after s steps; the resumed run continues the same loop from iteration s.
@@ -41,6 +41,7 @@ from fastlm.train.schedule import learning_rate
 
 SPIKE_WARMUP = 20   # good steps before the spike test starts (the early loss falls too fast to judge)
 SPIKE_EMA = 0.9     # running mean of the loss: ema = 0.9 ema + 0.1 loss
+SPIKE_MIN_GAP = 1.0  # nats: a spike is also this far above the mean (reward/DPO losses near 0 are noisy)
 
 # Peak dense bf16 tensor-core FLOP/s per GPU for MFU (vendor datasheets, no sparsity). CPU: MFU not reported.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
@@ -242,6 +243,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     result = TrainResult(run_dir=run_dir, checkpoint=resume_ckpt, step=start_step)
     t_start = time.time()
     tokens_log, time_log, train_time = 0, 0.0, 0.0  # tokens/s over training time only (no eval, no saving)
+    loss_log, n_loss_log = 0.0, 0
     step = start_step
     while True:
         last = step >= cfg.max_steps
@@ -309,12 +311,15 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
                 p.grad.div_(n_units)
         grad_norm = _grad_norm(model, cfg.optim.grad_clip)
         finite = math.isfinite(train_loss) and math.isfinite(grad_norm)
-        spike = loop["good"] >= SPIKE_WARMUP and train_loss > cfg.spike_factor * loop["ema"]
+        spike = (loop["good"] >= SPIKE_WARMUP and train_loss > cfg.spike_factor * loop["ema"]
+                 and train_loss - loop["ema"] > SPIKE_MIN_GAP)
         if finite and not spike:
             optimizer.step()
             loop["ema"] = train_loss if loop["good"] == 0 else SPIKE_EMA * loop["ema"] + (1 - SPIKE_EMA) * train_loss
             loop["good"] += 1
             loop["bad_run"] = 0
+            loss_log += train_loss
+            n_loss_log += 1
         else:
             loop["skipped"] += 1
             loop["bad_run"] += 1
@@ -344,10 +349,10 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             tps = tokens_log / max(time_log, 1e-9)
             peak = peak_flops(device, precision)
             mfu = flops_per_token * tps / (peak * info.world_size) if peak else None
-            if finite and not spike:
-                log(step, **{"train/loss": train_loss, **step_metrics, "lr": lr, "grad_norm": grad_norm,
+            if n_loss_log:  # the mean train loss of the interval's good steps (a smoother curve)
+                log(step, **{"train/loss": loss_log / n_loss_log, **step_metrics, "lr": lr, "grad_norm": grad_norm,
                              "tokens_per_s": tps, "mfu": mfu, "tokens": loop["tokens"]})
-            tokens_log, time_log = 0, 0.0
+            tokens_log, time_log, loss_log, n_loss_log = 0, 0.0, 0.0, 0
 
     result.step = step
     result.skipped = loop["skipped"]
