@@ -1,4 +1,6 @@
 """fastlm.ops.linear_cross_entropy vs a float64 reference: forward, gradients, options, errors."""
+import zlib
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -62,7 +64,8 @@ def _check(x, w, t, *, bias=None, grad_weights=None, atol=1e-5, rtol=1e-4, norm_
 @pytest.mark.parametrize("opt", range(len(OPTIONS)))
 def test_cpu_fp32_matches_reference(shape, reduction, opt):
     n, d, v = shape
-    gen = torch.Generator().manual_seed(hash((shape, reduction, opt)) % 2**31)
+    # a stable seed per case (hash() of a str changes with PYTHONHASHSEED, so inputs would change per run)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, reduction, opt)).encode()))
     x = torch.randn(n, d, generator=gen) / d**0.5 * 3
     w = torch.randn(v, d, generator=gen)
     t = torch.randint(0, v, (n,), generator=gen)
