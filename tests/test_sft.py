@@ -271,8 +271,8 @@ def test_init_from_hf_dir(pretrained, tmp_path):
 @pytest.mark.slow
 def test_sft_raises_exact_match_on_a_builtin_task(tmp_path):
     """From a random tiny GPT (tokenizer trained on the tasks' text, so words are single tokens): SFT on
-    `copy` lifts held-out exact match from 0 to well above (measured 0.00 -> 0.54 in 400 steps, ~60 s on 2
-    busy cores; the copy circuit forms between steps 200 and 300, hence the constant lr)."""
+    `copy` lifts held-out exact match from 0 to well above (measured 0.00 -> 1.00 by step 200 at lr 1e-3;
+    at lr 3e-3 the val loss stalls near 1.3 and exact match stays 0, so the lr matters more than steps)."""
     from fastlm.config import from_dict
     from fastlm.posttrain.tasks import exact_match, get_task
     from fastlm.train.config import TrainConfig
@@ -282,11 +282,11 @@ def test_sft_raises_exact_match_on_a_builtin_task(tmp_path):
     tok = Tokenizer.train_from_iterator(texts, 400)
     tok.save(str(tmp_path / "tok.fastlm"))
     cfg = from_dict(TrainConfig, {
-        "task": "sft", "out": str(tmp_path), "run_name": "sft", "micro_batch": 16, "max_steps": 400,
+        "task": "sft", "out": str(tmp_path), "run_name": "sft", "micro_batch": 16, "max_steps": 300,
         "eval_every": 0, "ckpt_every": 0, "log_every": 50, "sample_tokens": 16, "plot": False,
         "data": {"tokenizer": str(tmp_path / "tok.fastlm"), "seq_len": 64},
         "model": {"size": "tiny", "overrides": {"n_layer": 2, "n_head": 4, "d_model": 128, "max_seq_len": 64}},
-        "optim": {"lr": 3e-3, "warmup_steps": 10, "schedule": "constant"},
+        "optim": {"lr": 1e-3, "warmup_steps": 10, "schedule": "constant"},
         "post": {"init_from": "none", "tasks": ["copy"], "task_examples": 2000, "eval_examples": 100,
                  "max_new_tokens": 12}})
     val = get_task("copy").examples("val", 100, cfg.seed)
@@ -296,7 +296,7 @@ def test_sft_raises_exact_match_on_a_builtin_task(tmp_path):
     r = run(cfg, console=False)
     after = exact_match(load_model(r.checkpoint)[0], tok, val, max_new_tokens=12)["accuracy"]
     assert r.val["exact_match"] == pytest.approx(after)
-    assert before <= 0.05 and after >= 0.3, (before, after)
+    assert before <= 0.05 and after >= 0.5, (before, after)
 
 
 @pytest.mark.slow
