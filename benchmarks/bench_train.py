@@ -159,7 +159,7 @@ def child_ref(spec: dict) -> dict:
 
     logs, vals, mem = [], [], {}
     t_start = t_log = time.time()
-    tokens_log, step = 0, 0
+    tokens_log, step, loss_log = 0, 0, 0.0
     while True:
         last = step >= cfg.max_steps or (cfg.max_time > 0 and time.time() - t_start > cfg.max_time)
         if last or (cfg.eval_every and step % cfg.eval_every == 0):
@@ -181,8 +181,10 @@ def child_ref(spec: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_log += tokens_per_step
+        loss_log += loss.detach() * accum  # the interval's mean train loss, as fastlm's trainer logs it
         if step % cfg.log_every == 0:
-            train_loss = float(loss.detach()) * accum  # a sync, as nanoGPT's loss.item()
+            train_loss = float(loss_log) / cfg.log_every  # a sync, as nanoGPT's loss.item()
+            loss_log = 0.0
             now = time.time()
             logs.append({"step": step, "train/loss": train_loss, "tokens_per_s": tokens_log / (now - t_log)})
             t_log, tokens_log = now, 0
