@@ -47,11 +47,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 WARMUP_LOGS = 2  # logged intervals dropped before a median (allocator warmup, first-step caches)
 
 PRESETS = {  # quick: minutes on 2 CPU cores; full: the README's fuller run
-    "quick": dict(tasks=["copy", "reverse"], d_model=128, n_layer=2, sft_steps=300, reward_steps=150,
-                  dpo_steps=100, rl_steps=30, prompts=16, samples=4, eval_n=100, task_examples=2000,
+    "quick": dict(tasks=["copy", "reverse"], d_model=128, n_layer=2, sft_steps=1000, reward_steps=300,
+                  dpo_steps=100, rl_steps=60, prompts=16, samples=4, eval_n=100, task_examples=2000,
                   rl_algos=["ppo", "grpo", "rloo"]),
-    "full": dict(tasks=["copy", "reverse", "sort", "add"], d_model=128, n_layer=2, sft_steps=1000,
-                 reward_steps=400, dpo_steps=300, rl_steps=100, prompts=16, samples=4, eval_n=200,
+    "full": dict(tasks=["copy", "reverse", "sort", "add"], d_model=128, n_layer=2, sft_steps=3000,
+                 reward_steps=800, dpo_steps=300, rl_steps=150, prompts=16, samples=4, eval_n=200,
                  task_examples=4000, rl_algos=["ppo", "grpo", "rloo"]),
 }
 
@@ -69,7 +69,7 @@ def base_config(a: argparse.Namespace, task: str, run_name: str, steps: int, **p
             "log_every": a.log_every, "sample_tokens": 16, "plot": False, "spike_factor": 1e9,
             "data": {"tokenizer": a.tokenizer, "seq_len": a.seq_len},
             "model": {"size": "tiny", "overrides": model_overrides(a), "kernels": a.kernels},
-            "optim": {"lr": 3e-3, "warmup_steps": 10, "schedule": "constant", "weight_decay": 0.0},
+            "optim": {"lr": 1e-3, "warmup_steps": 10, "schedule": "constant", "weight_decay": 0.0},
             "post": {"tasks": list(a.tasks), "task_examples": a.task_examples, "eval_examples": a.eval_n,
                      "max_new_tokens": a.max_new_tokens, **post}}
 
@@ -86,13 +86,13 @@ def stage_configs(a: argparse.Namespace, sft_ckpt: str = "") -> dict[str, dict]:
     cfgs["reward"] = {**base_config(a, "reward", "reward", a.reward_steps, init_from=sft_ckpt),
                       "eval_every": a.reward_steps}
     cfgs["dpo"] = {**base_config(a, "dpo", "dpo", a.dpo_steps, init_from=sft_ckpt), "eval_every": a.dpo_steps}
-    cfgs["dpo"]["optim"] = {**cfgs["dpo"]["optim"], "lr": 1e-3}
+    cfgs["dpo"]["optim"] = {**cfgs["dpo"]["optim"], "lr": 5e-5}  # small: keeps the answers
     for algo in a.rl_algos:
         prompts = a.prompts * a.samples if algo == "ppo" else a.prompts  # same samples per step
         c = base_config(a, algo, algo, a.rl_steps, init_from=sft_ckpt, reward_model="task",
                         prompts_per_step=prompts, samples_per_prompt=a.samples, kl_coef=0.01)
         c["log_every"] = 1
-        c["optim"] = {**c["optim"], "lr": 5e-4, "warmup_steps": 0}
+        c["optim"] = {**c["optim"], "lr": 1e-4, "warmup_steps": 0}  # 5e-4 lost exact match
         cfgs[algo] = c
     return cfgs
 
