@@ -79,7 +79,8 @@ def test_sft_accumulation_equals_one_big_batch(tmp_path):
     """Padded SFT: 2 micro-steps of 2 rows = 1 micro-step of 4 rows (different padded lengths, unit counts)."""
     from fastlm.train.checkpoint import load_checkpoint
     from fastlm.tokenizer import DEFAULT_SPECIALS, Tokenizer
-    tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={s: 256 + i for i, s in enumerate(DEFAULT_SPECIALS)})
+    specials = {s: 256 + i for i, s in enumerate(DEFAULT_SPECIALS)}
+    tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens=specials)
     tok.save(str(tmp_path / "tok.fastlm"))
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}" * (1 + i % 4), "completion": "a" * (1 + i % 5)}) + "\n"

@@ -196,7 +196,8 @@ def test_reward_model_ranks_held_out_pairs(tmp_path):
     task = get_task("sort")
     exs = task.examples("val", 50, 1)
     good = score(rm, tok, [e.prompt for e in exs], [e.answer for e in exs])
-    bad = score(rm, tok, [e.prompt for e in exs], [SEP.join(reversed(e.answer.split())) for e in exs])
+    lead = [e.answer[:len(e.answer) - len(e.answer.lstrip())] for e in exs]  # the answers' own format
+    bad = score(rm, tok, [e.prompt for e in exs], [w + SEP.join(reversed(e.answer.split())) for w, e in zip(lead, exs)])
     assert float((good > bad).float().mean()) > 0.8
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fastlm.posttrain.rl_losses import (AdaptiveKLController, entropy_from_logits, gae, group_advantages,
-                                        kl_k1, kl_k3, masked_mean, masked_var, policy_loss, value_loss, whiten)
+                                        kl_k1, kl_k3, masked_mean, masked_var, policy_loss, ppo_rewards, value_loss,
+                                        whiten)
 
 
 def _rows_mask(B, T, seed=0):
@@ -166,3 +167,19 @@ def test_adaptive_kl_controller():
     fixed = AdaptiveKLController(0.2, target=0.0)
     fixed.update(100.0, n_steps=100)
     assert fixed.value == 0.2
+
+
+def test_ppo_rewards_kl_per_token_and_score_at_last_action():
+    B, T, coef = 4, 9, 0.3
+    g = torch.Generator().manual_seed(11)
+    logp, ref = -torch.rand(B, T, generator=g) * 3, -torch.rand(B, T, generator=g) * 3
+    scores = torch.randn(B, generator=g)
+    mask, spans = _rows_mask(B, T, seed=12)
+    last = torch.tensor([e - 1 for _, e in spans])
+    r = ppo_rewards(scores, logp, ref, mask, last, kl_coef=coef)
+    for b, (s, e) in enumerate(spans):
+        for t in range(T):
+            want = 0.0
+            if s <= t < e:
+                want = -coef * (float(logp[b, t]) - float(ref[b, t])) + (float(scores[b]) if t == e - 1 else 0.0)
+            assert float(r[b, t]) == pytest.approx(want, abs=1e-6)

@@ -43,6 +43,11 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
   a seeded order per epoch. Held-out evaluation (greedy exact match and mean task reward, `exact_match`)
   runs on the tasks' val split, or on the ``{"prompt", "task", "answer"}`` records of ``post.val_data``
   (else a held-out ``data.val_fraction`` of ``post.data``); other records are not evaluated.
+
+Logged every ``log_every`` steps (metrics.jsonl): reward/mean, reward/std (sequence scores), kl (k1 summed
+over a response, batch mean), entropy (per response token), clip_frac, approx_kl, response_len (tokens),
+value_loss (ppo; null otherwise), train/loss, grad_norm, kl_coef, lr, rollout_s, step_s, tokens_per_s
+(sampled tokens per rollout second); val/exact_match and val/reward at eval steps.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ import torch.nn as nn
 
 from fastlm.posttrain.logprobs import token_logprobs
 from fastlm.posttrain.rl_losses import (AdaptiveKLController, entropy_from_logits, gae, group_advantages, kl_k1,
-                                        kl_k3, masked_mean, policy_loss, value_loss, whiten)
+                                        kl_k3, masked_mean, policy_loss, ppo_rewards, value_loss, whiten)
 from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
@@ -365,7 +370,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
             mstate, ostate = full_state(trainable, optimizer)
             meta = {"model_config": init.model_config, "train_config": cfg.to_dict(),
                     "data_state": source.state_dict(), "rng": ck.rng_state(), "generator": _b64_state(gen),
-                    "loop": dict(loop), "kl_coef": kl_ctl.value, "init_from": init.source,
+                    "loop": dict(loop), "kl_coef": kl_ctl.value, "init_from": init.source or "none",
                     "reward_model": reward_fn.source, "val": result.val, "world_size": 1}
             if ppo:
                 meta["value_head"] = {k[len("value_head."):]: v.tolist() for k, v in mstate.items()
@@ -401,8 +406,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         kl_tok = kl_k1(old_logp, ref_logp) * mask
         seq_kl = kl_tok.sum(-1)  # (N,) k1 estimate of KL(policy || ref) per response
         if ppo:
-            rewards = -kl_ctl.value * kl_tok
-            rewards[torch.arange(N, device=device), batch.last] += scores
+            rewards = ppo_rewards(scores, old_logp, ref_logp, mask, batch.last, kl_coef=kl_ctl.value)
             if p.whiten_rewards:
                 rewards = whiten(rewards, mask, shift_mean=False)
             advantages, returns = gae(rewards, old_values, mask, gamma=p.gamma, lam=p.lam)

@@ -81,6 +81,21 @@ def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return torch.exp(r) - r - 1.0
 
 
+def ppo_rewards(scores: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
+                last: torch.Tensor, *, kl_coef: float) -> torch.Tensor:
+    """Per-token PPO rewards (Ziegler et al.): -kl_coef * k1 on every action, plus the sequence ``scores``
+    (B,) at each row's last action ``last`` (B,); 0 off the mask.
+
+    >>> ppo_rewards(torch.tensor([1.0]), torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -2.0]]),
+    ...             torch.tensor([[1, 1]]), torch.tensor([1]), kl_coef=0.1).tolist()
+    [[-0.05000000074505806, 1.0]]
+    """
+    m = mask.to(logp.dtype)
+    rewards = -kl_coef * kl_k1(logp, logp_ref) * m
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
+    return rewards
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over each row's masked tokens: ``(advantages, returns)``, both

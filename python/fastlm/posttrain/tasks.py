@@ -15,14 +15,18 @@ add       Add the two numbers (digits spaced, two per number):   "5 7"          
 ========  ====================================================  ===============  ==================
 
 Token forms: a tiny model should see one token per unit, always the same one. Words come from
-`WORDS`, 14 short English words that the default tokenizer (byte-level BPE, 4096 ids, trained on
-pydoc + Shakespeare) keeps as one token with a leading space (and without). Word answers start
-with a space (``lead``): then every listed word, in the prompt (after the colon) and in the
-answer, is the " key" form, and copying is a plain induction (find the previous word in the
-prompt, emit its neighbour). Tried and dropped: answers without the space (the first word is then
-"key", another token, and reverse/sort must learn that mapping: 2 min of SFT from scratch left
-reverse at 7% exact, every miss on the first word); one word per line (one form, but a newline
-between words makes the lookup two tokens back: stuck at loss 1.2 for 900 steps with 4 tasks).
+`WORDS`, 14 short English words that byte-level BPEs trained on pydoc + Shakespeare (4096 ids) keep
+as one token with a leading space (without it, several are 2 tokens). Word answers start with a
+space (``lead``): then every listed word, in the prompt (after the colon) and in the answer, is the
+" key" form, and copying is a plain induction (find the previous word in the prompt, emit its
+neighbour). Tried and dropped: answers without the space (the first word is then "key", another
+token or two, and reverse/sort must learn that mapping: every reverse miss was on the first word);
+one word per line (one form, but the lookup is then two tokens back; 400 SFT steps from a 300-step
+clm base: copy 1%, reverse 1%, against 17% and 5% spaced). Measured (tiny GPT, 2 layers, d 128;
+AdamW lr 3e-3, 32 examples/step, SFT on copy+reverse+add from that base, 1000 steps = 2 min on one
+CPU thread): held-out exact match copy 62%, reverse 19%, add 3% (base: 0%); from scratch, 600
+steps are not enough for any task.
+
 Scoring splits on whitespace, so the leading space never matters there. Numbers are written with a
 space between digits ("3 7" is 37): the GPT-4 split pattern cuts digit runs into chunks of up to 3
 that the BPE merges unevenly ("12" one token, "146" -> "14" "6"); spaced, every digit is its own

@@ -197,7 +197,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     if hasattr(raw, "num_params"):
         say(f"model: {type(raw).__name__} {raw.num_params():,} params ({raw.num_params(non_embedding=True):,} "
             f"non-embedding), vocab {objective.model_config.get('vocab_size')}, "
-            f"{flops_per_token / 1e6:.2f} MFLOPs/token" + (f"; from {objective.init_from}" if objective.init_from else ""))
+            f"{flops_per_token / 1e6:.2f} MFLOPs/token"
+            + (f"; from {objective.init_from}" if objective.init_from else ""))
     model = wrap_model(raw, info, cfg.distributed)
     optimizer = _optimizer(model if cfg.distributed == "fsdp" else raw, cfg, device)
     fwd = torch.compile(model) if cfg.compile else model
