@@ -8,8 +8,8 @@ evaluation and checkpoint). The chain:
 
 - base: a *random-init* tiny GPT (``model.size`` + overrides, seeded as ``post.init_from=none`` builds it) and
   a word-level tokenizer trained on the tasks' texts (each task word one token, as the tests do). No
-  pretraining: the built-in corpus (pydoc + Shakespeare) shares almost nothing with the task prompts at this
-  size, so the base row is the honest zero it measures.
+  pretraining on the built-in corpus (not wired here: it would train its own 4096-id tokenizer and take
+  minutes more), so the base row is what a random model scores: 0.
 - sft: the same steps twice from the base, ``post.packing`` true and false. Reported: real (non-padding)
   input tokens/s (median over logged intervals, the first `WARMUP_LOGS` dropped), real tokens per step,
   padding share of row slots (``data/padding_fraction``), peak memory, final val loss. The packed run is
