@@ -17,7 +17,6 @@ from fastlm.train.trainer import run
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 WORKER = """
 import json, sys, torch
@@ -41,7 +40,7 @@ def data_root(tmp_path_factory):
 def torchrun(tmp_path, cfg, resume="", nproc=2):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=HERE))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(script), json.dumps(cfg.to_dict()), resume]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

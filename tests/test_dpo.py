@@ -2,6 +2,7 @@
 reference, resume, and end to end (DPO raises the held-out chosen-vs-rejected margin and accuracy)."""
 import math
 import os
+import sys
 import shutil
 
 import pytest
@@ -160,8 +161,6 @@ def test_ddp_matches_one_process(tmp_path, task):
     """2 gloo ranks x 2 pairs = 1 process x 4 pairs: same train metrics and val metrics (strided val shares)."""
     import json
     import subprocess
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
     worker = tmp_path / "worker.py"
     worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
                       "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
@@ -170,7 +169,7 @@ def test_ddp_matches_one_process(tmp_path, task):
     for nproc, mb in ((2, 2), (1, 4)):
         cfg = pairs_config(tmp_path, task, out=str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3,
                            eval_every=3, log_every=1, post={"task_examples": 40, "eval_examples": 9})
-        env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(here), "python"), OMP_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             f"--nproc_per_node={nproc}", str(worker), json.dumps(cfg.to_dict())],
                            env=env, capture_output=True, text=True, timeout=300)

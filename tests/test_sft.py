@@ -304,7 +304,6 @@ def test_sft_raises_exact_match_on_a_builtin_task(tmp_path):
 def test_sft_ddp_matches_one_process(pretrained, tmp_path, packing):
     """2 gloo ranks x 2 rows = 1 process x 4 rows: same train and val losses (rank shares of one stream)."""
     import subprocess
-    here = os.path.dirname(os.path.abspath(__file__))
     worker = tmp_path / "worker.py"
     worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
                       "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
@@ -313,7 +312,7 @@ def test_sft_ddp_matches_one_process(pretrained, tmp_path, packing):
     for nproc, mb in ((2, 2), (1, 4)):
         cfg = sft_config(pretrained, str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3, eval_every=3,
                          post={"init_from": pretrained["run"], "packing": packing})
-        env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(here), "python"), OMP_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             f"--nproc_per_node={nproc}", str(worker), json.dumps(cfg.to_dict())],
                            env=env, capture_output=True, text=True, timeout=300)

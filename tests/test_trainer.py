@@ -20,7 +20,6 @@ from fastlm.train.trainer import _optimizer, resume_config, run
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def test_exact_resume_after_sigkill(data_root, tmp_path):
     a = run(tiny_config(data_root, str(tmp_path / "a"), **over), console=False)
     cfg_b = tiny_config(data_root, str(tmp_path / "b"), **over)
     code = CHILD.format(tests=HERE, delay=0.3, cfg=json.dumps(cfg_b.to_dict()))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     run_b = os.path.join(str(tmp_path / "b"), "run")
     deadline = time.time() + 120
