@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from corpora import PYDOC  # noqa: E402
+from test_export import perturb  # noqa: E402  (the same weight perturbation as the export tests)
 from fastlm.models import GPT, GPTConfig  # noqa: E402
 from fastlm.models.export import export_hf  # noqa: E402
 from fastlm.posttrain.hf_import import (HFImportError, gpt_config_from_hf, is_hf_dir,  # noqa: E402
@@ -25,14 +26,6 @@ CASES = {
     "odd-mqa": dict(d_model=48, n_head=3, n_kv_head=1, mlp_hidden=100, n_layer=3),
     "gelu-arcee": dict(mlp="gelu", n_kv_head=2),
 }
-
-
-def perturb(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def ids(b=2, t=24, seed=0, v=V):

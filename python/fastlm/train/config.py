@@ -179,7 +179,8 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError(f"run_name {c.run_name!r} must be a plain name, not a path (use out= for the folder)")
 
 
-# Defaults per task, under the file and --set values: post-training starts from a trained model and wants
+# Defaults per task, applied by load_train_config (the CLI's path) under the file and --set values; a
+# TrainConfig built directly (TrainConfig(...), from_dict) keeps the field defaults. Why: post-training starts from a trained model and wants
 # fewer, gentler steps than pretraining. Learning rates measured on the built-in tasks with the tiny model on
 # CPU (benchmarks/bench_posttrain.py): SFT at 3e-3 stalls (exact match 0.01 after 600 steps), 1e-3 learns;
 # DPO at 2e-4 cut exact match 0.51 -> 0.34, 5e-5 raised it; RL at 5e-4 cut it to 0.1-0.2, 1e-4 raised it.

@@ -145,17 +145,22 @@ def _summary_writer(log_dir: str, start_step: int):
     return SummaryWriter(log_dir, purge_step=start_step + 1 if start_step > 0 else None)  # purges steps >= it
 
 
-def _truncate_after(path: str, step: int) -> None:
-    """Keep the lines of ``path`` with ``step <= step`` (unreadable lines, e.g. one cut by a kill, dropped)."""
-    kept = []
+def _json_lines(path: str):
+    """``(line, record)`` for each line of ``path`` that parses as a JSON object (a line cut by a kill is skipped)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
+            if isinstance(rec, dict):
+                yield line, rec
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep the lines of ``path`` with ``step <= step`` (unreadable lines, e.g. one cut by a kill, dropped)."""
+    kept = [line if line.endswith("\n") else line + "\n" for line, rec in _json_lines(path)
+            if isinstance(rec.get("step"), int) and rec["step"] <= step]
     with atomic_write(path) as f:
         f.writelines(kept)
 
@@ -221,16 +226,7 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     >>> read_metrics(os.path.join(d, "metrics.jsonl"))[0]["train/loss"]
     2.0
     """
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "step" in rec:
-                out.append(rec)
-    return out
+    return [rec for _, rec in _json_lines(path) if "step" in rec]
 
 
 def plot_losses(metrics_path: str, png_path: str, *, note: Optional[Callable[[str], None]] = None) -> Optional[str]:
