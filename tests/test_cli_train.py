@@ -12,6 +12,7 @@ import fastlm.train
 from fastlm.cli import main as fastlm_main
 from fastlm.cli import train as cli
 from fastlm.train.config import load_train_config
+from train_fixtures import torchrun
 
 
 @pytest.fixture()
@@ -249,11 +250,7 @@ def test_end_to_end_mlm(small_text, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_under_torchrun_only_rank_0_prints(small_text, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "fastlm.cli.train", "--set", f"data.text=[{small_text}]", *TINY, "max_steps=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(["-m", "fastlm.cli.train", "--set", f"data.text=[{small_text}]", *TINY, "max_steps=2"])
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("outputs in ") for line in lines) == 1 and "world 2" in proc.stdout
     (run,) = [d for d in os.listdir(tmp_path / "runs") if d != "cache"]  # one run name for both ranks

@@ -2,13 +2,12 @@
 curve of one process with the same global batch; a 2-process checkpoint resumes in 1 process."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from train_fixtures import make_shards, tiny_config
+from train_fixtures import torchrun as run_torchrun
 
 from fastlm.train.checkpoint import load_checkpoint
 from fastlm.train.data import GlobalRows, RandomRows, TokenDataset
@@ -40,11 +39,7 @@ def data_root(tmp_path_factory):
 def torchrun(tmp_path, cfg, resume="", nproc=2):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=HERE))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(script), json.dumps(cfg.to_dict()), resume]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run_torchrun([str(script), json.dumps(cfg.to_dict()), resume], nproc=nproc)
 
 
 def losses(run_dir):

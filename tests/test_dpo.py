@@ -2,7 +2,6 @@
 reference, resume, and end to end (DPO raises the held-out chosen-vs-rejected margin and accuracy)."""
 import math
 import os
-import sys
 import shutil
 
 import pytest
@@ -16,6 +15,7 @@ from fastlm.posttrain.dpo import DPOObjective, dpo_loss, evaluate_dpo, pair_logp
 from fastlm.posttrain.pairs import collate_pairs, render_pair  # noqa: E402
 from fastlm.train.distributed import DistInfo  # noqa: E402
 from test_reward import TOK, _metrics, pairs_config  # noqa: E402
+from train_fixtures import torchrun  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -160,7 +160,6 @@ def test_dpo_refuses_a_reward_model_as_policy(tmp_path):
 def test_ddp_matches_one_process(tmp_path, task):
     """2 gloo ranks x 2 pairs = 1 process x 4 pairs: same train metrics and val metrics (strided val shares)."""
     import json
-    import subprocess
     worker = tmp_path / "worker.py"
     worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
                       "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
@@ -169,11 +168,7 @@ def test_ddp_matches_one_process(tmp_path, task):
     for nproc, mb in ((2, 2), (1, 4)):
         cfg = pairs_config(tmp_path, task, out=str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3,
                            eval_every=3, log_every=1, post={"task_examples": 40, "eval_examples": 9})
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
-        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc_per_node={nproc}", str(worker), json.dumps(cfg.to_dict())],
-                           env=env, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        torchrun([str(worker), json.dumps(cfg.to_dict())], nproc=nproc)
         rows = _metrics(os.path.join(str(tmp_path / f"n{nproc}"), task))
         curves.append({(m["step"], k): v for m in rows for k, v in m.items()
                        if k.startswith(("train/", "val/", "rewards/"))})

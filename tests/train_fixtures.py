@@ -40,3 +40,18 @@ def tiny_config(root: str, out: str, **over) -> TrainConfig:
         else:
             data[k] = v
     return from_dict(TrainConfig, data)
+
+
+def torchrun(args, nproc: int = 2, timeout: int = 300):
+    """Run ``python -m torch.distributed.run --standalone --nproc_per_node=nproc *args`` (CPU, gloo) and return
+    the finished process; a failure shows each rank's own error (faulthandler dumps native crashes)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        # the torchrun summary is last; the rank that failed first printed its error before it
+        raise AssertionError(f"torchrun exited {p.returncode}\n--- stdout (tail)\n{p.stdout[-2000:]}\n"
+                             f"--- stderr (head)\n{p.stderr[:6000]}\n--- stderr (tail)\n{p.stderr[-2000:]}")
+    return p

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -47,7 +48,12 @@ void parallel_for(size_t n, int num_threads, size_t grain, Fn&& fn) {
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  try {
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  } catch (const std::system_error&) {
+    // No more threads (process or cgroup limit): the threads already started and this one do the work.
+    // Letting the exception unwind past joinable std::threads would call std::terminate.
+  }
   worker();
   for (auto& th : pool) th.join();
   if (error) std::rethrow_exception(error);

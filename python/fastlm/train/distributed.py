@@ -97,8 +97,12 @@ def broadcast_object(obj, info: DistInfo):
 
 
 def cleanup(info: DistInfo) -> None:
-    """Tear the process group down (after the last collective)."""
+    """Tear the process group down (after the last collective). Unreachable DDP/FSDP wrappers (module
+    graphs are cyclic) still hold the group: collect them first, so the group and its threads go now,
+    while the interpreter is whole, not at exit (gloo's threads then abort the process now and then)."""
     if info.distributed and dist.is_initialized():
+        import gc
+        gc.collect()
         dist.destroy_process_group()
 
 

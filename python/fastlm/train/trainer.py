@@ -158,7 +158,10 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True)
     started_pg = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, info, resume, console)
+        result = _train(cfg, info, resume, console)
+        if started_pg:
+            barrier(info)  # every rank leaves together (rank 0 may still be plotting): then tear down
+        return result
     finally:
         if started_pg:
             cleanup(info)
