@@ -82,6 +82,31 @@ def test_position_ids_are_passed_through():
     assert not torch.allclose(whole, token_logprobs(model, ids, labels))
 
 
+@pytest.mark.parametrize("kernels", ["fastlm", "torch"])
+@pytest.mark.parametrize("temperature", [0.5, 0.7, 1.3])
+def test_temperature_scores_the_tempered_distribution(kernels, temperature):
+    """What a sampler at temperature t draws from: log_softmax(logits / t), values and gradients."""
+    ids, labels = _batch(B=2, T=9, seed=3)
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(4))
+    out = {}
+    for name in ("got", "ref"):
+        model = _model()
+        if name == "got":
+            lp = token_logprobs(model, ids, labels, kernels=kernels, temperature=temperature)
+        else:
+            logp = torch.log_softmax(model(ids, kernels="torch").float() / temperature, dim=-1)
+            lp = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            lp = torch.where(labels == -100, torch.zeros_like(lp), lp)
+        (lp * weights).sum().backward()
+        out[name] = (lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert (out["got"][0] - out["ref"][0]).abs().max() <= 1e-5
+    assert not torch.allclose(out["got"][0], _reference(_model(), ids, labels), atol=1e-3)  # t changed it
+    for n, g in out["ref"][1].items():
+        assert (out["got"][1][n] - g).abs().max() <= 1e-5 + 1e-4 * g.abs().max(), n
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(_model(), ids, labels, temperature=0.0)
+
+
 def test_bad_shapes_are_refused():
     model = _model()
     ids, labels = _batch()

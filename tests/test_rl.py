@@ -86,6 +86,23 @@ def test_build_batch_and_scoring_layout():
     assert sub.ids.shape == (1, 4) and torch.allclose(lp_sub[0], logp[1, :4], atol=1e-6)
 
 
+def test_scoring_at_the_sampling_temperature():
+    """Rollouts drawn at temperature t are scored under logits / t: log-probs and entropy of what was sampled
+    (the PPO ratio's denominator); the value head reads the untempered hidden states."""
+    b = build_batch([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], pad_id=0)
+    model = _model()
+    tv = PolicyWithValue(model, value=True, temperature=0.7)
+    torch.nn.init.normal_(tv.value_head.weight)
+    logp, values, ent = tv.score(b, kernels="fastlm", entropy=True)
+    logits = model(b.ids, kernels="torch") / 0.7
+    want = torch.log_softmax(logits, -1).gather(-1, b.labels.clamp_min(0)[..., None])[..., 0] * b.mask
+    assert torch.allclose(logp, want, atol=1e-5)
+    assert not torch.allclose(logp, token_logprobs(model, b.ids, b.labels), atol=1e-3)
+    probs = torch.softmax(logits, -1)
+    assert torch.allclose(ent, -(probs * probs.log()).sum(-1) * b.mask, atol=1e-4)
+    assert torch.allclose(values, tv.value_head(model.hidden_states(b.ids)).squeeze(-1), atol=1e-5)
+
+
 def test_prompt_source_epochs_and_resume():
     src = PromptSource([([i], {}) for i in range(5)], seed=3)
     first = [x[0][0] for x in src.next(7)]
@@ -158,7 +175,7 @@ def _cfg(out, ckpt, task, steps, *extra):
         f"post.tasks=[{TASK}]", "post.eval_examples=200", "post.max_new_tokens=16", f"max_steps={steps}",
         "eval_every=0", "log_every=1", "optim.lr=5e-4", "optim.warmup_steps=0",
         "optim.schedule=constant", "post.prompts_per_step=16", "post.samples_per_prompt=4", "post.kl_coef=0.01",
-        "plot=false", *extra])
+        "post.ppo_epochs=2", "post.minibatches=2", "post.temperature=1.0", "plot=false", *extra])
 
 
 def _metrics(run_dir):

@@ -106,16 +106,21 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
                 kernels: str = "fastlm", reduction: str = "mean",
                 position_ids: Optional[torch.Tensor] = None, kv_cache=None,
-                doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                doc_ids: Optional[torch.Tensor] = None, temperature: float = 1.0) -> torch.Tensor:
         """Logits (B, T, V) when ``targets`` is None, else the loss against ``targets`` (B, T)
         (-100 = no loss; shift them yourself: targets[:, t] is the token after idx[:, t]).
         ``kernels``: 'fastlm' (fused attention/loss from fastlm.ops; the loss never builds
         the logits) or 'torch' (plain SDPA and F.cross_entropy on logits). ``reduction``:
         'mean' over non-ignored tokens, 'sum', or 'none' (B, T). ``position_ids`` (T,) or (B, T)
         for packed or offset sequences; default 0..T-1. ``kv_cache``, ``doc_ids`` (packed rows:
-        no attention across documents): see `hidden_states`."""
+        no attention across documents): see `hidden_states`. ``temperature``: logits / temperature
+        (the distribution a sampler at that temperature draws from; RL scores its rollouts so)."""
         h = self.hidden_states(idx, kernels=kernels, position_ids=position_ids,
                                kv_cache=kv_cache, doc_ids=doc_ids)
+        if temperature != 1.0:
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0, got {temperature}")
+            h = h / temperature  # the head has no bias: lm_head(h / t) == lm_head(h) / t
         if targets is None:
             return self.lm_head(h)
         if targets.shape != idx.shape:

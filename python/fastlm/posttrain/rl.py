@@ -28,7 +28,9 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
   per-sequence mean of per-token means; a group whose rewards are all equal gives zero advantage.
 - Old log-probs and values are recomputed after sampling with the training forward (right-padded rows,
   no dropout: the policy is kept in eval mode), so the first minibatch's ratio is 1 up to float rounding
-  (sampling-time log-probs, from the left-padded cached pass, are not reused).
+  (sampling-time log-probs, from the left-padded cached pass, are not reused). Policy, old and reference
+  log-probs and the logged entropy are those of the sampling distribution, logits / ``post.temperature``
+  (as TRL); temperature 0 (greedy rollouts) scores at 1.
 - RL steps ignore ``micro_batch``/``tokens_per_step``/``data.seq_len``: a step is ``prompts_per_step`` prompts,
   each minibatch one forward/backward (no accumulation); rows are prompt + at most ``max_new_tokens``.
 - No missing-EOS penalty, no reward clipping, no value warmup, no separate value lr.
@@ -80,9 +82,9 @@ KL_HORIZON = 10000  # adaptive KL controller horizon (Ziegler et al. / TRL defau
 class PolicyWithValue(nn.Module):
     """What the optimizer trains: the policy GPT and (ppo) a value head on its final hidden states."""
 
-    def __init__(self, policy: nn.Module, value: bool):
+    def __init__(self, policy: nn.Module, value: bool, temperature: float = 1.0):
         super().__init__()
-        self.policy = policy
+        self.policy, self.temperature = policy, temperature
         self.value_head = nn.Linear(policy.config.d_model, 1) if value else None
         if value:
             nn.init.zeros_(self.value_head.weight)
@@ -92,11 +94,13 @@ class PolicyWithValue(nn.Module):
         """``(logp, values or None, entropy or None)``, each (B, T): log-probs through `token_logprobs` (the
         fused loss path); the final hidden states are caught on the way (a hook on ``policy.norm``) for the
         value head and the entropy, so one forward serves all three. ``entropy``: False, True (no graph) or
-        "grad" (differentiable, for an entropy bonus)."""
+        "grad" (differentiable, for an entropy bonus). Log-probs and entropy are those of the sampling
+        distribution, logits / ``temperature``."""
         caught: list[torch.Tensor] = []
         hook = self.policy.norm.register_forward_hook(lambda m, i, o: caught.append(o))
         try:
-            logp = token_logprobs(self.policy, batch.ids, batch.labels, kernels=kernels)
+            logp = token_logprobs(self.policy, batch.ids, batch.labels, kernels=kernels,
+                                  temperature=self.temperature)
         finally:
             hook.remove()
         h = caught[-1]
@@ -105,7 +109,7 @@ class PolicyWithValue(nn.Module):
         if entropy:  # logits of the response positions only: (N_actions, V); a graph only when trained
             with contextlib.nullcontext() if entropy == "grad" else torch.no_grad():
                 ent = torch.zeros_like(logp)
-                ent[batch.mask] = entropy_from_logits(self.policy.lm_head(h[batch.mask]))
+                ent[batch.mask] = entropy_from_logits(self.policy.lm_head(h[batch.mask]) / self.temperature)
         return logp, values, ent
 
 
@@ -311,7 +315,8 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
     tok, policy = init.tokenizer, init.model.to(device).eval()  # eval: no dropout (ratios 1 at the start)
     use_ref = p.kl_coef > 0 or p.kl_target > 0
     reference = copy.deepcopy(policy).requires_grad_(False) if use_ref else None
-    trainable = PolicyWithValue(policy, value=ppo).to(device)
+    t_score = p.temperature if p.temperature > 0 else 1.0  # log-probs of the sampling distribution; greedy: t=1
+    trainable = PolicyWithValue(policy, value=ppo, temperature=t_score).to(device)
     reward_fn = RewardFn(cfg, tok, init.tokenizer_path, device, say)
     eos, pad_id = tok.special_id("<|assistant_end|>"), tok.special_id("<|bos|>")  # pad: any id (masked)
     say(f"policy: {init.source} ({policy.num_params():,} params); reference: {'yes' if use_ref else 'none'}; "
@@ -401,7 +406,8 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         with torch.no_grad(), autocast:
             scores = reward_fn(prompts, responses, metas, eos).to(device)
             old_logp, old_values, _ = trainable.score(batch, kernels=cfg.model.kernels)
-            ref_logp = (token_logprobs(reference, batch.ids, batch.labels, kernels=cfg.model.kernels)
+            ref_logp = (token_logprobs(reference, batch.ids, batch.labels, kernels=cfg.model.kernels,
+                                       temperature=t_score)
                         if reference is not None else old_logp)
         kl_tok = kl_k1(old_logp, ref_logp) * mask
         seq_kl = kl_tok.sum(-1)  # (N,) k1 estimate of KL(policy || ref) per response
