@@ -96,6 +96,29 @@ def test_precomputed_and_online_reference_agree(tmp_path):
     assert ea == pytest.approx(eb, abs=1e-5)
 
 
+def test_rpo_adds_the_chosen_per_token_nll(tmp_path):
+    """post.rpo_alpha: loss = DPO + alpha x (-log p(chosen) / chosen tokens), per pair, computed directly."""
+    cfg = pairs_config(tmp_path, "dpo", micro_batch=4, post={"task_examples": 24, "eval_examples": 8})
+    obj = DPOObjective(cfg, DistInfo(), run_dir=str(tmp_path / "rpo"), log=lambda *a: None)
+    batch = obj.next_micro(4)
+    with torch.no_grad():
+        obj.model.tok_emb.weight.mul_(1.5)  # away from the reference
+    plain, n, m0 = obj.loss(obj.model, batch, kernels="fastlm")
+    obj.cfg.post.rpo_alpha = 0.7
+    rpo, n2, m1 = obj.loss(obj.model, batch, kernels="fastlm")
+    B = batch["input_ids"].shape[0] // 2
+    nll = 0.0
+    for i in range(B):  # by hand: the chosen row's response tokens, log_softmax of the plain logits
+        ids, labels = batch["input_ids"][i], batch["labels"][i]
+        with torch.no_grad():
+            logp = torch.log_softmax(obj.model(ids[None], kernels="torch")[0].float(), -1)
+        pos = (labels != -100).nonzero().flatten().tolist()
+        assert pos
+        nll += -sum(float(logp[t, labels[t]]) for t in pos) / len(pos)
+    assert n == n2 == B and float(rpo.detach()) == pytest.approx(float(plain.detach()) + 0.7 * nll, abs=1e-4)
+    assert m1["nll/chosen"] == pytest.approx(nll, abs=1e-4) and "nll/chosen" not in m0
+
+
 def test_policy_equal_to_reference_gives_log2_and_zero_rewards():
     torch.manual_seed(0)
     model = GPT(GPTConfig.named("tiny", vocab_size=TOK.n_vocab, n_layer=1, d_model=32, n_head=2))
