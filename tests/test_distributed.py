@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from train_fixtures import make_shards, tiny_config
-from train_fixtures import torchrun as run_torchrun
+from train_fixtures import train_in_torchrun as torchrun
 
 from fastlm.train.checkpoint import load_checkpoint
 from fastlm.train.data import GlobalRows, RandomRows, TokenDataset
@@ -15,31 +15,12 @@ from fastlm.train.distributed import DistInfo, all_reduce_sum, init_distributed,
 from fastlm.train.trainer import run
 
 torch.set_num_threads(1)
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-WORKER = """
-import json, sys, torch
-sys.path.insert(0, {tests!r})
-torch.set_num_threads(1)
-from fastlm.config import from_dict
-from fastlm.train.config import TrainConfig
-from fastlm.train.trainer import run
-cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
-run(cfg, resume=sys.argv[2] or None, console=False)
-"""
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("shards"))
     make_shards(root)
     return root
-
-
-def torchrun(tmp_path, cfg, resume="", nproc=2):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=HERE))
-    run_torchrun([str(script), json.dumps(cfg.to_dict()), resume], nproc=nproc)
 
 
 def losses(run_dir):

@@ -15,7 +15,7 @@ from fastlm.posttrain.dpo import DPOObjective, dpo_loss, evaluate_dpo, pair_logp
 from fastlm.posttrain.pairs import collate_pairs, render_pair  # noqa: E402
 from fastlm.train.distributed import DistInfo  # noqa: E402
 from test_reward import TOK, _metrics, pairs_config  # noqa: E402
-from train_fixtures import torchrun  # noqa: E402
+from train_fixtures import train_in_torchrun  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -182,16 +182,11 @@ def test_dpo_refuses_a_reward_model_as_policy(tmp_path):
 @pytest.mark.parametrize("task", ["reward", "dpo"])
 def test_ddp_matches_one_process(tmp_path, task):
     """2 gloo ranks x 2 pairs = 1 process x 4 pairs: same train metrics and val metrics (strided val shares)."""
-    import json
-    worker = tmp_path / "worker.py"
-    worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
-                      "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
-                      "run(from_dict(TrainConfig, json.loads(sys.argv[1])), console=False)\n")
     curves = []
     for nproc, mb in ((2, 2), (1, 4)):
         cfg = pairs_config(tmp_path, task, out=str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3,
                            eval_every=3, log_every=1, post={"task_examples": 40, "eval_examples": 9})
-        torchrun([str(worker), json.dumps(cfg.to_dict())], nproc=nproc)
+        train_in_torchrun(tmp_path, cfg, nproc=nproc)
         rows = _metrics(os.path.join(str(tmp_path / f"n{nproc}"), task))
         curves.append({(m["step"], k): v for m in rows for k, v in m.items()
                        if k.startswith(("train/", "val/", "rewards/"))})

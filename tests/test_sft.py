@@ -16,7 +16,7 @@ from fastlm.train.collate import pack, pad_collate
 from fastlm.train.trainer import run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_fixtures import tiny_config, torchrun  # noqa: E402
+from train_fixtures import tiny_config, train_in_torchrun  # noqa: E402
 
 torch.set_num_threads(1)
 BYTE_TOK = Tokenizer([bytes([b]) for b in range(256)],
@@ -303,15 +303,11 @@ def test_sft_raises_exact_match_on_a_builtin_task(tmp_path):
 @pytest.mark.parametrize("packing", [True, False])
 def test_sft_ddp_matches_one_process(pretrained, tmp_path, packing):
     """2 gloo ranks x 2 rows = 1 process x 4 rows: same train and val losses (rank shares of one stream)."""
-    worker = tmp_path / "worker.py"
-    worker.write_text("import json, sys, torch\ntorch.set_num_threads(1)\nfrom fastlm.config import from_dict\n"
-                      "from fastlm.train.config import TrainConfig\nfrom fastlm.train.trainer import run\n"
-                      "run(from_dict(TrainConfig, json.loads(sys.argv[1])), console=False)\n")
     curves = []
     for nproc, mb in ((2, 2), (1, 4)):
         cfg = sft_config(pretrained, str(tmp_path / f"n{nproc}"), micro_batch=mb, max_steps=3, eval_every=3,
                          post={"init_from": pretrained["run"], "packing": packing})
-        torchrun([str(worker), json.dumps(cfg.to_dict())], nproc=nproc)
+        train_in_torchrun(tmp_path, cfg, nproc=nproc)
         rows = [json.loads(x) for x in open(os.path.join(str(tmp_path / f"n{nproc}"), "sft", "metrics.jsonl"))]
         curves.append({(m["step"], k): m[k] for m in rows for k in ("train/loss", "val/loss") if k in m})
     assert curves[0].keys() == curves[1].keys() and len(curves[0]) >= 4

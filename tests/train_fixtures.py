@@ -55,3 +55,20 @@ def torchrun(args, nproc: int = 2, timeout: int = 300):
         raise AssertionError(f"torchrun exited {p.returncode}\n--- stdout (tail)\n{p.stdout[-2000:]}\n"
                              f"--- stderr (head)\n{p.stderr[:6000]}\n--- stderr (tail)\n{p.stderr[-2000:]}")
     return p
+
+
+WORKER = """import json, sys, torch
+torch.set_num_threads(1)
+from fastlm.config import from_dict
+from fastlm.train.config import TrainConfig
+from fastlm.train.trainer import run
+run(from_dict(TrainConfig, json.loads(sys.argv[1])), resume=sys.argv[2] or None, console=False)
+"""
+
+
+def train_in_torchrun(tmp_path, cfg, *, resume: str = "", nproc: int = 2):
+    """`fastlm.train.trainer.run(cfg, resume=...)` on ``nproc`` gloo ranks (a worker script under ``tmp_path``)."""
+    import json
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    return torchrun([str(script), json.dumps(cfg.to_dict()), resume], nproc=nproc)

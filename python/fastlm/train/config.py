@@ -197,9 +197,9 @@ def _check(c: TrainConfig) -> None:
 # 3e-5 / 1e-5 to 0.12-0.13; lr 1e-5 with 256 samples per update at temperature 0.7 kept it (0.247 -> 0.247
 # after 100 steps). So: 256 rollouts per step, one update each, temperature 0.7, lr 1e-5.
 _RL_DEFAULTS = {"max_steps": 100, "eval_every": 50, "ckpt_every": 50, "log_every": 5,
-                "optim": {"lr": 1e-5, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0},
-                "post": {"prompts_per_step": 32, "samples_per_prompt": 8, "ppo_epochs": 1, "minibatches": 1,
-                         "temperature": 0.7}}
+                "optim": {"lr": 1e-5, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0}}
+_RL_POST = {"ppo_epochs": 1, "minibatches": 1, "temperature": 0.7}
+_GROUPS = {"prompts_per_step": 32, "samples_per_prompt": 8}  # grpo/rloo; ppo samples each prompt once
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"max_steps": 1000, "eval_every": 250, "ckpt_every": 250,
             "optim": {"lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.0, "schedule": "wsd"}},
@@ -208,9 +208,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "dpo": {"max_steps": 250, "micro_batch": 32, "eval_every": 125, "ckpt_every": 125,
             "optim": {"lr": 5e-5, "weight_decay": 0.0, "warmup_steps": 10},
             "post": {"task_examples": 1000, "rpo_alpha": 1.0}},
-    "ppo": {**_RL_DEFAULTS, "post": {k: v for k, v in {**_RL_DEFAULTS["post"], "prompts_per_step": 256}.items()
-                                     if k != "samples_per_prompt"}},  # ppo samples each prompt once
-    "grpo": _RL_DEFAULTS, "rloo": _RL_DEFAULTS,
+    "ppo": {**_RL_DEFAULTS, "post": {**_RL_POST, "prompts_per_step": 256}},
+    "grpo": {**_RL_DEFAULTS, "post": {**_RL_POST, **_GROUPS}},
+    "rloo": {**_RL_DEFAULTS, "post": {**_RL_POST, **_GROUPS}},
 }
 
 
