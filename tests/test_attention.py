@@ -79,7 +79,7 @@ CUDA_SHAPES = [  # (B, Hq, Hkv, T, D): T not a multiple of the 64-row tile, GQA,
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and fastlm._cuda")
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", CUDA_SHAPES)

@@ -32,6 +32,7 @@ def _check(x, w, t, *, bias=None, grad_weights=None, atol=1e-5, rtol=1e-4, norm_
     """Forward and every gradient vs the float64 reference; prints how far off on failure.
     Element-wise |err| <= atol + rtol*|ref|, or with norm_tol (bf16/fp16, whose rounding makes
     element-wise bounds meaningless for small entries) ||err|| / ||ref|| <= norm_tol."""
+    chunk_size = kw.pop("chunk_size", 16)
     xr = x.detach().double().requires_grad_()
     wr = w.detach().double().requires_grad_()
     br = None if bias is None else bias.detach().double().requires_grad_()
@@ -41,8 +42,7 @@ def _check(x, w, t, *, bias=None, grad_weights=None, atol=1e-5, rtol=1e-4, norm_
     xf = x.detach().clone().requires_grad_()
     wf = w.detach().clone().requires_grad_()
     bf = None if bias is None else bias.detach().clone().requires_grad_()
-    out = linear_cross_entropy(xf, wf, t, linear_bias=bf, chunk_size=kw.pop("chunk_size", 0)
-                               if "chunk_size" in kw else 16, **kw)
+    out = linear_cross_entropy(xf, wf, t, linear_bias=bf, chunk_size=chunk_size, **kw)
     assert torch.isfinite(out).all() or not (t != kw.get("ignore_index", -100)).any()
     (out * g.to(out.dtype).to(out.device)).sum().backward()
     for name, a, b in [("loss", out, ref), ("dx", xf.grad, xr.grad), ("dW", wf.grad, wr.grad)] + (
@@ -173,6 +173,61 @@ def test_backward_twice_with_retain_graph(reduction):
     (loss * 3).backward()  # second pass recomputes (the forward's gradients were handed over)
     assert torch.allclose(x.grad, 4 * g1x, atol=1e-6) and torch.allclose(w.grad, 4 * g1w,
                                                                          atol=1e-6)
+
+
+def test_backward_allocates_no_gradient_sized_buffer():
+    """mean/sum hand the forward's gradients to autograd: the backward pass must not allocate
+    (e.g. zeros for the op's gradient outputs, or a copy of the V x d weight gradient)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Record(TorchDispatchMode):
+        def __init__(self, limit):
+            super().__init__()
+            self.limit, self.seen = limit, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in tree_leaves(out):
+                if isinstance(o, torch.Tensor) and o.numel() >= self.limit:
+                    self.seen.append(func.overloadpacket.__name__)
+            return out
+
+    n, d, v = 64, 32, 1000
+    x = torch.randn(n, d, requires_grad=True)
+    w = (0.1 * torch.randn(v, d)).requires_grad_()
+    t = torch.randint(0, v, (n,))
+    loss = linear_cross_entropy(x, w, t)
+    with Record(n * d) as rec:
+        loss.backward()
+    assert set(rec.seen) <= {"detach", "view", "alias"}, rec.seen
+    ref = linear_cross_entropy_ref(x.detach().double().requires_grad_(), w.detach().double(), t)
+    assert abs(float(loss) - float(ref)) < 1e-4 and x.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize("n,v,elem,cuda", [(4096, 32768, 4, False), (8192, 50304, 4, False),
+                                           (8192, 50304, 2, True), (1000, 41, 4, False),
+                                           (1, 50304, 4, False), (4097, 50304, 4, False)])
+def test_automatic_chunks_are_balanced_and_bounded(n, v, elem, cuda):
+    from fastlm.ops.cross_entropy import _chunk_rows
+
+    rows = _chunk_rows(n, v, elem, cuda, 0)
+    budget = (256 if cuda else 64) << 20
+    chunks = -(-n // rows)
+    assert 1 <= rows <= n
+    assert (rows - 64) * v * elem < budget or rows == 1  # over the budget by < 64 rows at most
+    assert n - (chunks - 1) * rows > 0  # no empty chunk
+    assert chunks <= max(1, -(-n * v * elem // budget))  # no more chunks than the budget needs
+
+
+def test_default_chunking_several_chunks_matches_reference():
+    gen = torch.Generator().manual_seed(3)
+    n, d, v = 1100, 8, 16000  # 70 MB of fp32 logits: two automatic chunks (576 + 524 rows)
+    x = torch.randn(n, d, generator=gen)
+    w = torch.randn(v, d, generator=gen)
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[::7] = -100
+    _check(x, w, t, chunk_size=0)
 
 
 @pytest.mark.parametrize("bad", ["dtype", "shape", "target_range", "reduction", "smoothing",

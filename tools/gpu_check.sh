@@ -46,7 +46,7 @@ stamp "benchmarks"
    --quick --json "$OUT/bench.jsonl" && \
  python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype float32 --quick \
    --json "$OUT/bench.jsonl") >"$OUT/bench_ce.log" 2>&1
-(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 3} \
+(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 5} \
    --json "$OUT/bench.jsonl" || FASTLM_ATTN_VERSION=3 python3 "$REPO/benchmarks/bench_attention.py" \
    --quick --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
 stamp "done"

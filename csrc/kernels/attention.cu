@@ -21,6 +21,11 @@
 //   v4: v3 with prefetch: forward copies K_{j+1} during softmax + PV of tile j and V_{j+1}
 //       during the next S (single buffers, FA2's schedule); backward double-buffers the Q/dO
 //       tiles so the next tile's copy overlaps the current tile's five products.
+//   v5: forward only (backward = v3): 128 query rows per block, 32 per warp, so each K/V
+//       fragment feeds two mma and each staged K/V tile serves 128 queries; masks only on the
+//       tiles that cross the end or the diagonal; causal warps skip key tiles past their rows.
+//       Written without a GPU at hand (compiled for sm_80/sm_90 only): not yet validated or
+//       timed; tools/gpu_check.sh tests it on every shape and times it next to v3.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
@@ -231,6 +236,187 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
       if (t == 0) LSE[row] = l[i] > 0.f ? (m[i] + log2f(l[i])) / kLog2e : -INFINITY;
     }
   }
+}
+
+// v5 forward: 128 query rows per block, 32 per warp (two 16-row m-tiles), FA2's split. Each K/V
+// fragment read from shared memory feeds the mma of both m-tiles (half the shared loads per mma
+// of v3), each K/V tile staged in shared memory serves twice the queries (half the global
+// traffic), masks are computed only on tiles that need them, and in causal attention a warp
+// skips the math of key tiles that lie entirely after its rows. D=64 keeps Q's fragments in
+// registers; D=128 re-reads them with ldmatrix per key tile and takes 32-key tiles (registers:
+// O 128 + S 32 floats per thread; 64-key tiles spilled 108 bytes at 255 registers, sm_90).
+// Copies as in v3 (cp.async, V's copy overlapping S = Q K^T and the softmax).
+constexpr int kBr5 = 128;
+
+template <typename T, int D, int BC>
+__global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p) {
+  constexpr int LD = D + 8;
+  constexpr bool kQInRegs = D == 64;
+  constexpr int kQk = kQInRegs ? D / 16 : 1;  // Q fragment k-steps kept in registers
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kBr5 * LD;
+  T* sV = sK + BC * LD;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr5;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lm = lane / 8, lr = lane % 8;
+  const T* Q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+  const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+
+  load_tile<T, D, LD, 3>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr5, p.t_q - q0);
+  cp_async_wait<0>();
+  __syncthreads();
+  const T* qw = sQ + warp * 32 * LD;  // this warp's 32 rows
+  // A fragment of m-tile mt, k-step kk: ldmatrix x4 of rows (lm&1)*8+lr, columns (lm>>1)*8.
+  const T* qa = qw + ((lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
+  [[maybe_unused]] uint32_t qf[2][kQk][4];
+  if constexpr (kQInRegs) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[mt][kk], qa + mt * 16 * LD + kk * 16);
+  }
+  float o[2][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+  float m[2][2], l[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
+  const float sl2 = p.scale * kLog2e;
+  const int wrow0 = q0 + warp * 32;  // first row of this warp; its rows: wrow0 + mt*16 + g (+8)
+  const int k_end = p.causal ? min(p.t_k, q0 + kBr5) : p.t_k;
+
+  for (int k0 = 0; k0 < k_end; k0 += BC) {
+    __syncthreads();  // every warp is done reading the previous K/V tile
+    load_tile<T, D, LD, 3>(sK, K + k0 * p.k_stride[2], p.k_stride[2], BC, p.t_k - k0);
+    load_tile<T, D, LD, 3>(sV, V + k0 * p.v_stride[2], p.v_stride[2], BC, p.t_k - k0);
+    cp_async_wait<1>();  // K landed; V may still be in flight
+    __syncthreads();
+    // Causal: keys of this tile all after the warp's last row -> nothing to add for this warp.
+    const bool active = !p.causal || k0 <= wrow0 + 31;
+    float s[2][BC / 8][4];
+    if (active) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] =
+            s[mt][nt][3] = 0.f;
+      // D=128: not unrolled, which keeps ptxas from hoisting every K fragment load (spills).
+#pragma unroll(kQInRegs ? D / 32 : 1)
+      for (int kk = 0; kk < D / 16; kk += 2) {  // k-steps kk, kk+1 (one K ldmatrix per n-tile)
+        uint32_t a0[4], a1[4], c0[4], c1[4];  // A fragments: m-tile 0/1 at kk (a) and kk+1 (c)
+        if constexpr (kQInRegs) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            a0[i] = qf[0][kk][i], a1[i] = qf[1][kk][i], c0[i] = qf[0][kk + 1][i],
+            c1[i] = qf[1][kk + 1][i];
+        } else {
+          ldsm_x4(a0, qa + kk * 16);
+          ldsm_x4(a1, qa + 16 * LD + kk * 16);
+          ldsm_x4(c0, qa + (kk + 1) * 16);
+          ldsm_x4(c1, qa + 16 * LD + (kk + 1) * 16);
+        }
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt) {
+          uint32_t bf[4];
+          ldsm_x4(bf, sK + (nt * 8 + lr) * LD + kk * 16 + lm * 8);
+          mma16816<T>(s[0][nt], a0, bf);
+          mma16816<T>(s[1][nt], a1, bf);
+          mma16816<T>(s[0][nt], c0, bf + 2);
+          mma16816<T>(s[1][nt], c1, bf + 2);
+        }
+      }
+      // Scale to log2 units; mask only where the tile crosses the end or the diagonal.
+      const bool need_mask = k0 + BC > p.t_k || (p.causal && k0 + BC - 1 > wrow0);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        float mx[2] = {m[mt][0], m[mt][1]};
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mt][nt][e] * sl2;
+            if (need_mask) {
+              int key = k0 + nt * 8 + 2 * t + (e & 1), row = wrow0 + mt * 16 + g + (e >> 1) * 8;
+              if (key >= p.t_k || (p.causal && key > row)) x = -INFINITY;
+            }
+            s[mt][nt][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+          }
+        float alpha[2], mu[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+          alpha[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[mt][i] - mx[i]);
+          m[mt][i] = mx[i];
+          mu[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+          l[mt][i] *= alpha[i];
+        }
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mt][nt][e] = exp2f(s[mt][nt][e] - mu[e >> 1]);
+            l[mt][e >> 1] += s[mt][nt][e];
+          }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[mt][dt][0] *= alpha[0], o[mt][dt][1] *= alpha[0];
+          o[mt][dt][2] *= alpha[1], o[mt][dt][3] *= alpha[1];
+        }
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // V tile complete
+    if (active) {
+      // O += P V; one V ldmatrix (two d-tiles) feeds four mma (two m-tiles x two d-tiles).
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        uint32_t af[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          af[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          af[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          af[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          af[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+        const T* vk = sV + (kk * 16 + (lm & 1) * 8 + lr) * LD + (lm >> 1) * 8;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt += 2) {
+          uint32_t bf[4];
+          ldsm_x4_trans(bf, vk + dt * 8);
+          mma16816<T>(o[0][dt], af[0], bf);
+          mma16816<T>(o[1][dt], af[1], bf);
+          mma16816<T>(o[0][dt + 1], af[0], bf + 2);
+          mma16816<T>(o[1][dt + 1], af[1], bf + 2);
+        }
+      }
+    }
+  }
+  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
+  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float li = l[mt][i];
+      li += __shfl_xor_sync(0xffffffffu, li, 1);
+      li += __shfl_xor_sync(0xffffffffu, li, 2);
+      int row = wrow0 + mt * 16 + g + i * 8;
+      float inv = li > 0.f ? 1.f / li : 0.f;
+      if (row < p.t_q) {
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+          *reinterpret_cast<uint32_t*>(O + (int64_t)row * D + dt * 8 + 2 * t) =
+              pack2<T>(o[mt][dt][2 * i] * inv, o[mt][dt][2 * i + 1] * inv);
+        if (t == 0) LSE[row] = li > 0.f ? (m[mt][i] + log2f(li)) / kLog2e : -INFINITY;
+      }
+    }
 }
 
 // delta[row] = sum_d dO[row, d] * O[row, d]: one warp per row.
@@ -504,6 +690,17 @@ __global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float
 
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
+  if (p.version >= 5) {
+    constexpr int BC = D == 128 ? 32 : 64;
+    size_t smem = (kBr5 + 2 * BC) * (D + 8) * sizeof(T);
+    auto kernel = attn_fwd_kernel_v5<T, D, BC>;
+    FASTLM_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    dim3 grid((p.t_q + kBr5 - 1) / kBr5, p.heads_q, p.batch);
+    kernel<<<grid, kThreads, smem, stream>>>(p);
+    FASTLM_LAUNCH_CHECK();
+    return;
+  }
   size_t smem = 3 * kBr * (D + 8) * sizeof(T);
   auto kernel = p.version == 1   ? attn_fwd_kernel<T, D, 1>
                 : p.version == 2 ? attn_fwd_kernel<T, D, 2>
@@ -523,13 +720,14 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
   attn_delta_kernel<T, D><<<(rows + 7) / 8, 256, 0, stream>>>(p);
   FASTLM_LAUNCH_CHECK();
-  const int bufs = p.version >= 4 ? 2 : 1;
+  const int ver = p.version == 5 ? 3 : p.version;  // v5 changes only the forward
+  const int bufs = ver >= 4 ? 2 : 1;
   size_t smem = (2 * kBc * (D + 8) + 2 * bufs * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
                 2 * BQ * sizeof(float);
-  auto kernel = p.version == 1   ? attn_bwd_kernel<T, D, BQ, 1>
-                : p.version == 2 ? attn_bwd_kernel<T, D, BQ, 2>
-                : p.version == 3 ? attn_bwd_kernel<T, D, BQ, 3>
-                                 : attn_bwd_kernel<T, D, BQ, 4>;
+  auto kernel = ver == 1   ? attn_bwd_kernel<T, D, BQ, 1>
+                : ver == 2 ? attn_bwd_kernel<T, D, BQ, 2>
+                : ver == 3 ? attn_bwd_kernel<T, D, BQ, 3>
+                           : attn_bwd_kernel<T, D, BQ, 4>;
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_k + kBc - 1) / kBc, p.heads_kv, p.batch);
@@ -549,8 +747,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version < 1 || p.version > 4)
-    throw std::invalid_argument("attention: kernel version must be 1 to 4");
+  if (p.version < 1 || p.version > 5)
+    throw std::invalid_argument("attention: kernel version must be 1 to 5");
 }
 
 }  // namespace
