@@ -21,9 +21,11 @@
 //   v4: v3 with prefetch: forward copies K_{j+1} during softmax + PV of tile j and V_{j+1}
 //       during the next S (single buffers, FA2's schedule); backward double-buffers the Q/dO
 //       tiles so the next tile's copy overlaps the current tile's five products.
-//   v5: forward only (backward = v3): 128 query rows per block, 32 per warp, so each K/V
-//       fragment feeds two mma and each staged K/V tile serves 128 queries; masks only on the
-//       tiles that cross the end or the diagonal; causal warps skip key tiles past their rows.
+//   v5: forward with 128 query rows per block, 32 per warp, so each K/V fragment feeds two
+//       mma and each staged K/V tile serves 128 queries; masks only on the tiles that cross the
+//       end or the diagonal; causal warps skip key tiles past their rows. Backward: v3 with 8
+//       warps (128 keys per block): each staged Q/dO tile serves twice the keys and the dQ
+//       atomics halve (one fp32 add per query x dim per 128 keys, as FA2's kBlockN = 128).
 //       Written without a GPU at hand (compiled for sm_80/sm_90 only): not yet validated or
 //       timed; tools/gpu_check.sh tests it on every shape and times it next to v3.
 #include <cmath>
@@ -43,10 +45,10 @@ constexpr int kBr = 64, kBc = 64;  // forward query rows / key columns per tile
 // rows at or beyond `valid` are zero-filled.
 // v3+: cp.async (no registers, all of a thread's copies in flight at once; rows past `valid`
 // get src-size 0, i.e. zero-fill). The caller commits/waits and then syncs.
-template <typename T, int D, int LD, int VER>
+template <typename T, int D, int LD, int VER, int NT = kThreads>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int rows, int valid) {
   constexpr int kVec = 8;  // 8 x 16-bit = 16 bytes
-  for (int i = threadIdx.x; i < rows * (D / kVec); i += kThreads) {
+  for (int i = threadIdx.x; i < rows * (D / kVec); i += NT) {
     int r = i / (D / kVec), c = (i % (D / kVec)) * kVec;
     if constexpr (VER >= 3) {
       bool ok = r < valid;
@@ -436,26 +438,27 @@ __global__ void attn_delta_kernel(AttentionParams p) {
   if (lane == 0) p.delta[row] = acc;
 }
 
-template <typename T, int D, int BQ, int VER>
-__global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
+template <typename T, int D, int BQ, int VER, int NW = kWarps>
+__global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
+  constexpr int KB = NW * 16, NT = NW * 32;  // keys per block (16 per warp), threads
   constexpr int LD = D + 8, LDS = BQ + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kBufs = VER >= 4 ? 2 : 1;  // Q/dO tile buffers (v4 prefetches the next tile)
   T* sK = reinterpret_cast<T*>(smem_raw);
-  T* sV = sK + kBc * LD;
-  T* sQ = sV + kBc * LD;
+  T* sV = sK + KB * LD;
+  T* sQ = sV + KB * LD;
   T* sdO = sQ + kBufs * BQ * LD;
-  T* sdS = sdO + kBufs * BQ * LD;  // dS^T tile: kBc keys x BQ queries
-  float* sLse = reinterpret_cast<float*>(sdS + kBc * LDS);
+  T* sdS = sdO + kBufs * BQ * LD;  // dS^T tile: KB keys x BQ queries
+  float* sLse = reinterpret_cast<float*>(sdS + KB * LDS);
   float* sDelta = sLse + BQ;
-  const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kBc;
+  const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * KB;
   const int group = p.heads_q / p.heads_kv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
   const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
-  load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
-  load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+  load_tile<T, D, LD, VER, NT>(sK, K + k0 * p.k_stride[2], p.k_stride[2], KB, p.t_k - k0);
+  load_tile<T, D, LD, VER, NT>(sV, V + k0 * p.v_stride[2], p.v_stride[2], KB, p.t_k - k0);
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i)
@@ -466,7 +469,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
   const T* kw = sK + warp * 16 * LD;
   const T* vw = sV + warp * 16 * LD;
   // dQ tile split: BQ/16 row groups, the rest of the warps split D.
-  constexpr int kRowGroups = BQ / 16, kColSplit = kWarps / kRowGroups, kDw = D / kColSplit;
+  constexpr int kRowGroups = BQ / 16, kColSplit = NW / kRowGroups, kDw = D / kColSplit;
   const int qr = (warp % kRowGroups) * 16, dc = (warp / kRowGroups) * kDw;
   const int q_begin = p.causal ? (k0 / BQ) * BQ : 0;
 
@@ -483,8 +486,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
            (q_begin + (it % nq) * BQ) * p.do_stride[2];
   };
   if constexpr (VER >= 4) {  // prologue: the first Q/dO tile into buffer 0
-    load_tile<T, D, LD, VER>(sQ, q_ptr(0), p.q_stride[2], BQ, p.t_q - q_begin);
-    load_tile<T, D, LD, VER>(sdO, do_ptr(0), p.do_stride[2], BQ, p.t_q - q_begin);
+    load_tile<T, D, LD, VER, NT>(sQ, q_ptr(0), p.q_stride[2], BQ, p.t_q - q_begin);
+    load_tile<T, D, LD, VER, NT>(sdO, do_ptr(0), p.do_stride[2], BQ, p.t_q - q_begin);
   }
 
   for (int it = 0; it < n_iter; ++it) {
@@ -498,19 +501,19 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
       cdO = sdO + (it & 1) * BQ * LD;
       if (it + 1 < n_iter) {  // prefetch the next tile: its copy overlaps this one's math
         const int q1 = q_begin + ((it + 1) % nq) * BQ;
-        load_tile<T, D, LD, VER>(sQ + ((it + 1) & 1) * BQ * LD, q_ptr(it + 1), p.q_stride[2],
+        load_tile<T, D, LD, VER, NT>(sQ + ((it + 1) & 1) * BQ * LD, q_ptr(it + 1), p.q_stride[2],
                                  BQ, p.t_q - q1);
-        load_tile<T, D, LD, VER>(sdO + ((it + 1) & 1) * BQ * LD, do_ptr(it + 1),
+        load_tile<T, D, LD, VER, NT>(sdO + ((it + 1) & 1) * BQ * LD, do_ptr(it + 1),
                                  p.do_stride[2], BQ, p.t_q - q1);
       } else {
         cp_async_commit();  // empty groups keep the wait count below uniform
         cp_async_commit();
       }
     } else {
-      load_tile<T, D, LD, VER>(sQ, q_ptr(it), p.q_stride[2], BQ, p.t_q - q0);
-      load_tile<T, D, LD, VER>(sdO, do_ptr(it), p.do_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER, NT>(sQ, q_ptr(it), p.q_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER, NT>(sdO, do_ptr(it), p.do_stride[2], BQ, p.t_q - q0);
     }
-    for (int i = threadIdx.x; i < BQ; i += kThreads) {
+    for (int i = threadIdx.x; i < BQ; i += NT) {
       bool ok = q0 + i < p.t_q;
       sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;
       sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
@@ -619,13 +622,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(AttentionParams p) {
       *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + kk * 16 + 2 * t + 8) =
           as[3];
     }
-    __syncthreads();  // the whole dS^T tile (all 4 warps' keys) is in shared memory
-    // dQ[qr..qr+16, dc..dc+kDw] += dS K over the block's 64 keys; fp32 atomics to global.
+    __syncthreads();  // the whole dS^T tile (every warp's keys) is in shared memory
+    // dQ[qr..qr+16, dc..dc+kDw] += dS K over the block's KB keys; fp32 atomics to global.
     float dq[kDw / 8][4];
 #pragma unroll
     for (int i = 0; i < kDw / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
+    for (int kk = 0; kk < KB / 16; ++kk) {
       if constexpr (VER >= 2) {
         uint32_t a[4];  // dS[q][key] = dS^T[key][q]: transposed load of the stored tile
         ldsm_x4_trans(a, sdS + (kk * 16 + (lm >> 1) * 8 + lr) * LDS + qr + (lm & 1) * 8);
@@ -720,18 +723,21 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
   attn_delta_kernel<T, D><<<(rows + 7) / 8, 256, 0, stream>>>(p);
   FASTLM_LAUNCH_CHECK();
-  const int ver = p.version == 5 ? 3 : p.version;  // v5 changes only the forward
+  // v5: v3's code with 8 warps, i.e. 128 keys per block (v1-v4: 4 warps, 64 keys).
+  const int ver = p.version >= 5 ? 3 : p.version;
+  const int warps = p.version >= 5 ? 8 : kWarps, keys = warps * 16;
   const int bufs = ver >= 4 ? 2 : 1;
-  size_t smem = (2 * kBc * (D + 8) + 2 * bufs * BQ * (D + 8) + kBc * (BQ + 8)) * sizeof(T) +
+  size_t smem = (2 * keys * (D + 8) + 2 * bufs * BQ * (D + 8) + keys * (BQ + 8)) * sizeof(T) +
                 2 * BQ * sizeof(float);
-  auto kernel = ver == 1   ? attn_bwd_kernel<T, D, BQ, 1>
-                : ver == 2 ? attn_bwd_kernel<T, D, BQ, 2>
-                : ver == 3 ? attn_bwd_kernel<T, D, BQ, 3>
-                           : attn_bwd_kernel<T, D, BQ, 4>;
+  auto kernel = p.version >= 5 ? attn_bwd_kernel<T, D, BQ, 3, 8>
+                : ver == 1     ? attn_bwd_kernel<T, D, BQ, 1>
+                : ver == 2     ? attn_bwd_kernel<T, D, BQ, 2>
+                : ver == 3     ? attn_bwd_kernel<T, D, BQ, 3>
+                               : attn_bwd_kernel<T, D, BQ, 4>;
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  dim3 grid((p.t_k + kBc - 1) / kBc, p.heads_kv, p.batch);
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  dim3 grid((p.t_k + keys - 1) / keys, p.heads_kv, p.batch);
+  kernel<<<grid, warps * 32, smem, stream>>>(p);
   FASTLM_LAUNCH_CHECK();
   int blocks = static_cast<int>(std::min<int64_t>((rows * D + 255) / 256, 65535));
   attn_dq_convert_kernel<T><<<blocks, 256, 0, stream>>>(p.dq_accum, static_cast<T*>(p.dq),
