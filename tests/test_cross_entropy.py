@@ -132,6 +132,23 @@ def test_bf16_cpu_and_module():
     assert crit(x.float(), w.float(), t).shape == ()
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_weight_gradient_in_vocab_blocks(device, dtype, monkeypatch):
+    """bf16/fp16 weight gradients are accumulated in fp32 one vocab block at a time: blocks of
+    16 rows over V=41 (two full blocks and a partial one) and chunks of 16 rows."""
+    import fastlm.ops.cross_entropy as ce
+
+    monkeypatch.setattr(ce, "_WGRAD_BLOCK", 16)
+    gen = torch.Generator().manual_seed(6)
+    dt = getattr(torch, dtype)
+    x = torch.randn(37, 32, generator=gen).to(dt).to(device)
+    w = torch.randn(41, 32, generator=gen).to(dt).to(device)
+    t = torch.randint(0, 41, (37,), generator=gen)
+    t[::5] = -100
+    _check(x, w, t.to(device), reduction="sum", norm_tol=1.5e-2 if dtype == "bfloat16" else 4e-3)
+
+
 def test_backend_torch_and_class_weight_fallback():
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(12, 8, generator=gen, dtype=torch.float64)
