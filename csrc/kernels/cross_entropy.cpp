@@ -1,8 +1,9 @@
 // CPU cross-entropy chunk kernel: per row, soft-cap + logsumexp + loss + dlogits, rows in parallel.
 //
 // Each row is read three times (max, exp sum, gradient) while it sits in cache (V=50304 fp32 =
-// 200 KB fits L2), so the cost is one pass over memory plus V exps. exp uses a branch-free polynomial
-// (fast_exp, rel. error ~1e-7) that GCC/Clang vectorize at -O3; std::exp is a scalar libm call.
+// 200 KB fits L2), so the cost is one pass over memory plus V exps. exp uses a branch-free
+// polynomial (fast_exp, rel. error ~1e-7) that GCC/Clang vectorize at -O3; std::exp is a scalar
+// libm call.
 // Performance notes (dev box, 2 shared cores, 128 x 32768 fp32 chunk, fwd + grad):
 //   v1 Cephes-style fast_exp with a ternary round and std::min/max clamps: GCC did not vectorize
 //      the exp loops ("control flow in loop"): ~10-13 ns/element.
