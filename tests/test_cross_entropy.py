@@ -168,13 +168,42 @@ def test_no_grad_forward_and_torch_compile():
     t = torch.randint(0, 41, (20,), generator=gen)
     with torch.no_grad():
         a = linear_cross_entropy(x, w, t)
-    torch.library.opcheck(torch.ops.fastlm.linear_cross_entropy.default,
-                          (x, w.detach(), None, t, -100, "mean", 0.0, 0.0, 0.0, False, 0))
+    for compute_grad, weight_grad in ((False, False), (True, True), (True, False)):
+        torch.library.opcheck(torch.ops.fastlm.linear_cross_entropy.default,
+                              (x, w.detach(), None, t, -100, "mean", 0.0, 0.0, 0.0,
+                               compute_grad, 0, weight_grad))
     compiled = torch.compile(lambda x, w, t: linear_cross_entropy(x, w, t), backend="aot_eager",
                              fullgraph=True)
     b = compiled(x, w, t)
     b.backward()
     assert torch.allclose(a, b.detach()) and w.grad is not None
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_frozen_weight_gets_no_gradient(reduction, compiled, monkeypatch):
+    """A weight that does not require grad (frozen head, LoRA) gets no V x d accumulator: the
+    input's gradient still matches the reference, the weight's is None."""
+    import fastlm.ops.cross_entropy as ce
+
+    def no_wgrad(*args):
+        raise AssertionError("weight gradient computed for a frozen weight")
+
+    monkeypatch.setattr(ce, "_accumulate_wgrad", no_wgrad)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(23, 16, generator=gen, requires_grad=True)
+    w = torch.randn(41, 16, generator=gen)
+    t = torch.randint(0, 41, (23,), generator=gen)
+    t[3] = -100
+    fn = lambda x, w, t: linear_cross_entropy(x, w, t, reduction=reduction, chunk_size=8)  # noqa
+    if compiled:
+        fn = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    g = torch.randn(23, generator=gen) if reduction == "none" else torch.tensor(1.0)
+    (fn(x, w, t) * g).sum().backward()
+    xr = x.detach().double().requires_grad_()
+    (linear_cross_entropy_ref(xr, w.double(), t, reduction=reduction) * g.double()).sum().backward()
+    assert w.grad is None
+    assert torch.allclose(x.grad.double(), xr.grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
