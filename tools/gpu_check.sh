@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check: build fastlm with CUDA, run the kernel tests, the kernel benchmarks (short sizes) and
-# the tiny-model loss parity (inside the tests); print a short table last. Logs go to $OUT (or out/).
+# GPU check: build fastlm with CUDA, run the kernel tests (with the tiny-model loss parity), the
+# trainer/post-training GPU tests and the kernel benchmarks (short sizes); print a short table
+# last. Logs go to $OUT (or out/).
 # Meant for a lent GPU machine (python3 with torch, pybind11, scikit-build-core, cmake, ninja).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,10 @@ stamp "tests, attention kernel v5"
 (cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 python3 -m pytest -q \
    -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" 2>&1) \
   | tee "$OUT/tests_v5.log" | tail -15
+# The trainer and post-training on the GPU (bf16 autocast, fused AdamW, MFU, resume, SFT/DPO/GRPO).
+stamp "tests, trainer and post-training on the GPU"
+(cd /tmp && python3 -m pytest -q -p no:cacheprovider --timeout 300 --maxfail=3 \
+   "$REPO/tests/test_gpu_paths.py" -rs 2>&1) | tee "$OUT/tests_train.log" | tail -15
 
 stamp "benchmarks"
 : >"$OUT/bench.jsonl"
@@ -58,5 +63,6 @@ stamp "done"
 echo "================ summary ================"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
 echo "attention v5: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
+echo "trainer/post-training on GPU: $(grep -E "passed|failed|error" "$OUT/tests_train.log" | tail -1)"
 cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40
 exit $TEST_RC
