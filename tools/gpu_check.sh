@@ -45,6 +45,17 @@ stamp "tests, attention kernel v5"
 (cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 python3 -m pytest -q \
    -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" 2>&1) \
   | tee "$OUT/tests_v5.log" | tail -15
+V5_RC=${PIPESTATUS[0]}
+# compute-sanitizer on the newest kernel (Firecracker machines only: gVisor refuses the device).
+if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] || [ "$V5_RC" != 0 ]; }; then
+  stamp "compute-sanitizer (memcheck, racecheck) on attention v5"
+  for tool in memcheck racecheck; do
+    (cd /tmp && timeout 150 compute-sanitizer --tool $tool --kernel-name kns=attn --error-exitcode 9 \
+       python3 "$REPO/tools/sanitize_attention.py" 5 >"$OUT/sanitize_$tool.log" 2>&1)
+    echo "compute-sanitizer $tool: rc=$? (log: sanitize_$tool.log)" | tee -a "$OUT/sanitize.txt"
+    tail -12 "$OUT/sanitize_$tool.log"
+  done
+fi
 # The trainer and post-training on the GPU (bf16 autocast, fused AdamW, MFU, resume, SFT/DPO/GRPO).
 stamp "tests, trainer and post-training on the GPU"
 (cd /tmp && python3 -m pytest -q -p no:cacheprovider --timeout 300 --maxfail=3 \
@@ -64,5 +75,6 @@ echo "================ summary ================"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
 echo "attention v5: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
 echo "trainer/post-training on GPU: $(grep -E "passed|failed|error" "$OUT/tests_train.log" | tail -1)"
+[ -f "$OUT/sanitize.txt" ] && cat "$OUT/sanitize.txt"
 cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40
 exit $TEST_RC
