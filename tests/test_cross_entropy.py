@@ -149,6 +149,33 @@ def test_half_weight_gradient_in_vocab_blocks(device, dtype, monkeypatch):
     _check(x, w, t.to(device), reduction="sum", norm_tol=1.5e-2 if dtype == "bfloat16" else 4e-3)
 
 
+def test_realistic_rows_and_vocab_against_chunked_float64_reference():
+    """N=8192 rows, V=50304 (GPT-2's padded vocab) with the automatic chunking (22 chunks of 384
+    rows on CPU) and fp32 weight-gradient accumulation over every row; d is kept at 16 so the
+    float64 reference (summed over 512-row chunks with autograd, exact for sum) stays cheap."""
+    gen = torch.Generator().manual_seed(11)
+    n, d, v = 8192, 16, 50304
+    x = torch.randn(n, d, generator=gen)
+    w = 0.5 * torch.randn(v, d, generator=gen)
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[::13] = -100
+    xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = linear_cross_entropy(xf, wf, t, label_smoothing=0.1)
+    out.backward()
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    total = torch.zeros((), dtype=torch.float64)
+    for r0 in range(0, n, 512):
+        part = linear_cross_entropy_ref(xr[r0:r0 + 512], wr, t[r0:r0 + 512], reduction="sum",
+                                        label_smoothing=0.1)
+        part.backward()
+        total += part.detach()
+    n_valid = int((t != -100).sum())
+    ref = total / n_valid
+    assert abs(float(out) - float(ref)) < 1e-5 * float(ref)
+    assert _rel(xf.grad, xr.grad / n_valid) < 1e-5
+    assert _rel(wf.grad, wr.grad / n_valid) < 1e-5
+
+
 def test_backend_torch_and_class_weight_fallback():
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(12, 8, generator=gen, dtype=torch.float64)
