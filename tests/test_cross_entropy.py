@@ -278,19 +278,25 @@ def test_backward_allocates_no_gradient_sized_buffer():
     assert abs(float(loss) - float(ref)) < 1e-4 and x.grad is not None and w.grad is not None
 
 
-@pytest.mark.parametrize("n,v,elem,cuda", [(4096, 32768, 4, False), (8192, 50304, 4, False),
-                                           (8192, 50304, 2, True), (1000, 41, 4, False),
-                                           (1, 50304, 4, False), (4097, 50304, 4, False)])
-def test_automatic_chunks_are_balanced_and_bounded(n, v, elem, cuda):
+@pytest.mark.parametrize("n,v,elem,cuda,expected", [
+    (4096, 32768, 4, False, 512),    # 512 MB of fp32 logits: 8 chunks of 64 MB
+    (8192, 50304, 4, False, 384),    # 25 chunks of 328 rows, rounded up to 384 (22 chunks)
+    (8192, 50304, 2, True, 2048),    # CUDA bf16: 4 chunks of ~206 MB
+    (1000, 41, 4, False, 1000),      # small: one chunk
+    (1, 50304, 4, False, 1),
+    (4097, 50304, 4, False, 320)])   # odd N: 13 chunks of 316 rows, rounded up to 320
+def test_automatic_chunks_are_balanced_and_bounded(n, v, elem, cuda, expected):
     from fastlm.ops.cross_entropy import _chunk_rows
 
     rows = _chunk_rows(n, v, elem, cuda, 0)
     budget = (256 if cuda else 64) << 20
     chunks = -(-n // rows)
+    assert rows == expected
     assert 1 <= rows <= n
+    assert rows == n or rows % 64 == 0  # matmul-friendly row counts
     assert (rows - 64) * v * elem < budget or rows == 1  # over the budget by < 64 rows at most
-    assert n - (chunks - 1) * rows > 0  # no empty chunk
     assert chunks <= max(1, -(-n * v * elem // budget))  # no more chunks than the budget needs
+    assert _chunk_rows(n, v, elem, cuda, 7) == min(7, n)  # an explicit chunk_size wins
 
 
 def test_default_chunking_several_chunks_matches_reference():

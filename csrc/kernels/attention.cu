@@ -62,6 +62,12 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int ro
   if constexpr (VER >= 3) cp_async_commit();
 }
 
+// Start of head h of batch b in a (B, H, T, D) tensor with element strides {batch, head, time}.
+template <typename T>
+__device__ __forceinline__ const T* head_base(const void* x, const int64_t* stride, int b, int h) {
+  return static_cast<const T*>(x) + b * stride[0] + h * stride[1];
+}
+
 template <typename T, int D, int VER>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   constexpr int LD = D + 8;  // +16 bytes per row: the fragment loads hit distinct banks
@@ -73,9 +79,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   const int hk = h / (p.heads_q / p.heads_kv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
-  const T* Q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-  const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-  const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
 
   load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr, p.t_q - q0);
   if constexpr (VER >= 3) cp_async_wait<0>();
@@ -263,9 +269,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   const int hk = h / (p.heads_q / p.heads_kv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;
-  const T* Q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-  const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-  const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
 
   load_tile<T, D, LD, 3>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr5, p.t_q - q0);
   cp_async_wait<0>();
@@ -429,8 +435,7 @@ __global__ void attn_delta_kernel(AttentionParams p) {
   if (row >= rows) return;
   const int lane = threadIdx.x % 32;
   const int tq = row % p.t_q, bh = row / p.t_q, h = bh % p.heads_q, b = bh / p.heads_q;
-  const T* dO = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] +
-                tq * p.do_stride[2];
+  const T* dO = head_base<T>(p.dout, p.do_stride, b, h) + tq * p.do_stride[2];
   const T* O = static_cast<const T*>(p.o) + row * D;
   float acc = 0.f;
   for (int d = lane; d < D; d += 32) acc += to_float(dO[d]) * to_float(O[d]);
@@ -455,8 +460,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   const int group = p.heads_q / p.heads_kv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
-  const T* K = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-  const T* V = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
   load_tile<T, D, LD, VER, NT>(sK, K + k0 * p.k_stride[2], p.k_stride[2], KB, p.t_k - k0);
   load_tile<T, D, LD, VER, NT>(sV, V + k0 * p.v_stride[2], p.v_stride[2], KB, p.t_k - k0);
   float dk[D / 8][4], dv[D / 8][4];
@@ -477,12 +482,11 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   const int n_iter = group * nq;                   // (head of the group, query tile) pairs
   auto q_ptr = [&](int it) {
     const int h = hk * group + it / nq;
-    return static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
-           (q_begin + (it % nq) * BQ) * p.q_stride[2];
+    return head_base<T>(p.q, p.q_stride, b, h) + (q_begin + (it % nq) * BQ) * p.q_stride[2];
   };
   auto do_ptr = [&](int it) {
     const int h = hk * group + it / nq;
-    return static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] +
+    return head_base<T>(p.dout, p.do_stride, b, h) +
            (q_begin + (it % nq) * BQ) * p.do_stride[2];
   };
   if constexpr (VER >= 4) {  // prologue: the first Q/dO tile into buffer 0
