@@ -310,7 +310,7 @@ def test_default_chunking_several_chunks_matches_reference():
 
 
 @pytest.mark.parametrize("bad", ["dtype", "shape", "target_range", "reduction", "smoothing",
-                                 "target_dtype", "weight_shape"])
+                                 "target_dtype", "weight_shape", "chunk_size"])
 def test_bad_arguments(bad):
     x, w, t = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 2, 3, 4])
     kw = {}
@@ -328,6 +328,8 @@ def test_bad_arguments(bad):
         t = t.int()
     elif bad == "weight_shape":
         w = torch.randn(10, 7)
+    elif bad == "chunk_size":
+        kw["chunk_size"] = -1
     with pytest.raises((ValueError, TypeError)):
         linear_cross_entropy(x, w, t, **kw)
 

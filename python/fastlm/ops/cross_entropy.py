@@ -308,6 +308,8 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if z_loss < 0 or softcap < 0:
         raise ValueError("z_loss and softcap must be >= 0")
+    if int(chunk_size) != chunk_size or chunk_size < 0:
+        raise ValueError(f"chunk_size must be an integer >= 0 (0 = automatic), got {chunk_size!r}")
     if not isinstance(input, torch.Tensor) or not input.is_floating_point() or input.dim() < 1:
         raise TypeError("input must be a floating-point tensor of shape (..., d)")
     if linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
