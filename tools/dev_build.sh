@@ -13,4 +13,4 @@ if [ ! -f "$bdir/build.ninja" ]; then
 fi
 cmake --build "$bdir" -- -j2
 cp -f "$bdir"/_C*.so python/fastlm/
-if ls "$bdir"/_cuda*.so >/dev/null 2>&1; then cp -f "$bdir"/_cuda*.so python/fastlm/; fi
+for m in "$bdir"/_cuda*.so; do if [ -f "$m" ]; then cp -f "$m" python/fastlm/; fi; done

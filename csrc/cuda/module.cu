@@ -9,6 +9,11 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/kernels_cuda.h"
 
+// The emulator build (csrc/emu/module_emu.cpp) compiles this file as fastlm._cuda_emu.
+#ifndef FASTLM_CUDA_MODULE
+#define FASTLM_CUDA_MODULE _cuda
+#endif
+
 namespace py = pybind11;
 using fastlm::cuda::AttentionParams;
 
@@ -111,8 +116,17 @@ void attention_backward(uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, u
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
   m.doc() = "fastlm CUDA kernels (private: use fastlm.ops)";
+#ifdef FASTLM_CUDA_EMU
+  m.doc() = "fastlm's CUDA kernels run on the CPU by an emulator, for tests (csrc/emu/cuda_emu.h)";
+  m.def("set_seed", &fastlm::emu::set_seed, py::arg("seed"),
+        "thread scheduling seed of the emulator (0 = threads in index order)");
+  m.def("set_copy_timing", &fastlm::emu::set_copy_timing, py::arg("mode"),
+        "when cp.async copies land: 'lazy', 'eager' or 'mixed'");
+  m.def("selftest", &fastlm::emu::selftest, py::arg("name"),
+        "runs a deliberately broken kernel (or its '_good' twin): 'ok', 'wrong' or the error");
+#endif
   m.def("cross_entropy_chunk", &cross_entropy_chunk, py::arg("logits"), py::arg("dtype"),
         py::arg("rows"), py::arg("vocab"), py::arg("ld"), py::arg("target"), py::arg("loss"),
         py::arg("lse"), py::arg("grad_scale"), py::arg("grad_scale_scalar"),

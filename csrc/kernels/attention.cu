@@ -71,7 +71,7 @@ __device__ __forceinline__ const T* head_base(const void* x, const int64_t* stri
 template <typename T, int D, int VER>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   constexpr int LD = D + 8;  // +16 bytes per row: the fragment loads hit distinct banks
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBr * LD;
   T* sV = sK + kBc * LD;
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   constexpr int LD = D + 8;
   constexpr bool kQInRegs = D == 64;
   constexpr int kQk = kQInRegs ? D / 16 : 1;  // Q fragment k-steps kept in registers
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBr5 * LD;
   T* sV = sK + BC * LD;
@@ -447,7 +447,7 @@ template <typename T, int D, int BQ, int VER, int NW = kWarps>
 __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   constexpr int KB = NW * 16, NT = NW * 32;  // keys per block (16 per warp), threads
   constexpr int LD = D + 8, LDS = BQ + 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FASTLM_DYNAMIC_SMEM(smem_raw);
   constexpr int kBufs = VER >= 4 ? 2 : 1;  // Q/dO tile buffers (v4 prefetches the next tile)
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + KB * LD;
@@ -704,7 +704,7 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
     FASTLM_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     dim3 grid((p.t_q + kBr5 - 1) / kBr5, p.heads_q, p.batch);
-    kernel<<<grid, kThreads, smem, stream>>>(p);
+    FASTLM_LAUNCH(kernel, grid, kThreads, smem, stream)(p);
     FASTLM_LAUNCH_CHECK();
     return;
   }
@@ -716,7 +716,7 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_q + kBr - 1) / kBr, p.heads_q, p.batch);
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  FASTLM_LAUNCH(kernel, grid, kThreads, smem, stream)(p);
   FASTLM_LAUNCH_CHECK();
 }
 
@@ -725,7 +725,8 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = D == 128 ? 32 : 64;
   const int64_t rows = (int64_t)p.batch * p.heads_q * p.t_q;
   FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
-  attn_delta_kernel<T, D><<<(rows + 7) / 8, 256, 0, stream>>>(p);
+  auto delta_kernel = attn_delta_kernel<T, D>;
+  FASTLM_LAUNCH(delta_kernel, (rows + 7) / 8, 256, 0, stream)(p);
   FASTLM_LAUNCH_CHECK();
   // v5: v3's code with 8 warps, i.e. 128 keys per block (v1-v4: 4 warps, 64 keys).
   const int ver = p.version >= 5 ? 3 : p.version;
@@ -741,11 +742,11 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_k + keys - 1) / keys, p.heads_kv, p.batch);
-  kernel<<<grid, warps * 32, smem, stream>>>(p);
+  FASTLM_LAUNCH(kernel, grid, warps * 32, smem, stream)(p);
   FASTLM_LAUNCH_CHECK();
   int blocks = static_cast<int>(std::min<int64_t>((rows * D + 255) / 256, 65535));
-  attn_dq_convert_kernel<T><<<blocks, 256, 0, stream>>>(p.dq_accum, static_cast<T*>(p.dq),
-                                                       rows * D, p.scale);
+  FASTLM_LAUNCH(attn_dq_convert_kernel<T>, blocks, 256, 0, stream)(
+      p.dq_accum, static_cast<T*>(p.dq), rows * D, p.scale);
   FASTLM_LAUNCH_CHECK();
 }
 

@@ -107,17 +107,17 @@ void cross_entropy_chunk(void* logits, int dtype, const int64_t* target,
   dim3 grid(static_cast<unsigned>(p.rows));
   switch (dtype) {
     case kFloat32:
-      ce_chunk_kernel<float><<<grid, kThreads, 0, stream>>>(
+      FASTLM_LAUNCH(ce_chunk_kernel<float>, grid, kThreads, 0, stream)(
           static_cast<float*>(logits), target, p, grad_scale, grad_scale_scalar, loss, lse,
           write_grad);
       break;
     case kBFloat16:
-      ce_chunk_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
+      FASTLM_LAUNCH(ce_chunk_kernel<__nv_bfloat16>, grid, kThreads, 0, stream)(
           static_cast<__nv_bfloat16*>(logits), target, p, grad_scale, grad_scale_scalar, loss,
           lse, write_grad);
       break;
     case kFloat16:
-      ce_chunk_kernel<__half><<<grid, kThreads, 0, stream>>>(
+      FASTLM_LAUNCH(ce_chunk_kernel<__half>, grid, kThreads, 0, stream)(
           static_cast<__half*>(logits), target, p, grad_scale, grad_scale_scalar, loss, lse,
           write_grad);
       break;

@@ -1,12 +1,17 @@
 // CUDA helpers shared by the kernels: error checks with file:line, dtype tags, mma.sync wrappers.
 #pragma once
+#ifdef FASTLM_CUDA_EMU  // compiled as C++ for the CPU emulator (csrc/emu/cuda_emu.h)
+#include "emu/cuda_emu.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace fastlm {
 namespace cuda {
@@ -19,6 +24,18 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 }
 #define FASTLM_CUDA_CHECK(x) ::fastlm::cuda::cuda_check((x), __FILE__, __LINE__)
 #define FASTLM_LAUNCH_CHECK() ::fastlm::cuda::cuda_check(cudaGetLastError(), __FILE__, __LINE__)
+
+// kernel<<<grid, block, smem, stream>>>(args) as FASTLM_LAUNCH(kernel, grid, block, smem,
+// stream)(args), and the block's dynamic shared memory as FASTLM_DYNAMIC_SMEM(name), so that
+// the emulator build (FASTLM_CUDA_EMU) can run the same source.
+#ifdef FASTLM_CUDA_EMU
+#define FASTLM_LAUNCH(kernel, grid, block, smem, stream) \
+  ::fastlm::emu::launch(kernel, grid, block, smem, stream)
+#define FASTLM_DYNAMIC_SMEM(name) unsigned char* name = ::fastlm::emu::dynamic_smem()
+#else
+#define FASTLM_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define FASTLM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 // dtype codes passed from Python (python/fastlm/ops/_dispatch.py: dtype_code).
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
@@ -57,6 +74,18 @@ template <typename T> __device__ __forceinline__ uint32_t ld32(const T* p) {
 // ldmatrix: four 8x8 b16 matrices from shared memory; lanes 8m..8m+7 give the 16-byte row
 // addresses of matrix m, and register m of lane l receives row l/4, columns 2(l%4)..+1 of
 // matrix m (with .trans: row 2(l%4)..+1, column l/4, i.e. the transposed matrix).
+#ifdef FASTLM_CUDA_EMU
+inline void ldsm_x4(uint32_t* r, const void* p) { ::fastlm::emu::ldmatrix_x4(r, p, false); }
+inline void ldsm_x4_trans(uint32_t* r, const void* p) { ::fastlm::emu::ldmatrix_x4(r, p, true); }
+inline void cp_async16(void* smem, const void* gmem, bool valid) {
+  ::fastlm::emu::cp_async16(smem, gmem, valid);
+}
+inline void cp_async_commit() { ::fastlm::emu::cp_async_commit(); }
+template <int N> inline void cp_async_wait() { ::fastlm::emu::cp_async_wait(N); }
+template <typename T> inline void mma16816(float* c, const uint32_t* a, const uint32_t* b) {
+  ::fastlm::emu::mma16816(c, a, b, std::is_same<T, __nv_bfloat16>::value);
+}
+#else
 __device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p) {
   uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -103,6 +132,7 @@ template <> __device__ __forceinline__ void mma16816<__half>(float* c, const uin
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#endif  // FASTLM_CUDA_EMU
 
 }  // namespace cuda
 }  // namespace fastlm

@@ -1,6 +1,10 @@
 // Host entry points of the CUDA kernels (csrc/kernels/*.cu), called by csrc/cuda/module.cu.
 #pragma once
+#ifdef FASTLM_CUDA_EMU
+#include "emu/cuda_emu.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 

@@ -61,18 +61,27 @@ def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor) -> N
         gw[v0:v1].add_(_mm_fp32(dl[:, v0:v1].t(), xc))
 
 
+def _run_device_kernel(module, stream, logits, target, loss, lse, grad_scale, grad_scale_scalar,
+                       ignore_index, label_smoothing, z_loss, softcap, write_grad):
+    """The CUDA chunk kernel through `module` (fastlm._cuda; tests pass fastlm._cuda_emu with
+    CPU tensors): dlogits in place, in the logits' own dtype."""
+    module.cross_entropy_chunk(
+        logits.data_ptr(), _dispatch.dtype_code(logits.dtype), logits.shape[0],
+        logits.shape[1], logits.stride(0), target.data_ptr(), loss.data_ptr(), lse.data_ptr(),
+        0 if grad_scale is None else grad_scale.data_ptr(), float(grad_scale_scalar),
+        int(ignore_index), float(label_smoothing), float(z_loss), float(softcap),
+        bool(write_grad), stream)
+    return logits
+
+
 def _run_chunk_kernel(logits, target, loss, lse, grad_scale, grad_scale_scalar, ignore_index,
                       label_smoothing, z_loss, softcap, write_grad):
     """Runs the native chunk kernel on `logits` in place; returns the tensor holding dlogits."""
     if logits.is_cuda:
-        cu = _dispatch.cuda_module()
-        cu.cross_entropy_chunk(
-            logits.data_ptr(), _dispatch.dtype_code(logits.dtype), logits.shape[0],
-            logits.shape[1], logits.stride(0), target.data_ptr(), loss.data_ptr(),
-            lse.data_ptr(), 0 if grad_scale is None else grad_scale.data_ptr(),
-            float(grad_scale_scalar), int(ignore_index), float(label_smoothing), float(z_loss),
-            float(softcap), bool(write_grad), _dispatch.stream_handle(logits.device))
-        return logits
+        return _run_device_kernel(
+            _dispatch.cuda_module(), _dispatch.stream_handle(logits.device), logits, target,
+            loss, lse, grad_scale, grad_scale_scalar, ignore_index, label_smoothing, z_loss,
+            softcap, write_grad)
     lf = logits if logits.dtype == torch.float32 else logits.float()
     _dispatch.cpu_module().cross_entropy_chunk(
         lf.numpy(), target.numpy(), loss.numpy(), lse.numpy(),

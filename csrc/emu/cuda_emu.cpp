@@ -1,0 +1,505 @@
+// The CPU emulator's scheduler and collectives (model and limits: cuda_emu.h).
+#include "emu/cuda_emu.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <vector>
+
+namespace fastlm {
+namespace emu {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kStackBytes = 256 << 10;        // per CUDA thread (fiber)
+constexpr size_t kDefaultSmem = 48 << 10;        // without cudaFuncSetAttribute
+constexpr size_t kMaxSmem = 227 << 10;           // sm_90 opt-in limit per block
+constexpr size_t kCanaryBytes = 4096;            // after the block's dynamic shared memory
+constexpr unsigned char kPoison = 0xFF, kCanary = 0xA5;
+
+struct Abort {};  // unwinds a fiber once the block has failed
+
+struct Copy {
+  unsigned char* dst;
+  const unsigned char* src;
+  bool valid;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  unsigned char* stack = nullptr;
+  uint3 tid{0, 0, 0};
+  int linear = 0, lane = 0, warp = 0;
+  bool done = false;
+  const char* waiting = nullptr;          // what it waits at (deadlock report)
+  std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
+  std::vector<Copy> open;                 // issued since the last commit
+};
+
+struct WarpState {
+  int live = 0, arrived = 0;
+  uint64_t gen = 0;  // completed collectives; slot buffers alternate with its parity
+  const char* kind = nullptr;
+  uint32_t in[2][kWarpSize][8];
+  const void* addr[2][kWarpSize];
+};
+
+struct State {
+  ucontext_t sched;
+  std::vector<Fiber> fibers;
+  std::vector<WarpState> warps;
+  Fiber* cur = nullptr;
+  int live = 0, arrived = 0;
+  uint64_t block_gen = 0;
+  const char* barrier_file = nullptr;  // the __syncthreads the block's waiting threads are at
+  int barrier_line = 0;
+  enum class Copies { kLazy, kEager, kMixed } copies = Copies::kMixed;
+  std::mt19937_64 rng;
+  bool progress = false, abort = false;
+  std::string error;
+  uint3 block{0, 0, 0};
+  dim3 block_dim, grid_dim;
+  const std::function<void()>* body = nullptr;
+  std::vector<unsigned char> smem;  // dynamic shared memory + canary
+  size_t smem_size = 0;
+  uint64_t seed = 1;
+  std::map<const void*, int> max_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize
+  std::vector<unsigned char*> stacks;
+};
+
+State& st() {
+  static State s;
+  static bool init = [] {
+    if (const char* e = std::getenv("FASTLM_EMU_SEED")) s.seed = std::strtoull(e, nullptr, 10);
+    return true;
+  }();
+  (void)init;
+  return s;
+}
+
+cudaError_t g_last = cudaSuccess;
+std::string g_last_msg;
+
+std::string where() {
+  State& s = st();
+  std::string w = "block (" + std::to_string(s.block.x) + "," + std::to_string(s.block.y) + "," +
+                  std::to_string(s.block.z) + ")";
+  if (s.cur)
+    w += " thread " + std::to_string(s.cur->linear) + " (warp " + std::to_string(s.cur->warp) +
+         ", lane " + std::to_string(s.cur->lane) + ")";
+  return w;
+}
+
+[[noreturn]] void fail(const std::string& msg) {
+  State& s = st();
+  if (s.error.empty()) s.error = msg + " at " + where();
+  s.abort = true;
+  throw Abort{};
+}
+
+void yield() {
+  State& s = st();
+  Fiber* f = s.cur;
+  swapcontext(&f->ctx, &s.sched);
+  if (s.abort) throw Abort{};
+}
+
+bool in_smem(const void* p, size_t bytes) {
+  State& s = st();
+  auto* c = static_cast<const unsigned char*>(p);
+  return c >= s.smem.data() && c + bytes <= s.smem.data() + s.smem_size;
+}
+
+void complete(std::vector<Copy>& copies) {
+  for (const Copy& c : copies) {
+    if (c.valid)
+      std::memcpy(c.dst, c.src, 16);
+    else
+      std::memset(c.dst, 0, 16);
+  }
+  copies.clear();
+}
+
+// Warp collective: every lane deposits its inputs in the slot buffer of this collective, the
+// last lane to arrive releases the warp, then each lane computes its own result from all slots.
+// Buffers alternate by generation, so a fast lane's next collective cannot overwrite slots a
+// slow lane still has to read (the next collective needs the slow lane to arrive first).
+template <class Fill, class Compute>
+void collective(const char* kind, Fill fill, Compute compute) {
+  State& s = st();
+  Fiber* f = s.cur;
+  WarpState& w = s.warps[f->warp];
+  if (w.live != kWarpSize)
+    fail(std::string(kind) + " with " + std::to_string(kWarpSize - w.live) +
+         " lanes of the warp exited or missing (full-warp collectives only)");
+  if (w.arrived == 0)
+    w.kind = kind;
+  else if (w.kind != kind)
+    fail(std::string("divergent warp collective: ") + kind + " while other lanes are at " +
+         w.kind);
+  const uint64_t g = w.gen;
+  const int buf = static_cast<int>(g & 1);
+  fill(w.in[buf][f->lane], w.addr[buf][f->lane]);
+  s.progress = true;
+  if (++w.arrived == kWarpSize) {
+    w.arrived = 0;
+    ++w.gen;
+  }
+  f->waiting = kind;
+  while (w.gen == g) yield();
+  f->waiting = nullptr;
+  compute(w.in[buf], w.addr[buf], f->lane);
+}
+
+void release_block_if_complete() {
+  State& s = st();
+  if (s.arrived > 0 && s.arrived == s.live) {
+    s.arrived = 0;
+    ++s.block_gen;
+    s.progress = true;
+  }
+}
+
+void fiber_main() {
+  State& s = st();
+  Fiber* f = s.cur;
+  try {
+    (*s.body)();
+    for (auto& grp : f->groups) complete(grp);  // copies in flight land eventually
+    complete(f->open);
+  } catch (const Abort&) {
+  } catch (const std::exception& e) {
+    if (s.error.empty()) s.error = std::string(e.what()) + " at " + where();
+    s.abort = true;
+  }
+  f->groups.clear();
+  if (s.arrived > 0 && !s.abort) {
+    s.error = "thread exited while others wait at __syncthreads (" +
+              std::string(s.barrier_file) + ":" + std::to_string(s.barrier_line) +
+              "): divergent barrier at " + where();
+    s.abort = true;
+  }
+  f->done = true;
+  --s.live;
+  --s.warps[f->warp].live;
+  s.progress = true;
+  if (!s.abort) release_block_if_complete();
+  // returning resumes the scheduler (uc_link)
+}
+
+unsigned char* stack_for(size_t i) {
+  State& s = st();
+  while (s.stacks.size() <= i) {
+    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot map a fiber stack");
+    mprotect(m, page, PROT_NONE);  // guard page: a stack overflow faults instead of corrupting
+    s.stacks.push_back(static_cast<unsigned char*>(m) + page);
+  }
+  return s.stacks[i];
+}
+
+std::string deadlock_report() {
+  State& s = st();
+  std::map<std::string, int> at;
+  for (const Fiber& f : s.fibers)
+    if (!f.done) ++at[f.waiting ? f.waiting : "?"];
+  std::string r = "deadlock: threads wait at different barriers/collectives (";
+  bool first = true;
+  for (auto& [k, n] : at) {
+    r += (first ? "" : ", ") + std::to_string(n) + " at " + k;
+    first = false;
+  }
+  return r + ")";
+}
+
+// Runs one block to completion; returns false (with s.error set) on failure.
+bool run_block(int nthreads) {
+  State& s = st();
+  s.fibers.assign(nthreads, Fiber{});
+  s.warps.assign((nthreads + kWarpSize - 1) / kWarpSize, WarpState{});
+  s.live = nthreads;
+  s.arrived = 0;
+  for (int i = 0; i < nthreads; ++i) {
+    Fiber& f = s.fibers[i];
+    f.linear = i;
+    f.tid = {static_cast<unsigned>(i) % s.block_dim.x,
+             static_cast<unsigned>(i) / s.block_dim.x % s.block_dim.y,
+             static_cast<unsigned>(i) / (s.block_dim.x * s.block_dim.y)};
+    f.lane = i % kWarpSize;
+    f.warp = i / kWarpSize;
+    ++s.warps[f.warp].live;
+    f.stack = stack_for(i);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &s.sched;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  // Rounds: the warps in a shuffled order; each warp runs its lanes (shuffled) once, or, on a
+  // coin flip, again and again until it blocks at a __syncthreads or ends. The deep runs let
+  // one warp get far ahead of the others (a missing barrier then shows), the single rounds keep
+  // warps interleaved. Seed 0: index order, single rounds.
+  const int nwarps = static_cast<int>(s.warps.size());
+  std::vector<int> warp_order(nwarps);
+  std::vector<std::vector<int>> lanes(nwarps);
+  for (int w = 0; w < nwarps; ++w) {
+    warp_order[w] = w;
+    for (int i = w * kWarpSize; i < std::min(nthreads, (w + 1) * kWarpSize); ++i)
+      lanes[w].push_back(i);
+  }
+  std::mt19937_64& rng = s.rng;
+  rng.seed(s.seed ^ (uint64_t(s.block.x) << 20) ^ (uint64_t(s.block.y) << 40) ^
+           (uint64_t(s.block.z) << 52));
+  while (s.live > 0) {
+    bool any = false;
+    if (s.seed) std::shuffle(warp_order.begin(), warp_order.end(), rng);
+    for (int w : warp_order) {
+      const bool deep = s.seed && (rng() & 1);
+      bool moved;
+      do {
+        s.progress = false;
+        if (s.seed) std::shuffle(lanes[w].begin(), lanes[w].end(), rng);
+        for (int i : lanes[w]) {
+          Fiber& f = s.fibers[i];
+          if (f.done) continue;
+          s.cur = &f;
+          swapcontext(&s.sched, &f.ctx);
+          s.cur = nullptr;
+        }
+        moved = s.progress;
+        any = any || moved;
+      } while (deep && moved && !s.abort);
+    }
+    if (!any && s.live > 0 && !s.abort) {
+      s.error = deadlock_report() + " at block (" + std::to_string(s.block.x) + "," +
+                std::to_string(s.block.y) + "," + std::to_string(s.block.z) + ")";
+      s.abort = true;  // the next round unwinds every fiber
+    }
+  }
+  if (!s.abort) {
+    for (size_t i = s.smem_size; i < s.smem.size(); ++i)
+      if (s.smem[i] != kCanary) {
+        s.error = "dynamic shared memory written past its " + std::to_string(s.smem_size) +
+                  " bytes (offset " + std::to_string(i) + ") in block (" +
+                  std::to_string(s.block.x) + "," + std::to_string(s.block.y) + "," +
+                  std::to_string(s.block.z) + ")";
+        s.abort = true;
+        break;
+      }
+  }
+  return !s.abort;
+}
+
+void set_error(cudaError_t e, const std::string& msg) {
+  g_last = e;
+  g_last_msg = "cuda emulator: " + msg;
+}
+
+}  // namespace
+
+uint3 thread_idx() { return st().cur->tid; }
+uint3 block_idx() { return st().block; }
+dim3 block_dim() { return st().block_dim; }
+dim3 grid_dim() { return st().grid_dim; }
+unsigned char* dynamic_smem() { return st().smem.data(); }
+
+void sync_block(const char* file, int line) {
+  State& s = st();
+  Fiber* f = s.cur;
+  if (s.arrived == 0) {
+    s.barrier_file = file;
+    s.barrier_line = line;
+  } else if (s.barrier_line != line || std::strcmp(s.barrier_file, file) != 0) {
+    fail("divergent __syncthreads: line " + std::to_string(line) + " while other threads wait at " +
+         std::string(s.barrier_file) + ":" + std::to_string(s.barrier_line));
+  }
+  if (s.warps[f->warp].arrived > 0)
+    fail(std::string("__syncthreads while other lanes of the warp are at ") +
+         s.warps[f->warp].kind);
+  if (s.live < static_cast<int>(s.fibers.size()))
+    fail("__syncthreads after " + std::to_string(s.fibers.size() - s.live) +
+         " threads of the block exited (divergent barrier)");
+  const uint64_t g = s.block_gen;
+  ++s.arrived;
+  s.progress = true;
+  release_block_if_complete();
+  f->waiting = "__syncthreads";
+  while (s.block_gen == g) yield();
+  f->waiting = nullptr;
+}
+
+uint32_t shfl_xor(uint32_t v, int lane_mask, unsigned mask) {
+  if (mask != 0xffffffffu) fail("__shfl_xor_sync with a partial mask (not modelled)");
+  uint32_t out = 0;
+  collective(
+      "__shfl_xor_sync", [&](uint32_t* in, const void*&) { in[0] = v; },
+      [&](uint32_t (*in)[8], const void**, int lane) {
+        out = in[(lane ^ lane_mask) & (kWarpSize - 1)][0];
+      });
+  return out;
+}
+
+void ldmatrix_x4(uint32_t* r, const void* p, bool trans) {
+  if (!in_smem(p, 16)) fail("ldmatrix address outside the block's dynamic shared memory");
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
+  collective(
+      trans ? "ldmatrix.trans" : "ldmatrix", [&](uint32_t*, const void*& a) { a = p; },
+      [&](uint32_t (*)[8], const void** addr, int lane) {
+        for (int m = 0; m < 4; ++m) {
+          if (!trans) {
+            r[m] = static_cast<const uint32_t*>(addr[8 * m + lane / 4])[lane % 4];
+          } else {
+            uint16_t lo = static_cast<const uint16_t*>(addr[8 * m + 2 * (lane % 4)])[lane / 4];
+            uint16_t hi = static_cast<const uint16_t*>(addr[8 * m + 2 * (lane % 4) + 1])[lane / 4];
+            r[m] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+          }
+        }
+      });
+}
+
+void cp_async16(void* smem, const void* gmem, bool valid) {
+  if (!in_smem(smem, 16)) fail("cp.async destination outside the block's dynamic shared memory");
+  if (reinterpret_cast<uintptr_t>(smem) % 16 != 0 || reinterpret_cast<uintptr_t>(gmem) % 16 != 0)
+    fail("cp.async 16-byte copy with a misaligned address");
+  State& s = st();
+  std::vector<Copy> copy{
+      {static_cast<unsigned char*>(smem), static_cast<const unsigned char*>(gmem), valid}};
+  if (s.copies == State::Copies::kEager || (s.copies == State::Copies::kMixed && (s.rng() & 1)))
+    complete(copy);  // lands at issue
+  else
+    s.cur->open.push_back(copy[0]);  // lands at the wait_group that covers it
+}
+
+void cp_async_commit() {
+  Fiber* f = st().cur;
+  f->groups.push_back(std::move(f->open));
+  f->open.clear();
+}
+
+void cp_async_wait(int n) {
+  Fiber* f = st().cur;
+  while (static_cast<int>(f->groups.size()) > n) {
+    complete(f->groups.front());
+    f->groups.erase(f->groups.begin());
+  }
+}
+
+void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf16) {
+  collective(
+      bf16 ? "mma.m16n8k16.bf16" : "mma.m16n8k16.f16",
+      [&](uint32_t* in, const void*&) {
+        for (int i = 0; i < 4; ++i) in[i] = a[i];
+        in[4] = b[0];
+        in[5] = b[1];
+      },
+      [&](uint32_t (*in)[8], const void**, int lane) {
+        auto val = [&](uint32_t reg, int hi) {
+          uint16_t h = static_cast<uint16_t>(hi ? reg >> 16 : reg & 0xffffu);
+          return bf16 ? bf16_to_float(h) : half_to_float(h);
+        };
+        // Fragment layout: cuda_common.cuh (mma16816). A[r][k], B[k][n] of the whole warp:
+        auto A = [&](int r, int k) {
+          return val(in[(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)], k % 2);
+        };
+        auto B = [&](int k, int n) { return val(in[n * 4 + (k % 8) / 2][4 + k / 8], k % 2); };
+        const int g = lane / 4, t = lane % 4;
+        for (int e = 0; e < 4; ++e) {
+          int row = g + 8 * (e / 2), col = 2 * t + (e % 2);
+          float acc = 0.f;
+          for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+          c[e] += acc;
+        }
+      });
+}
+
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
+  if (bytes < 0 || static_cast<size_t>(bytes) > kMaxSmem) {
+    set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(bytes) +
+                                         " bytes of dynamic shared memory > the 227 KB limit");
+    return cudaErrorInvalidValue;
+  }
+  st().max_smem[kernel] = bytes;
+  return cudaSuccess;
+}
+
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
+              const std::function<void()>& body) {
+  State& s = st();
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    set_error(cudaErrorInvalidValue, "invalid launch configuration: grid (" +
+                                         std::to_string(grid.x) + "," + std::to_string(grid.y) +
+                                         "," + std::to_string(grid.z) + "), " +
+                                         std::to_string(threads) + " threads per block");
+    return;
+  }
+  size_t allowed = kDefaultSmem;
+  auto it = s.max_smem.find(kernel);
+  if (it != s.max_smem.end()) allowed = std::max(allowed, static_cast<size_t>(it->second));
+  if (smem > allowed) {
+    set_error(cudaErrorInvalidValue,
+              "launch with " + std::to_string(smem) + " bytes of dynamic shared memory, " +
+                  std::to_string(allowed) + " allowed (cudaFuncSetAttribute)");
+    return;
+  }
+  s.block_dim = block;
+  s.grid_dim = grid;
+  s.body = &body;
+  s.smem_size = smem;
+  s.smem.assign(smem + kCanaryBytes, kCanary);
+  s.abort = false;
+  s.error.clear();
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        s.block = {x, y, z};
+        std::fill(s.smem.begin(), s.smem.begin() + smem, kPoison);
+        if (!run_block(static_cast<int>(threads))) {
+          set_error(cudaErrorLaunchFailure, s.error);
+          s.fibers.clear();
+          return;
+        }
+      }
+  s.fibers.clear();
+}
+
+void set_seed(uint64_t seed) { st().seed = seed; }
+
+void set_copy_timing(const std::string& mode) {
+  State& s = st();
+  if (mode == "lazy")
+    s.copies = State::Copies::kLazy;
+  else if (mode == "eager")
+    s.copies = State::Copies::kEager;
+  else if (mode == "mixed")
+    s.copies = State::Copies::kMixed;
+  else
+    throw std::invalid_argument("copy timing must be lazy, eager or mixed, got '" + mode + "'");
+}
+
+}  // namespace emu
+}  // namespace fastlm
+
+const char* cudaGetErrorString(cudaError_t err) {
+  if (err == cudaSuccess) return "no error";
+  return fastlm::emu::g_last_msg.empty() ? "cuda emulator error" : fastlm::emu::g_last_msg.c_str();
+}
+
+cudaError_t cudaGetLastError() {
+  cudaError_t e = fastlm::emu::g_last;
+  fastlm::emu::g_last = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}

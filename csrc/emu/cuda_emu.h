@@ -1,0 +1,199 @@
+// A CPU emulator for fastlm's CUDA kernels, so that CI (no GPU) runs their logic, not only
+// their compile. With FASTLM_CUDA_EMU defined, cuda_common.cuh includes this header instead of
+// the CUDA headers, and csrc/kernels/*.cu compile as plain C++ into fastlm._cuda_emu.
+//
+// Model. Every CUDA thread of a block is a fiber (its own stack) on one OS thread; blocks run
+// one after another. A fiber runs until it reaches a barrier (__syncthreads) or a warp
+// collective (__shfl_xor_sync, ldmatrix, mma.sync), so the code between two barriers runs
+// "atomically" per thread, in an order that is reshuffled at every round (seeded): a missing
+// __syncthreads shows up as a changed result. Strict where hardware is loose:
+//   - a cp.async copy lands either when issued or only at the cp.async.wait_group that must
+//     cover it (a seeded coin per copy, or one policy for all: set_copy_timing), so both a read
+//     before the wait and a copy over data that other warps still read change the result; and
+//     dynamic shared memory starts filled with 0xFF bytes (NaN as bf16/fp16/fp32), so a read of
+//     never-written shared memory poisons the result;
+//   - a warp collective needs all 32 lanes at the same call (same kind), a block barrier all
+//     live threads at the same __syncthreads (file and line): anything else is reported as a
+//     divergent collective, a divergent barrier or a deadlock;
+//   - ldmatrix / cp.async addresses must be 16-byte aligned and inside the block's dynamic
+//     shared memory; the kernel's dynamic shared memory must not exceed the size it was launched
+//     with (checked with a canary after each block), nor 48 KB without cudaFuncSetAttribute,
+//     nor 227 KB (sm_90);
+//   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU.
+// Errors become the launch's error (cudaGetLastError), with a message naming the block and
+// thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
+// orderings above, atomics other than float atomicAdd (trivially atomic on one OS thread).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+
+// ---- CUDA qualifiers and builtins, as plain C++.
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __shared__ static  // one block runs at a time: a static is the block's shared variable
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+// 16-bit float types: storage plus round-to-nearest-even conversions (as cuda_bf16.h/fp16.h).
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+struct __half {
+  uint16_t bits;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+struct __half2 {
+  __half x, y;
+};
+
+namespace fastlm {
+namespace emu {
+
+inline uint32_t f2u(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float u2f(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float bf16_to_float(uint16_t b) { return u2f(static_cast<uint32_t>(b) << 16); }
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u = f2u(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float half_to_float(uint16_t h) {
+  _Float16 x;
+  std::memcpy(&x, &h, 2);
+  return static_cast<float>(x);
+}
+inline uint16_t float_to_half(float f) {
+  _Float16 x = static_cast<_Float16>(f);  // IEEE round to nearest even
+  uint16_t h;
+  std::memcpy(&h, &x, 2);
+  return h;
+}
+
+// The calling fiber's coordinates.
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
+
+void sync_block(const char* file, int line);              // __syncthreads
+uint32_t shfl_xor(uint32_t v, int lane_mask, unsigned mask);  // __shfl_xor_sync on 32 bits
+void ldmatrix_x4(uint32_t* r, const void* p, bool trans);
+void cp_async16(void* smem, const void* gmem, bool valid);
+void cp_async_commit();
+void cp_async_wait(int n);
+void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf16);
+unsigned char* dynamic_smem();
+// Scheduling seed (0: threads in index order; default 1, or $FASTLM_EMU_SEED).
+void set_seed(uint64_t seed);
+// When a cp.async copy lands: "lazy" (at the wait_group that must cover it: catches reads
+// before the wait), "eager" (at issue: catches copies over data other warps still read) or
+// "mixed" (default: a seeded coin per copy, both kinds of hazard in one run).
+void set_copy_timing(const std::string& mode);
+// Kernels with deliberate bugs (csrc/emu/selftest.cpp): "ok", "wrong" or the launch error.
+std::string selftest(const std::string& name);
+
+// Grid execution: runs body once per thread of every block (fibers, see above).
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
+              const std::function<void()>& body);
+
+template <class... P>
+struct Launch {
+  void (*kernel)(P...);
+  dim3 grid, block;
+  size_t smem;
+  template <class... A>
+  void operator()(A&&... a) const {
+    std::tuple<P...> args(std::forward<A>(a)...);
+    auto k = kernel;
+    run_grid(reinterpret_cast<const void*>(k), grid, block, smem,
+             [&] { std::apply(k, args); });
+  }
+};
+template <class... P>
+Launch<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, void*) {
+  return {kernel, grid, block, smem};
+}
+
+}  // namespace emu
+}  // namespace fastlm
+
+#define threadIdx (::fastlm::emu::thread_idx())
+#define blockIdx (::fastlm::emu::block_idx())
+#define blockDim (::fastlm::emu::block_dim())
+#define gridDim (::fastlm::emu::grid_dim())
+
+#define __syncthreads() ::fastlm::emu::sync_block(__FILE__, __LINE__)
+inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+  return ::fastlm::emu::u2f(::fastlm::emu::shfl_xor(::fastlm::emu::f2u(v), lane_mask, mask));
+}
+inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) {
+  return static_cast<int>(::fastlm::emu::shfl_xor(static_cast<uint32_t>(v), lane_mask, mask));
+}
+inline float atomicAdd(float* p, float v) {  // fibers on one OS thread: atomic by construction
+  float old = *p;
+  *p = old + v;
+  return old;
+}
+inline float __expf(float x) { return std::exp(x); }
+using std::max;
+using std::min;
+
+inline float __bfloat162float(__nv_bfloat16 x) { return ::fastlm::emu::bf16_to_float(x.bits); }
+inline __nv_bfloat16 __float2bfloat16(float x) { return {::fastlm::emu::float_to_bf16(x)}; }
+inline float __half2float(__half x) { return ::fastlm::emu::half_to_float(x.bits); }
+inline __half __float2half(float x) { return {::fastlm::emu::float_to_half(x)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__float2bfloat16(lo), __float2bfloat16(hi)};
+}
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half(lo), __float2half(hi)}; }
+
+// ---- The runtime API the kernels' host code uses.
+typedef void* cudaStream_t;
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorLaunchFailure = 719 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+const char* cudaGetErrorString(cudaError_t err);
+cudaError_t cudaGetLastError();
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream);
+namespace fastlm {
+namespace emu {
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
+}
+}  // namespace fastlm
+template <class F>
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return ::fastlm::emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
+}

@@ -1,0 +1,229 @@
+"""fastlm's CUDA kernels, run on the CPU by the warp emulator (fastlm._cuda_emu, built from the
+same csrc/kernels/*.cu source; model and limits in csrc/emu/cuda_emu.h), against float64
+references: every attention kernel version, the cross-entropy chunk kernel inside the whole
+linear_cross_entropy op, and the Python glue (custom ops, strides, autograd). These run in CI,
+which has no GPU; tests/test_attention.py and test_cross_entropy.py run the real thing on a GPU.
+
+The emulator reshuffles thread order at every barrier, lands cp.async copies early or late,
+starts shared memory as NaN and checks barriers, collectives, alignment and shared-memory
+bounds; test_emulator_catches_broken_kernels shows that each of those bugs does fail here."""
+import functools
+import math
+import sys
+import zlib
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from reference_ops import attention_ref  # noqa: E402
+from test_cross_entropy import OPTIONS, _check  # noqa: E402
+
+from fastlm.ops import _dispatch, linear_cross_entropy  # noqa: E402
+
+try:
+    from fastlm import _cuda_emu as emu
+except ImportError:  # the build skips it only without ucontext/_Float16 (not Linux + GCC/Clang)
+    if sys.platform.startswith("linux"):
+        raise
+    emu = None
+pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built on this platform")
+
+SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
+             "ldmatrix_misaligned"]
+
+
+@pytest.fixture(autouse=True)
+def _emu_defaults():
+    emu.set_seed(1)
+    emu.set_copy_timing("mixed")
+    yield
+    emu.set_seed(1)
+    emu.set_copy_timing("mixed")
+
+
+@pytest.mark.parametrize("name", SELFTESTS)
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_emulator_catches_broken_kernels(name, seed):
+    """Each deliberately broken kernel (missing barrier, read before the cp.async wait, buffer
+    reuse without a barrier, divergent barrier or shuffle, shared-memory overflow, misaligned
+    ldmatrix) fails (wrong result or an error); its correct twin passes."""
+    emu.set_seed(seed)
+    assert emu.selftest(name) != "ok"
+    assert emu.selftest(name + "_good") == "ok"
+    with pytest.raises(ValueError, match="unknown case"):
+        emu.selftest("nope")
+
+
+def test_emulator_errors_name_the_place():
+    msg = emu.selftest("divergent_sync")
+    assert "divergent barrier" in msg and "block (0,0,0)" in msg
+    assert "16-byte aligned" in emu.selftest("ldmatrix_misaligned")
+    assert "written past its 512 bytes" in emu.selftest("overflow")
+    with pytest.raises(ValueError, match="lazy, eager or mixed"):
+        emu.set_copy_timing("sometimes")
+
+
+# ----------------------------------------------------------------------------- attention
+def _guarded(shape, dtype, gen=None, fill=float("nan")):
+    """A tensor in the middle of a NaN-filled buffer: a kernel reading outside it gets NaN, one
+    writing outside it changes the guards (checked by _guards_intact)."""
+    n = math.prod(shape)
+    buf = torch.full((n + 2 * 64,), fill, dtype=dtype)
+    t = buf[64:64 + n].view(shape)
+    if gen is not None:
+        t.copy_(torch.randn(shape, generator=gen))
+    return t, buf
+
+
+def _guards_intact(buf):
+    return bool(torch.isnan(buf[:64]).all() and torch.isnan(buf[-64:]).all())
+
+
+def _strides(t):
+    return (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _run_attention(b, hq, hkv, t, d, causal, dtype, version, seed):
+    """Forward and backward through the emulated kernels; returns (out, dq, dk, dv), the
+    float64 reference of each, and the guard buffers."""
+    gen = torch.Generator().manual_seed(seed)
+    (q, qb), (k, kb), (v, vb) = (_guarded((b, h, t, d), dtype, gen) for h in (hq, hkv, hkv))
+    (do, dob) = _guarded((b, hq, t, d), dtype, gen)
+    o, ob = _guarded((b, hq, t, d), dtype)
+    lse, lb = _guarded((b, hq, t), torch.float32)
+    code = _dispatch.dtype_code(dtype)
+    sizes = (b, hq, hkv, t, t, d)
+    strides = (_strides(q), _strides(k), _strides(v), _strides(do))
+    scale = d ** -0.5
+    emu.attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(),
+                          sizes, strides, scale, causal, code, version, 0)
+    dq, dqb = _guarded((b, hq, t, d), dtype)
+    dk, dkb = _guarded((b, hkv, t, d), dtype)
+    dv, dvb = _guarded((b, hkv, t, d), dtype)
+    acc, ab = _guarded((b, hq, t, d), torch.float32)
+    delta, deb = _guarded((b, hq, t), torch.float32)
+    emu.attention_backward(do.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                           lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                           acc.data_ptr(), delta.data_ptr(), sizes, strides, scale, causal, code,
+                           version, 0)
+    qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
+    ref = attention_ref(qr, kr, vr, is_causal=causal)
+    (ref * do.double()).sum().backward()
+    lse_ref = torch.logsumexp(
+        (qr.detach() @ kr.detach().repeat_interleave(hq // hkv, 1).transpose(-1, -2)) * scale
+        + (torch.full((t, t), float("-inf")).triu(1) if causal else 0.0), dim=-1)
+    bufs = [qb, kb, vb, dob, ob, lb, dqb, dkb, dvb, ab, deb]
+    return (o, lse, dq, dk, dv), (ref.detach(), lse_ref, qr.grad, kr.grad, vr.grad), bufs
+
+
+def _rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# (B, Hq, Hkv, T, D): T = 1, T not a multiple of any tile (64/128 rows, 32/64 keys), GQA,
+# several query and key blocks, both head dims. Kept small: the emulator runs ~1e5 mma/s.
+EMU_SHAPES = [(1, 1, 1, 1, 64), (1, 2, 1, 70, 64), (2, 4, 2, 63, 64), (1, 2, 1, 257, 64),
+              (1, 1, 1, 1, 128), (1, 2, 2, 40, 128), (1, 2, 1, 200, 128)]
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", EMU_SHAPES)
+def test_attention_kernels_match_reference(shape, causal, version):
+    b, hq, hkv, t, d = shape
+    for dtype, tol in ((torch.bfloat16, 1.5e-2), (torch.float16, 3e-3)):
+        seed = zlib.crc32(repr((shape, causal, version, str(dtype))).encode())
+        ours, ref, bufs = _run_attention(b, hq, hkv, t, d, causal, dtype, version, seed)
+        assert all(_guards_intact(x) for x in bufs), "a kernel wrote outside its tensor"
+        for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), ours, ref):
+            assert torch.isfinite(a).all(), f"{name} ({dtype}): non-finite values"
+            if float(r.norm()) < 1e-6:  # a single key: dq and dk are exactly 0
+                assert float(a.double().abs().max()) < 1e-4, f"{name} ({dtype}): not ~0"
+                continue
+            err = _rel(a, r)
+            assert err < (1e-5 if name == "lse" else tol), f"{name} ({dtype}): rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("timing", ["lazy", "eager"])
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("version", [3, 4, 5])
+def test_attention_kernels_under_each_copy_timing(version, seed, timing):
+    """Every cp.async copy landing as late, or as early, as the hardware allows, in thread
+    index order (seed 0) or shuffled: the cp.async kernels still give the same answer."""
+    emu.set_seed(seed)
+    emu.set_copy_timing(timing)
+    ours, ref, _ = _run_attention(1, 2, 1, 150, 64, True, torch.bfloat16, version, 5)
+    for a, r in zip(ours, ref):
+        assert _rel(a, r) < 1.5e-2
+
+
+@pytest.fixture
+def emu_dispatch(monkeypatch):
+    """Routes the CUDA launches of fastlm.ops to the emulator, for CPU tensors."""
+    monkeypatch.setattr(_dispatch, "cuda_module", lambda: emu)
+    monkeypatch.setattr(_dispatch, "stream_handle", lambda device: 0)
+
+
+@pytest.mark.parametrize("version", [3, 5])
+def test_attention_op_glue_through_emulator(emu_dispatch, version):
+    """The custom op and its autograd (strided inputs made kernel-ready, GQA, lse, backward)
+    with the kernels emulated, against the float64 reference."""
+    from fastlm.ops.attention import _attn_fwd
+
+    gen = torch.Generator().manual_seed(version)
+    q = torch.randn(2, 70, 4, 64, generator=gen).bfloat16().transpose(1, 2)  # (B, T, H, D) layout
+    k = torch.randn(2, 2, 70, 64, generator=gen).bfloat16()
+    v = torch.randn(2, 2, 140, 64, generator=gen).bfloat16()[:, :, ::2]  # time stride 128
+    g = torch.randn(2, 4, 70, 64, generator=gen, dtype=torch.float64)
+    qa, ka, va = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out, lse = _attn_fwd(qa, ka, va, True, 0.125, version)
+    (out.double() * g).sum().backward()
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = attention_ref(qr, kr, vr, is_causal=True, scale=0.125)
+    (ref * g).sum().backward()
+    for name, a, r in (("out", out, ref), ("dq", qa.grad, qr.grad), ("dk", ka.grad, kr.grad),
+                       ("dv", va.grad, vr.grad)):
+        assert a.shape == r.shape and _rel(a, r) < 1.5e-2, f"{name}: {_rel(a, r):.2e}"
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+@pytest.fixture
+def emu_cross_entropy(monkeypatch):
+    """linear_cross_entropy on CPU tensors with the CUDA chunk kernel (emulated) in place of the
+    CPU one: dlogits written in place in the input dtype, as on a GPU."""
+    from fastlm.ops import cross_entropy
+
+    monkeypatch.setattr(cross_entropy, "_run_chunk_kernel",
+                        functools.partial(cross_entropy._run_device_kernel, emu, 0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("opt", range(len(OPTIONS)))
+def test_cross_entropy_kernel_matches_reference(emu_cross_entropy, dtype, reduction, opt):
+    dt = getattr(torch, dtype)
+    for n, d, v in [(1, 16, 41), (37, 64, 1009), (20, 33, 4099)]:
+        gen = torch.Generator().manual_seed(n * 7 + opt)
+        x = (torch.randn(n, d, generator=gen) / d**0.5 * 3).to(dt)
+        w = torch.randn(v, d, generator=gen).to(dt)
+        t = torch.randint(0, v, (n,), generator=gen)
+        t[torch.rand(n, generator=gen) < 0.2] = OPTIONS[opt].get("ignore_index", -100)
+        t[0] = v - 1
+        tol = (dict(atol=1e-4, rtol=1e-3) if dt == torch.float32
+               else dict(norm_tol=1.5e-2 if dt == torch.bfloat16 else 4e-3))
+        _check(x, w, t, reduction=reduction, **tol, **OPTIONS[opt])
+
+
+def test_cross_entropy_kernel_extremes(emu_cross_entropy):
+    """Huge logits (no inf/NaN), all rows ignored (zero loss and gradients), a target at the
+    last vocabulary entry."""
+    x = torch.tensor([[1e4, -1e4], [3.0, 1.0], [0.5, 0.5]])
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
+    t = torch.tensor([2, 0, 1])
+    _check(x, w, t, reduction="none", atol=1e-3, rtol=1e-4)
+    xa = x.clone().requires_grad_()
+    out = linear_cross_entropy(xa, w, torch.full((3,), -100), reduction="sum")
+    out.backward()
+    assert float(out) == 0.0 and float(xa.grad.abs().max()) == 0.0
