@@ -15,7 +15,8 @@ stamp() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 stamp "build (sm_$ARCH)"
-if ! FASTLM_CUDA=1 python3 -m pip install --no-build-isolation --no-deps -q \
+# FASTLM_CUDA_EMU=0: no CPU emulation of the kernels here (the real GPU runs them).
+if ! FASTLM_CUDA=1 FASTLM_CUDA_EMU=0 python3 -m pip install --no-build-isolation --no-deps -q \
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -C build-dir=/tmp/fastlm-build . \
     >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1

@@ -26,8 +26,9 @@
 //       end or the diagonal; causal warps skip key tiles past their rows. Backward: v3 with 8
 //       warps (128 keys per block): each staged Q/dO tile serves twice the keys and the dQ
 //       atomics halve (one fp32 add per query x dim per 128 keys, as FA2's kBlockN = 128).
-//       Written without a GPU at hand (compiled for sm_80/sm_90 only): not yet validated or
-//       timed; tools/gpu_check.sh tests it on every shape and times it next to v3.
+//       Written without a GPU at hand: validated in the CPU emulator (tests/test_cuda_emu.py,
+//       every version on 7 shapes, bf16/fp16, causal or not), not yet run or timed on a GPU;
+//       tools/gpu_check.sh tests it on every shape and times it next to v3.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
