@@ -26,6 +26,7 @@ except ImportError:
 from fastlm.ops import linear_cross_entropy  # noqa: E402
 
 CONTENDERS = ["eager", "torch_lce", "torch_lce_chunked", "fastlm"]
+CUDA_CONTENDERS = ["fastlm_ce2"]  # fastlm with the CE chunk kernel v2 (cross_entropy.cu header)
 
 
 def make_fn(name):
@@ -33,6 +34,16 @@ def make_fn(name):
         return lambda x, w, t: F.cross_entropy(F.linear(x, w).float(), t)
     if name == "fastlm":
         return lambda x, w, t: linear_cross_entropy(x, w, t)
+    if name == "fastlm_ce2":
+        from fastlm.ops import cross_entropy as ce
+
+        def v2(x, w, t):
+            old, ce.KERNEL_VERSION = ce.KERNEL_VERSION, 2
+            try:
+                return linear_cross_entropy(x, w, t)
+            finally:
+                ce.KERNEL_VERSION = old
+        return v2
     if not hasattr(F, "linear_cross_entropy"):
         return None
     if name == "torch_lce":
@@ -77,6 +88,35 @@ def run_one(name, n, d, v, dtype, device, reps):
     return dict(time_ms=statistics.median(times), peak_mb=peak, loss=loss)
 
 
+def bench_chunk_kernel(n, v, dtype, reps):
+    """The CUDA chunk kernel alone (each version) on an n x v logits buffer: ms and GB/s of
+    its traffic (forward + gradient: 2 reads + 1 write of the buffer)."""
+    from fastlm.ops import _dispatch
+    from fastlm.ops.cross_entropy import _run_device_kernel
+
+    dt = getattr(torch, dtype)
+    z = (torch.randn(n, v, device="cuda") * 2).to(dt)
+    t = torch.randint(0, v, (n,), device="cuda")
+    loss = torch.empty(n, device="cuda")
+    lse = torch.empty(n, device="cuda")
+    cu, stream = _dispatch.cuda_module(), _dispatch.stream_handle(z.device)
+    out = {}
+    for version in (1, 2):
+        ms = []
+        for i in range(reps + 1):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            _run_device_kernel(cu, stream, z, t, loss, lse, None, 1.0 / n, -100, 0.0, 0.0, 0.0,
+                               True, version=version)
+            end.record()
+            torch.cuda.synchronize()
+            if i > 0:
+                ms.append(start.elapsed_time(end))
+        med = statistics.median(ms)
+        out[version] = dict(ms=med, gbps=3 * z.numel() * z.element_size() / med / 1e6)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -104,7 +144,8 @@ def main():
     rows = []
     for n, d, v in sizes:
         res = {}
-        for name in CONTENDERS:
+        names = CONTENDERS + (CUDA_CONTENDERS if a.device == "cuda" else [])
+        for name in names:
             if a.device == "cpu":
                 out = subprocess.run(
                     [sys.executable, __file__, "--device", "cpu", "--dtype", a.dtype, "--reps",
@@ -119,7 +160,7 @@ def main():
                 res[name] = run_one(name, n, d, v, a.dtype, a.device, reps)
                 torch.cuda.empty_cache()
         e = res["eager"]
-        for name in CONTENDERS:
+        for name in names:
             r = res[name]
             if r is None:
                 rows.append((f"{n}x{d}x{v}", name, None))
@@ -137,11 +178,26 @@ def main():
         else:
             print(f"{size:>18} {name:>18} {r['time_ms']:9.2f} {r['peak_mb']:9.1f} "
                   f"{r['speedup']:7.2f}x {r['mem_ratio']:9.3f}")
+    kernel_rows = []
+    if a.device == "cuda":  # where the op's time goes: the chunk kernel alone, per version
+        print(f"\nCE chunk kernel alone (N x V logits, {a.dtype}; GB/s of 2 reads + 1 write)")
+        for n, d, v in sizes:
+            try:
+                k = bench_chunk_kernel(n, v, a.dtype, reps)
+            except Exception as e:  # never lose the table above to this extra
+                print(f"{n}x{v}: kernel timing failed: {e!r}")
+                continue
+            kernel_rows.append((f"{n}x{v}", k))
+            print(f"{n:>8}x{v:<8} " + "  ".join(
+                f"v{ver} {r['ms']:8.3f} ms {r['gbps']:7.0f} GB/s" for ver, r in k.items()))
     if a.json:
         with open(a.json, "a") as f:
             for size, name, r in rows:
                 f.write(json.dumps(dict(bench="ce", device=dev, dtype=a.dtype, size=size,
                                         contender=name, **(r or {}))) + "\n")
+            for size, k in kernel_rows:
+                f.write(json.dumps(dict(bench="ce_kernel", device=dev, dtype=a.dtype, size=size,
+                                        versions={str(ver): r for ver, r in k.items()})) + "\n")
 
 
 if __name__ == "__main__":

@@ -189,20 +189,26 @@ def test_attention_op_glue_through_emulator(emu_dispatch, version):
 
 
 # ----------------------------------------------------------------------------- cross-entropy
-@pytest.fixture
-def emu_cross_entropy(monkeypatch):
+def _use_emulated_ce_kernel(monkeypatch, version):
     """linear_cross_entropy on CPU tensors with the CUDA chunk kernel (emulated) in place of the
     CPU one: dlogits written in place in the input dtype, as on a GPU."""
     from fastlm.ops import cross_entropy
 
-    monkeypatch.setattr(cross_entropy, "_run_chunk_kernel",
-                        functools.partial(cross_entropy._run_device_kernel, emu, 0))
+    monkeypatch.setattr(cross_entropy, "_run_chunk_kernel", functools.partial(
+        cross_entropy._run_device_kernel, emu, 0, version=version))
+
+
+@pytest.fixture(params=[1, 2], ids=["v1", "v2"])
+def emu_cross_entropy(monkeypatch, request):
+    _use_emulated_ce_kernel(monkeypatch, request.param)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("opt", range(len(OPTIONS)))
 def test_cross_entropy_kernel_matches_reference(emu_cross_entropy, dtype, reduction, opt):
+    """Odd V (41, 1009, 4099) makes v2's rows start at every alignment (scalar head and tail
+    around the 16-byte vectors); V=41 in fp32 leaves one vector per row."""
     dt = getattr(torch, dtype)
     for n, d, v in [(1, 16, 41), (37, 64, 1009), (20, 33, 4099)]:
         gen = torch.Generator().manual_seed(n * 7 + opt)
@@ -227,3 +233,40 @@ def test_cross_entropy_kernel_extremes(emu_cross_entropy):
     out = linear_cross_entropy(xa, w, torch.full((3,), -100), reduction="sum")
     out.backward()
     assert float(out) == 0.0 and float(xa.grad.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cross_entropy_kernel_direct(version, dtype):
+    """The chunk kernel alone on rows with a stride (ld > V) and a start 2 bytes past a 16-byte
+    boundary, against the CPU kernel's float64-checked math: loss, lse and dlogits in place,
+    nothing written past V in a row or outside the buffer; a bad version is refused."""
+    dt = getattr(torch, dtype)
+    rows, v, ld = 9, 203, 211
+    gen = torch.Generator().manual_seed(version)
+    buf = torch.full((rows * ld + 64,), 7.0, dtype=dt)
+    z = buf[1:1 + rows * ld].view(rows, ld)  # element 1: 2 (bf16) or 4 (fp32) bytes past
+    z[:, :v] = (torch.randn(rows, v, generator=gen) * 4).to(dt)
+    z0 = z[:, :v].double().clone()
+    target = torch.randint(0, v, (rows,), generator=gen)
+    target[3] = -100
+    gs = torch.rand(rows, generator=gen)
+    loss, lse = torch.empty(rows), torch.empty(rows)
+    emu.cross_entropy_chunk(z.data_ptr(), _dispatch.dtype_code(dt), rows, v, ld,
+                            target.data_ptr(), loss.data_ptr(), lse.data_ptr(), gs.data_ptr(),
+                            1.0, -100, 0.0, 0.0, 0.0, True, version, 0)
+    lse_ref = torch.logsumexp(z0, dim=1)
+    valid = target != -100
+    loss_ref = torch.where(valid, lse_ref - z0.gather(1, target.clamp(0)[:, None])[:, 0], 0.0)
+    grad_ref = torch.softmax(z0, dim=1)
+    grad_ref[torch.arange(rows), target.clamp(0)] -= 1.0
+    grad_ref = torch.where(valid[:, None], grad_ref * gs.double()[:, None], 0.0)
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    assert torch.allclose(lse.double(), lse_ref, atol=1e-4)
+    assert torch.allclose(loss.double(), loss_ref, atol=1e-4)
+    assert float((z[:, :v].double() - grad_ref).abs().max()) < tol
+    assert bool((z[:, v:] == 7.0).all()) and bool((buf[0] == 7.0)) and bool((buf[-63:] == 7.0).all())
+    with pytest.raises(ValueError, match="version must be 1 or 2"):
+        emu.cross_entropy_chunk(z.data_ptr(), _dispatch.dtype_code(dt), rows, v, ld,
+                                target.data_ptr(), loss.data_ptr(), lse.data_ptr(), 0, 1.0,
+                                -100, 0.0, 0.0, 0.0, True, 3, 0)

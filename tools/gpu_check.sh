@@ -41,11 +41,12 @@ stamp "tests"
    --timeout 240 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py" \
    -rs 2>&1) | tee "$OUT/tests.log" | tail -25
 TEST_RC=${PIPESTATUS[0]}
-# Kernel v5 (not yet proven on a GPU) in its own process, as the default of every attention test.
-stamp "tests, attention kernel v5"
-(cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 python3 -m pytest -q \
-   -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" 2>&1) \
-  | tee "$OUT/tests_v5.log" | tail -15
+# Kernels not yet proven on a GPU (attention v5, CE chunk kernel v2; both pass the CPU emulator)
+# in their own process, as the defaults of every attention / cross-entropy test.
+stamp "tests, attention kernel v5 and CE kernel v2"
+(cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 FASTLM_CE_VERSION=2 python3 -m pytest \
+   -q -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" \
+   "$REPO/tests/test_cross_entropy.py" 2>&1) | tee "$OUT/tests_v5.log" | tail -15
 V5_RC=${PIPESTATUS[0]}
 # compute-sanitizer on the newest kernel (Firecracker machines only: gVisor refuses the device).
 if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] || [ "$V5_RC" != 0 ]; }; then
@@ -74,7 +75,7 @@ stamp "benchmarks"
 stamp "done"
 echo "================ summary ================"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
-echo "attention v5: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
+echo "attention v5 + CE v2: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
 echo "trainer/post-training on GPU: $(grep -E "passed|failed|error" "$OUT/tests_train.log" | tail -1)"
 [ -f "$OUT/sanitize.txt" ] && cat "$OUT/sanitize.txt"
 cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40

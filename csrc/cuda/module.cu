@@ -28,7 +28,8 @@ cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); 
 void cross_entropy_chunk(uintptr_t logits, int dtype, int64_t rows, int64_t vocab, int64_t ld,
                          uintptr_t target, uintptr_t loss, uintptr_t lse, uintptr_t grad_scale,
                          float grad_scale_scalar, int64_t ignore_index, float label_smoothing,
-                         float z_loss, float softcap, bool write_grad, uintptr_t stream) {
+                         float z_loss, float softcap, bool write_grad, int version,
+                         uintptr_t stream) {
   if (rows < 0 || vocab <= 0 || ld < vocab) throw py::value_error("cross_entropy_chunk: bad shape");
   if (!logits || !target || !loss || !lse) throw py::value_error("cross_entropy_chunk: null pointer");
   fastlm::CrossEntropyParams p;
@@ -41,7 +42,7 @@ void cross_entropy_chunk(uintptr_t logits, int dtype, int64_t rows, int64_t voca
   p.softcap = softcap;
   fastlm::cuda::cross_entropy_chunk(ptr<void>(logits), dtype, ptr<const int64_t>(target), p,
                                     ptr<const float>(grad_scale), grad_scale_scalar,
-                                    ptr<float>(loss), ptr<float>(lse), write_grad,
+                                    ptr<float>(loss), ptr<float>(lse), write_grad, version,
                                     stream_of(stream));
 }
 
@@ -131,7 +132,7 @@ PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
         py::arg("rows"), py::arg("vocab"), py::arg("ld"), py::arg("target"), py::arg("loss"),
         py::arg("lse"), py::arg("grad_scale"), py::arg("grad_scale_scalar"),
         py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"),
-        py::arg("softcap"), py::arg("write_grad"), py::arg("stream"));
+        py::arg("softcap"), py::arg("write_grad"), py::arg("version"), py::arg("stream"));
   m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("o"), py::arg("lse"), py::arg("sizes"), py::arg("strides"), py::arg("scale"),
         py::arg("causal"), py::arg("dtype"), py::arg("version"), py::arg("stream"));

@@ -6,9 +6,14 @@
 // of the chunk, so the floor is 3 * rows * V * sizeof(T) / bandwidth. The math is shared with
 // the CPU kernel through cross_entropy.h.
 // Versions (whole op, N x d x V = 8192 x 768 x 50304 bf16 fwd+bwd; csrc/kernels/NOTES.md):
-//   v1 (this): scalar strided loads, 512 threads/row. NVIDIA H200: 5.12 ms vs eager 7.97 ms
-//   (1.56x) at 0.117 of eager's peak memory; the three matmuls (~2.4 ms at the bf16 rate) and
-//   the fp32 weight-grad accumulation dominate, not this kernel. Not timed alone yet.
+//   v1 (default): scalar strided loads, 512 threads/row. NVIDIA H200: 5.12 ms vs eager 7.97 ms
+//   (1.56x) at 0.117 of eager's peak memory. Not timed alone yet.
+//   v2: 16-byte vector loads and stores (8 bf16/fp16 or 4 fp32 per access; scalar head/tail
+//   where the row start is not 16-byte aligned) and one online-softmax rescale per vector.
+//   Why: a 2-byte load per thread per iteration keeps ~4 KB in flight per SM (4 blocks x 512
+//   threads), well under the ~25 KB that latency x bandwidth needs, so v1 is latency-bound;
+//   v2 keeps 8x more bytes in flight. Written without a GPU: validated in the CPU emulator
+//   (tests/test_cuda_emu.py), not yet timed (tools/gpu_check.sh times both).
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/kernels_cuda.h"
@@ -29,7 +34,54 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mn;
 }
 
-template <typename T>
+// v2's vectors: 16 bytes = kVec<T> elements, unpacked to / packed from floats.
+template <typename T> constexpr int kVec = 16 / sizeof(T);
+template <typename T> __device__ __forceinline__ void unpack(const uint4& u, float* f) {
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) f[i] = to_float(e[i]);
+}
+template <typename T> __device__ __forceinline__ uint4 pack(const float* f) {
+  uint4 u;
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) e[i] = from_float<T>(f[i]);
+  return u;
+}
+
+// Online (max, sum exp) update with one value.
+__device__ __forceinline__ void online(float& m, float& s, float x) {
+  if (x > m) {
+    s = s * __expf(m - x) + 1.f;
+    m = x;
+  } else {
+    s += __expf(x - m);
+  }
+}
+
+// Row layout for v2: columns [0, head) and [head + nvec * kVec, V) are done one by one (the row
+// start need not be 16-byte aligned), the nvec vectors in between with 16-byte accesses.
+struct RowSplit {
+  int64_t head, nvec, tail0, scalars;
+  __device__ __forceinline__ int64_t scalar_col(int64_t k) const {
+    return k < head ? k : tail0 + (k - head);
+  }
+};
+template <typename T, int VER> __device__ __forceinline__ RowSplit split_row(const T* z, int64_t V) {
+  RowSplit r{V, 0, V, V};
+  if constexpr (VER >= 2) {
+    const int64_t mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(z) % 16);
+    r.head = mis % static_cast<int64_t>(sizeof(T)) != 0
+                 ? V  // not even element-aligned: all scalar
+                 : min(V, ((16 - mis) % 16) / static_cast<int64_t>(sizeof(T)));
+    r.nvec = (V - r.head) / kVec<T>;
+    r.tail0 = r.head + r.nvec * kVec<T>;
+    r.scalars = r.head + (V - r.tail0);
+  }
+  return r;
+}
+
+template <typename T, int VER>
 __global__ void __launch_bounds__(kThreads)
     ce_chunk_kernel(T* logits, const int64_t* target, CrossEntropyParams p,
                     const float* grad_scale, float grad_scale_scalar, float* loss, float* lse,
@@ -38,16 +90,30 @@ __global__ void __launch_bounds__(kThreads)
   T* z = logits + r * p.ld;
   const int64_t V = p.vocab;
   const float c = p.softcap;
+  const RowSplit rs = split_row<T, VER>(z, V);
+  uint4* zv = reinterpret_cast<uint4*>(z + rs.head);  // 16-byte aligned when rs.nvec > 0
   float m = -INFINITY, s = 0.f, sz = 0.f;
-  for (int64_t j = threadIdx.x; j < V; j += kThreads) {
-    float x = cap(to_float(z[j]), c);
-    sz += x;
-    if (x > m) {
-      s = s * __expf(m - x) + 1.f;
-      m = x;
-    } else {
-      s += __expf(x - m);
+  for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads) {
+    float x[kVec<T>];
+    unpack<T>(zv[i], x);
+    float mv = m;
+#pragma unroll
+    for (int e = 0; e < kVec<T>; ++e) {
+      x[e] = cap(x[e], c);
+      sz += x[e];
+      mv = fmaxf(mv, x[e]);
     }
+    if (mv == -INFINITY) continue;  // every value so far is -inf: nothing to add
+    float acc = 0.f;
+#pragma unroll
+    for (int e = 0; e < kVec<T>; ++e) acc += __expf(x[e] - mv);
+    s = (m == -INFINITY ? 0.f : s * __expf(m - mv)) + acc;
+    m = mv;
+  }
+  for (int64_t k = threadIdx.x; k < rs.scalars; k += kThreads) {
+    float x = cap(to_float(z[rs.scalar_col(k)]), c);
+    sz += x;
+    online(m, s, x);
   }
   // Block reduction: warp shuffles, then one value per warp through shared memory.
   for (int o = 16; o > 0; o >>= 1) {
@@ -86,10 +152,26 @@ __global__ void __launch_bounds__(kThreads)
   const float g = grad_scale ? grad_scale[r] : grad_scale_scalar;
   const float l = row_lse;
   if (!valid || g == 0.f) {
-    for (int64_t j = threadIdx.x; j < V; j += kThreads) z[j] = from_float<T>(0.f);
+    for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads) zv[i] = make_uint4(0, 0, 0, 0);
+    for (int64_t k = threadIdx.x; k < rs.scalars; k += kThreads)
+      z[rs.scalar_col(k)] = from_float<T>(0.f);
     return;
   }
-  for (int64_t j = threadIdx.x; j < V; j += kThreads) {
+  for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads) {
+    float x[kVec<T>];
+    unpack<T>(zv[i], x);
+    const int64_t j0 = rs.head + i * kVec<T>;
+#pragma unroll
+    for (int e = 0; e < kVec<T>; ++e) {
+      float xe = cap(x[e], c);
+      float d = ce_row_grad(__expf(xe - l), xe, l, p);
+      if (j0 + e == t) d += ce_target_term(xe, p);
+      x[e] = g * d;
+    }
+    zv[i] = pack<T>(x);
+  }
+  for (int64_t k = threadIdx.x; k < rs.scalars; k += kThreads) {
+    const int64_t j = rs.scalar_col(k);
     float x = cap(to_float(z[j]), c);
     float d = ce_row_grad(__expf(x - l), x, l, p);
     if (j == t) d += ce_target_term(x, p);
@@ -97,29 +179,37 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename T>
+void launch_ce(int version, dim3 grid, cudaStream_t stream, T* logits, const int64_t* target,
+               const CrossEntropyParams& p, const float* grad_scale, float grad_scale_scalar,
+               float* loss, float* lse, bool write_grad) {
+  auto kernel = version >= 2 ? ce_chunk_kernel<T, 2> : ce_chunk_kernel<T, 1>;
+  FASTLM_LAUNCH(kernel, grid, kThreads, 0, stream)(logits, target, p, grad_scale,
+                                                   grad_scale_scalar, loss, lse, write_grad);
+}
+
 }  // namespace
 
 void cross_entropy_chunk(void* logits, int dtype, const int64_t* target,
                          const CrossEntropyParams& p, const float* grad_scale,
                          float grad_scale_scalar, float* loss, float* lse, bool write_grad,
-                         cudaStream_t stream) {
+                         int version, cudaStream_t stream) {
+  if (version < 1 || version > 2)
+    throw std::invalid_argument("cross_entropy_chunk: kernel version must be 1 or 2");
   if (p.rows == 0) return;
   dim3 grid(static_cast<unsigned>(p.rows));
   switch (dtype) {
     case kFloat32:
-      FASTLM_LAUNCH(ce_chunk_kernel<float>, grid, kThreads, 0, stream)(
-          static_cast<float*>(logits), target, p, grad_scale, grad_scale_scalar, loss, lse,
-          write_grad);
+      launch_ce(version, grid, stream, static_cast<float*>(logits), target, p, grad_scale,
+                grad_scale_scalar, loss, lse, write_grad);
       break;
     case kBFloat16:
-      FASTLM_LAUNCH(ce_chunk_kernel<__nv_bfloat16>, grid, kThreads, 0, stream)(
-          static_cast<__nv_bfloat16*>(logits), target, p, grad_scale, grad_scale_scalar, loss,
-          lse, write_grad);
+      launch_ce(version, grid, stream, static_cast<__nv_bfloat16*>(logits), target, p,
+                grad_scale, grad_scale_scalar, loss, lse, write_grad);
       break;
     case kFloat16:
-      FASTLM_LAUNCH(ce_chunk_kernel<__half>, grid, kThreads, 0, stream)(
-          static_cast<__half*>(logits), target, p, grad_scale, grad_scale_scalar, loss, lse,
-          write_grad);
+      launch_ce(version, grid, stream, static_cast<__half*>(logits), target, p, grad_scale,
+                grad_scale_scalar, loss, lse, write_grad);
       break;
     default:
       throw std::invalid_argument("cross_entropy_chunk: unsupported dtype code");

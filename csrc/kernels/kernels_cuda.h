@@ -14,11 +14,12 @@ namespace fastlm {
 namespace cuda {
 
 // Cross-entropy over a logits chunk on the device (see cross_entropy.h for the math). logits is
-// rows x ld of dtype (DType), overwritten with the scaled dlogits when write_grad.
+// rows x ld of dtype (DType), overwritten with the scaled dlogits when write_grad. version: the
+// kernel version (cross_entropy.cu header), 1 or 2.
 void cross_entropy_chunk(void* logits, int dtype, const int64_t* target,
                          const CrossEntropyParams& p, const float* grad_scale,
                          float grad_scale_scalar, float* loss, float* lse, bool write_grad,
-                         cudaStream_t stream);
+                         int version, cudaStream_t stream);
 
 // Flash attention. q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D) with the given element strides for
 // batch, head and time (last dim contiguous); o, dout, dq: (B, Hq, Tq, D) and dk, dv: (B, Hkv,

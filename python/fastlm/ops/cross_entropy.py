@@ -10,6 +10,7 @@ Unsupported cases (class weights, float64, other devices, no native module) use 
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -18,6 +19,10 @@ import torch.nn.functional as F
 from fastlm.ops import _dispatch
 
 _REDUCTIONS = ("none", "mean", "sum")
+# CUDA chunk kernel version (csrc/kernels/cross_entropy.cu header): 1 = scalar loads (default,
+# measured), 2 = 16-byte vector loads (validated in the CPU emulator, not yet timed on a GPU;
+# tools/gpu_check.sh times both). FASTLM_CE_VERSION picks one at run time.
+KERNEL_VERSION = int(os.environ.get("FASTLM_CE_VERSION", "1"))
 
 
 def _chunk_rows(n: int, v: int, elem: int, on_cuda: bool, chunk_size: int) -> int:
@@ -62,7 +67,8 @@ def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor) -> N
 
 
 def _run_device_kernel(module, stream, logits, target, loss, lse, grad_scale, grad_scale_scalar,
-                       ignore_index, label_smoothing, z_loss, softcap, write_grad):
+                       ignore_index, label_smoothing, z_loss, softcap, write_grad,
+                       version=None):
     """The CUDA chunk kernel through `module` (fastlm._cuda; tests pass fastlm._cuda_emu with
     CPU tensors): dlogits in place, in the logits' own dtype."""
     module.cross_entropy_chunk(
@@ -70,7 +76,7 @@ def _run_device_kernel(module, stream, logits, target, loss, lse, grad_scale, gr
         logits.shape[1], logits.stride(0), target.data_ptr(), loss.data_ptr(), lse.data_ptr(),
         0 if grad_scale is None else grad_scale.data_ptr(), float(grad_scale_scalar),
         int(ignore_index), float(label_smoothing), float(z_loss), float(softcap),
-        bool(write_grad), stream)
+        bool(write_grad), int(KERNEL_VERSION if version is None else version), stream)
     return logits
 
 
