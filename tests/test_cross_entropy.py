@@ -132,6 +132,35 @@ def test_bf16_cpu_and_module():
     assert crit(x.float(), w.float(), t).shape == ()
 
 
+def test_half_weight_gradient_through_fp32_addmm(monkeypatch):
+    """Where torch has addmm(out_dtype=float32) (CUDA), bf16 weight gradients go through one
+    fp32-accumulating GEMM into the gradient itself. On CPU the op does not exist, so it is not
+    used; with a stand-in that has its semantics, the call and the result are checked."""
+    import fastlm.ops.cross_entropy as ce
+
+    assert ce._addmm_fp32_ok(torch.device("cpu"), torch.bfloat16) is False
+    calls = []
+    real_addmm = torch.addmm
+
+    def addmm(acc, a, b, *, out_dtype=None, out=None, **kw):
+        if out_dtype is None:
+            return real_addmm(acc, a, b, out=out, **kw)
+        assert out_dtype == torch.float32 and out is acc and acc.dtype == torch.float32
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return out.add_(a.float() @ b.float())  # 16-bit products accumulated in fp32
+
+    monkeypatch.setattr(ce, "_addmm_fp32_ok", lambda device, dtype: True)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 32, generator=gen).bfloat16()
+    w = torch.randn(41, 32, generator=gen).bfloat16()
+    t = torch.randint(0, 41, (37,), generator=gen)
+    _check(x, w, t, reduction="mean", norm_tol=1.5e-2)
+    # one call per 16-row chunk: dl^T (41 x rows) @ x_chunk (rows x 32), every row once
+    assert all(a == (41, b[0]) and b[1] == 32 for a, b in calls), calls
+    assert sorted(b[0] for _, b in calls) == [5, 16, 16]
+
+
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_weight_gradient_in_vocab_blocks(device, dtype, monkeypatch):
@@ -140,6 +169,7 @@ def test_half_weight_gradient_in_vocab_blocks(device, dtype, monkeypatch):
     import fastlm.ops.cross_entropy as ce
 
     monkeypatch.setattr(ce, "_WGRAD_BLOCK", 16)
+    monkeypatch.setattr(ce, "_addmm_fp32_ok", lambda device, dtype: False)  # the blocked path
     gen = torch.Generator().manual_seed(6)
     dt = getattr(torch, dtype)
     x = torch.randn(37, 32, generator=gen).to(dt).to(device)

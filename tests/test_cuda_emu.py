@@ -265,7 +265,8 @@ def test_cross_entropy_kernel_direct(version, dtype):
     assert torch.allclose(lse.double(), lse_ref, atol=1e-4)
     assert torch.allclose(loss.double(), loss_ref, atol=1e-4)
     assert float((z[:, :v].double() - grad_ref).abs().max()) < tol
-    assert bool((z[:, v:] == 7.0).all()) and bool((buf[0] == 7.0)) and bool((buf[-63:] == 7.0).all())
+    untouched = torch.cat([z[:, v:].reshape(-1), buf[:1], buf[-63:]])
+    assert bool((untouched == 7.0).all()), "written outside the rows' first V columns"
     with pytest.raises(ValueError, match="version must be 1 or 2"):
         emu.cross_entropy_chunk(z.data_ptr(), _dispatch.dtype_code(dt), rows, v, ld,
                                 target.data_ptr(), loss.data_ptr(), lse.data_ptr(), 0, 1.0,

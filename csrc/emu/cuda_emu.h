@@ -178,7 +178,9 @@ inline __half __float2half(float x) { return {::fastlm::emu::float_to_half(x)}; 
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
   return {__float2bfloat16(lo), __float2bfloat16(hi)};
 }
-inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half(lo), __float2half(hi)}; }
+inline __half2 __floats2half2_rn(float lo, float hi) {
+  return {__float2half(lo), __float2half(hi)};
+}
 
 // ---- The runtime API the kernels' host code uses.
 typedef void* cudaStream_t;

@@ -67,7 +67,8 @@ struct RowSplit {
     return k < head ? k : tail0 + (k - head);
   }
 };
-template <typename T, int VER> __device__ __forceinline__ RowSplit split_row(const T* z, int64_t V) {
+template <typename T, int VER>
+__device__ __forceinline__ RowSplit split_row(const T* z, int64_t V) {
   RowSplit r{V, 0, V, V};
   if constexpr (VER >= 2) {
     const int64_t mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(z) % 16);

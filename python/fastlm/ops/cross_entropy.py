@@ -56,10 +56,40 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b).float()
 
 
+# (device, dtype) -> whether torch.addmm(acc, a, b, out_dtype=float32, out=acc) works there and
+# gives acc + a @ b: one cuBLAS GEMM with beta = 1 accumulating 16-bit products straight into the
+# fp32 gradient (no temporary at all). CUDA-only in torch (aten::addmm.dtype), so it is checked
+# once per device against float64 before it is trusted; otherwise the blocked path below is used.
+_ADDMM_FP32: dict = {}
+
+
+def _addmm_fp32_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    key = (str(device), dtype)
+    if key not in _ADDMM_FP32:
+        ok = False
+        if device.type == "cuda":
+            try:
+                gen = torch.Generator(device=device).manual_seed(0)
+                a, b, acc = (torch.randn(*shape, device=device, generator=gen)
+                             for shape in ((37, 19), (19, 23), (37, 23)))
+                a, b = a.to(dtype), b.to(dtype)
+                want = acc.double() + a.double() @ b.double()
+                torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+                ok = bool(torch.allclose(acc.double(), want, rtol=1e-4, atol=1e-4))
+            except (RuntimeError, TypeError):  # torch without addmm(out_dtype=), or no out=
+                ok = False
+        _ADDMM_FP32[key] = ok
+    return _ADDMM_FP32[key]
+
+
 def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor) -> None:
-    """gw (fp32) += dl^T @ xc; bf16/fp16 products in vocab blocks with fp32 outputs."""
+    """gw (fp32) += dl^T @ xc. bf16/fp16: one fp32-accumulating GEMM into gw where torch has it
+    (CUDA), else products in vocab blocks with fp32 outputs added into gw."""
     if dl.dtype == torch.float32:
         gw.addmm_(dl.t(), xc)
+        return
+    if _addmm_fp32_ok(dl.device, dl.dtype):
+        torch.addmm(gw, dl.t(), xc, out_dtype=torch.float32, out=gw)
         return
     for v0 in range(0, gw.shape[0], _WGRAD_BLOCK):
         v1 = min(gw.shape[0], v0 + _WGRAD_BLOCK)
