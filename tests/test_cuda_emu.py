@@ -30,7 +30,7 @@ except ImportError:  # the build skips it only without ucontext/_Float16 (not Li
 pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built on this platform")
 
 SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
-             "ldmatrix_misaligned"]
+             "ldmatrix_misaligned", "misaligned_vector"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def _emu_defaults():
 def test_emulator_catches_broken_kernels(name, seed):
     """Each deliberately broken kernel (missing barrier, read before the cp.async wait, buffer
     reuse without a barrier, divergent barrier or shuffle, shared-memory overflow, misaligned
-    ldmatrix) fails (wrong result or an error); its correct twin passes."""
+    ldmatrix or 16-byte vector load) fails (wrong result or an error); its correct twin passes."""
     emu.set_seed(seed)
     assert emu.selftest(name) != "ok"
     assert emu.selftest(name + "_good") == "ok"
@@ -60,6 +60,7 @@ def test_emulator_errors_name_the_place():
     assert "divergent barrier" in msg and "block (0,0,0)" in msg
     assert "16-byte aligned" in emu.selftest("ldmatrix_misaligned")
     assert "written past its 512 bytes" in emu.selftest("overflow")
+    assert "misaligned 16-byte access (address % 16 = 8) at" in emu.selftest("misaligned_vector")
     with pytest.raises(ValueError, match="lazy, eager or mixed"):
         emu.set_copy_timing("sometimes")
 

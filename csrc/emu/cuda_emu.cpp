@@ -485,8 +485,43 @@ void set_copy_timing(const std::string& mode) {
     throw std::invalid_argument("copy timing must be lazy, eager or mixed, got '" + mode + "'");
 }
 
+void misaligned(const char* file, unsigned line, unsigned alignment, uintptr_t address) {
+  std::string msg = "misaligned " + std::to_string(alignment) + "-byte access (address % " +
+                    std::to_string(alignment) + " = " + std::to_string(address % alignment) +
+                    ") at " + (file ? file : "?") + ":" + std::to_string(line);
+  if (st().cur) fail(msg);  // in a kernel: the launch fails, naming block and thread
+  throw std::runtime_error("cuda emulator: " + msg);
+}
+
 }  // namespace emu
 }  // namespace fastlm
+
+// Alignment of every typed load and store in the kernels. The kernel sources are compiled with
+// -fsanitize=alignment (CMakeLists.txt), which calls these handlers (GCC's and Clang's UBSan ABI)
+// on a misaligned access, and no UBSan runtime is linked: a 16-byte vector access at an address
+// that is not a multiple of 16 faults on a GPU ("misaligned address") and must fail here too,
+// where x86 would just do it.
+namespace {
+struct UbsanSourceLocation {
+  const char* file;
+  uint32_t line, column;
+};
+struct UbsanTypeMismatch {
+  UbsanSourceLocation loc;
+  const void* type;
+  unsigned char log_alignment;
+  unsigned char type_check_kind;
+};
+}  // namespace
+
+extern "C" void __ubsan_handle_type_mismatch_v1(UbsanTypeMismatch* d, uintptr_t address) {
+  const unsigned alignment = 1u << d->log_alignment;
+  if (address % alignment != 0)
+    fastlm::emu::misaligned(d->loc.file, d->loc.line, alignment, address);
+}
+extern "C" void __ubsan_handle_type_mismatch_v1_abort(UbsanTypeMismatch* d, uintptr_t address) {
+  __ubsan_handle_type_mismatch_v1(d, address);
+}
 
 const char* cudaGetErrorString(cudaError_t err) {
   if (err == cudaSuccess) return "no error";

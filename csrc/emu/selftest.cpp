@@ -82,6 +82,15 @@ __global__ void ldmatrix_kernel(float* out, int offset_bytes) {
   out[threadIdx.x] = static_cast<float>(r[0]);
 }
 
+// A 16-byte vector load from `offset_bytes` past a 16-byte aligned buffer.
+__global__ void vector_load_kernel(const float* in, float* out, int offset_bytes) {
+  const auto* p = reinterpret_cast<const unsigned char*>(in) + offset_bytes;
+  uint4 v = reinterpret_cast<const uint4*>(p)[threadIdx.x % 4];
+  volatile unsigned sink = v.x ^ v.w;  // keeps the load
+  (void)sink;
+  out[threadIdx.x] = 1.f;
+}
+
 // Runs `launch`, returns "ok" when it succeeds with the expected output, "wrong" when it
 // succeeds with another output, else the launch error.
 template <class F>
@@ -133,6 +142,10 @@ std::string selftest(const std::string& name) {
                                                                               good ? 0 : 8); },
                  want, out);
   }
+  if (base == "misaligned_vector")
+    return check([&] { FASTLM_LAUNCH(vector_load_kernel, 1, kN, 0, nullptr)(in.data(), out.data(),
+                                                                               good ? 0 : 8); },
+                 want, out);
   if (base == "divergent_shfl") {
     for (int i = 0; i < kN; ++i) want[i] = static_cast<float>(i ^ 1);
     return check([&] { FASTLM_LAUNCH(divergent_shfl_kernel, 1, kN, 0, nullptr)(out.data(),
