@@ -23,7 +23,8 @@
 //   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU.
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
-// orderings above, atomics other than float atomicAdd (trivially atomic on one OS thread).
+// orderings above, atomics other than float atomicAdd (trivially atomic on one OS thread), and
+// races between blocks (blocks run one after another, each to its end).
 #pragma once
 
 #include <cmath>
