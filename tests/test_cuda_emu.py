@@ -9,6 +9,7 @@ starts shared memory as NaN and checks barriers, collectives, alignment and shar
 bounds; test_emulator_catches_broken_kernels shows that each of those bugs does fail here."""
 import functools
 import math
+import platform
 import sys
 import zlib
 
@@ -23,8 +24,8 @@ from fastlm.ops import _dispatch, linear_cross_entropy  # noqa: E402
 
 try:
     from fastlm import _cuda_emu as emu
-except ImportError:  # the build skips it only without ucontext/_Float16 (not Linux + GCC/Clang)
-    if sys.platform.startswith("linux"):
+except ImportError:  # the build skips it only without ucontext (musl, Windows)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         raise
     emu = None
 pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built on this platform")
@@ -63,6 +64,30 @@ def test_emulator_errors_name_the_place():
     assert "misaligned 16-byte access (address % 16 = 8) at" in emu.selftest("misaligned_vector")
     with pytest.raises(ValueError, match="lazy, eager or mixed"):
         emu.set_copy_timing("sometimes")
+
+
+def test_emulated_16bit_conversions_match_torch():
+    """The emulator's fp16/bf16 conversions (round to nearest even, as __float2half and
+    __float2bfloat16) against torch's: every fp16 value back and forth, and random floats over
+    the whole range, including fp16 subnormals, overflow and exact ties."""
+    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
+    halves = bits.view(torch.float16).float()
+    for b, h in zip(bits.tolist(), halves.tolist()):
+        f = emu.half_bits_to_float(b & 0xFFFF)
+        assert f == h or (math.isnan(f) and math.isnan(h)), hex(b & 0xFFFF)
+        if not math.isnan(h):
+            assert emu.float_to_half_bits(h) == b & 0xFFFF, hex(b & 0xFFFF)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([
+        torch.randn(20000, generator=gen) * torch.logspace(-9, 5, 20000),  # 1e-9 .. 1e5
+        (torch.arange(-4096, 4096) + 0.5) * 2.0 ** -24,  # ties between fp16 subnormals
+        (torch.arange(1024, 2048) + 0.5) * 2.0 ** -10,  # ties between normals in [1, 2)
+        torch.tensor([65504.0, 65519.0, 65520.0, 1e9, -1e9, float("inf"), float("-inf")])])
+    want16 = x.half().view(torch.int16).int() & 0xFFFF
+    want_bf = x.bfloat16().view(torch.int16).int() & 0xFFFF
+    for v, w16, wbf in zip(x.tolist(), want16.tolist(), want_bf.tolist()):
+        assert emu.float_to_half_bits(v) == w16, (v, hex(w16))
+        assert emu.float_to_bf16_bits(v) == wbf, (v, hex(wbf))
 
 
 # ----------------------------------------------------------------------------- attention

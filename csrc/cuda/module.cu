@@ -125,6 +125,10 @@ PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
         "thread scheduling seed of the emulator (0 = threads in index order)");
   m.def("set_copy_timing", &fastlm::emu::set_copy_timing, py::arg("mode"),
         "when cp.async copies land: 'lazy', 'eager' or 'mixed'");
+  m.def("float_to_half_bits", &fastlm::emu::float_to_half, py::arg("x"),
+        "the emulator's float -> fp16 conversion (round to nearest even), as bits");
+  m.def("half_bits_to_float", &fastlm::emu::half_to_float, py::arg("bits"));
+  m.def("float_to_bf16_bits", &fastlm::emu::float_to_bf16, py::arg("x"));
   m.def("selftest", &fastlm::emu::selftest, py::arg("name"),
         "runs a deliberately broken kernel (or its '_good' twin): 'ok', 'wrong' or the error");
 #endif

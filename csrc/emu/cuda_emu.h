@@ -21,6 +21,7 @@
 //     with (checked with a canary after each block), nor 48 KB without cudaFuncSetAttribute,
 //     nor 227 KB (sm_90);
 //   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU.
+// Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
 // orderings above, atomics other than float atomicAdd (trivially atomic on one OS thread), and
@@ -93,15 +94,36 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 inline float half_to_float(uint16_t h) {
-  _Float16 x;
-  std::memcpy(&x, &h, 2);
-  return static_cast<float>(x);
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in float
+    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  if (e == 31) return u2f(sign | 0x7f800000u | (m << 13));  // inf / NaN
+  return u2f(sign | ((e + 112) << 23) | (m << 13));
 }
+// Round to nearest, ties to even (as __float2half). Tested against torch over every half value
+// and random floats (tests/test_cuda_emu.py).
 inline uint16_t float_to_half(float f) {
-  _Float16 x = static_cast<_Float16>(f);  // IEEE round to nearest even
-  uint16_t h;
-  std::memcpy(&h, &x, 2);
-  return h;
+  const uint32_t x = f2u(f), sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+  if (a >= 0x7f800000u) return static_cast<uint16_t>(sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: inf
+  const uint32_t e = a >> 23;
+  uint32_t q, rem, halfway;
+  if (e < 113) {  // below 2^-14: a subnormal half, m * 2^(e - 126) units of 2^-24
+    if (e < 102) return static_cast<uint16_t>(sign);  // below 2^-25: rounds to zero
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
+    q = m >> shift;
+    rem = m & ((1u << shift) - 1);
+    halfway = 1u << (shift - 1);
+  } else {
+    q = ((e - 112) << 10) | ((a & 0x7fffffu) >> 13);
+    rem = a & 0x1fffu;
+    halfway = 0x1000u;
+  }
+  if (rem > halfway || (rem == halfway && (q & 1u))) ++q;  // a carry moves into the exponent
+  return static_cast<uint16_t>(sign | q);
 }
 
 // The calling fiber's coordinates.
