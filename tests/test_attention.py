@@ -13,7 +13,7 @@ from fastlm.ops.attention import kernel_supports  # noqa: E402
 CUDA = torch.cuda.is_available() and _dispatch.cuda_module() is not None
 # Kernel versions tested (attention.cu header). tools/gpu_check.sh runs an unproven version in
 # its own pytest process, so that a crash there (sticky CUDA error) cannot hide the others.
-VERSIONS = [int(v) for v in os.environ.get("FASTLM_TEST_ATTN_VERSIONS", "1,2,3,4,5").split(",")]
+VERSIONS = [int(v) for v in os.environ.get("FASTLM_TEST_ATTN_VERSIONS", "1,2,3,4,5,6").split(",")]
 
 
 def _rel(a, b):

@@ -26,7 +26,7 @@ python3 -c "import fastlm._cuda, fastlm._C; print('modules ok')" || exit 1
 cd "$REPO"
 
 if [ "${GPU_CHECK_MODE:-full}" = bench ]; then  # benchmarks only, at the issue's full sizes
-  (cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" --versions 5 --json "$OUT/bench.jsonl" \
+  (cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" --versions 5,6 --json "$OUT/bench.jsonl" \
      >"$OUT/bench_attn_full.log" 2>&1; \
    for dt in bfloat16 float32; do python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
      --dtype $dt --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
@@ -41,19 +41,19 @@ stamp "tests"
    --timeout 240 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py" \
    -rs 2>&1) | tee "$OUT/tests.log" | tail -25
 TEST_RC=${PIPESTATUS[0]}
-# Kernels not yet proven on a GPU (attention v5, CE chunk kernel v2; both pass the CPU emulator)
-# in their own process, as the defaults of every attention / cross-entropy test.
-stamp "tests, attention kernel v5 and CE kernel v2"
-(cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 FASTLM_CE_VERSION=2 python3 -m pytest \
-   -q -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" \
+# Kernels not yet proven on a GPU (attention v5 and v6, CE chunk kernel v2; all pass the CPU
+# emulator) in their own process, as the defaults of every attention / cross-entropy test.
+stamp "tests, attention kernels v5 + v6 and CE kernel v2"
+(cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5,6 FASTLM_ATTN_VERSION=6 FASTLM_CE_VERSION=2 \
+   python3 -m pytest -q -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" \
    "$REPO/tests/test_cross_entropy.py" 2>&1) | tee "$OUT/tests_v5.log" | tail -15
 V5_RC=${PIPESTATUS[0]}
 # compute-sanitizer on the newest kernel (Firecracker machines only: gVisor refuses the device).
 if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] || [ "$V5_RC" != 0 ]; }; then
-  stamp "compute-sanitizer (memcheck, racecheck) on attention v5"
+  stamp "compute-sanitizer (memcheck, racecheck) on attention v5 and v6"
   for tool in memcheck racecheck; do
     (cd /tmp && timeout 150 compute-sanitizer --tool $tool --kernel-name kns=attn --error-exitcode 9 \
-       python3 "$REPO/tools/sanitize_attention.py" 5 >"$OUT/sanitize_$tool.log" 2>&1)
+       python3 "$REPO/tools/sanitize_attention.py" 5 6 >"$OUT/sanitize_$tool.log" 2>&1)
     echo "compute-sanitizer $tool: rc=$? (log: sanitize_$tool.log)" | tee -a "$OUT/sanitize.txt"
     tail -12 "$OUT/sanitize_$tool.log"
   done
@@ -69,13 +69,13 @@ stamp "benchmarks"
    --quick --json "$OUT/bench.jsonl" && \
  python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype float32 --quick \
    --json "$OUT/bench.jsonl") >"$OUT/bench_ce.log" 2>&1
-(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 5} \
+(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 5,6} \
    --json "$OUT/bench.jsonl" || FASTLM_ATTN_VERSION=3 python3 "$REPO/benchmarks/bench_attention.py" \
    --quick --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
 stamp "done"
 echo "================ summary ================"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
-echo "attention v5 + CE v2: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
+echo "attention v5 + v6, CE v2: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
 echo "trainer/post-training on GPU: $(grep -E "passed|failed|error" "$OUT/tests_train.log" | tail -1)"
 [ -f "$OUT/sanitize.txt" ] && cat "$OUT/sanitize.txt"
 cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40

@@ -29,6 +29,11 @@
 //       Written without a GPU at hand: validated in the CPU emulator (tests/test_cuda_emu.py,
 //       every version on 7 shapes, bf16/fp16, causal or not), not yet run or timed on a GPU;
 //       tools/gpu_check.sh tests it on every shape and times it next to v3.
+//   v6: v5's forward; backward with FA2's partition (attn_bwd_kernel_v6): 128 keys x 64-query
+//       tiles, 8 warps, a different warp grid per product (S/dP 2x4 warps of 32x32, dK/dV 4x2
+//       of 32 keys x D/2, dQ 2x4 of 32 queries x D/4), P and dS through shared memory: 1/3
+//       fewer ldmatrix per mma than v3/v5 (csrc/kernels/NOTES.md). Registers (sm_90): D=64 201,
+//       D=128 255 + 12 bytes spilled. Validated in the emulator like v5; not yet on a GPU.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
@@ -689,6 +694,208 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   }
 }
 
+// acc[2][4] (32 rows x 32 columns) = A B^T over ksteps 16-wide k-steps: A's 32 rows and B's 32
+// rows in shared memory (row stride LD), two k-steps per B load (v6 backward: S and dP).
+template <typename T, int LD>
+__device__ __forceinline__ void qk_tile(float (*acc)[4][4], const T* a, const T* b, int ksteps,
+                                        int lm, int lr) {
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] =
+                                       acc[mt][nt][3] = 0.f;
+#pragma unroll 1
+  for (int kk = 0; kk < ksteps; kk += 2) {
+    uint32_t af[2][2][4];  // [k-step][m-tile]
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+        ldsm_x4(af[ks][mt], a + (mt * 16 + (lm & 1) * 8 + lr) * LD + (kk + ks) * 16 + (lm >> 1) * 8);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      uint32_t bf[4];  // b0,b1 of k-steps kk and kk+1
+      ldsm_x4(bf, b + (nt * 8 + lr) * LD + kk * 16 + lm * 8);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        mma16816<T>(acc[mt][nt], af[0][mt], bf);
+        mma16816<T>(acc[mt][nt], af[1][mt], bf + 2);
+      }
+    }
+  }
+}
+
+// v6 backward (FA2's partition): a block owns 128 keys of one KV head (8 warps) and loops over
+// 64-query tiles. Each product gets its own warp grid, so that every fragment loaded from shared
+// memory feeds several mma: S = Q K^T and dP = dO V^T as 2 x 4 warps of 32 queries x 32 keys
+// (0.5 ldmatrix.x4 per mma; v3: 0.75), P and dS go to shared memory, dV += P^T dO and
+// dK += dS^T Q as 4 x 2 warps of 32 keys x D/2 dims (0.375; v3: 0.5), dQ = dS K as 2 x 4 warps of
+// 32 queries x D/4 dims, added to the fp32 accumulator with atomics. Accumulators per thread:
+// dK + dV 2 x 2 x D/16 x 4 floats (128 at D=128, as v3).
+constexpr int kKB6 = 128, kBQ6 = 64, kWarps6 = 8, kThreads6 = kWarps6 * 32;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams p) {
+  constexpr int LD = D + 8, LDP = kKB6 + 8;  // +16 bytes per row: distinct banks for ldmatrix
+  constexpr int kNd2 = D / 16, kNd4 = D / 32;  // 8-wide d-tiles per warp in dK/dV and in dQ
+  FASTLM_DYNAMIC_SMEM(smem_raw);
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + kKB6 * LD;
+  T* sQ = sV + kKB6 * LD;
+  T* sdO = sQ + kBQ6 * LD;
+  T* sP = sdO + kBQ6 * LD;   // P, queries x keys
+  T* sdS = sP + kBQ6 * LDP;  // dS, queries x keys
+  float* sLse = reinterpret_cast<float*>(sdS + kBQ6 * LDP);
+  float* sDelta = sLse + kBQ6;
+  const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kKB6;
+  const int group = p.heads_q / p.heads_kv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
+  // Warp grids: S/dP (queries qa.., keys ka..), dK/dV (keys kb.., dims db..), dQ (qc.., dc..).
+  const int qa = (warp / 4) * 32, ka = (warp % 4) * 32;
+  const int kb = (warp % 4) * 32, db = (warp / 4) * (D / 2);
+  const int qc = (warp % 2) * 32, dc = (warp / 2) * (D / 4);
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
+  load_tile<T, D, LD, 3, kThreads6>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kKB6, p.t_k - k0);
+  load_tile<T, D, LD, 3, kThreads6>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kKB6, p.t_k - k0);
+  float dk[2][kNd2][4], dv[2][kNd2][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < kNd2; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[mt][i][e] = dv[mt][i][e] = 0.f;
+  const float sl2 = p.scale * kLog2e;
+  const int q_begin = p.causal ? (k0 / kBQ6) * kBQ6 : 0;  // earlier queries see none of the keys
+  const int nq = (p.t_q - q_begin + kBQ6 - 1) / kBQ6;
+  const int n_iter = group * nq;  // (query head of the group, query tile) pairs
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
+    const int64_t bh = (int64_t)b * p.heads_q + h;
+    __syncthreads();  // every warp is done with the previous tile's sQ/sdO (dK/dV) and sdS (dQ)
+    load_tile<T, D, LD, 3, kThreads6>(sQ, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2],
+                                      p.q_stride[2], kBQ6, p.t_q - q0);
+    load_tile<T, D, LD, 3, kThreads6>(
+        sdO, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2], p.do_stride[2], kBQ6,
+        p.t_q - q0);
+    for (int i = threadIdx.x; i < kBQ6; i += kThreads6) {
+      bool ok = q0 + i < p.t_q;
+      sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;  // P = 0 past the end
+      sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // Q, dO, lse, delta (and K, V on the first pass) visible
+
+    // S = Q K^T and dP = dO V^T: 32 queries x 32 keys per warp, two k-steps per K/V load; one
+    // product after the other, so that only one operand pair's fragments is live at a time
+    // (registers: dK + dV + S + dP = 192 floats at D=128).
+    float s[2][4][4], dp[2][4][4];
+    qk_tile<T, LD>(s, sQ + qa * LD, sK + ka * LD, D / 16, lm, lr);
+    qk_tile<T, LD>(dp, sdO + qa * LD, sV + ka * LD, D / 16, lm, lr);
+    // P = exp(S*scale - lse) (0 where masked), dS = P * (dP - delta), both to shared memory.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+          const int qi = qa + mt * 16 + g + hi * 8, ki = ka + nt * 8 + 2 * t;
+          const int q = q0 + qi, key = k0 + ki;
+          float pr[2], ds[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const bool ok = key + j < p.t_k && (!p.causal || key + j <= q);
+            pr[j] = ok ? exp2f(s[mt][nt][2 * hi + j] * sl2 - sLse[qi]) : 0.f;
+            ds[j] = pr[j] * (dp[mt][nt][2 * hi + j] - sDelta[qi]);
+          }
+          *reinterpret_cast<uint32_t*>(sP + qi * LDP + ki) = pack2<T>(pr[0], pr[1]);
+          *reinterpret_cast<uint32_t*>(sdS + qi * LDP + ki) = pack2<T>(ds[0], ds[1]);
+        }
+    __syncthreads();  // the whole P and dS tiles are in shared memory
+
+    // dV += P^T dO and dK += dS^T Q: 32 keys x D/2 dims per warp, k-steps over the 64 queries.
+#pragma unroll
+    for (int kk = 0; kk < kBQ6 / 16; ++kk) {
+      uint32_t ap[2][4], as[2][4];  // P^T / dS^T fragments (keys x queries): transposed loads
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int off = (kk * 16 + (lm >> 1) * 8 + lr) * LDP + kb + mt * 16 + (lm & 1) * 8;
+        ldsm_x4_trans(ap[mt], sP + off);
+        ldsm_x4_trans(as[mt], sdS + off);
+      }
+      const int off = (kk * 16 + (lm & 1) * 8 + lr) * LD + db + (lm >> 1) * 8;
+#pragma unroll
+      for (int dt = 0; dt < kNd2; dt += 2) {  // d-tiles dt and dt+1
+        uint32_t bo[4], bq[4];
+        ldsm_x4_trans(bo, sdO + off + dt * 8);
+        ldsm_x4_trans(bq, sQ + off + dt * 8);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma16816<T>(dv[mt][dt], ap[mt], bo);
+          mma16816<T>(dv[mt][dt + 1], ap[mt], bo + 2);
+          mma16816<T>(dk[mt][dt], as[mt], bq);
+          mma16816<T>(dk[mt][dt + 1], as[mt], bq + 2);
+        }
+      }
+    }
+    // dQ += dS K: 32 queries x D/4 dims per warp, k-steps over the 128 keys; fp32 atomics.
+    float dq[2][kNd4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < kNd4; ++i) dq[mt][i][0] = dq[mt][i][1] = dq[mt][i][2] = dq[mt][i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kKB6 / 16; ++kk) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+        ldsm_x4(a[mt], sdS + (qc + mt * 16 + (lm & 1) * 8 + lr) * LDP + kk * 16 + (lm >> 1) * 8);
+      const T* kr = sK + (kk * 16 + (lm & 1) * 8 + lr) * LD + dc + (lm >> 1) * 8;
+#pragma unroll
+      for (int dt = 0; dt < kNd4; dt += 2) {
+        uint32_t bk[4];
+        ldsm_x4_trans(bk, kr + dt * 8);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma16816<T>(dq[mt][dt], a[mt], bk);
+          mma16816<T>(dq[mt][dt + 1], a[mt], bk + 2);
+        }
+      }
+    }
+    float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < kNd4; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = qc + mt * 16 + g + (e >> 1) * 8, col = dc + dt * 8 + 2 * t + (e & 1);
+          if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[mt][dt][e]);
+        }
+  }
+  // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
+  const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
+  T* dK = static_cast<T*>(p.dk) + base * D;
+  T* dV = static_cast<T*>(p.dv) + base * D;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int key = k0 + kb + mt * 16 + g + hi * 8;
+      if (key >= p.t_k) continue;
+#pragma unroll
+      for (int dt = 0; dt < kNd2; ++dt) {
+        const int col = db + dt * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(dK + (int64_t)key * D + col) =
+            pack2<T>(dk[mt][dt][2 * hi] * p.scale, dk[mt][dt][2 * hi + 1] * p.scale);
+        *reinterpret_cast<uint32_t*>(dV + (int64_t)key * D + col) =
+            pack2<T>(dv[mt][dt][2 * hi], dv[mt][dt][2 * hi + 1]);
+      }
+    }
+}
+
 template <typename T>
 __global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
@@ -721,15 +928,22 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   FASTLM_LAUNCH_CHECK();
 }
 
+// The backward's main kernel: v1-v5 (attn_bwd_kernel; v5 = v3's code with 8 warps, 128 keys per
+// block; v1-v4: 4 warps, 64 keys) or v6 (attn_bwd_kernel_v6).
 template <typename T, int D>
-void backward_impl(const AttentionParams& p, cudaStream_t stream) {
+void launch_bwd_main(const AttentionParams& p, cudaStream_t stream) {
+  if (p.version >= 6) {
+    size_t smem = (2 * kKB6 * (D + 8) + 2 * kBQ6 * (D + 8) + 2 * kBQ6 * (kKB6 + 8)) * sizeof(T) +
+                  2 * kBQ6 * sizeof(float);
+    auto kernel = attn_bwd_kernel_v6<T, D>;
+    FASTLM_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    dim3 grid((p.t_k + kKB6 - 1) / kKB6, p.heads_kv, p.batch);
+    FASTLM_LAUNCH(kernel, grid, kThreads6, smem, stream)(p);
+    FASTLM_LAUNCH_CHECK();
+    return;
+  }
   constexpr int BQ = D == 128 ? 32 : 64;
-  const int64_t rows = (int64_t)p.batch * p.heads_q * p.t_q;
-  FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
-  auto delta_kernel = attn_delta_kernel<T, D>;
-  FASTLM_LAUNCH(delta_kernel, (rows + 7) / 8, 256, 0, stream)(p);
-  FASTLM_LAUNCH_CHECK();
-  // v5: v3's code with 8 warps, i.e. 128 keys per block (v1-v4: 4 warps, 64 keys).
   const int ver = p.version >= 5 ? 3 : p.version;
   const int warps = p.version >= 5 ? 8 : kWarps, keys = warps * 16;
   const int bufs = ver >= 4 ? 2 : 1;
@@ -745,6 +959,16 @@ void backward_impl(const AttentionParams& p, cudaStream_t stream) {
   dim3 grid((p.t_k + keys - 1) / keys, p.heads_kv, p.batch);
   FASTLM_LAUNCH(kernel, grid, warps * 32, smem, stream)(p);
   FASTLM_LAUNCH_CHECK();
+}
+
+template <typename T, int D>
+void backward_impl(const AttentionParams& p, cudaStream_t stream) {
+  const int64_t rows = (int64_t)p.batch * p.heads_q * p.t_q;
+  FASTLM_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
+  auto delta_kernel = attn_delta_kernel<T, D>;
+  FASTLM_LAUNCH(delta_kernel, (rows + 7) / 8, 256, 0, stream)(p);
+  FASTLM_LAUNCH_CHECK();
+  launch_bwd_main<T, D>(p, stream);
   int blocks = static_cast<int>(std::min<int64_t>((rows * D + 255) / 256, 65535));
   FASTLM_LAUNCH(attn_dq_convert_kernel<T>, blocks, 256, 0, stream)(
       p.dq_accum, static_cast<T*>(p.dq), rows * D, p.scale);
@@ -759,8 +983,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version < 1 || p.version > 5)
-    throw std::invalid_argument("attention: kernel version must be 1 to 5");
+  if (p.version < 1 || p.version > 6)
+    throw std::invalid_argument("attention: kernel version must be 1 to 6");
 }
 
 }  // namespace

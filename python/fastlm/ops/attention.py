@@ -14,8 +14,10 @@ from fastlm.ops import _dispatch
 
 # Kernel version (csrc/kernels/attention.cu header): 3 = ldmatrix + cp.async (default, fastest
 # measured); 1, 2 and 4 are kept for comparison (bench_attention.py --versions) and are tested;
-# 5 (128-row forward blocks, 128-key backward blocks; not yet run on a GPU) is tested and timed
-# by tools/gpu_check.sh and becomes the default only once a GPU run shows it correct and faster.
+# 5 (128-row forward blocks, 128-key backward blocks) and 6 (v5's forward, FA2's backward
+# partition) pass the CPU emulator (tests/test_cuda_emu.py) but have not run on a GPU: they are
+# tested and timed by tools/gpu_check.sh, and one becomes the default only once a GPU run shows it
+# correct and faster.
 KERNEL_VERSION = int(os.environ.get("FASTLM_ATTN_VERSION", "3"))
 
 
