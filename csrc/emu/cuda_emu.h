@@ -17,9 +17,10 @@
 //     divergent collective, a divergent barrier or a deadlock;
 //   - ldmatrix / cp.async addresses must be 16-byte aligned and inside the block's dynamic
 //     shared memory, and every typed load and store of the kernels must be aligned to its type
-//     (a uint4 vector to 16 bytes: -fsanitize=alignment with handlers in cuda_emu.cpp); the kernel's dynamic shared memory must not exceed the size it was launched
-//     with (checked with a canary after each block), nor 48 KB without cudaFuncSetAttribute,
-//     nor 227 KB (sm_90);
+//     (a uint4 vector to 16 bytes: -fsanitize=alignment with handlers in cuda_emu.cpp); the
+//     kernel's dynamic shared memory must not exceed the size it was launched with (checked
+//     with a canary after each block), nor 48 KB without cudaFuncSetAttribute, nor 227 KB
+//     (sm_90);
 //   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU.
 // Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and

@@ -695,15 +695,17 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
 }
 
 // acc[2][4] (32 rows x 32 columns) = A B^T over ksteps 16-wide k-steps: A's 32 rows and B's 32
-// rows in shared memory (row stride LD), two k-steps per B load (v6 backward: S and dP).
+// rows in shared memory (row stride LD), two k-steps per B load (v6 backward: S and dP). The
+// k-loop stays rolled: unrolled, D=128 spilled 32 bytes instead of 12 (ptxas -v, sm_90).
 template <typename T, int LD>
 __device__ __forceinline__ void qk_tile(float (*acc)[4][4], const T* a, const T* b, int ksteps,
                                         int lm, int lr) {
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] =
-                                       acc[mt][nt][3] = 0.f;
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 #pragma unroll 1
   for (int kk = 0; kk < ksteps; kk += 2) {
     uint32_t af[2][2][4];  // [k-step][m-tile]
@@ -711,7 +713,8 @@ __device__ __forceinline__ void qk_tile(float (*acc)[4][4], const T* a, const T*
     for (int ks = 0; ks < 2; ++ks)
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
-        ldsm_x4(af[ks][mt], a + (mt * 16 + (lm & 1) * 8 + lr) * LD + (kk + ks) * 16 + (lm >> 1) * 8);
+        ldsm_x4(af[ks][mt],
+                a + (mt * 16 + (lm & 1) * 8 + lr) * LD + (kk + ks) * 16 + (lm >> 1) * 8);
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       uint32_t bf[4];  // b0,b1 of k-steps kk and kk+1
@@ -845,7 +848,9 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int i = 0; i < kNd4; ++i) dq[mt][i][0] = dq[mt][i][1] = dq[mt][i][2] = dq[mt][i][3] = 0.f;
+      for (int i = 0; i < kNd4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[mt][i][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < kKB6 / 16; ++kk) {
       uint32_t a[2][4];
