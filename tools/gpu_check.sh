@@ -74,9 +74,9 @@ stamp "benchmarks"
    --quick --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
 stamp "done"
 echo "================ summary ================"
-grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
-echo "attention v5 + v6, CE v2: $(grep -E "passed|failed|error" "$OUT/tests_v5.log" | tail -1)"
-echo "trainer/post-training on GPU: $(grep -E "passed|failed|error" "$OUT/tests_train.log" | tail -1)"
+grep -E "passed|failed|error|skipped" "$OUT/tests.log" | tail -3
+echo "attention v5 + v6, CE v2: $(grep -E "passed|failed|error|skipped" "$OUT/tests_v5.log" | tail -1)"
+echo "trainer/post-training on GPU: $(grep -E "passed|failed|error|skipped" "$OUT/tests_train.log" | tail -1)"
 [ -f "$OUT/sanitize.txt" ] && cat "$OUT/sanitize.txt"
 cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40
 exit $TEST_RC
