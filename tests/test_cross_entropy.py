@@ -318,15 +318,27 @@ def test_backward_allocates_no_gradient_sized_buffer():
 def test_automatic_chunks_are_balanced_and_bounded(n, v, elem, cuda, expected):
     from fastlm.ops.cross_entropy import _chunk_rows
 
-    rows = _chunk_rows(n, v, elem, cuda, 0)
-    budget = (256 if cuda else 64) << 20
-    chunks = -(-n // rows)
-    assert rows == expected
-    assert 1 <= rows <= n
-    assert rows == n or rows % 64 == 0  # matmul-friendly row counts
-    assert (rows - 64) * v * elem < budget or rows == 1  # over the budget by < 64 rows at most
-    assert chunks <= max(1, -(-n * v * elem // budget))  # no more chunks than the budget needs
+    assert _chunk_rows(n, v, elem, cuda, 0) == expected
     assert _chunk_rows(n, v, elem, cuda, 7) == min(7, n)  # an explicit chunk_size wins
+
+
+def test_automatic_chunk_rule_over_many_sizes():
+    """The rule's invariants on a grid of sizes (not just the pinned cases above): every chunk
+    has rows, matmul-friendly counts, at most 64 rows over the budget, and there are no more
+    chunks than the budget needs. (The last chunk can be small: 4097 rows -> 8 x 512 + 1.)"""
+    from fastlm.ops.cross_entropy import _chunk_rows
+
+    for n in (1, 7, 63, 64, 65, 1000, 4095, 4097, 8192, 16384, 100003):
+        for v in (3, 41, 1009, 32768, 50304, 128256):
+            for elem, cuda in ((4, False), (2, False), (2, True), (4, True)):
+                rows = _chunk_rows(n, v, elem, cuda, 0)
+                budget = (256 if cuda else 64) << 20
+                chunks = -(-n // rows)
+                case = (n, v, elem, cuda, rows)
+                assert 1 <= rows <= n, case
+                assert rows == n or rows % 64 == 0, case
+                assert (rows - 64) * v * elem < budget, case  # over it by < 64 rows
+                assert chunks <= max(1, -(-n * v * elem // budget)), case
 
 
 def test_default_chunking_several_chunks_matches_reference():
