@@ -74,6 +74,16 @@ __device__ __forceinline__ const T* head_base(const void* x, const int64_t* stri
   return static_cast<const T*>(x) + b * stride[0] + h * stride[1];
 }
 
+// This thread's warp and its places in the fragment layouts (cuda_common.cuh): g = lane / 4 and
+// t = lane % 4 for mma; lm / lr = which 8x8 matrix and which of its rows it addresses in ldmatrix.
+struct LaneLayout {
+  int warp, g, t, lm, lr;
+};
+__device__ __forceinline__ LaneLayout lane_layout() {
+  const int lane = threadIdx.x % 32;
+  return {static_cast<int>(threadIdx.x / 32), lane / 4, lane % 4, lane / 8, lane % 8};
+}
+
 template <typename T, int D, int VER>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   constexpr int LD = D + 8;  // +16 bytes per row: the fragment loads hit distinct banks
@@ -83,8 +93,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   T* sV = sK + kBc * LD;
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr;
   const int hk = h / (p.heads_q / p.heads_kv);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
+  const auto [warp, g, t, lm, lr] = lane_layout();
   const T* Q = head_base<T>(p.q, p.q_stride, b, h);
   const T* K = head_base<T>(p.k, p.k_stride, b, hk);
   const T* V = head_base<T>(p.v, p.v_stride, b, hk);
@@ -273,8 +282,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   T* sV = sK + BC * LD;
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr5;
   const int hk = h / (p.heads_q / p.heads_kv);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int lm = lane / 8, lr = lane % 8;
+  const auto [warp, g, t, lm, lr] = lane_layout();
   const T* Q = head_base<T>(p.q, p.q_stride, b, h);
   const T* K = head_base<T>(p.k, p.k_stride, b, hk);
   const T* V = head_base<T>(p.v, p.v_stride, b, hk);
@@ -464,8 +472,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   float* sDelta = sLse + BQ;
   const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * KB;
   const int group = p.heads_q / p.heads_kv;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
+  const auto [warp, g, t, lm, lr] = lane_layout();
   const T* K = head_base<T>(p.k, p.k_stride, b, hk);
   const T* V = head_base<T>(p.v, p.v_stride, b, hk);
   load_tile<T, D, LD, VER, NT>(sK, K + k0 * p.k_stride[2], p.k_stride[2], KB, p.t_k - k0);
@@ -752,8 +759,7 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
   float* sDelta = sLse + kBQ6;
   const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kKB6;
   const int group = p.heads_q / p.heads_kv;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which matrix / row this lane addresses
+  const auto [warp, g, t, lm, lr] = lane_layout();
   // Warp grids: S/dP (queries qa.., keys ka..), dK/dV (keys kb.., dims db..), dQ (qc.., dc..).
   const int qa = (warp / 4) * 32, ka = (warp % 4) * 32;
   const int kb = (warp % 4) * 32, db = (warp / 4) * (D / 2);
