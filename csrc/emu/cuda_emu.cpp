@@ -278,8 +278,7 @@ bool run_block(int nthreads) {
       } while (deep && moved && !s.abort);
     }
     if (!any && s.live > 0 && !s.abort) {
-      s.error = deadlock_report() + " at block (" + std::to_string(s.block.x) + "," +
-                std::to_string(s.block.y) + "," + std::to_string(s.block.z) + ")";
+      s.error = deadlock_report() + " at " + where();  // the scheduler: no current thread
       s.abort = true;  // the next round unwinds every fiber
     }
   }
@@ -287,9 +286,7 @@ bool run_block(int nthreads) {
     for (size_t i = s.smem_size; i < s.smem.size(); ++i)
       if (s.smem[i] != kCanary) {
         s.error = "dynamic shared memory written past its " + std::to_string(s.smem_size) +
-                  " bytes (offset " + std::to_string(i) + ") in block (" +
-                  std::to_string(s.block.x) + "," + std::to_string(s.block.y) + "," +
-                  std::to_string(s.block.z) + ")";
+                  " bytes (offset " + std::to_string(i) + ") in " + where();
         s.abort = true;
         break;
       }
