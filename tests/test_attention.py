@@ -122,3 +122,16 @@ def test_cuda_deterministic_forward_and_compile():
     c = torch.compile(lambda q, k, v: attention(q, k, v, is_causal=True), fullgraph=True,
                       backend="eager")(q, k, v)
     assert torch.equal(a, c)
+
+
+def test_kernel_version_from_environment(monkeypatch):
+    """FASTLM_ATTN_VERSION / FASTLM_CE_VERSION: unset gives the default; a bad value is refused
+    with a message naming the variable (not a bare int() error, not a failure at first launch)."""
+    monkeypatch.delenv("FASTLM_CE_VERSION", raising=False)
+    assert _dispatch.kernel_version("FASTLM_CE_VERSION", 1, range(1, 3)) == 1
+    monkeypatch.setenv("FASTLM_CE_VERSION", "2")
+    assert _dispatch.kernel_version("FASTLM_CE_VERSION", 1, range(1, 3)) == 2
+    for bad in ("7", "0", "two", "-1"):
+        monkeypatch.setenv("FASTLM_ATTN_VERSION", bad)
+        with pytest.raises(ValueError, match=r"FASTLM_ATTN_VERSION=.*one of 1, 2, 3, 4, 5, 6$"):
+            _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 7))

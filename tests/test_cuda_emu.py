@@ -297,3 +297,4 @@ def test_cross_entropy_kernel_direct(version, dtype):
         emu.cross_entropy_chunk(z.data_ptr(), _dispatch.dtype_code(dt), rows, v, ld,
                                 target.data_ptr(), loss.data_ptr(), lse.data_ptr(), 0, 1.0,
                                 -100, 0.0, 0.0, 0.0, True, 3, 0)
+

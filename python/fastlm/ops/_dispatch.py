@@ -37,6 +37,18 @@ def cuda_module():
     return _CUDA
 
 
+def kernel_version(env: str, default: int, versions: range) -> int:
+    """A kernel version from the environment variable `env` (unset: `default`); anything that is
+    not one of `versions` is refused with a message naming the variable."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) not in versions:
+        raise ValueError(f"{env}={raw!r}: kernel version must be one of "
+                         f"{', '.join(str(v) for v in versions)}")
+    return int(raw)
+
+
 # dtype codes shared with csrc/cuda/module.cu (kept in one place on each side).
 def dtype_code(dtype) -> int:
     import torch

@@ -3,7 +3,6 @@
 flash attention). Registered through torch.library so torch.compile treats it as one op."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -18,7 +17,7 @@ from fastlm.ops import _dispatch
 # partition) pass the CPU emulator (tests/test_cuda_emu.py) but have not run on a GPU: they are
 # tested and timed by tools/gpu_check.sh, and one becomes the default only once a GPU run shows it
 # correct and faster.
-KERNEL_VERSION = int(os.environ.get("FASTLM_ATTN_VERSION", "3"))
+KERNEL_VERSION = _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 7))
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:

@@ -10,7 +10,6 @@ Unsupported cases (class weights, float64, other devices, no native module) use 
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -22,7 +21,7 @@ _REDUCTIONS = ("none", "mean", "sum")
 # CUDA chunk kernel version (csrc/kernels/cross_entropy.cu header): 1 = scalar loads (default,
 # measured), 2 = 16-byte vector loads (validated in the CPU emulator, not yet timed on a GPU;
 # tools/gpu_check.sh times both). FASTLM_CE_VERSION picks one at run time.
-KERNEL_VERSION = int(os.environ.get("FASTLM_CE_VERSION", "1"))
+KERNEL_VERSION = _dispatch.kernel_version("FASTLM_CE_VERSION", 1, range(1, 3))
 
 
 def _chunk_rows(n: int, v: int, elem: int, on_cuda: bool, chunk_size: int) -> int:
