@@ -466,7 +466,12 @@ def _dist_worker(rank, world, tmp, mode):
     b, _ = get_state_dict(fresh, fresh_opt, options=OPTS)
     if rank == 0:
         torch.save({"same": all(torch.equal(a[k], b[k]) for k in a), "saved": saved}, f"{tmp}/result.pt")
-    dist.destroy_process_group()
+    # The trainer's teardown: every rank here, then the wrappers (which hold the group) collected
+    # before the group goes; a bare destroy_process_group() let gloo abort a rank now and then.
+    from fastlm.train.distributed import DistInfo, cleanup
+    dist.barrier()
+    del model, fresh, opt, fresh_opt, a, b
+    cleanup(DistInfo(rank=rank, world_size=world, distributed=True))
 
 
 @pytest.mark.slow
