@@ -48,6 +48,14 @@ def time_fb(fn, q, k, v, g, reps, backward=True):
     return statistics.median(ts)
 
 
+def print_row(r):
+    print(f"{r['D']:>4} {r['T']:>5} {str(r['causal']):>6} {r['ms']:10.3f} {r['tflops']:8.1f} "
+          f"{r['sdpa_ms']:8.3f} {r['sdpa_tflops']:8.1f} {r['ratio']:9.2f}x "
+          f"{r['fwd_ms']:7.3f} {r['sdpa_fwd_ms']:8.3f}  "
+          + " ".join(f"v{k}={v['ms']:.3f} (fwd {v['fwd_ms']:.3f})"
+                     for k, v in r["versions_ms"].items()), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384, help="B*T")
@@ -60,6 +68,10 @@ def main():
     a = ap.parse_args()
     dt = getattr(torch, a.dtype)
     seqs = [1024, 4096] if a.quick else [1024, 2048, 4096, 8192]
+    name = torch.cuda.get_device_name()
+    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel v{attn_mod.KERNEL_VERSION}), {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
+    print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
+          f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8}  other versions ms")
     rows = []
     for d in (64, 128):
         for t in seqs:
@@ -100,18 +112,9 @@ def main():
                                  tflops=flops / t_ours / 1e9, sdpa_tflops=flops / t_ref / 1e9,
                                  ratio=t_ref / t_ours, err=err, fwd_ms=f_ours, sdpa_fwd_ms=f_ref,
                                  versions_ms=vers, version=attn_mod.KERNEL_VERSION))
+                print_row(rows[-1])
                 del q, k, v, g
                 torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name()
-    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel v{attn_mod.KERNEL_VERSION}), {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
-    print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
-          f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8}  other versions ms")
-    for r in rows:
-        print(f"{r['D']:>4} {r['T']:>5} {str(r['causal']):>6} {r['ms']:10.3f} {r['tflops']:8.1f} "
-              f"{r['sdpa_ms']:8.3f} {r['sdpa_tflops']:8.1f} {r['ratio']:9.2f}x "
-              f"{r['fwd_ms']:7.3f} {r['sdpa_fwd_ms']:8.3f}  "
-              + " ".join(f"v{k}={v['ms']:.3f} (fwd {v['fwd_ms']:.3f})"
-                         for k, v in r["versions_ms"].items()))
     if a.json:
         with open(a.json, "a") as f:
             for r in rows:

@@ -1,82 +1,110 @@
 #!/usr/bin/env bash
 # GPU check: build fastlm with CUDA, run the kernel tests (with the tiny-model loss parity), the
-# trainer/post-training GPU tests and the kernel benchmarks (short sizes); print a short table
-# last. Logs go to $OUT (or out/).
+# kernel benchmarks at the issue's sizes, the trainer/post-training GPU tests, and (time left) an
+# Nsight Compute profile of the attention kernels; print a short table last.
 # Meant for a lent GPU machine (python3 with torch, pybind11, scikit-build-core, cmake, ninja).
+#   bash tools/gpu_check.sh                       # everything, inside GPU_CHECK_BUDGET seconds
+#   GPU_CHECK_MODE=bench bash tools/gpu_check.sh  # build + benchmarks only
+# Steps run in order of value and each is cut to the time left, so one call always ends with its
+# summary and its files: $OUT/summary.txt, $OUT/bench.jsonl, $OUT/gpu.txt, and every log in
+# $OUT/logs.tgz (the device tool brings back at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 OUT=${OUT:-out}
-mkdir -p "$OUT"
+LOG="$OUT/logs"
+mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 ARCH=${FASTLM_CUDA_ARCHS:-90}  # one arch keeps the build short; CI builds 80;90
+BUDGET=${GPU_CHECK_BUDGET:-480}  # seconds for the whole script
 T0=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
+# seconds a step may take: its cap, cut to the budget left minus a reserve for the steps after it
+allow() { local cap=$1 reserve=${2:-20} left; left=$(( BUDGET - ($(date +%s) - T0) - reserve ))
+  (( left < cap )) && cap=$left; (( cap < 15 )) && cap=0; echo "$cap"; }
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+finish() {
+  stamp "done"
+  echo "================ summary ================"
+  cat "$SUMMARY"
+  for f in bench_ce_bf16 bench_ce_fp32 bench_attn; do [ -f "$LOG/$f.log" ] && tail -32 "$LOG/$f.log"; done
+  tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOG"
+}
+trap finish EXIT
+# run NAME CAP RESERVE CMD...: in /tmp (the installed package, not ./python), log to logs/NAME.log
+run() { local name=$1 t; t=$(allow "$2" "$3"); shift 3
+  if [ "$t" = 0 ]; then note "$name: skipped (no time left)"; return 99; fi
+  stamp "$name (limit ${t}s)"
+  (cd /tmp && timeout "$t" "$@") >"$LOG/$name.log" 2>&1
+  local rc=$?; [ $rc = 124 ] && note "$name: TIMED OUT after ${t}s"; return $rc; }
+pytest_line() { grep -E "passed|failed|skipped|error|no tests ran" "$LOG/$1.log" | tail -1; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 stamp "build (sm_$ARCH)"
 # FASTLM_CUDA_EMU=0: no CPU emulation of the kernels here (the real GPU runs them).
 if ! FASTLM_CUDA=1 FASTLM_CUDA_EMU=0 python3 -m pip install --no-build-isolation --no-deps -q \
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -C build-dir=/tmp/fastlm-build . \
-    >"$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+    >"$LOG/build.log" 2>&1; then
+  tail -40 "$LOG/build.log"; note "BUILD FAILED"; exit 1
 fi
-cd /tmp  # import the installed package, not ./python
-python3 -c "import fastlm._cuda, fastlm._C; print('modules ok')" || exit 1
-cd "$REPO"
+(cd /tmp && python3 -c "import fastlm._cuda, fastlm._C; print('modules ok')") || exit 1
+PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
+: >"$OUT/bench.jsonl"
 
-if [ "${GPU_CHECK_MODE:-full}" = bench ]; then  # benchmarks only, at the issue's full sizes
-  (cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" --versions 5,6 --json "$OUT/bench.jsonl" \
-     >"$OUT/bench_attn_full.log" 2>&1; \
-   for dt in bfloat16 float32; do python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
-     --dtype $dt --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
-     --json "$OUT/bench.jsonl"; done >"$OUT/bench_ce_full.log" 2>&1)
-  stamp "done"
-  cat "$OUT/bench_ce_full.log" "$OUT/bench_attn_full.log"
-  exit 0
+# The newest kernels first, each in its own process (a crash leaves a sticky CUDA error that
+# would fail every later test): attention v6 with CE v2 as the defaults of every attention and
+# cross-entropy test, then attention v5. Only versions that pass are timed.
+TIMED=""
+if [ "${GPU_CHECK_MODE:-full}" != bench ]; then
+  run tests_v6 150 250 env FASTLM_TEST_ATTN_VERSIONS=6 FASTLM_ATTN_VERSION=6 FASTLM_CE_VERSION=2 \
+    "${PYTEST[@]}" --timeout 120 --maxfail=10 "$REPO/tests/test_attention.py" "$REPO/tests/test_cross_entropy.py"
+  V6_RC=$?; note "attention v6 + CE v2 tests (rc $V6_RC): $(pytest_line tests_v6)"
+  run tests_v5 90 230 env FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 \
+    "${PYTEST[@]}" --timeout 60 --maxfail=10 "$REPO/tests/test_attention.py"
+  V5_RC=$?; note "attention v5 tests (rc $V5_RC): $(pytest_line tests_v5)"
+  [ $V5_RC = 0 ] && TIMED="5"; [ $V6_RC = 0 ] && TIMED="${TIMED:+$TIMED,}6"
+else
+  TIMED="5,6"
 fi
 
-stamp "tests"
-(cd /tmp && FASTLM_TEST_ATTN_VERSIONS=1,2,3,4 python3 -m pytest -q -p no:cacheprovider \
-   --timeout 240 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py" \
-   -rs 2>&1) | tee "$OUT/tests.log" | tail -25
-TEST_RC=${PIPESTATUS[0]}
-# Kernels not yet proven on a GPU (attention v5 and v6, CE chunk kernel v2; all pass the CPU
-# emulator) in their own process, as the defaults of every attention / cross-entropy test.
-stamp "tests, attention kernels v5 + v6 and CE kernel v2"
-(cd /tmp && FASTLM_TEST_ATTN_VERSIONS=5,6 FASTLM_ATTN_VERSION=6 FASTLM_CE_VERSION=2 \
-   python3 -m pytest -q -p no:cacheprovider --timeout 240 --maxfail=10 "$REPO/tests/test_attention.py" \
-   "$REPO/tests/test_cross_entropy.py" 2>&1) | tee "$OUT/tests_v5.log" | tail -15
-V5_RC=${PIPESTATUS[0]}
-# compute-sanitizer on the newest kernel (Firecracker machines only: gVisor refuses the device).
-if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] || [ "$V5_RC" != 0 ]; }; then
-  stamp "compute-sanitizer (memcheck, racecheck) on attention v5 and v6"
-  for tool in memcheck racecheck; do
-    (cd /tmp && timeout 150 compute-sanitizer --tool $tool --kernel-name kns=attn --error-exitcode 9 \
-       python3 "$REPO/tools/sanitize_attention.py" 5 6 >"$OUT/sanitize_$tool.log" 2>&1)
-    echo "compute-sanitizer $tool: rc=$? (log: sanitize_$tool.log)" | tee -a "$OUT/sanitize.txt"
-    tail -12 "$OUT/sanitize_$tool.log"
-  done
+# Benchmarks at the issue's sizes (each configuration checked against the reference first).
+run bench_attn 150 150 python3 "$REPO/benchmarks/bench_attention.py" ${TIMED:+--versions $TIMED} \
+  --json "$OUT/bench.jsonl"
+note "attention bench (v3 default; also timed: ${TIMED:-none}): rc $?"
+for dt in bf16:bfloat16 fp32:float32; do
+  run bench_ce_${dt%%:*} 90 120 python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
+    --dtype ${dt#*:} --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
+    --json "$OUT/bench.jsonl"
+  note "CE bench ${dt#*:}: rc $?"
+done
+[ "${GPU_CHECK_MODE:-full}" = bench ] && exit 0
+
+# The default kernels (attention v3, CE v1; GPU_CHECK_ATTN_VERSIONS=1,2,3,4 for the older ones),
+# CE on CUDA, the tiny-model loss parity.
+run tests 120 100 env FASTLM_TEST_ATTN_VERSIONS=${GPU_CHECK_ATTN_VERSIONS:-3} "${PYTEST[@]}" \
+  --timeout 120 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py"
+TEST_RC=$?; note "default kernels tests (rc $TEST_RC): $(pytest_line tests)"
+# Where the attention time goes (time left, Nsight Compute readable here): v3 vs the newest.
+if command -v ncu >/dev/null; then
+  run ncu_attn 75 60 ncu --clock-control none -k regex:attn_ --launch-count 12 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section ComputeWorkloadAnalysis --metrics \
+    l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_pipe_tensor.sum \
+    python3 "$REPO/tools/profile_attention.py" 3 ${TIMED//,/ }
+  note "ncu attention profile: rc $? (logs/ncu_attn.log)"
 fi
 # The trainer and post-training on the GPU (bf16 autocast, fused AdamW, MFU, resume, SFT/DPO/GRPO).
-stamp "tests, trainer and post-training on the GPU"
-(cd /tmp && python3 -m pytest -q -p no:cacheprovider --timeout 300 --maxfail=3 \
-   "$REPO/tests/test_gpu_paths.py" -rs 2>&1) | tee "$OUT/tests_train.log" | tail -15
-
-stamp "benchmarks"
-: >"$OUT/bench.jsonl"
-(cd /tmp && python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype bfloat16 \
-   --quick --json "$OUT/bench.jsonl" && \
- python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda --dtype float32 --quick \
-   --json "$OUT/bench.jsonl") >"$OUT/bench_ce.log" 2>&1
-(cd /tmp && python3 "$REPO/benchmarks/bench_attention.py" ${ATTN_ARGS:---quick --versions 5,6} \
-   --json "$OUT/bench.jsonl" || FASTLM_ATTN_VERSION=3 python3 "$REPO/benchmarks/bench_attention.py" \
-   --quick --json "$OUT/bench.jsonl") >"$OUT/bench_attn.log" 2>&1
-stamp "done"
-echo "================ summary ================"
-grep -E "passed|failed|error|skipped" "$OUT/tests.log" | tail -3
-echo "attention v5 + v6, CE v2: $(grep -E "passed|failed|error|skipped" "$OUT/tests_v5.log" | tail -1)"
-echo "trainer/post-training on GPU: $(grep -E "passed|failed|error|skipped" "$OUT/tests_train.log" | tail -1)"
-[ -f "$OUT/sanitize.txt" ] && cat "$OUT/sanitize.txt"
-cat "$OUT/bench_ce.log" "$OUT/bench_attn.log" | tail -40
+run tests_train 240 10 "${PYTEST[@]}" --timeout 200 --maxfail=3 "$REPO/tests/test_gpu_paths.py"
+note "trainer/post-training on GPU (rc $?): $(pytest_line tests_train)"
+# compute-sanitizer on the newest kernels when their tests failed (Firecracker machines only).
+if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] || \
+   [ "${V5_RC:-0}" != 0 ] || [ "${V6_RC:-0}" != 0 ]; }; then
+  for tool in memcheck racecheck; do
+    run sanitize_$tool 100 5 compute-sanitizer --tool $tool --kernel-name kns=attn --error-exitcode 9 \
+      python3 "$REPO/tools/sanitize_attention.py" 5 6
+    note "compute-sanitizer $tool: rc $? ($(tail -1 "$LOG/sanitize_$tool.log"))"
+  done
+fi
 exit $TEST_RC
