@@ -26,7 +26,7 @@ except ImportError:
 from fastlm.ops import linear_cross_entropy  # noqa: E402
 
 CONTENDERS = ["eager", "torch_lce", "torch_lce_chunked", "fastlm"]
-CUDA_CONTENDERS = ["fastlm_ce2"]  # fastlm with the CE chunk kernel v2 (cross_entropy.cu header)
+CUDA_CONTENDERS = ["fastlm_ce1"]  # fastlm with the CE chunk kernel v1 (v2 is the default)
 
 
 def make_fn(name):
@@ -34,16 +34,17 @@ def make_fn(name):
         return lambda x, w, t: F.cross_entropy(F.linear(x, w).float(), t)
     if name == "fastlm":
         return lambda x, w, t: linear_cross_entropy(x, w, t)
-    if name == "fastlm_ce2":
+    if name.startswith("fastlm_ce"):  # fastlm with another CE chunk kernel version
         from fastlm.ops import cross_entropy as ce
+        version = int(name[len("fastlm_ce"):])
 
-        def v2(x, w, t):
-            old, ce.KERNEL_VERSION = ce.KERNEL_VERSION, 2
+        def other(x, w, t):
+            old, ce.KERNEL_VERSION = ce.KERNEL_VERSION, version
             try:
                 return linear_cross_entropy(x, w, t)
             finally:
                 ce.KERNEL_VERSION = old
-        return v2
+        return other
     if not hasattr(F, "linear_cross_entropy"):
         return None
     if name == "torch_lce":

@@ -53,20 +53,19 @@ fi
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
 : >"$OUT/bench.jsonl"
 
-# The newest kernels first, each in its own process (a crash leaves a sticky CUDA error that
-# would fail every later test): attention v6 with CE v2 as the defaults of every attention and
-# cross-entropy test, then attention v5. Only versions that pass are timed.
+# The newest attention kernels first, each in its own process (a crash leaves a sticky CUDA error
+# that would fail every later test), as the default of every attention test. Only versions that
+# pass are timed.
 TIMED=""
 if [ "${GPU_CHECK_MODE:-full}" != bench ]; then
-  run tests_v6 150 250 env FASTLM_TEST_ATTN_VERSIONS=6 FASTLM_ATTN_VERSION=6 FASTLM_CE_VERSION=2 \
-    "${PYTEST[@]}" --timeout 120 --maxfail=10 "$REPO/tests/test_attention.py" "$REPO/tests/test_cross_entropy.py"
-  V6_RC=$?; note "attention v6 + CE v2 tests (rc $V6_RC): $(pytest_line tests_v6)"
-  run tests_v5 90 230 env FASTLM_TEST_ATTN_VERSIONS=5 FASTLM_ATTN_VERSION=5 \
-    "${PYTEST[@]}" --timeout 60 --maxfail=10 "$REPO/tests/test_attention.py"
-  V5_RC=$?; note "attention v5 tests (rc $V5_RC): $(pytest_line tests_v5)"
-  [ $V5_RC = 0 ] && TIMED="5"; [ $V6_RC = 0 ] && TIMED="${TIMED:+$TIMED,}6"
+  for ver in ${GPU_CHECK_NEW_VERSIONS:-5 6}; do
+    run tests_v$ver 90 250 env FASTLM_TEST_ATTN_VERSIONS=$ver FASTLM_ATTN_VERSION=$ver \
+      "${PYTEST[@]}" --timeout 60 --maxfail=10 "$REPO/tests/test_attention.py"
+    rc=$?; note "attention v$ver tests (rc $rc): $(pytest_line tests_v$ver)"
+    if [ $rc = 0 ]; then TIMED="${TIMED:+$TIMED,}$ver"; else NEW_FAILED=1; fi
+  done
 else
-  TIMED="5,6"
+  TIMED="${GPU_CHECK_NEW_VERSIONS:-5 6}"; TIMED=${TIMED// /,}
 fi
 
 # Benchmarks at the issue's sizes (each configuration checked against the reference first).
@@ -81,8 +80,8 @@ for dt in bf16:bfloat16 fp32:float32; do
 done
 [ "${GPU_CHECK_MODE:-full}" = bench ] && exit 0
 
-# The default kernels (attention v3, CE v1; GPU_CHECK_ATTN_VERSIONS=1,2,3,4 for the older ones),
-# CE on CUDA, the tiny-model loss parity.
+# The default kernels (attention v3 unless GPU_CHECK_ATTN_VERSIONS names others, CE v2 and v1), the
+# tiny-model loss parity.
 run tests 120 100 env FASTLM_TEST_ATTN_VERSIONS=${GPU_CHECK_ATTN_VERSIONS:-3} "${PYTEST[@]}" \
   --timeout 120 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py"
 TEST_RC=$?; note "default kernels tests (rc $TEST_RC): $(pytest_line tests)"
@@ -100,10 +99,10 @@ run tests_train 240 10 "${PYTEST[@]}" --timeout 200 --maxfail=3 "$REPO/tests/tes
 note "trainer/post-training on GPU (rc $?): $(pytest_line tests_train)"
 # compute-sanitizer on the newest kernels when their tests failed (Firecracker machines only).
 if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] || \
-   [ "${V5_RC:-0}" != 0 ] || [ "${V6_RC:-0}" != 0 ]; }; then
+   [ "${NEW_FAILED:-0}" = 1 ]; }; then
   for tool in memcheck racecheck; do
     run sanitize_$tool 100 5 compute-sanitizer --tool $tool --kernel-name kns=attn --error-exitcode 9 \
-      python3 "$REPO/tools/sanitize_attention.py" 5 6
+      python3 "$REPO/tools/sanitize_attention.py" ${GPU_CHECK_NEW_VERSIONS:-5 6}
     note "compute-sanitizer $tool: rc $? ($(tail -1 "$LOG/sanitize_$tool.log"))"
   done
 fi
