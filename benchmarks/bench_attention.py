@@ -69,7 +69,9 @@ def main():
     dt = getattr(torch, a.dtype)
     seqs = [1024, 4096] if a.quick else [1024, 2048, 4096, 8192]
     name = torch.cuda.get_device_name()
-    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel v{attn_mod.KERNEL_VERSION}), {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
+    label = (f"v{attn_mod.KERNEL_VERSION}" if attn_mod.KERNEL_VERSION else "default: " + ", ".join(
+        f"v{v} at D={d}" for d, v in attn_mod.DEFAULT_VERSION_BY_HEAD_DIM.items()))
+    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel {label}), {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
     print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
           f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8}  other versions ms")
     rows = []
@@ -111,7 +113,7 @@ def main():
                 rows.append(dict(D=d, T=t, B=b, causal=causal, ms=t_ours, sdpa_ms=t_ref,
                                  tflops=flops / t_ours / 1e9, sdpa_tflops=flops / t_ref / 1e9,
                                  ratio=t_ref / t_ours, err=err, fwd_ms=f_ours, sdpa_fwd_ms=f_ref,
-                                 versions_ms=vers, version=attn_mod.KERNEL_VERSION))
+                                 versions_ms=vers, version=attn_mod.kernel_version_for(d)))
                 print_row(rows[-1])
                 del q, k, v, g
                 torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
 """fastlm.ops.attention vs a float64 reference: outputs and gradients, causal, GQA, odd lengths."""
 import os
+import sys
 
 import pytest
 
@@ -89,7 +90,6 @@ CUDA_SHAPES = [  # (B, Hq, Hkv, T, D): T not a multiple of the 64-row tile, GQA,
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_cuda_matches_reference(shape, causal, dtype, version, monkeypatch):
-    import sys
     monkeypatch.setattr(sys.modules["fastlm.ops.attention"], "KERNEL_VERSION", version)
     b, hq, hkv, t, d = shape
     dt = getattr(torch, dtype)
@@ -131,6 +131,13 @@ def test_kernel_version_from_environment(monkeypatch):
     assert _dispatch.kernel_version("FASTLM_CE_VERSION", 1, range(1, 3)) == 1
     monkeypatch.setenv("FASTLM_CE_VERSION", "2")
     assert _dispatch.kernel_version("FASTLM_CE_VERSION", 1, range(1, 3)) == 2
+    attn_mod = sys.modules["fastlm.ops.attention"]
+    monkeypatch.delenv("FASTLM_ATTN_VERSION", raising=False)
+    assert _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 7)) is None
+    monkeypatch.setattr(attn_mod, "KERNEL_VERSION", None)  # unset: the fastest measured per head dim
+    assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (5, 6)
+    monkeypatch.setattr(attn_mod, "KERNEL_VERSION", 3)  # FASTLM_ATTN_VERSION=3
+    assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (3, 3)
     for bad in ("7", "0", "two", "-1"):
         monkeypatch.setenv("FASTLM_ATTN_VERSION", bad)
         with pytest.raises(ValueError, match=r"FASTLM_ATTN_VERSION=.*one of 1, 2, 3, 4, 5, 6$"):

@@ -69,9 +69,11 @@ else
 fi
 
 # Benchmarks at the sizes (each configuration checked against the reference first).
-run bench_attn 150 150 python3 "$REPO/benchmarks/bench_attention.py" ${TIMED:+--versions $TIMED} \
+# The fastlm column is the default (v5 at D=64, v6 at D=128); v3 (the old default) and every new
+# version that passed are timed beside it.
+run bench_attn 150 150 python3 "$REPO/benchmarks/bench_attention.py" --versions "3${TIMED:+,$TIMED}" \
   --json "$OUT/bench.jsonl"
-note "attention bench (v3 default; also timed: ${TIMED:-none}): rc $?"
+note "attention bench (also timed: 3${TIMED:+,$TIMED}): rc $?"
 for dt in bf16:bfloat16 fp32:float32; do
   run bench_ce_${dt%%:*} 90 120 python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
     --dtype ${dt#*:} --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
@@ -80,11 +82,11 @@ for dt in bf16:bfloat16 fp32:float32; do
 done
 [ "${GPU_CHECK_MODE:-full}" = bench ] && exit 0
 
-# The default kernels (attention v3 unless GPU_CHECK_ATTN_VERSIONS names others, CE v2 and v1), the
-# tiny-model loss parity.
+# The cross-entropy tests (CE v2 and v1), the attention tests with v3 (GPU_CHECK_ATTN_VERSIONS=1,2,3,4
+# for all the older versions) and the defaults, the tiny-model loss parity.
 run tests 120 100 env FASTLM_TEST_ATTN_VERSIONS=${GPU_CHECK_ATTN_VERSIONS:-3} "${PYTEST[@]}" \
   --timeout 120 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py"
-TEST_RC=$?; note "default kernels tests (rc $TEST_RC): $(pytest_line tests)"
+TEST_RC=$?; note "CE + older attention kernels tests (rc $TEST_RC): $(pytest_line tests)"
 # Where the attention time goes (time left, Nsight Compute readable here): v3 vs the newest.
 if command -v ncu >/dev/null; then
   run ncu_attn 75 60 ncu --clock-control none -k regex:attn_ --launch-count 12 \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 
 def _load_cpu():
@@ -37,7 +38,7 @@ def cuda_module():
     return _CUDA
 
 
-def kernel_version(env: str, default: int, versions: range) -> int:
+def kernel_version(env: str, default: Optional[int], versions: range) -> Optional[int]:
     """A kernel version from the environment variable `env` (unset: `default`); anything that is
     not one of `versions` is refused with a message naming the variable."""
     raw = os.environ.get(env, "").strip()

@@ -11,13 +11,17 @@ import torch.nn.functional as F
 from fastlm.ops import _dispatch
 
 
-# Kernel version (csrc/kernels/attention.cu header): 3 = ldmatrix + cp.async (default, fastest
-# measured); 1, 2 and 4 are kept for comparison (bench_attention.py --versions) and are tested;
-# 5 (128-row forward blocks, 128-key backward blocks) and 6 (v5's forward, FA2's backward
-# partition) pass the CPU emulator (tests/test_cuda_emu.py) but have not run on a GPU: they are
-# tested and timed by tools/gpu_check.sh, and one becomes the default only once a GPU run shows it
-# correct and faster.
-KERNEL_VERSION = _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 7))
+# Kernel version (csrc/kernels/attention.cu header; csrc/kernels/NOTES.md has every measurement).
+# Unset (None) picks by head dim what an H200 measured fastest: v5 (128-row forward blocks, 128-key
+# backward blocks) for D=64, v6 (v5's forward, FA2's backward partition) for D=128. 1-4 are kept
+# for comparison (bench_attention.py --versions) and are tested. FASTLM_ATTN_VERSION forces one.
+KERNEL_VERSION: Optional[int] = _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 7))
+DEFAULT_VERSION_BY_HEAD_DIM = {64: 5, 128: 6}
+
+
+def kernel_version_for(head_dim: int) -> int:
+    """The attention kernel version used for `head_dim` (KERNEL_VERSION where set)."""
+    return KERNEL_VERSION or DEFAULT_VERSION_BY_HEAD_DIM[head_dim]
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -141,6 +145,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
                          "with q heads a multiple of k/v heads")
     if backend == "auto" and kernel_supports(q, k, v, is_causal):
         s = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        return _attn_fwd(q, k, v, bool(is_causal), s, KERNEL_VERSION)[0]
+        return _attn_fwd(q, k, v, bool(is_causal), s, kernel_version_for(q.shape[-1]))[0]
     kw = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
     return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, **kw)
