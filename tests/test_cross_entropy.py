@@ -143,12 +143,13 @@ def test_half_weight_gradient_through_fp32_addmm(monkeypatch):
     calls = []
     real_addmm = torch.addmm
 
-    def addmm(acc, a, b, *, out_dtype=None, out=None, **kw):
+    def addmm(acc, a, b, *, beta=1.0, out_dtype=None, out=None, **kw):
         if out_dtype is None:
-            return real_addmm(acc, a, b, out=out, **kw)
+            return real_addmm(acc, a, b, beta=beta, out=out, **kw)
         assert out_dtype == torch.float32 and out is acc and acc.dtype == torch.float32
-        calls.append((tuple(a.shape), tuple(b.shape)))
-        return out.add_(a.float() @ b.float())  # 16-bit products accumulated in fp32
+        calls.append((tuple(a.shape), tuple(b.shape), beta))
+        prod = a.float() @ b.float()  # 16-bit products accumulated in fp32
+        return out.copy_(prod) if beta == 0 else out.add_(prod)
 
     monkeypatch.setattr(ce, "_addmm_fp32_ok", lambda device, dtype: True)
     monkeypatch.setattr(torch, "addmm", addmm)
@@ -157,9 +158,70 @@ def test_half_weight_gradient_through_fp32_addmm(monkeypatch):
     w = torch.randn(41, 32, generator=gen).bfloat16()
     t = torch.randint(0, 41, (37,), generator=gen)
     _check(x, w, t, reduction="mean", norm_tol=1.5e-2)
-    # one call per 16-row chunk: dl^T (41 x rows) @ x_chunk (rows x 32), every row once
-    assert all(a == (41, b[0]) and b[1] == 32 for a, b in calls), calls
-    assert sorted(b[0] for _, b in calls) == [5, 16, 16]
+    # one call per 16-row chunk: dl^T (41 x rows) @ x_chunk (rows x 32), every row once; the
+    # first writes the (uninitialized) gradient, the others add to it
+    assert all(a == (41, b[0]) and b[1] == 32 for a, b, _ in calls), calls
+    assert [(b[0], beta) for _, b, beta in calls] == [(16, 0.0), (16, 1.0), (5, 1.0)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_weight_gradient_first_chunk_ignores_the_uninitialized_buffer(dtype, monkeypatch):
+    """The fp32 weight-gradient accumulator is not zero-filled: the first chunk's GEMM writes it
+    (beta = 0, which ignores NaN/inf in the output), later chunks add. Both the fp32 GEMM and the
+    vocab-blocked half path (small blocks, so several of them)."""
+    import fastlm.ops.cross_entropy as ce
+
+    monkeypatch.setattr(ce, "_WGRAD_BLOCK", 16)
+    gen = torch.Generator().manual_seed(3)
+    dt = getattr(torch, dtype)
+    dl = torch.randn(9, 41, generator=gen).to(dt)
+    xc = torch.randn(9, 24, generator=gen).to(dt)
+    want = dl.double().t() @ xc.double()
+    tol = dict(rtol=1e-5, atol=1e-5) if dt == torch.float32 else dict(rtol=1e-2, atol=3e-2)
+    gw = torch.full((41, 24), float("nan"))
+    ce._accumulate_wgrad(gw, dl, xc, first=True)
+    assert torch.allclose(gw.double(), want, **tol)  # (on CPU, 16-bit products round to 16 bits)
+    ce._accumulate_wgrad(gw, dl, xc, first=False)
+    assert torch.allclose(gw.double(), 2 * want, **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_chunk_weight_gradient_is_one_gemm_in_the_weight_dtype(dtype):
+    """Rows that fit one chunk: dW is one GEMM straight in the weight's dtype (no fp32 V x d
+    buffer); it matches the float64 reference and the several-chunk fp32 accumulation."""
+    gen = torch.Generator().manual_seed(11)
+    dt = getattr(torch, dtype)
+    x = torch.randn(40, 32, generator=gen).to(dt)
+    w = torch.randn(53, 32, generator=gen).to(dt)
+    t = torch.randint(0, 53, (40,), generator=gen)
+    grads = []
+    for chunk in (0, 16):  # 0: automatic, one chunk here
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        linear_cross_entropy(xg, wg, t, chunk_size=chunk).backward()
+        assert wg.grad.dtype == dt
+        grads.append(wg.grad.double())
+    wr = w.double().requires_grad_()
+    linear_cross_entropy_ref(x.double(), wr, t).backward()
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    for g in grads:
+        assert float((g - wr.grad).norm() / wr.grad.norm()) < tol
+    # and no V x d fp32 tensor is made on the way (the accumulator, or a conversion's source)
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Record(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.seen += [(tuple(o.shape), o.dtype) for o in tree_leaves(out)
+                          if isinstance(o, torch.Tensor)]
+            return out
+
+    with Record() as rec:
+        linear_cross_entropy(x.clone().requires_grad_(), w.clone().requires_grad_(), t).backward()
+    assert ((53, 32), torch.float32) not in rec.seen or dt == torch.float32
+    assert ((53, 32), dt) in rec.seen
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))

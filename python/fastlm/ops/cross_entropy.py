@@ -72,27 +72,35 @@ def _addmm_fp32_ok(device: torch.device, dtype: torch.dtype) -> bool:
                 a, b, acc = (torch.randn(*shape, device=device, generator=gen)
                              for shape in ((37, 19), (19, 23), (37, 23)))
                 a, b = a.to(dtype), b.to(dtype)
-                want = acc.double() + a.double() @ b.double()
+                prod = a.double() @ b.double()
+                want = acc.double() + prod
                 torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
                 ok = bool(torch.allclose(acc.double(), want, rtol=1e-4, atol=1e-4))
+                # beta = 0 (the first chunk) must ignore what is in the output, NaN included
+                nan = torch.full_like(acc, float("nan"))
+                torch.addmm(nan, a, b, beta=0.0, out_dtype=torch.float32, out=nan)
+                ok = ok and bool(torch.allclose(nan.double(), prod, rtol=1e-4, atol=1e-4))
             except (RuntimeError, TypeError):  # torch without addmm(out_dtype=), or no out=
                 ok = False
         _ADDMM_FP32[key] = ok
     return _ADDMM_FP32[key]
 
 
-def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor) -> None:
-    """gw (fp32) += dl^T @ xc. bf16/fp16: one fp32-accumulating GEMM into gw where torch has it
-    (CUDA), else products in vocab blocks with fp32 outputs added into gw."""
+def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor, first: bool) -> None:
+    """gw (fp32) = dl^T @ xc on the first chunk (gw is uninitialized: beta = 0 ignores it, NaN
+    included), gw += dl^T @ xc after. bf16/fp16: one fp32-accumulating GEMM into gw where torch
+    has it (CUDA), else products in vocab blocks with fp32 outputs added into gw."""
+    beta = 0.0 if first else 1.0
     if dl.dtype == torch.float32:
-        gw.addmm_(dl.t(), xc)
+        gw.addmm_(dl.t(), xc, beta=beta)
         return
     if _addmm_fp32_ok(dl.device, dl.dtype):
-        torch.addmm(gw, dl.t(), xc, out_dtype=torch.float32, out=gw)
+        torch.addmm(gw, dl.t(), xc, beta=beta, out_dtype=torch.float32, out=gw)
         return
     for v0 in range(0, gw.shape[0], _WGRAD_BLOCK):
         v1 = min(gw.shape[0], v0 + _WGRAD_BLOCK)
-        gw[v0:v1].add_(_mm_fp32(dl[:, v0:v1].t(), xc))
+        block = _mm_fp32(dl[:, v0:v1].t(), xc)
+        gw[v0:v1].copy_(block) if first else gw[v0:v1].add_(block)
 
 
 def _run_device_kernel(module, stream, logits, target, loss, lse, grad_scale, grad_scale_scalar,
@@ -128,18 +136,23 @@ def _run_chunk_kernel(logits, target, loss, lse, grad_scale, grad_scale_scalar, 
 
 def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, write_grad,
            grad_scale, grad_scale_scalar, chunk_size, weight_grad=True):
-    """Chunk loop. Returns per-row fp32 loss and, if write_grad, (gx, gw fp32, gb fp32); gw is
-    None without weight_grad (a frozen weight: no V x d accumulator, one matmul less)."""
+    """Chunk loop. Returns per-row fp32 loss and, if write_grad, (gx, gw, gb fp32); gw is None
+    without weight_grad (a frozen weight: no V x d accumulator, one matmul less). gw is fp32, or,
+    when the rows fit one chunk, one GEMM's output in the weight's dtype (the GEMM accumulates in
+    fp32 and rounds once, as the fp32 gradient's cast to that dtype would)."""
     n, d = x.shape
     v = w.shape[0]
     loss = torch.empty(n, dtype=torch.float32, device=x.device)
     lse = torch.empty(n, dtype=torch.float32, device=x.device)
     gx = torch.empty_like(x) if write_grad else None
-    gw = (torch.zeros(v, d, dtype=torch.float32, device=x.device)
-          if (write_grad and weight_grad) else None)
     gb = (torch.zeros(v, dtype=torch.float32, device=x.device)
           if (write_grad and b is not None) else None)
     rows = _chunk_rows(n, v, x.element_size(), x.is_cuda, chunk_size)
+    # One chunk: dW = dl^T x is a single GEMM, written in the weight's dtype (no fp32 V x d
+    # buffer, no conversion pass). Several: an fp32 accumulator, written (not zeroed) by the first.
+    gw = None
+    if write_grad and weight_grad and rows < n:
+        gw = torch.empty(v, d, dtype=torch.float32, device=x.device)
     # One logits buffer for every chunk: a fresh allocation per chunk leaves freed chunks in
     # the CPU heap (glibc serves blocks under its mmap threshold from it) and raises peak RSS.
     buf = torch.empty(rows, v, dtype=x.dtype, device=x.device)
@@ -157,8 +170,10 @@ def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, writ
                                softcap, write_grad)
         if write_grad:
             torch.mm(dl, w, out=gx[r0:r1])
-            if gw is not None:
-                _accumulate_wgrad(gw, dl, xc)
+            if weight_grad and rows >= n:
+                gw = torch.mm(dl.t(), xc)
+            elif weight_grad:
+                _accumulate_wgrad(gw, dl, xc, first=r0 == 0)
             if gb is not None:
                 gb.add_(dl.sum(0, dtype=torch.float32))
     return loss, gx, gw, gb
