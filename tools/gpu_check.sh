@@ -45,7 +45,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 stamp "build (sm_$ARCH)"
 # FASTLM_CUDA_EMU=0: no CPU emulation of the kernels here (the real GPU runs them).
 if ! FASTLM_CUDA=1 FASTLM_CUDA_EMU=0 python3 -m pip install --no-build-isolation --no-deps -q \
-    -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -C build-dir=/tmp/fastlm-build . \
+    -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -C cmake.define.CMAKE_CUDA_FLAGS=-lineinfo \
+    -C build-dir=/tmp/fastlm-build . \
     >"$LOG/build.log" 2>&1; then
   tail -40 "$LOG/build.log"; note "BUILD FAILED"; exit 1
 fi
@@ -89,14 +90,18 @@ done
 run tests 120 100 env FASTLM_TEST_ATTN_VERSIONS=${GPU_CHECK_ATTN_VERSIONS:-3} "${PYTEST[@]}" \
   --timeout 120 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py"
 TEST_RC=$?; note "CE + older attention kernels tests (rc $TEST_RC): $(pytest_line tests)"
-# Where the attention time goes (time left, Nsight Compute readable here): v3 vs the newest.
+# Where the attention time goes (time left, Nsight Compute readable here): v3 vs the newest, the
+# forward and backward kernels only. Besides the sections, the stall reasons per issued instruction
+# and the instruction mix (SourceCounters names the hottest SASS lines; the build has -lineinfo).
+# If ncu refuses the extra metrics, the plain sections are taken instead.
 if command -v ncu >/dev/null; then
-  run ncu_attn 75 60 ncu --clock-control none -k regex:attn_ --launch-count 12 \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section ComputeWorkloadAnalysis --metrics \
-    l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_pipe_tensor.sum \
-    python3 "$REPO/tools/profile_attention.py" 3 ${TIMED//,/ }
-  note "ncu attention profile: rc $? (logs/ncu_attn.log)"
+  NCU=(ncu --clock-control none -k "regex:attn_(fwd|bwd)" --launch-count 6 --section SpeedOfLight
+       --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis)
+  PROFILE=(python3 "$REPO/tools/profile_attention.py" 3 ${TIMED//,/ })
+  run ncu_attn 90 60 "${NCU[@]}" --section InstructionStats --section SourceCounters --metrics \
+    "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_pipe_tensor.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+    "${PROFILE[@]}" || run ncu_attn_plain 60 60 "${NCU[@]}" "${PROFILE[@]}"
+  note "ncu attention profile: rc $? (logs/ncu_attn*.log)"
 fi
 # The trainer and post-training on the GPU (bf16 autocast, fused AdamW, MFU, resume, SFT/DPO/GRPO).
 run tests_train 240 10 "${PYTEST[@]}" --timeout 200 --maxfail=3 "$REPO/tests/test_gpu_paths.py"
