@@ -100,7 +100,10 @@ def _accumulate_wgrad(gw: torch.Tensor, dl: torch.Tensor, xc: torch.Tensor, firs
     for v0 in range(0, gw.shape[0], _WGRAD_BLOCK):
         v1 = min(gw.shape[0], v0 + _WGRAD_BLOCK)
         block = _mm_fp32(dl[:, v0:v1].t(), xc)
-        gw[v0:v1].copy_(block) if first else gw[v0:v1].add_(block)
+        if first:
+            gw[v0:v1].copy_(block)
+        else:
+            gw[v0:v1].add_(block)
 
 
 def _run_device_kernel(module, stream, logits, target, loss, lse, grad_scale, grad_scale_scalar,
