@@ -71,7 +71,8 @@ def main():
     name = torch.cuda.get_device_name()
     label = (f"v{attn_mod.KERNEL_VERSION}" if attn_mod.KERNEL_VERSION else "default: " + ", ".join(
         f"v{v} at D={d}" for d, v in attn_mod.DEFAULT_VERSION_BY_HEAD_DIM.items()))
-    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel {label}), {a.tokens} tokens, {a.heads} heads ({name}), median of {a.reps}")
+    print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel {label}), {a.tokens} tokens, "
+          f"{a.heads} heads ({name}), median of {a.reps}")
     print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
           f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8}  other versions ms")
     rows = []

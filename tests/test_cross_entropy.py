@@ -427,10 +427,10 @@ def test_automatic_chunk_rule_over_many_sizes():
         for v in (3, 41, 1009, 32768, 50304, 128256):
             for elem, cuda in ((4, False), (2, False), (2, True), (4, True)):
                 rows = _chunk_rows(n, v, elem, cuda, 0)
+                case = (n, v, elem, cuda, rows)
+                assert 1 <= rows <= n, case  # before rows is divided by
                 budget = (256 if cuda else 64) << 20
                 chunks = -(-n // rows)
-                case = (n, v, elem, cuda, rows)
-                assert 1 <= rows <= n, case
                 assert rows == n or rows % 64 == 0, case
                 assert (rows - 64) * v * elem < budget, case  # over it by < 64 rows
                 assert chunks <= max(1, -(-n * v * elem // budget)), case

@@ -14,7 +14,8 @@ SHAPES = [(1, 2, 1, 257, 64), (1, 2, 2, 130, 128), (2, 4, 2, 63, 64)]  # (B, Hq,
 
 
 def main():
-    versions = [int(v) for v in sys.argv[1:]] or sorted({attn.kernel_version_for(d) for d in (64, 128)})
+    defaults = sorted({attn.kernel_version_for(d) for d in (64, 128)})
+    versions = [int(v) for v in sys.argv[1:]] or defaults
     gen = torch.Generator(device="cuda").manual_seed(0)
     bad = 0
     for ver in versions:

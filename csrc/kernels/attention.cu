@@ -919,17 +919,24 @@ __global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float
     dq[i] = from_float<T>(acc[i] * scale);
 }
 
+// Launches one of the kernels above with `smem` bytes of dynamic shared memory (over the default
+// 48 KB, so the attribute is raised first).
+template <typename Kernel>
+void launch_with_smem(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                      const AttentionParams& p) {
+  FASTLM_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  FASTLM_LAUNCH(kernel, grid, threads, smem, stream)(p);
+  FASTLM_LAUNCH_CHECK();
+}
+
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   if (p.version >= 5) {
     constexpr int BC = D == 128 ? 32 : 64;
     size_t smem = (kBr5 + 2 * BC) * (D + 8) * sizeof(T);
-    auto kernel = attn_fwd_kernel_v5<T, D, BC>;
-    FASTLM_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     dim3 grid((p.t_q + kBr5 - 1) / kBr5, p.heads_q, p.batch);
-    FASTLM_LAUNCH(kernel, grid, kThreads, smem, stream)(p);
-    FASTLM_LAUNCH_CHECK();
+    launch_with_smem(attn_fwd_kernel_v5<T, D, BC>, grid, kThreads, smem, stream, p);
     return;
   }
   size_t smem = 3 * kBr * (D + 8) * sizeof(T);
@@ -937,11 +944,8 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
                 : p.version == 2 ? attn_fwd_kernel<T, D, 2>
                 : p.version == 3 ? attn_fwd_kernel<T, D, 3>
                                  : attn_fwd_kernel<T, D, 4>;
-  FASTLM_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_q + kBr - 1) / kBr, p.heads_q, p.batch);
-  FASTLM_LAUNCH(kernel, grid, kThreads, smem, stream)(p);
-  FASTLM_LAUNCH_CHECK();
+  launch_with_smem(kernel, grid, kThreads, smem, stream, p);
 }
 
 // The backward's main kernel: v1-v5 (attn_bwd_kernel; v5 = v3's code with 8 warps, 128 keys per
@@ -951,12 +955,8 @@ void launch_bwd_main(const AttentionParams& p, cudaStream_t stream) {
   if (p.version >= 6) {
     size_t smem = (2 * kKB6 * (D + 8) + 2 * kBQ6 * (D + 8) + 2 * kBQ6 * (kKB6 + 8)) * sizeof(T) +
                   2 * kBQ6 * sizeof(float);
-    auto kernel = attn_bwd_kernel_v6<T, D>;
-    FASTLM_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     dim3 grid((p.t_k + kKB6 - 1) / kKB6, p.heads_kv, p.batch);
-    FASTLM_LAUNCH(kernel, grid, kThreads6, smem, stream)(p);
-    FASTLM_LAUNCH_CHECK();
+    launch_with_smem(attn_bwd_kernel_v6<T, D>, grid, kThreads6, smem, stream, p);
     return;
   }
   constexpr int BQ = D == 128 ? 32 : 64;
@@ -970,11 +970,8 @@ void launch_bwd_main(const AttentionParams& p, cudaStream_t stream) {
                 : ver == 2     ? attn_bwd_kernel<T, D, BQ, 2>
                 : ver == 3     ? attn_bwd_kernel<T, D, BQ, 3>
                                : attn_bwd_kernel<T, D, BQ, 4>;
-  FASTLM_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((p.t_k + keys - 1) / keys, p.heads_kv, p.batch);
-  FASTLM_LAUNCH(kernel, grid, warps * 32, smem, stream)(p);
-  FASTLM_LAUNCH_CHECK();
+  launch_with_smem(kernel, grid, warps * 32, smem, stream, p);
 }
 
 template <typename T, int D>
