@@ -134,7 +134,8 @@ def test_kernel_version_from_environment(monkeypatch):
     attn_mod = sys.modules["fastlm.ops.attention"]
     monkeypatch.delenv("FASTLM_ATTN_VERSION", raising=False)
     assert _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 7)) is None
-    monkeypatch.setattr(attn_mod, "KERNEL_VERSION", None)  # unset: the fastest measured per head dim
+    # unset: the version measured fastest per head dim
+    monkeypatch.setattr(attn_mod, "KERNEL_VERSION", None)
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (5, 6)
     monkeypatch.setattr(attn_mod, "KERNEL_VERSION", 3)  # FASTLM_ATTN_VERSION=3
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (3, 3)

@@ -302,8 +302,9 @@ def test_no_grad_forward_and_torch_compile():
 def test_traced_setup_saves_the_gradients_whatever_is_compiling_says(monkeypatch):
     """Under AOT autograd (torch.compile) the forward's gradients are saved as tensors and scaled
     by the incoming grad in the graph; eagerly they are handed over by reference. The choice is made
-    on the outputs' type: torch 2.11 (seen on the GPU machine) reports is_compiling() False while
-    it traces the joint graph, and the op then read a symbolic grad's value and failed to compile."""
+    on the outputs' type: torch 2.11 (seen on the GPU machine) reports is_compiling() False
+    while it traces the joint graph, and the op then read a symbolic grad's value and failed to
+    compile."""
     import types
 
     from torch._subclasses.fake_tensor import FakeTensorMode
