@@ -14,7 +14,10 @@ from fastlm.ops.attention import kernel_supports  # noqa: E402
 CUDA = torch.cuda.is_available() and _dispatch.cuda_module() is not None
 # Kernel versions tested (attention.cu header). tools/gpu_check.sh runs an unproven version in
 # its own pytest process, so that a crash there (sticky CUDA error) cannot hide the others.
-VERSIONS = [int(v) for v in os.environ.get("FASTLM_TEST_ATTN_VERSIONS", "1,2,3,4,5,6").split(",")]
+VERSIONS = [int(v) for v in
+            os.environ.get("FASTLM_TEST_ATTN_VERSIONS", "1,2,3,4,5,6,7").split(",")]
+# v7's forward uses wgmma: an sm_90 GPU and a build for sm_90a (CMakeLists.txt's default).
+WGMMA = CUDA and _dispatch.cuda_module().wgmma_supported()
 
 
 def _rel(a, b):
@@ -90,6 +93,8 @@ CUDA_SHAPES = [  # (B, Hq, Hkv, T, D): T not a multiple of the 64-row tile, GQA,
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_cuda_matches_reference(shape, causal, dtype, version, monkeypatch):
+    if version >= 7 and not WGMMA:
+        pytest.skip("version 7 (wgmma) needs an sm_90 GPU and fastlm._cuda built for sm_90a")
     monkeypatch.setattr(sys.modules["fastlm.ops.attention"], "KERNEL_VERSION", version)
     b, hq, hkv, t, d = shape
     dt = getattr(torch, dtype)
@@ -133,7 +138,7 @@ def test_kernel_version_from_environment(monkeypatch):
     assert _dispatch.kernel_version("FASTLM_CE_VERSION", 1, range(1, 3)) == 2
     attn_mod = sys.modules["fastlm.ops.attention"]
     monkeypatch.delenv("FASTLM_ATTN_VERSION", raising=False)
-    assert _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 7)) is None
+    assert _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 8)) is None
     # unset: the version measured fastest per head dim
     monkeypatch.setattr(attn_mod, "KERNEL_VERSION", None)
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (5, 6)
@@ -141,5 +146,5 @@ def test_kernel_version_from_environment(monkeypatch):
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (3, 3)
     for bad in ("7", "0", "two", "-1"):
         monkeypatch.setenv("FASTLM_ATTN_VERSION", bad)
-        with pytest.raises(ValueError, match=r"FASTLM_ATTN_VERSION=.*one of 1, 2, 3, 4, 5, 6$"):
-            _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 7))
+        with pytest.raises(ValueError, match=r"FASTLM_ATTN_VERSION=.*one of 1, 2, 3, 4, 5, 6, 7$"):
+            _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 8))

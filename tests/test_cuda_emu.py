@@ -31,7 +31,7 @@ except ImportError:  # the build skips it only without ucontext (musl, Windows)
 pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built on this platform")
 
 SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
-             "ldmatrix_misaligned", "misaligned_vector"]
+             "ldmatrix_misaligned", "misaligned_vector", "wgmma_fence", "wgmma_wait", "wgmma_reuse"]
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,9 @@ def _emu_defaults():
 def test_emulator_catches_broken_kernels(name, seed):
     """Each deliberately broken kernel (missing barrier, read before the cp.async wait, buffer
     reuse without a barrier, divergent barrier or shuffle, shared-memory overflow, misaligned
-    ldmatrix or 16-byte vector load) fails (wrong result or an error); its correct twin passes."""
+    ldmatrix or 16-byte vector load; a wgmma without its fence, read before its wait, or with its
+    shared operand overwritten in flight) fails (wrong result or an error); its correct twin
+    passes."""
     emu.set_seed(seed)
     assert emu.selftest(name) != "ok"
     assert emu.selftest(name + "_good") == "ok"
@@ -62,6 +64,8 @@ def test_emulator_errors_name_the_place():
     assert "16-byte aligned" in emu.selftest("ldmatrix_misaligned")
     assert "written past its 512 bytes" in emu.selftest("overflow")
     assert "misaligned 16-byte access (address % 16 = 8) at" in emu.selftest("misaligned_vector")
+    assert "without a wgmma.fence" in emu.selftest("wgmma_fence")
+    assert emu.selftest("wgmma_wait") == "wrong"  # the accumulator reads NaN before the wait
     with pytest.raises(ValueError, match="lazy, eager or mixed"):
         emu.set_copy_timing("sometimes")
 
@@ -154,7 +158,7 @@ EMU_SHAPES = [(1, 1, 1, 1, 64), (1, 2, 1, 70, 64), (2, 4, 2, 63, 64), (1, 2, 1, 
               (1, 1, 1, 1, 128), (1, 2, 2, 40, 128), (1, 2, 1, 200, 128)]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", EMU_SHAPES)
 def test_attention_kernels_match_reference(shape, causal, version):
@@ -174,7 +178,7 @@ def test_attention_kernels_match_reference(shape, causal, version):
 
 @pytest.mark.parametrize("timing", ["lazy", "eager"])
 @pytest.mark.parametrize("seed", [0, 3])
-@pytest.mark.parametrize("version", [3, 4, 5, 6])
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7])
 def test_attention_kernels_under_each_copy_timing(version, seed, timing):
     """Every cp.async copy landing as late, or as early, as the hardware allows, in thread
     index order (seed 0) or shuffled: the cp.async kernels still give the same answer."""
@@ -192,7 +196,7 @@ def emu_dispatch(monkeypatch):
     monkeypatch.setattr(_dispatch, "stream_handle", lambda device: 0)
 
 
-@pytest.mark.parametrize("version", [3, 6])
+@pytest.mark.parametrize("version", [3, 6, 7])
 def test_attention_op_glue_through_emulator(emu_dispatch, version):
     """The custom op and its autograd (strided inputs made kernel-ready, GQA, lse, backward)
     with the kernels emulated, against the float64 reference."""

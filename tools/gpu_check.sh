@@ -15,7 +15,7 @@ OUT=${OUT:-out}
 LOG="$OUT/logs"
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
-ARCH=${FASTLM_CUDA_ARCHS:-90}  # one arch keeps the build short; CI builds 80;90
+ARCH=${FASTLM_CUDA_ARCHS:-90a}  # one arch keeps the build short (90a: wgmma); CI: 80;90a
 BUDGET=${GPU_CHECK_BUDGET:-480}  # seconds for the whole script
 T0=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
@@ -58,15 +58,20 @@ PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
 # that would fail every later test), as the default of every attention test. Only versions that
 # pass are timed.
 TIMED=""
+NEW_VERSIONS=${GPU_CHECK_NEW_VERSIONS:-7}
 if [ "${GPU_CHECK_MODE:-full}" != bench ]; then
-  for ver in ${GPU_CHECK_NEW_VERSIONS:-5 6}; do
+  # wgmma alone first (tests/test_wgmma.py, seconds): a v7 failure with these passing is the
+  # kernel's, with these failing the descriptor layouts' (csrc/kernels/wgmma.cuh).
+  run tests_wgmma 60 300 "${PYTEST[@]}" --timeout 30 "$REPO/tests/test_wgmma.py"
+  note "wgmma probe tests (rc $?): $(pytest_line tests_wgmma)"
+  for ver in $NEW_VERSIONS; do
     run tests_v$ver 90 250 env FASTLM_TEST_ATTN_VERSIONS=$ver FASTLM_ATTN_VERSION=$ver \
       "${PYTEST[@]}" --timeout 60 --maxfail=10 "$REPO/tests/test_attention.py"
     rc=$?; note "attention v$ver tests (rc $rc): $(pytest_line tests_v$ver)"
     if [ $rc = 0 ]; then TIMED="${TIMED:+$TIMED,}$ver"; else NEW_FAILED=1; fi
   done
 else
-  TIMED="${GPU_CHECK_NEW_VERSIONS:-5 6}"; TIMED=${TIMED// /,}
+  TIMED=${NEW_VERSIONS// /,}
 fi
 
 # Benchmarks at the issue's sizes (each configuration checked against the reference first).
@@ -111,7 +116,7 @@ if command -v compute-sanitizer >/dev/null && { [ "${GPU_CHECK_SANITIZE:-0}" = 1
    [ "${NEW_FAILED:-0}" = 1 ]; }; then
   for tool in memcheck racecheck; do
     run sanitize_$tool 100 5 compute-sanitizer --tool $tool --kernel-name kns=attn --error-exitcode 9 \
-      python3 "$REPO/tools/sanitize_attention.py" ${GPU_CHECK_NEW_VERSIONS:-5 6}
+      python3 "$REPO/tools/sanitize_attention.py" $NEW_VERSIONS
     note "compute-sanitizer $tool: rc $? ($(tail -1 "$LOG/sanitize_$tool.log"))"
   done
 fi

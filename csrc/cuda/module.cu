@@ -115,6 +115,17 @@ void attention_backward(uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, u
   }
 }
 
+void wgmma_probe(uintptr_t a, uintptr_t b, uintptr_t d, int n, int mode, int dtype,
+                 uintptr_t stream) {
+  if (!a || !b || !d) throw py::value_error("wgmma_probe: null pointer");
+  try {
+    fastlm::cuda::wgmma_probe(ptr<const void>(a), ptr<const void>(b), ptr<float>(d), n, mode,
+                              dtype, stream_of(stream));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
@@ -140,6 +151,12 @@ PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
   m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("o"), py::arg("lse"), py::arg("sizes"), py::arg("strides"), py::arg("scale"),
         py::arg("causal"), py::arg("dtype"), py::arg("version"), py::arg("stream"));
+  m.def("wgmma_supported", &fastlm::cuda::wgmma_supported,
+        "whether attention version 7 (wgmma) runs here: an sm_90 GPU and a build for sm_90a");
+  m.def("wgmma_probe", &wgmma_probe, py::arg("a"), py::arg("b"), py::arg("d"), py::arg("n"),
+        py::arg("mode"), py::arg("dtype"), py::arg("stream"),
+        "D (64 x n fp32) = A (64 x 32) B (32 x n), both row-major, through wgmma "
+        "(csrc/kernels/wgmma_probe.cu; mode 0: both operands in shared memory, 1: A in registers)");
   m.def("attention_backward", &attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
         py::arg("dq_accum"), py::arg("delta"), py::arg("sizes"), py::arg("strides"),

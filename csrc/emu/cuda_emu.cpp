@@ -30,6 +30,16 @@ struct Copy {
   bool valid;
 };
 
+// One in-flight wgmma as one thread sees it: its accumulator registers, its two rows of A when A
+// comes from registers, the descriptors (shared memory is read when the product lands).
+struct Mma {
+  float* d;
+  int n;
+  bool reg_a, scale_d, trans_a, trans_b, bf16;
+  float a_rows[2][16];
+  uint64_t desc_a, desc_b;
+};
+
 struct Fiber {
   ucontext_t ctx;
   unsigned char* stack = nullptr;
@@ -39,6 +49,22 @@ struct Fiber {
   const char* waiting = nullptr;          // what it waits at (deadlock report)
   std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
   std::vector<Copy> open;                 // issued since the last commit
+  bool wg_fenced = false;                       // a wgmma.fence since the last wait_group
+  std::vector<std::vector<Mma>> wg_groups;      // committed wgmma groups, oldest first
+  std::vector<Mma> wg_open;                     // issued since the last commit
+  std::map<float*, std::vector<float>> wg_acc;  // in-flight accumulators' true values
+};
+
+// A warpgroup collective's deposits (wgmma), in buffers alternating as WarpState's.
+struct GroupSlot {
+  uint32_t a[4];
+  uint64_t desc_a, desc_b;
+  int n, flags;
+};
+struct WarpgroupState {
+  int arrived = 0;
+  uint64_t gen = 0;
+  GroupSlot in[2][128];
 };
 
 struct WarpState {
@@ -53,6 +79,7 @@ struct State {
   ucontext_t sched;
   std::vector<Fiber> fibers;
   std::vector<WarpState> warps;
+  std::vector<WarpgroupState> groups;  // warpgroups (4 warps), for wgmma
   Fiber* cur = nullptr;
   int live = 0, arrived = 0;
   uint64_t block_gen = 0;
@@ -172,6 +199,8 @@ void fiber_main() {
     (*s.body)();
     for (auto& grp : f->groups) complete(grp);  // copies in flight land eventually
     complete(f->open);
+    if (!f->wg_groups.empty() || !f->wg_open.empty())
+      fail("thread ended with wgmma products in flight (no wgmma.wait_group covering them)");
   } catch (const Abort&) {
   } catch (const std::exception& e) {
     if (s.error.empty()) s.error = std::string(e.what()) + " at " + where();
@@ -224,6 +253,7 @@ bool run_block(int nthreads) {
   State& s = st();
   s.fibers.assign(nthreads, Fiber{});
   s.warps.assign((nthreads + kWarpSize - 1) / kWarpSize, WarpState{});
+  s.groups.assign((nthreads + 127) / 128, WarpgroupState{});
   s.live = nthreads;
   s.arrived = 0;
   for (int i = 0; i < nthreads; ++i) {
@@ -243,9 +273,9 @@ bool run_block(int nthreads) {
     makecontext(&f.ctx, fiber_main, 0);
   }
   // Rounds: the warps in a shuffled order; each warp runs its lanes (shuffled) once, or, on a
-  // coin flip, again and again until it blocks at a __syncthreads or ends. The deep runs let
-  // one warp get far ahead of the others (a missing barrier then shows), the single rounds keep
-  // warps interleaved. Seed 0: index order, single rounds.
+  // coin flip, again and again (alone or with its warpgroup) until it blocks or ends. The deep
+  // runs let one warp get far ahead of the others (a missing barrier then shows), the single
+  // rounds keep warps interleaved. Seed 0: index order, single rounds.
   const int nwarps = static_cast<int>(s.warps.size());
   std::vector<int> warp_order(nwarps);
   std::vector<std::vector<int>> lanes(nwarps);
@@ -261,17 +291,25 @@ bool run_block(int nthreads) {
     bool any = false;
     if (s.seed) std::shuffle(warp_order.begin(), warp_order.end(), rng);
     for (int w : warp_order) {
-      const bool deep = s.seed && (rng() & 1);
+      const uint64_t coin = s.seed ? rng() : 0;
+      const bool deep = coin & 1;
+      // Half the deep runs take the warp's whole warpgroup (4 warps), so that one warpgroup can
+      // pass many wgmma collectives while another stands still (a missing barrier between
+      // warpgroups then shows).
+      const int w_lo = deep && (coin & 2) ? w / 4 * 4 : w;
+      const int w_hi = deep && (coin & 2) ? std::min(nwarps, w_lo + 4) : w + 1;
       bool moved;
       do {
         s.progress = false;
-        if (s.seed) std::shuffle(lanes[w].begin(), lanes[w].end(), rng);
-        for (int i : lanes[w]) {
-          Fiber& f = s.fibers[i];
-          if (f.done) continue;
-          s.cur = &f;
-          swapcontext(&s.sched, &f.ctx);
-          s.cur = nullptr;
+        for (int ww = w_lo; ww < w_hi; ++ww) {
+          if (s.seed) std::shuffle(lanes[ww].begin(), lanes[ww].end(), rng);
+          for (int i : lanes[ww]) {
+            Fiber& f = s.fibers[i];
+            if (f.done) continue;
+            s.cur = &f;
+            swapcontext(&s.sched, &f.ctx);
+            s.cur = nullptr;
+          }
         }
         moved = s.progress;
         any = any || moved;
@@ -320,6 +358,8 @@ void sync_block(const char* file, int line) {
   if (s.warps[f->warp].arrived > 0)
     fail(std::string("__syncthreads while other lanes of the warp are at ") +
          s.warps[f->warp].kind);
+  if (s.groups[f->warp / 4].arrived > 0)
+    fail("__syncthreads while other threads of the warpgroup are at a wgmma");
   if (s.live < static_cast<int>(s.fibers.size()))
     fail("__syncthreads after " + std::to_string(s.fibers.size() - s.live) +
          " threads of the block exited (divergent barrier)");
@@ -414,6 +454,136 @@ void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf16) {
           c[e] += acc;
         }
       });
+}
+
+uint32_t smem_address(const void* p) {
+  if (!in_smem(p, 1)) fail("shared-memory address outside the block's dynamic shared memory");
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - st().smem.data());
+}
+
+void wgmma_fence() { st().cur->wg_fenced = true; }
+
+void wgmma_commit() {
+  Fiber* f = st().cur;
+  f->wg_groups.push_back(std::move(f->wg_open));
+  f->wg_open.clear();
+}
+
+namespace {
+
+// Element (mn, k) of a no-swizzle descriptor operand (wgmma.cuh): K-major at
+// (mn % 8) * 16 + (mn / 8) * SBO + (k % 8) * 2 + (k / 8) * LBO bytes from the start, MN-major at
+// (mn % 8) * 2 + (mn / 8) * SBO + (k % 8) * 16 + (k / 8) * LBO.
+float desc_element(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0)
+    fail("wgmma descriptor with a swizzle or base offset (the emulator models no-swizzle only)");
+  const uint32_t mn_off = mn_major ? (mn % 8) * 2 + (mn / 8) * sbo : (mn % 8) * 16 + (mn / 8) * sbo;
+  const uint32_t k_off = mn_major ? (k % 8) * 16 + (k / 8) * lbo : (k % 8) * 2 + (k / 8) * lbo;
+  const uint32_t off = start + mn_off + k_off;
+  State& s = st();
+  if (off + 2 > s.smem_size)
+    fail("wgmma operand element (" + std::to_string(mn) + ", " + std::to_string(k) +
+         ") at shared offset " + std::to_string(off) + ", past the block's " +
+         std::to_string(s.smem_size) + " bytes");
+  uint16_t h;
+  std::memcpy(&h, s.smem.data() + off, 2);
+  return bf16 ? bf16_to_float(h) : half_to_float(h);
+}
+
+// Lands one product on this thread's accumulator values acc (n / 2 of them).
+void land(const Mma& m, std::vector<float>& acc) {
+  const Fiber* f = st().cur;
+  const int w = f->warp % 4, g = f->lane / 4, t = f->lane % 4;
+  for (int i = 0; i < m.n / 2; ++i) {
+    const int rr = (i / 2) % 2, row = 16 * w + g + 8 * rr, col = 8 * (i / 4) + 2 * t + i % 2;
+    float sum = 0.f;
+    for (int k = 0; k < 16; ++k) {
+      const float a =
+          m.reg_a ? m.a_rows[rr][k] : desc_element(m.desc_a, row, k, m.trans_a, m.bf16);
+      sum += a * desc_element(m.desc_b, col, k, m.trans_b, m.bf16);
+    }
+    acc[i] = (m.scale_d ? acc[i] : 0.f) + sum;
+  }
+}
+
+}  // namespace
+
+void wgmma_wait(int n) {
+  Fiber* f = st().cur;
+  while (static_cast<int>(f->wg_groups.size()) > n) {
+    for (const Mma& m : f->wg_groups.front()) land(m, f->wg_acc.at(m.d));
+    f->wg_groups.erase(f->wg_groups.begin());
+  }
+  // Accumulators no longer written by a product in flight get their values back.
+  for (auto it = f->wg_acc.begin(); it != f->wg_acc.end();) {
+    bool busy = false;
+    for (const auto& grp : f->wg_groups)
+      for (const Mma& m : grp) busy = busy || m.d == it->first;
+    for (const Mma& m : f->wg_open) busy = busy || m.d == it->first;
+    if (busy) {
+      ++it;
+      continue;
+    }
+    std::memcpy(it->first, it->second.data(), it->second.size() * sizeof(float));
+    it = f->wg_acc.erase(it);
+  }
+  f->wg_fenced = false;
+}
+
+void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool scale_d,
+           bool trans_a, bool trans_b, bool bf16) {
+  State& s = st();
+  Fiber* f = s.cur;
+  if (s.fibers.size() % 128 != 0)
+    fail("wgmma in a block of " + std::to_string(s.fibers.size()) +
+         " threads (warpgroups need a multiple of 128)");
+  if (!f->wg_fenced) fail("wgmma.mma_async without a wgmma.fence since the last wait_group");
+  WarpgroupState& wg = s.groups[f->warp / 4];
+  for (int w = 0; w < 4; ++w)
+    if (s.warps[(f->warp / 4) * 4 + w].live != kWarpSize)
+      fail("wgmma with threads of the warpgroup exited");
+  const uint64_t gen = wg.gen;
+  const int buf = static_cast<int>(gen & 1), me = f->linear % 128;
+  GroupSlot& slot = wg.in[buf][me];
+  for (int i = 0; i < 4; ++i) slot.a[i] = a ? a[i] : 0u;
+  slot.desc_a = a ? 0 : desc_a;
+  slot.desc_b = desc_b;
+  slot.n = n;
+  slot.flags = (a ? 1 : 0) | (scale_d ? 2 : 0) | (trans_b ? 4 : 0) | (bf16 ? 8 : 0) |
+               (trans_a ? 16 : 0);
+  s.progress = true;
+  if (++wg.arrived == 128) {
+    wg.arrived = 0;
+    ++wg.gen;
+  }
+  f->waiting = "wgmma";
+  while (wg.gen == gen) yield();
+  f->waiting = nullptr;
+  const GroupSlot* in = wg.in[buf];
+  for (int i = 0; i < 128; ++i)
+    if (in[i].desc_a != slot.desc_a || in[i].desc_b != slot.desc_b || in[i].n != slot.n ||
+        in[i].flags != slot.flags)
+      fail("wgmma operands (descriptors, shape or flags) differ across the warpgroup");
+  if (a && trans_a) fail("wgmma: trans-a with A in registers");
+  Mma m{d, n, a != nullptr, scale_d, trans_a, trans_b, bf16, {}, desc_a, desc_b};
+  if (a) {  // this thread's rows of A (m16n8k16 A layout per warp, cuda_common.cuh)
+    const int w = f->warp % 4, g = f->lane / 4;
+    for (int rr = 0; rr < 2; ++rr)
+      for (int k = 0; k < 16; ++k) {
+        const int r = g + 8 * rr;  // row within the warp's 16
+        const uint32_t reg = in[32 * w + (r % 8) * 4 + (k % 8) / 2].a[r / 8 + 2 * (k / 8)];
+        const uint16_t h = static_cast<uint16_t>(k % 2 ? reg >> 16 : reg & 0xffffu);
+        m.a_rows[rr][k] = bf16 ? bf16_to_float(h) : half_to_float(h);
+      }
+  }
+  if (!f->wg_acc.count(d)) {  // first product in flight on d: keep its values, poison d
+    f->wg_acc[d].assign(d, d + n / 2);
+    for (int i = 0; i < n / 2; ++i) d[i] = std::nanf("");
+  }
+  f->wg_open.push_back(m);
 }
 
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {

@@ -21,7 +21,11 @@
 //     kernel's dynamic shared memory must not exceed the size it was launched with (checked
 //     with a canary after each block), nor 48 KB without cudaFuncSetAttribute, nor 227 KB
 //     (sm_90);
-//   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU.
+//   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU;
+//   - wgmma (sm_90a): the product lands at the wait_group that covers it, reading the shared
+//     operands then, and its accumulators read NaN until then; an issue without a wgmma.fence
+//     since the last wait, operands that differ across the warpgroup, a descriptor outside
+//     shared memory or with a swizzle, and a thread ending with products in flight are errors.
 // Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
@@ -141,6 +145,17 @@ void cp_async_commit();
 void cp_async_wait(int n);
 void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf16);
 unsigned char* dynamic_smem();
+// wgmma (csrc/kernels/wgmma.cuh): a warpgroup collective (128 threads, 4 consecutive warps) at
+// issue; the product is computed when the wait_group covering it runs, from the shared memory
+// of that moment, and the accumulators read NaN in between. An issue needs a wgmma.fence since
+// the thread's last wait_group; a thread may not end with products in flight. Operands in
+// shared memory: descriptors with no swizzle (the only layout the kernels use).
+uint32_t smem_address(const void* p);  // offset in the block's dynamic shared memory
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int n);
+void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool scale_d,
+           bool trans_a, bool trans_b, bool bf16);
 // Scheduling seed (0: threads in index order; default 1, or $FASTLM_EMU_SEED).
 void set_seed(uint64_t seed);
 // When a cp.async copy lands: "lazy" (at the wait_group that must cover it: catches reads

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace fastlm {
 namespace emu {
@@ -91,6 +92,35 @@ __global__ void vector_load_kernel(const float* in, float* out, int offset_bytes
   out[threadIdx.x] = 1.f;
 }
 
+// One warpgroup computes D = A B (64 x 64, k = 16, small integers: exact) with wgmma and writes
+// per thread sum_i acc[i] * (i + 1). bug 1: no wgmma.fence before the product; 2: reads an
+// accumulator before the wait_group; 3: overwrites the B operand in shared memory before it.
+float wgmma_a(int r, int k) { return static_cast<float>((r + k) % 5 - 2); }
+float wgmma_b(int k, int n) { return static_cast<float>((3 * k + n) % 7 - 3); }
+
+__global__ void wgmma_kernel(float* out, int bug) {
+  FASTLM_DYNAMIC_SMEM(raw);
+  auto* s = reinterpret_cast<__nv_bfloat16*>(raw);  // A (64 x 16), then B^T (64 x 16): planar
+  for (int i = threadIdx.x; i < 64 * 16; i += kN) {
+    s[cuda::planar(i / 16, i % 16, 64)] = __float2bfloat16(wgmma_a(i / 16, i % 16));
+    s[64 * 16 + cuda::planar(i / 16, i % 16, 64)] = __float2bfloat16(wgmma_b(i % 16, i / 16));
+  }
+  __syncthreads();
+  float acc[32];
+  if (bug != 1) cuda::wgmma_fence();
+  cuda::wgmma_ss<__nv_bfloat16, 64>(acc, cuda::wgmma_desc(s, 64 * 16, 128),
+                                    cuda::wgmma_desc(s + 64 * 16, 64 * 16, 128), 0);
+  cuda::wgmma_commit();
+  float sum = bug == 2 ? acc[0] : 0.f;
+  if (bug == 3) {
+    for (int i = threadIdx.x; i < 64 * 16; i += kN) s[64 * 16 + i] = __float2bfloat16(0.f);
+    __syncthreads();
+  }
+  cuda::wgmma_wait<0>();
+  for (int i = 0; i < 32; ++i) sum += acc[i] * (i + 1);
+  out[threadIdx.x] = sum;
+}
+
 // Runs `launch`, returns "ok" when it succeeds with the expected output, "wrong" when it
 // succeeds with another output, else the launch error.
 template <class F>
@@ -150,6 +180,23 @@ std::string selftest(const std::string& name) {
     for (int i = 0; i < kN; ++i) want[i] = static_cast<float>(i ^ 1);
     return check([&] { FASTLM_LAUNCH(divergent_shfl_kernel, 1, kN, 0, nullptr)(out.data(),
                                                                                  !good); },
+                 want, out);
+  }
+  const int wgmma_bug = base == "wgmma_fence" ? 1 : base == "wgmma_wait" ? 2
+                        : base == "wgmma_reuse" ? 3 : -1;
+  if (wgmma_bug > 0) {
+    for (int i = 0; i < kN; ++i) {
+      const int w = i / 32, g = i % 32 / 4, t = i % 4;
+      want[i] = 0.f;
+      for (int e = 0; e < 32; ++e) {
+        const int row = 16 * w + g + 8 * ((e / 2) % 2), col = 8 * (e / 4) + 2 * t + e % 2;
+        float d = 0.f;
+        for (int k = 0; k < 16; ++k) d += wgmma_a(row, k) * wgmma_b(k, col);
+        want[i] += d * (e + 1);
+      }
+    }
+    return check([&] { FASTLM_LAUNCH(wgmma_kernel, 1, kN, 2 * 64 * 16 * 2, nullptr)(
+                           out.data(), good ? 0 : wgmma_bug); },
                  want, out);
   }
   throw std::invalid_argument("selftest: unknown case '" + name + "'");

@@ -43,6 +43,7 @@
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/kernels_cuda.h"
+#include "kernels/wgmma.cuh"
 
 namespace fastlm {
 namespace cuda {
@@ -444,6 +445,167 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
         if (t == 0) LSE[row] = li > 0.f ? (m[mt][i] + log2f(li)) / kLog2e : -INFINITY;
       }
     }
+}
+
+// v7 forward (sm_90a): wgmma. A block of 2 warpgroups (256 threads) owns 128 query rows, 64 per
+// warpgroup, and shares each staged K/V tile between them; K/V tiles of BC keys are double-
+// buffered (cp.async: tile j+1's copy runs during tile j's math). Per tile and warpgroup:
+// S = Q K^T as D/16 wgmma m64n{BC}k16 with both operands in shared memory (no fragment loads);
+// v5's online softmax on the accumulators (wgmma's accumulator layout is mma.sync's, per warp);
+// O += P V as BC/16 wgmma m64n{D}k16 with P from registers and V from shared memory (MN-major,
+// trans-b). Shared tiles are chunk-planar (wgmma.cuh). Registers per thread: O D/2 + S BC/2 +
+// P BC/4 floats (v5: O alone held D). Each product is waited for before its result is used; the
+// two warpgroups of a block, and the blocks of an SM, overlap one's softmax with another's
+// products. Needs sm_90a: the kernel is empty elsewhere and the host refuses version 7 there.
+constexpr int kBr7 = 128, kThreads7 = 256;
+
+// Copies a R x D tile into chunk-planar shared memory (wgmma.cuh); rows at or beyond `valid` are
+// zero-filled. Vector i: 8 consecutive threads take 8 consecutive rows of one 8-column chunk (128
+// contiguous shared bytes), and the next 8 threads the same rows' next chunk (each 32-byte global
+// sector read by one warp).
+template <typename T, int D, int R, int NT>
+__device__ __forceinline__ void load_tile_planar(T* s, const T* g, int64_t ld_g, int valid) {
+  static_assert(R % 8 == 0 && D % 16 == 0, "planar tiles: rows multiple of 8, D of 16");
+  for (int i = threadIdx.x; i < R * (D / 8); i += NT) {
+    const int lo = i & 7, pair = (i >> 3) & 1, rest = i >> 4;
+    const int r = (rest % (R / 8)) * 8 + lo, c = ((rest / (R / 8)) * 2 + pair) * 8;
+    const bool ok = r < valid;
+    cp_async16(s + planar(r, c, R), ok ? g + r * ld_g + c : g, ok);
+  }
+  cp_async_commit();
+}
+
+template <typename T, int D, int BC>
+__global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionParams p) {
+#if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  FASTLM_DYNAMIC_SMEM(smem_raw);
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // kBr7 x D, then two buffers of K (BC x D), V (BC x D)
+  T* sKV = sQ + kBr7 * D;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr7;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const auto [warp, g, t, lm, lr] = lane_layout();
+  (void)lm, (void)lr;
+  const int wg = warp / 4;
+  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
+  const int k_end = p.causal ? min(p.t_k, q0 + kBr7) : p.t_k;
+  const int n_tiles = (k_end + BC - 1) / BC;
+
+  load_tile_planar<T, D, kBr7, kThreads7>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
+  load_tile_planar<T, D, BC, kThreads7>(sKV, K, p.k_stride[2], p.t_k);
+  load_tile_planar<T, D, BC, kThreads7>(sKV + BC * D, V, p.v_stride[2], p.t_k);
+
+  float o[D / 8][4], s[BC / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const float sl2 = p.scale * kLog2e;
+  const int wrow0 = q0 + warp * 16;  // this warp's first row; the thread's: wrow0 + g, + 8
+  const int wg_last = q0 + wg * 64 + 63;
+  // Q's 64 rows of this warpgroup, K-major: next 8 columns at kBr7 * 16 bytes, next 8 rows at 128.
+  const uint64_t desc_q = wgmma_desc(sQ + wg * 64 * 8, kBr7 * 16, 128);
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int k0 = j * BC;
+    const T* sK = sKV + (j & 1) * 2 * BC * D;
+    const T* sV = sK + BC * D;
+    cp_async_wait<0>();   // tile j (and Q) copied by this thread
+    fence_proxy_async();  // ... and visible to wgmma's reads
+    __syncthreads();      // for every thread; every warpgroup done with tile j-1's buffer
+    if (j + 1 < n_tiles) {
+      T* nK = sKV + ((j + 1) & 1) * 2 * BC * D;
+      const int k1 = k0 + BC;
+      load_tile_planar<T, D, BC, kThreads7>(nK, K + k1 * p.k_stride[2], p.k_stride[2], p.t_k - k1);
+      load_tile_planar<T, D, BC, kThreads7>(nK + BC * D, V + k1 * p.v_stride[2], p.v_stride[2],
+                                            p.t_k - k1);
+    }
+    if (p.causal && k0 > wg_last) continue;  // keys all after this warpgroup's rows
+
+    // S = Q K^T: k-step kk reads Q columns and K columns 16kk..16kk+15 (two 8-column chunks).
+    const uint64_t desc_k = wgmma_desc(sK, BC * 16, 128);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<T, BC>(&s[0][0], desc_q + ((kk * 2 * kBr7 * 16) >> 4),
+                      desc_k + ((kk * 2 * BC * 16) >> 4), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands<BC / 2>(&s[0][0]);
+
+    // Online softmax (v5's, one 16-row m-tile per warp).
+    const bool need_mask = k0 + BC > p.t_k || (p.causal && k0 + BC - 1 > wrow0);
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[nt][e] * sl2;
+        if (need_mask) {
+          int key = k0 + nt * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
+          if (key >= p.t_k || (p.causal && key > row)) x = -INFINITY;
+        }
+        s[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    float alpha[2], mu[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      alpha[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[i] - mx[i]);
+      m[i] = mx[i];
+      mu[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+      l[i] *= alpha[i];
+    }
+    uint32_t pf[BC / 16][4];  // P as wgmma A fragments (m16n8k16 A layout), k-step kk = 16 keys
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
+        l[e >> 1] += s[nt][e];
+      }
+      pf[nt / 2][(nt % 2) * 2] = pack2<T>(s[nt][0], s[nt][1]);
+      pf[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(s[nt][2], s[nt][3]);
+    }
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
+      o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+    }
+
+    // O += P V: k-step kk reads keys 16kk..16kk+15 of V (MN-major: next 8 keys at 128 bytes,
+    // next 8 columns at BC * 16).
+    const uint64_t desc_v = wgmma_desc(sV, 128, BC * 16);
+    fence_operands<D / 2>(&o[0][0]);
+    fence_operands<BC / 4>(&pf[0][0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk)
+      wgmma_rs_tb<T, D>(&o[0][0], pf[kk], desc_v + ((kk * 16 * 16) >> 4), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands<D / 2>(&o[0][0]);
+  }
+  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
+  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float li = l[i];
+    li += __shfl_xor_sync(0xffffffffu, li, 1);
+    li += __shfl_xor_sync(0xffffffffu, li, 2);
+    int row = wrow0 + g + i * 8;
+    float inv = li > 0.f ? 1.f / li : 0.f;
+    if (row < p.t_q) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<uint32_t*>(O + (int64_t)row * D + dt * 8 + 2 * t) =
+            pack2<T>(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+      if (t == 0) LSE[row] = li > 0.f ? (m[i] + log2f(li)) / kLog2e : -INFINITY;
+    }
+  }
+#endif
 }
 
 // delta[row] = sum_d dO[row, d] * O[row, d]: one warp per row.
@@ -912,6 +1074,182 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
     }
 }
 
+// v7 backward (sm_90a): wgmma, with FA2/FA3's split of the five products. A block of 2 warpgroups
+// owns 128 keys of one KV head (64 per warpgroup) and loops over the query heads of its group and
+// 64-query tiles (Q, dO, lse, delta double-buffered: the next tile's copy runs during this one's
+// math). Per tile and warpgroup: S^T = K Q^T and dP^T = V dO^T (keys x queries, both operands in
+// shared memory); P^T and dS^T in registers, where the accumulators are; dV += P^T dO and
+// dK += dS^T Q with A from those registers and B = dO / Q read MN-major (trans-b); dS^T to shared
+// memory; dQ += dS K for the 64 queries x this warpgroup's half of the columns (A = dS and B = K
+// both MN-major), added to the fp32 dQ buffer with atomics. Registers per thread at D=128: dK, dV
+// 64 each, S^T, dP^T 32 each, P^T, dS^T fragments 16 each, dQ 32.
+constexpr int kKB7 = 128, kBQ7 = 64;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionParams p) {
+#if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  FASTLM_DYNAMIC_SMEM(smem_raw);
+  T* sK = reinterpret_cast<T*>(smem_raw);  // every tile chunk-planar (wgmma.cuh)
+  T* sV = sK + kKB7 * D;
+  T* sQdO = sV + kKB7 * D;               // [2 buffers][Q, dO], kBQ7 x D each
+  T* sdS = sQdO + 4 * kBQ7 * D;          // dS^T, kKB7 keys x kBQ7 queries
+  float* sLse = reinterpret_cast<float*>(sdS + kKB7 * kBQ7);  // [2 buffers][kBQ7], log2 units
+  float* sDelta = sLse + 2 * kBQ7;                            // [2 buffers][kBQ7]
+  const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kKB7;
+  const int group = p.heads_q / p.heads_kv;
+  const auto [warp, g, t, lm, lr] = lane_layout();
+  (void)lm, (void)lr;
+  const int wg = warp / 4;
+  const int krow = wg * 64 + (warp % 4) * 16 + g;  // the thread's key rows: krow, krow + 8
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
+  load_tile_planar<T, D, kKB7, kThreads7>(sK, K + k0 * p.k_stride[2], p.k_stride[2], p.t_k - k0);
+  load_tile_planar<T, D, kKB7, kThreads7>(sV, V + k0 * p.v_stride[2], p.v_stride[2], p.t_k - k0);
+  const int q_begin = p.causal ? (k0 / kBQ7) * kBQ7 : 0;  // earlier queries see none of the keys
+  const int nq = (p.t_q - q_begin + kBQ7 - 1) / kBQ7;
+  const int n_iter = group * nq;  // (query head of the group, query tile) pairs
+  // Tile `it` of Q and dO (cp.async) and its lse / delta (plain loads) into buffer `buf`.
+  auto load_query_tile = [&](int it, int buf) {
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ7;
+    const int64_t bh = (int64_t)b * p.heads_q + h;
+    T* sQ = sQdO + buf * 2 * kBQ7 * D;
+    load_tile_planar<T, D, kBQ7, kThreads7>(
+        sQ, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
+    load_tile_planar<T, D, kBQ7, kThreads7>(
+        sQ + kBQ7 * D, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2],
+        p.do_stride[2], p.t_q - q0);
+    for (int i = threadIdx.x; i < kBQ7; i += kThreads7) {
+      const bool ok = q0 + i < p.t_q;
+      sLse[buf * kBQ7 + i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;  // P = 0 past
+      sDelta[buf * kBQ7 + i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;           // the end
+    }
+  };
+  load_query_tile(0, 0);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+  const float sl2 = p.scale * kLog2e;
+  // K and V as A of S^T / dP^T (this warpgroup's 64 keys, K-major over D); K as B of dQ (MN-major:
+  // keys x this warpgroup's D/2 columns); dS^T as A of dQ (MN-major: queries x keys).
+  const uint64_t desc_ka = wgmma_desc(sK + wg * 64 * 8, kKB7 * 16, 128);
+  const uint64_t desc_va = wgmma_desc(sV + wg * 64 * 8, kKB7 * 16, 128);
+  const uint64_t desc_kb = wgmma_desc(sK + wg * (D / 16) * kKB7 * 8, 128, kKB7 * 16);
+  const uint64_t desc_ds = wgmma_desc(sdS, 128, kKB7 * 16);
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int buf = it & 1;
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ7;
+    const int64_t bh = (int64_t)b * p.heads_q + h;
+    cp_async_wait<0>();   // tile it (and K, V) copied by this thread
+    fence_proxy_async();  // ... and visible to wgmma's reads
+    __syncthreads();      // for every thread; every warpgroup done with tile it-1 (sdS included)
+    if (it + 1 < n_iter) load_query_tile(it + 1, buf ^ 1);
+    const T* sQ = sQdO + buf * 2 * kBQ7 * D;
+    const T* sdO = sQ + kBQ7 * D;
+    const float* lse = sLse + buf * kBQ7;
+    const float* delta = sDelta + buf * kBQ7;
+
+    // S^T = K Q^T, dP^T = V dO^T (64 keys x 64 queries per warpgroup, k-steps over D).
+    float st[kBQ7 / 8][4], dpt[kBQ7 / 8][4];
+    const uint64_t desc_q = wgmma_desc(sQ, kBQ7 * 16, 128);
+    const uint64_t desc_do = wgmma_desc(sdO, kBQ7 * 16, 128);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<T, kBQ7>(&st[0][0], desc_ka + ((kk * 2 * kKB7 * 16) >> 4),
+                        desc_q + ((kk * 2 * kBQ7 * 16) >> 4), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<T, kBQ7>(&dpt[0][0], desc_va + ((kk * 2 * kKB7 * 16) >> 4),
+                        desc_do + ((kk * 2 * kBQ7 * 16) >> 4), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands<kBQ7 / 2>(&st[0][0]);
+    fence_operands<kBQ7 / 2>(&dpt[0][0]);
+
+    // P^T = exp(S^T * scale - lse) (0 where masked), dS^T = P^T * (dP^T - delta): as A fragments
+    // of dV / dK (rows = keys, k = queries), and dS^T to shared memory for dQ.
+    uint32_t pf[kBQ7 / 16][4], sf[kBQ7 / 16][4];
+#pragma unroll
+    for (int nt = 0; nt < kBQ7 / 8; ++nt)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const int key = k0 + krow + hi * 8, qi = nt * 8 + 2 * t;
+        float pr[2], ds[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const bool ok = key < p.t_k && (!p.causal || key <= q0 + qi + j);
+          pr[j] = ok ? exp2f(st[nt][2 * hi + j] * sl2 - lse[qi + j]) : 0.f;
+          ds[j] = pr[j] * (dpt[nt][2 * hi + j] - delta[qi + j]);
+        }
+        pf[nt / 2][(nt % 2) * 2 + hi] = pack2<T>(pr[0], pr[1]);
+        sf[nt / 2][(nt % 2) * 2 + hi] = pack2<T>(ds[0], ds[1]);
+        *reinterpret_cast<uint32_t*>(sdS + planar(krow + hi * 8, qi, kKB7)) =
+            sf[nt / 2][(nt % 2) * 2 + hi];
+      }
+
+    // dV += P^T dO, dK += dS^T Q (k-steps over the 64 queries; B = dO / Q, MN-major).
+    const uint64_t desc_dob = wgmma_desc(sdO, 128, kBQ7 * 16);
+    const uint64_t desc_qb = wgmma_desc(sQ, 128, kBQ7 * 16);
+    fence_operands<D / 2>(&dv[0][0]);
+    fence_operands<D / 2>(&dk[0][0]);
+    fence_operands<kBQ7 / 4>(&pf[0][0]);
+    fence_operands<kBQ7 / 4>(&sf[0][0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBQ7 / 16; ++kk)
+      wgmma_rs_tb<T, D>(&dv[0][0], pf[kk], desc_dob + ((kk * 16 * 16) >> 4), 1);
+#pragma unroll
+    for (int kk = 0; kk < kBQ7 / 16; ++kk)
+      wgmma_rs_tb<T, D>(&dk[0][0], sf[kk], desc_qb + ((kk * 16 * 16) >> 4), 1);
+    wgmma_commit();
+    fence_proxy_async();  // this thread's dS^T stores visible to wgmma
+    __syncthreads();      // every thread's
+
+    // dQ (this tile's 64 queries x this warpgroup's D/2 columns) = dS K, k-steps over 128 keys.
+    float dq[D / 16][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kKB7 / 16; ++kk)
+      wgmma_ss_tab<T, D / 2>(&dq[0][0], desc_ds + ((kk * 16 * 16) >> 4),
+                             desc_kb + ((kk * 16 * 16) >> 4), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();  // dV, dK and dQ complete
+    fence_operands<D / 2>(&dv[0][0]);
+    fence_operands<D / 2>(&dk[0][0]);
+    fence_operands<D / 4>(&dq[0][0]);
+    float* dqa = p.dq_accum + (bh * p.t_q + q0) * D + wg * (D / 2);
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = (warp % 4) * 16 + g + (e >> 1) * 8, col = i * 8 + 2 * t + (e & 1);
+        if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[i][e]);
+      }
+  }
+  // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
+  const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
+  T* dK = static_cast<T*>(p.dk) + base * D;
+  T* dV = static_cast<T*>(p.dv) + base * D;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int key = k0 + krow + hi * 8;
+    if (key >= p.t_k) continue;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const int col = dt * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(dK + (int64_t)key * D + col) =
+          pack2<T>(dk[dt][2 * hi] * p.scale, dk[dt][2 * hi + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dV + (int64_t)key * D + col) =
+          pack2<T>(dv[dt][2 * hi], dv[dt][2 * hi + 1]);
+    }
+  }
+#endif
+}
+
 template <typename T>
 __global__ void attn_dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
@@ -932,6 +1270,13 @@ void launch_with_smem(Kernel kernel, dim3 grid, int threads, size_t smem, cudaSt
 
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
+  if (p.version >= 7) {
+    constexpr int BC = D == 128 ? 64 : 128;
+    size_t smem = (kBr7 + 4 * BC) * D * sizeof(T);
+    dim3 grid((p.t_q + kBr7 - 1) / kBr7, p.heads_q, p.batch);
+    launch_with_smem(attn_fwd_kernel_v7<T, D, BC>, grid, kThreads7, smem, stream, p);
+    return;
+  }
   if (p.version >= 5) {
     constexpr int BC = D == 128 ? 32 : 64;
     size_t smem = (kBr5 + 2 * BC) * (D + 8) * sizeof(T);
@@ -952,6 +1297,13 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
 // block; v1-v4: 4 warps, 64 keys) or v6 (attn_bwd_kernel_v6).
 template <typename T, int D>
 void launch_bwd_main(const AttentionParams& p, cudaStream_t stream) {
+  if (p.version >= 7) {
+    size_t smem =
+        (2 * kKB7 * D + 4 * kBQ7 * D + kKB7 * kBQ7) * sizeof(T) + 4 * kBQ7 * sizeof(float);
+    dim3 grid((p.t_k + kKB7 - 1) / kKB7, p.heads_kv, p.batch);
+    launch_with_smem(attn_bwd_kernel_v7<T, D>, grid, kThreads7, smem, stream, p);
+    return;
+  }
   if (p.version >= 6) {
     size_t smem = (2 * kKB6 * (D + 8) + 2 * kBQ6 * (D + 8) + 2 * kBQ6 * (kKB6 + 8)) * sizeof(T) +
                   2 * kBQ6 * sizeof(float);
@@ -996,14 +1348,44 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version < 1 || p.version > 6)
-    throw std::invalid_argument("attention: kernel version must be 1 to 6");
+  if (p.version < 1 || p.version > 7)
+    throw std::invalid_argument("attention: kernel version must be 1 to 7");
+}
+
+}  // namespace
+
+bool wgmma_supported() {
+#if defined(FASTLM_CUDA_EMU)
+  return true;
+#elif defined(FASTLM_SM90A)
+  int dev = 0, major = 0, minor = 0;  // no device (or a broken one): false, not an error
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// Version 7 (forward and backward) uses wgmma.
+void check_wgmma(const AttentionParams& p) {
+  if (p.version >= 7 && !wgmma_supported())
+    throw std::invalid_argument(
+        "attention: kernel version 7 uses wgmma: it needs an sm_90 GPU (H100/H200) and "
+        "fastlm._cuda built for sm_90a (CMAKE_CUDA_ARCHITECTURES containing 90a)");
 }
 
 }  // namespace
 
 void attention_forward(const AttentionParams& p, cudaStream_t stream) {
   check_params(p);
+  check_wgmma(p);
   if (p.dtype == kBFloat16)
     p.head_dim == 64 ? forward_impl<__nv_bfloat16, 64>(p, stream)
                      : forward_impl<__nv_bfloat16, 128>(p, stream);
@@ -1013,6 +1395,7 @@ void attention_forward(const AttentionParams& p, cudaStream_t stream) {
 
 void attention_backward(const AttentionParams& p, cudaStream_t stream) {
   check_params(p);
+  check_wgmma(p);
   if (p.dtype == kBFloat16)
     p.head_dim == 64 ? backward_impl<__nv_bfloat16, 64>(p, stream)
                      : backward_impl<__nv_bfloat16, 128>(p, stream);

@@ -1,0 +1,70 @@
+"""wgmma (sm_90a) in isolation: csrc/kernels/wgmma_probe.cu multiplies a 64 x 32 A by a 32 x N B
+through two chained k16 steps, in the three operand forms attention v7 uses (both operands in
+shared memory, K-major; A in registers and B in shared memory, MN-major; both in shared memory,
+MN-major). Checked against a float64
+matmul on a Hopper GPU (the descriptor layouts of csrc/kernels/wgmma.cuh against the hardware,
+apart from any attention code) and in the CPU emulator (the emulated wgmma reads those layouts
+the same way), so that a GPU failure of v7 can be told apart from a layout mistake."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fastlm.ops import _dispatch  # noqa: E402
+
+try:
+    from fastlm import _cuda_emu as emu
+except ImportError:
+    emu = None
+
+CUDA_MOD = _dispatch.cuda_module() if torch.cuda.is_available() else None
+HOPPER = CUDA_MOD is not None and CUDA_MOD.wgmma_supported()
+# (N, mode): modes 0 (shared x shared, K-major) and 1 (registers x shared, trans-b) at v7's
+# N = 64 / 128; mode 2 (shared x shared, trans-a and trans-b: dQ += dS K) at N = 32 / 64.
+CASES = [(n, mode, dtype) for n, mode in ((64, 0), (128, 0), (64, 1), (128, 1), (32, 2), (64, 2))
+         for dtype in ("bfloat16", "float16")]
+
+
+def _probe(module, device, n, mode, dtype, seed):
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(64, 32, generator=gen).to(dt).to(device)
+    b = torch.randn(32, n, generator=gen).to(dt).to(device)
+    d = torch.full((64, n), float("nan"), device=device)
+    stream = _dispatch.stream_handle(a.device) if device == "cuda" else 0
+    module.wgmma_probe(a.data_ptr(), b.data_ptr(), d.data_ptr(), n, mode,
+                       _dispatch.dtype_code(dt), stream)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return d.cpu().double(), a.cpu().double() @ b.cpu().double()
+
+
+@pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
+@pytest.mark.parametrize("n, mode, dtype", CASES)
+def test_emulated_wgmma_matches_matmul(n, mode, dtype):
+    d, ref = _probe(emu, "cpu", n, mode, dtype, seed=n + mode)
+    assert torch.isfinite(d).all()
+    assert float((d - ref).abs().max()) < 1e-4 * float(ref.abs().max())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HOPPER, reason="needs an sm_90 GPU and fastlm._cuda built for sm_90a")
+@pytest.mark.parametrize("n, mode, dtype", CASES)
+def test_gpu_wgmma_matches_matmul(n, mode, dtype):
+    d, ref = _probe(CUDA_MOD, "cuda", n, mode, dtype, seed=n + mode)
+    assert torch.isfinite(d).all(), "NaN: an element was not written (or a layout read NaN)"
+    err = float((d - ref).abs().max()) / float(ref.abs().max())
+    assert err < 1e-4, f"max error {err:.2e} of the largest value: layout mismatch?"
+
+
+@pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
+def test_probe_refuses_bad_arguments():
+    a = torch.zeros(64, 32, dtype=torch.bfloat16)
+    d = torch.zeros(64, 64)
+    for kw, msg in (({"n": 32}, "n must be 64 or 128"), ({"mode": 2, "n": 128}, "32 or 64"),
+                    ({"mode": 3}, "mode must be 0, 1 or 2"), ({"dtype": 0}, "bfloat16 or float16")):
+        args = {"n": 64, "mode": 0, "dtype": 1, **kw}
+        with pytest.raises(ValueError, match=msg):
+            emu.wgmma_probe(a.data_ptr(), a.data_ptr(), d.data_ptr(), args["n"], args["mode"],
+                            args["dtype"], 0)
+    with pytest.raises(ValueError, match="null pointer"):
+        emu.wgmma_probe(0, a.data_ptr(), d.data_ptr(), 64, 0, 1, 0)
