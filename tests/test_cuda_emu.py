@@ -31,7 +31,8 @@ except ImportError:  # the build skips it only without ucontext (musl, Windows)
 pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built on this platform")
 
 SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
-             "ldmatrix_misaligned", "misaligned_vector", "wgmma_fence", "wgmma_wait", "wgmma_reuse"]
+             "ldmatrix_misaligned", "misaligned_vector", "wgmma_fence", "wgmma_wait", "wgmma_reuse",
+             "wgmma_proxy"]
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +49,9 @@ def _emu_defaults():
 def test_emulator_catches_broken_kernels(name, seed):
     """Each deliberately broken kernel (missing barrier, read before the cp.async wait, buffer
     reuse without a barrier, divergent barrier or shuffle, shared-memory overflow, misaligned
-    ldmatrix or 16-byte vector load; a wgmma without its fence, read before its wait, or with its
-    shared operand overwritten in flight) fails (wrong result or an error); its correct twin
-    passes."""
+    ldmatrix or 16-byte vector load; a wgmma without its fence, read before its wait, with its
+    shared operand overwritten in flight, or reading cp.async data without fence.proxy.async)
+    fails (wrong result or an error); its correct twin passes."""
     emu.set_seed(seed)
     assert emu.selftest(name) != "ok"
     assert emu.selftest(name + "_good") == "ok"
@@ -66,6 +67,7 @@ def test_emulator_errors_name_the_place():
     assert "misaligned 16-byte access (address % 16 = 8) at" in emu.selftest("misaligned_vector")
     assert "without a wgmma.fence" in emu.selftest("wgmma_fence")
     assert emu.selftest("wgmma_wait") == "wrong"  # the accumulator reads NaN before the wait
+    assert "no fence.proxy.async" in emu.selftest("wgmma_proxy")
     with pytest.raises(ValueError, match="lazy, eager or mixed"):
         emu.set_copy_timing("sometimes")
 

@@ -1,10 +1,12 @@
-"""How sensitive is the CUDA emulator? Deletes each __syncthreads() / cp_async_wait<N>() of a
-kernel file, one at a time, builds fastlm._cuda_emu from the mutated source (g++, as CMake does)
+"""How sensitive is the CUDA emulator? Deletes each __syncthreads() / cp_async_wait<N>() /
+wgmma_wait<N>() / wgmma_fence() of a kernel file, one at a time, builds fastlm._cuda_emu from the mutated source (g++, as CMake does)
 and runs every attention kernel version on two shapes against the float64 reference. A deletion
 that changes no result is either redundant or a hazard the emulator misses: read the line.
 
-    python tools/emu_barrier_sweep.py [csrc/kernels/attention.cu]   # ~25 sites, ~15 min on 2 cores
+    python tools/emu_barrier_sweep.py [csrc/kernels/attention.cu]   # ~40 sites, ~80 min on 2 cores
+    python tools/emu_barrier_sweep.py --versions 7 --kernel _v7    # v7's sites, v7 runs only
 """
+import argparse
 import os
 import re
 import shutil
@@ -14,7 +16,8 @@ import sysconfig
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SITE = re.compile(r"(if constexpr \(VER >= \d\) )?(__syncthreads\(\)|cp_async_wait<\d>\(\));")
+SITE = re.compile(r"(if constexpr \(VER >= \d\) )?"
+                  r"(__syncthreads\(\)|cp_async_wait<\d>\(\)|wgmma_wait<\d>\(\)|wgmma_fence\(\));")
 
 CHECK = r"""
 import sys
@@ -25,7 +28,7 @@ from reference_ops import attention_ref
 def st(t): return (t.stride(0), t.stride(1), t.stride(2))
 def rel(a, b): return float((a.double() - b).norm() / b.norm())
 failed = []
-for ver in [1, 2, 3, 4, 5, 6, 7]:
+for ver in [int(v) for v in sys.argv[3].split(",")]:
     for (hq, hkv, t, d, causal) in [(2, 1, 200, 64, True), (2, 1, 150, 128, False)]:
         g = torch.Generator().manual_seed(0)
         q, k, v, do = (torch.randn(1, h, t, d, generator=g).bfloat16() for h in (hq, hkv, hkv, hq))
@@ -67,21 +70,40 @@ def build(src_root: str, out: str) -> None:
     subprocess.run(["g++", "-shared", "-o", f"{out}/_cuda_emu{suffix}", *objs], check=True)
 
 
+def kernel_lines(lines, name):
+    """Line numbers (0-based) inside the kernels whose name contains `name` (to the closing
+    brace at column 0)."""
+    inside, out = False, set()
+    for i, line in enumerate(lines):
+        if line.startswith("__global__") and name in line:
+            inside = True
+        if inside:
+            out.add(i)
+            if line == "}":
+                inside = False
+    return out
+
+
 def main() -> None:
-    target = sys.argv[1] if len(sys.argv) > 1 else "csrc/kernels/attention.cu"
-    lines = open(os.path.join(REPO, target)).read().split("\n")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("target", nargs="?", default="csrc/kernels/attention.cu")
+    ap.add_argument("--versions", default="1,2,3,4,5,6,7", help="kernel versions run per site")
+    ap.add_argument("--kernel", default="", help="only sites in kernels whose name has this")
+    a = ap.parse_args()
+    lines = open(os.path.join(REPO, a.target)).read().split("\n")
+    keep = kernel_lines(lines, a.kernel) if a.kernel else set(range(len(lines)))
     sites = [i for i, line in enumerate(lines)
-             if SITE.search(line) and not line.strip().startswith("//")]
-    print(f"{len(sites)} barrier / cp.async wait sites in {target}", flush=True)
+             if SITE.search(line) and not line.strip().startswith("//") and i in keep]
+    print(f"{len(sites)} barrier / wait / fence sites in {a.target}", flush=True)
     caught = 0
     for i in sites:
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copytree(os.path.join(REPO, "csrc"), f"{tmp}/csrc")
             mutant = lines[:i] + [SITE.sub(";", lines[i], count=1)] + lines[i + 1:]
-            open(f"{tmp}/{target}", "w").write("\n".join(mutant))
+            open(f"{tmp}/{a.target}", "w").write("\n".join(mutant))
             build(tmp, tmp)
-            r = subprocess.run([sys.executable, "-c", CHECK, tmp, REPO], capture_output=True,
-                               text=True)
+            r = subprocess.run([sys.executable, "-c", CHECK, tmp, REPO, a.versions],
+                               capture_output=True, text=True)
             verdict = (r.stdout.strip().splitlines() or [r.stderr.strip()[-200:]])[-1]
         caught += verdict.startswith("caught")
         print(f"line {i + 1}: {lines[i].strip()[:60]!r} -> {verdict}", flush=True)

@@ -53,6 +53,7 @@ struct Fiber {
   std::vector<std::vector<Mma>> wg_groups;      // committed wgmma groups, oldest first
   std::vector<Mma> wg_open;                     // issued since the last commit
   std::map<float*, std::vector<float>> wg_acc;  // in-flight accumulators' true values
+  std::vector<size_t> landed;                   // 16-byte chunks its cp.async copies wrote
 };
 
 // A warpgroup collective's deposits (wgmma), in buffers alternating as WarpState's.
@@ -93,6 +94,9 @@ struct State {
   dim3 block_dim, grid_dim;
   const std::function<void()>* body = nullptr;
   std::vector<unsigned char> smem;  // dynamic shared memory + canary
+  // Per 16-byte chunk of shared memory: 0, or 1 + the thread whose cp.async wrote it and who has
+  // not run fence.proxy.async since (wgmma, the async proxy, must not read it).
+  std::vector<int> async_unfenced;
   size_t smem_size = 0;
   uint64_t seed = 1;
   std::map<const void*, int> max_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize
@@ -142,12 +146,17 @@ bool in_smem(const void* p, size_t bytes) {
   return c >= s.smem.data() && c + bytes <= s.smem.data() + s.smem_size;
 }
 
+// Lands the calling thread's copies.
 void complete(std::vector<Copy>& copies) {
+  State& s = st();
   for (const Copy& c : copies) {
     if (c.valid)
       std::memcpy(c.dst, c.src, 16);
     else
       std::memset(c.dst, 0, 16);
+    const size_t chunk = static_cast<size_t>(c.dst - s.smem.data()) / 16;
+    s.async_unfenced[chunk] = s.cur->linear + 1;
+    s.cur->landed.push_back(chunk);
   }
   copies.clear();
 }
@@ -463,6 +472,14 @@ uint32_t smem_address(const void* p) {
 
 void wgmma_fence() { st().cur->wg_fenced = true; }
 
+void fence_proxy_async() {
+  State& s = st();
+  Fiber* f = s.cur;
+  for (size_t chunk : f->landed)
+    if (s.async_unfenced[chunk] == f->linear + 1) s.async_unfenced[chunk] = 0;
+  f->landed.clear();
+}
+
 void wgmma_commit() {
   Fiber* f = st().cur;
   f->wg_groups.push_back(std::move(f->wg_open));
@@ -489,6 +506,10 @@ float desc_element(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
          ") at shared offset " + std::to_string(off) + ", past the block's " +
          std::to_string(s.smem_size) + " bytes");
   uint16_t h;
+  if (const int writer = s.async_unfenced[off / 16])
+    fail("wgmma reads shared memory (offset " + std::to_string(off) + ") that a cp.async of " +
+         "thread " + std::to_string(writer - 1) +
+         " wrote, with no fence.proxy.async by that thread since");
   std::memcpy(&h, s.smem.data() + off, 2);
   return bf16 ? bf16_to_float(h) : half_to_float(h);
 }
@@ -629,6 +650,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
       for (unsigned x = 0; x < grid.x; ++x) {
         s.block = {x, y, z};
         std::fill(s.smem.begin(), s.smem.begin() + smem, kPoison);
+        s.async_unfenced.assign(smem / 16 + 1, 0);
         if (!run_block(static_cast<int>(threads))) {
           set_error(cudaErrorLaunchFailure, s.error);
           s.fibers.clear();

@@ -25,7 +25,9 @@
 //   - wgmma (sm_90a): the product lands at the wait_group that covers it, reading the shared
 //     operands then, and its accumulators read NaN until then; an issue without a wgmma.fence
 //     since the last wait, operands that differ across the warpgroup, a descriptor outside
-//     shared memory or with a swizzle, and a thread ending with products in flight are errors.
+//     shared memory or with a swizzle, a read of shared memory that a cp.async wrote without a
+//     fence.proxy.async by the copying thread since, and a thread ending with products in flight
+//     are errors (the proxy fence is modelled for cp.async writes only, not for plain stores).
 // Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
@@ -152,6 +154,7 @@ unsigned char* dynamic_smem();
 // shared memory: descriptors with no swizzle (the only layout the kernels use).
 uint32_t smem_address(const void* p);  // offset in the block's dynamic shared memory
 void wgmma_fence();
+void fence_proxy_async();  // this thread's landed cp.async copies become readable by wgmma
 void wgmma_commit();
 void wgmma_wait(int n);
 void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool scale_d,

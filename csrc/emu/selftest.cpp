@@ -93,18 +93,20 @@ __global__ void vector_load_kernel(const float* in, float* out, int offset_bytes
 }
 
 // One warpgroup computes D = A B (64 x 64, k = 16, small integers: exact) with wgmma and writes
-// per thread sum_i acc[i] * (i + 1). bug 1: no wgmma.fence before the product; 2: reads an
-// accumulator before the wait_group; 3: overwrites the B operand in shared memory before it.
+// per thread sum_i acc[i] * (i + 1); A and B^T come by cp.async from `img` (chunk-planar, as
+// wgmma.cuh lays out tiles). bug 1: no wgmma.fence before the product; 2: reads an accumulator
+// before the wait_group; 3: overwrites the B operand in shared memory before it; 4: no
+// fence.proxy.async between the copies and the product.
 float wgmma_a(int r, int k) { return static_cast<float>((r + k) % 5 - 2); }
 float wgmma_b(int k, int n) { return static_cast<float>((3 * k + n) % 7 - 3); }
 
-__global__ void wgmma_kernel(float* out, int bug) {
+__global__ void wgmma_kernel(const __nv_bfloat16* img, float* out, int bug) {
   FASTLM_DYNAMIC_SMEM(raw);
-  auto* s = reinterpret_cast<__nv_bfloat16*>(raw);  // A (64 x 16), then B^T (64 x 16): planar
-  for (int i = threadIdx.x; i < 64 * 16; i += kN) {
-    s[cuda::planar(i / 16, i % 16, 64)] = __float2bfloat16(wgmma_a(i / 16, i % 16));
-    s[64 * 16 + cuda::planar(i / 16, i % 16, 64)] = __float2bfloat16(wgmma_b(i % 16, i / 16));
-  }
+  auto* s = reinterpret_cast<__nv_bfloat16*>(raw);  // A (64 x 16), then B^T (64 x 16)
+  for (int i = threadIdx.x; i < 2 * 64 * 16 / 8; i += kN) cp_async16(s + 8 * i, img + 8 * i, true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  if (bug != 4) cuda::fence_proxy_async();
   __syncthreads();
   float acc[32];
   if (bug != 1) cuda::wgmma_fence();
@@ -182,9 +184,18 @@ std::string selftest(const std::string& name) {
                                                                                  !good); },
                  want, out);
   }
-  const int wgmma_bug = base == "wgmma_fence" ? 1 : base == "wgmma_wait" ? 2
-                        : base == "wgmma_reuse" ? 3 : -1;
+  const int wgmma_bug = base == "wgmma_fence"   ? 1
+                        : base == "wgmma_wait"  ? 2
+                        : base == "wgmma_reuse" ? 3
+                        : base == "wgmma_proxy" ? 4
+                                                : -1;
   if (wgmma_bug > 0) {
+    std::vector<__nv_bfloat16> img(2 * 64 * 16);
+    for (int i = 0; i < 64 * 16; ++i) {
+      img[cuda::planar(i / 16, i % 16, 64)] = __float2bfloat16(wgmma_a(i / 16, i % 16));
+      img[64 * 16 + cuda::planar(i / 16, i % 16, 64)] =
+          __float2bfloat16(wgmma_b(i % 16, i / 16));
+    }
     for (int i = 0; i < kN; ++i) {
       const int w = i / 32, g = i % 32 / 4, t = i % 4;
       want[i] = 0.f;
@@ -196,7 +207,7 @@ std::string selftest(const std::string& name) {
       }
     }
     return check([&] { FASTLM_LAUNCH(wgmma_kernel, 1, kN, 2 * 64 * 16 * 2, nullptr)(
-                           out.data(), good ? 0 : wgmma_bug); },
+                           img.data(), out.data(), good ? 0 : wgmma_bug); },
                  want, out);
   }
   throw std::invalid_argument("selftest: unknown case '" + name + "'");

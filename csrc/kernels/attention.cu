@@ -1,13 +1,14 @@
 // CUDA flash attention (FlashAttention-2 scheme): forward with online softmax saving logsumexp,
 // backward recomputing the score tiles. bf16/fp16, head dim 64/128, causal or not, GQA.
 //
-// Tensor cores through mma.sync.m16n8k16 (inline PTX, sm_80+; runs on sm_90 too, without
-// wgmma). Forward: a block owns 64 query rows (4 warps x 16 rows), loops over 64-key tiles of K
-// and V staged in shared memory; S and O stay in registers (fragment layout in cuda_common.cuh),
-// so the per-row rescaling is plain register math. Backward: a block owns 64 keys of one KV head
-// (4 warps x 16 keys) and loops over the query heads of its group and over query tiles; dK and
-// dV accumulate in registers, dQ accumulates in fp32 in global memory with atomics and is
-// converted (and scaled) by a last small kernel.
+// Tensor cores through mma.sync.m16n8k16 (inline PTX, sm_80+; runs on sm_90 too) in v1-v6, and
+// through wgmma (sm_90a) in v7. Forward (v1-v4): a block owns 64 query rows (4 warps x 16 rows),
+// loops over 64-key tiles of K and V staged in shared memory; S and O stay in registers
+// (fragment layout in cuda_common.cuh), so the per-row rescaling is plain register math.
+// Backward (v1-v4): a block owns 64 keys of one KV head (4 warps x 16 keys) and loops over the
+// query heads of its group and over query tiles; dK and dV accumulate in registers, dQ
+// accumulates in fp32 in global memory with atomics and is converted (and scaled) by a last
+// small kernel. Later versions change the tiles and the warp split (below), not the scheme.
 // FLOPs: forward 4*B*H*Tq*Tk*D (halved when causal), backward 2.5x that.
 // Versions, fwd+bwd ms at D=128, T=4096, 16 heads, B=4, bf16, non-causal; all tables in
 // csrc/kernels/NOTES.md. NVIDIA H200 (SDPA flash backend: 6.6 ms):
@@ -39,6 +40,13 @@
 //       fewer ldmatrix per mma than v3/v5 (csrc/kernels/NOTES.md). Registers (sm_90): D=64 201,
 //       D=128 255 + 12 bytes spilled. On the GPU: correct; backward 1.07-1.12x of v5's at D=128
 //       (fwd+bwd 0.59-0.67x of SDPA), 0.94-1.1x at D=64.
+//   v7: sm_90a only: wgmma (csrc/kernels/wgmma.cuh) for every product, forward and backward
+//       (attn_fwd_kernel_v7, attn_bwd_kernel_v7): 2 warpgroups per block, operands read by the
+//       tensor cores straight from shared memory (chunk-planar tiles, no fragment loads), P / dS^T
+//       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
+//       Registers (sm_90a): forward 214 (D=128) / 192 (D=64), backward 244 / 182, no spills.
+//       Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
+//       not yet run on a GPU.
 #include <cmath>
 
 #include "kernels/cuda_common.cuh"
@@ -454,9 +462,11 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
 // v5's online softmax on the accumulators (wgmma's accumulator layout is mma.sync's, per warp);
 // O += P V as BC/16 wgmma m64n{D}k16 with P from registers and V from shared memory (MN-major,
 // trans-b). Shared tiles are chunk-planar (wgmma.cuh). Registers per thread: O D/2 + S BC/2 +
-// P BC/4 floats (v5: O alone held D). Each product is waited for before its result is used; the
-// two warpgroups of a block, and the blocks of an SM, overlap one's softmax with another's
-// products. Needs sm_90a: the kernel is empty elsewhere and the host refuses version 7 there.
+// P BC/4 floats (v5: O alone held D); BC = 128 (forward_impl says why). Each product is waited
+// for before its result is used and both warpgroups meet at one barrier per tile, with one block
+// per SM (registers): the tensor cores idle during the softmax. FlashAttention-3's remedies
+// (S of the next tile issued before this tile's softmax; the two warpgroups alternating) are
+// not done. Needs sm_90a: the kernel is empty elsewhere and the host refuses version 7 there.
 constexpr int kBr7 = 128, kThreads7 = 256;
 
 // Copies a R x D tile into chunk-planar shared memory (wgmma.cuh); rows at or beyond `valid` are
@@ -1271,7 +1281,11 @@ void launch_with_smem(Kernel kernel, dim3 grid, int threads, size_t smem, cudaSt
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   if (p.version >= 7) {
-    constexpr int BC = D == 128 ? 64 : 128;
+    // 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared memory per k16
+    // step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor cores' peak rate
+    // (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles would need 128.
+    // Registers (sm_90a): 214 at D=128, 192 at D=64; shared memory 160 / 80 KB.
+    constexpr int BC = 128;
     size_t smem = (kBr7 + 4 * BC) * D * sizeof(T);
     dim3 grid((p.t_q + kBr7 - 1) / kBr7, p.heads_q, p.batch);
     launch_with_smem(attn_fwd_kernel_v7<T, D, BC>, grid, kThreads7, smem, stream, p);

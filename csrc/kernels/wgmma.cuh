@@ -53,7 +53,7 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo, uint
 inline void wgmma_fence() { ::fastlm::emu::wgmma_fence(); }
 inline void wgmma_commit() { ::fastlm::emu::wgmma_commit(); }
 template <int N> inline void wgmma_wait() { ::fastlm::emu::wgmma_wait(N); }
-inline void fence_proxy_async() {}
+inline void fence_proxy_async() { ::fastlm::emu::fence_proxy_async(); }
 template <int N> inline void fence_operands(float*) {}
 template <int N> inline void fence_operands(uint32_t*) {}
 // D (64 x N) = A (64 x 16, shared, K-major) B (16 x N, shared, K-major) + (scale_d ? D : 0).
