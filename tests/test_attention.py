@@ -144,7 +144,7 @@ def test_kernel_version_from_environment(monkeypatch):
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (5, 6)
     monkeypatch.setattr(attn_mod, "KERNEL_VERSION", 3)  # FASTLM_ATTN_VERSION=3
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (3, 3)
-    for bad in ("7", "0", "two", "-1"):
+    for bad in ("8", "0", "two", "-1"):
         monkeypatch.setenv("FASTLM_ATTN_VERSION", bad)
         with pytest.raises(ValueError, match=r"FASTLM_ATTN_VERSION=.*one of 1, 2, 3, 4, 5, 6, 7$"):
             _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 8))

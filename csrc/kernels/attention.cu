@@ -44,7 +44,7 @@
 //       (attn_fwd_kernel_v7, attn_bwd_kernel_v7): 2 warpgroups per block, operands read by the
 //       tensor cores straight from shared memory (chunk-planar tiles, no fragment loads), P / dS^T
 //       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
-//       Registers (sm_90a): forward 214 (D=128) / 192 (D=64), backward 244 / 182, no spills.
+//       Registers (sm_90a): forward 214 (D=128) / 192 (D=64), backward 247 / 190, no spills.
 //       Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
 //       not yet run on a GPU.
 #include <cmath>
@@ -1098,6 +1098,8 @@ constexpr int kKB7 = 128, kBQ7 = 64;
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionParams p) {
 #if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // At D=128, P^T computed while dP^T is in flight needs 255 registers and spills 24 bytes.
+  constexpr bool kSplitGroups = D == 64;
   FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sK = reinterpret_cast<T*>(smem_raw);  // every tile chunk-planar (wgmma.cuh)
   T* sV = sK + kKB7 * D;
@@ -1162,7 +1164,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
     const float* lse = sLse + buf * kBQ7;
     const float* delta = sDelta + buf * kBQ7;
 
-    // S^T = K Q^T, dP^T = V dO^T (64 keys x 64 queries per warpgroup, k-steps over D).
+    // S^T = K Q^T, dP^T = V dO^T (64 keys x 64 queries per warpgroup, k-steps over D). At D=64
+    // two commit groups, so that P^T's exponentials run while dP^T is still on the tensor cores.
     float st[kBQ7 / 8][4], dpt[kBQ7 / 8][4];
     const uint64_t desc_q = wgmma_desc(sQ, kBQ7 * 16, 128);
     const uint64_t desc_do = wgmma_desc(sdO, kBQ7 * 16, 128);
@@ -1171,34 +1174,46 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss<T, kBQ7>(&st[0][0], desc_ka + ((kk * 2 * kKB7 * 16) >> 4),
                         desc_q + ((kk * 2 * kBQ7 * 16) >> 4), kk > 0);
+    if constexpr (kSplitGroups) wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss<T, kBQ7>(&dpt[0][0], desc_va + ((kk * 2 * kKB7 * 16) >> 4),
                         desc_do + ((kk * 2 * kBQ7 * 16) >> 4), kk > 0);
     wgmma_commit();
-    wgmma_wait<0>();
+    wgmma_wait<kSplitGroups ? 1 : 0>();  // S^T landed (dP^T may still run)
     fence_operands<kBQ7 / 2>(&st[0][0]);
-    fence_operands<kBQ7 / 2>(&dpt[0][0]);
 
-    // P^T = exp(S^T * scale - lse) (0 where masked), dS^T = P^T * (dP^T - delta): as A fragments
-    // of dV / dK (rows = keys, k = queries), and dS^T to shared memory for dQ.
+    // P^T = exp(S^T * scale - lse), 0 where masked; split groups: in place while dP^T runs.
+    auto p_of = [&](float x, int nt, int e) {
+      const int key = k0 + krow + (e >> 1) * 8, qi = nt * 8 + 2 * t + (e & 1);
+      const bool ok = key < p.t_k && (!p.causal || key <= q0 + qi);
+      return ok ? exp2f(x * sl2 - lse[qi]) : 0.f;
+    };
+    if constexpr (kSplitGroups) {
+#pragma unroll
+      for (int nt = 0; nt < kBQ7 / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[nt][e] = p_of(st[nt][e], nt, e);
+      wgmma_wait<0>();  // dP^T landed
+    }
+    fence_operands<kBQ7 / 2>(&dpt[0][0]);
+    // P^T and dS^T = P^T * (dP^T - delta) as A fragments of dV / dK (rows = keys, k = queries),
+    // and dS^T to shared memory for dQ.
     uint32_t pf[kBQ7 / 16][4], sf[kBQ7 / 16][4];
 #pragma unroll
     for (int nt = 0; nt < kBQ7 / 8; ++nt)
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
-        const int key = k0 + krow + hi * 8, qi = nt * 8 + 2 * t;
+        const int qi = nt * 8 + 2 * t, i = (nt % 2) * 2 + hi;
         float pr[2], ds[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const bool ok = key < p.t_k && (!p.causal || key <= q0 + qi + j);
-          pr[j] = ok ? exp2f(st[nt][2 * hi + j] * sl2 - lse[qi + j]) : 0.f;
+          pr[j] = kSplitGroups ? st[nt][2 * hi + j] : p_of(st[nt][2 * hi + j], nt, 2 * hi + j);
           ds[j] = pr[j] * (dpt[nt][2 * hi + j] - delta[qi + j]);
         }
-        pf[nt / 2][(nt % 2) * 2 + hi] = pack2<T>(pr[0], pr[1]);
-        sf[nt / 2][(nt % 2) * 2 + hi] = pack2<T>(ds[0], ds[1]);
-        *reinterpret_cast<uint32_t*>(sdS + planar(krow + hi * 8, qi, kKB7)) =
-            sf[nt / 2][(nt % 2) * 2 + hi];
+        pf[nt / 2][i] = pack2<T>(pr[0], pr[1]);
+        sf[nt / 2][i] = pack2<T>(ds[0], ds[1]);
+        *reinterpret_cast<uint32_t*>(sdS + planar(krow + hi * 8, qi, kKB7)) = sf[nt / 2][i];
       }
 
     // dV += P^T dO, dK += dS^T Q (k-steps over the 64 queries; B = dO / Q, MN-major).
