@@ -220,6 +220,28 @@ def test_attention_op_glue_through_emulator(emu_dispatch, version):
         assert a.shape == r.shape and _rel(a, r) < 1.5e-2, f"{name}: {_rel(a, r):.2e}"
 
 
+@pytest.mark.parametrize("version", [5, 6, 7])
+@pytest.mark.parametrize("tq, tk, d", [(70, 200, 64), (200, 70, 64), (130, 40, 128)])
+def test_attention_cross_lengths_through_emulator(emu_dispatch, version, tq, tk, d):
+    """Non-causal attention with Tq != Tk (cross attention): more key tiles than query blocks
+    and the reverse, both head dims, forward and every gradient against float64."""
+    from fastlm.ops.attention import _attn_fwd
+
+    gen = torch.Generator().manual_seed(tq * 3 + tk)
+    q = torch.randn(1, 2, tq, d, generator=gen).bfloat16()
+    k, v = (torch.randn(1, 2, tk, d, generator=gen).bfloat16() for _ in range(2))
+    g = torch.randn(1, 2, tq, d, generator=gen, dtype=torch.float64)
+    qa, ka, va = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out, _ = _attn_fwd(qa, ka, va, False, d ** -0.5, version)
+    (out.double() * g).sum().backward()
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = attention_ref(qr, kr, vr, is_causal=False)
+    (ref * g).sum().backward()
+    for name, a, r in (("out", out, ref), ("dq", qa.grad, qr.grad), ("dk", ka.grad, kr.grad),
+                       ("dv", va.grad, vr.grad)):
+        assert a.shape == r.shape and _rel(a, r) < 1.5e-2, f"{name}: {_rel(a, r):.2e}"
+
+
 # ----------------------------------------------------------------------------- cross-entropy
 def _use_emulated_ce_kernel(monkeypatch, version):
     """linear_cross_entropy on CPU tensors with the CUDA chunk kernel (emulated) in place of the
