@@ -288,10 +288,11 @@ def test_no_grad_forward_and_torch_compile():
     t = torch.randint(0, 41, (20,), generator=gen)
     with torch.no_grad():
         a = linear_cross_entropy(x, w, t)
-    for compute_grad, weight_grad in ((False, False), (True, True), (True, False)):
+    for compute_grad, weight_grad, input_grad in ((False, False, False), (True, True, True),
+                                                  (True, False, True), (True, True, False)):
         torch.library.opcheck(torch.ops.fastlm.linear_cross_entropy.default,
                               (x, w.detach(), None, t, -100, "mean", 0.0, 0.0, 0.0,
-                               compute_grad, 0, weight_grad))
+                               compute_grad, 0, weight_grad, input_grad))
     compiled = torch.compile(lambda x, w, t: linear_cross_entropy(x, w, t), backend="aot_eager",
                              fullgraph=True)
     b = compiled(x, w, t)
@@ -320,7 +321,7 @@ def test_traced_setup_saves_the_gradients_whatever_is_compiling_says(monkeypatch
 
     def setup(make):
         x, w, t = make(5, 16), make(41, 16), torch.zeros(5, dtype=torch.long)
-        inputs = (x, w, None, t, -100, "mean", 0.0, 0.0, 0.0, True, 0, True)
+        inputs = (x, w, None, t, -100, "mean", 0.0, 0.0, 0.0, True, 0, True, True)
         ctx = Ctx()
         ce._setup_context(ctx, inputs, (make(()), make(5, 16), make(41, 16), make(0)))
         return ctx
@@ -357,6 +358,55 @@ def test_frozen_weight_gets_no_gradient(reduction, compiled, monkeypatch):
     (linear_cross_entropy_ref(xr, w.double(), t, reduction=reduction) * g.double()).sum().backward()
     assert w.grad is None
     assert torch.allclose(x.grad.double(), xr.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_input_without_grad_gets_no_input_gradient(reduction, compiled, monkeypatch):
+    """An input that needs no gradient (e.g. only the head is trained) costs no dlogits @ W
+    GEMM: the chunk loop makes no input gradient and (eager, watched at the dispatcher) no
+    matmul takes W (V x d) as its second operand; the weight's gradient still matches the
+    reference."""
+    import fastlm.ops.cross_entropy as ce
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    made = []
+    real_fused = ce._fused
+
+    def spy(*args, **kwargs):
+        out = real_fused(*args, **kwargs)
+        made.append(out[1])  # the input's gradient (None when not computed)
+        return out
+
+    monkeypatch.setattr(ce, "_fused", spy)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(23, 16, generator=gen)
+    w = torch.randn(41, 16, generator=gen, requires_grad=True)
+    t = torch.randint(0, 41, (23,), generator=gen)
+    t[5] = -100
+    fn = lambda x, w, t: linear_cross_entropy(x, w, t, reduction=reduction, chunk_size=8)  # noqa
+    if compiled:
+        fn = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    g = torch.randn(23, generator=gen) if reduction == "none" else torch.tensor(1.0)
+
+    class DxGemms(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.mm and tuple(args[1].shape) == (41, 16):
+                DxGemms.count += 1  # dlogits (rows x V) @ W (V x d): the input's gradient
+            return func(*args, **(kwargs or {}))
+
+    if compiled:  # a dispatch mode cannot wrap torch.compile
+        (fn(x, w, t) * g).sum().backward()
+    else:
+        with DxGemms():
+            (fn(x, w, t) * g).sum().backward()
+    assert made and all(gx is None for gx in made) and DxGemms.count == 0
+    wr = w.detach().double().requires_grad_()
+    (linear_cross_entropy_ref(x.double(), wr, t, reduction=reduction) * g.double()).sum().backward()
+    assert x.grad is None
+    assert torch.allclose(w.grad.double(), wr.grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -138,16 +138,17 @@ def _run_chunk_kernel(logits, target, loss, lse, grad_scale, grad_scale_scalar, 
 
 
 def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, write_grad,
-           grad_scale, grad_scale_scalar, chunk_size, weight_grad=True):
+           grad_scale, grad_scale_scalar, chunk_size, weight_grad=True, input_grad=True):
     """Chunk loop. Returns per-row fp32 loss and, if write_grad, (gx, gw, gb fp32); gw is None
-    without weight_grad (a frozen weight: no V x d accumulator, one matmul less). gw is fp32, or,
+    without weight_grad (a frozen weight: no V x d accumulator, one matmul less), gx is None
+    without input_grad (an input that needs no gradient: one matmul less). gw is fp32, or,
     when the rows fit one chunk, one GEMM's output in the weight's dtype (the GEMM accumulates in
     fp32 and rounds once, as the fp32 gradient's cast to that dtype would)."""
     n, d = x.shape
     v = w.shape[0]
     loss = torch.empty(n, dtype=torch.float32, device=x.device)
     lse = torch.empty(n, dtype=torch.float32, device=x.device)
-    gx = torch.empty_like(x) if write_grad else None
+    gx = torch.empty_like(x) if write_grad and input_grad else None
     gb = (torch.zeros(v, dtype=torch.float32, device=x.device)
           if (write_grad and b is not None) else None)
     rows = _chunk_rows(n, v, x.element_size(), x.is_cuda, chunk_size)
@@ -172,7 +173,8 @@ def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, writ
                                grad_scale_scalar, ignore_index, label_smoothing, z_loss,
                                softcap, write_grad)
         if write_grad:
-            torch.mm(dl, w, out=gx[r0:r1])
+            if input_grad:
+                torch.mm(dl, w, out=gx[r0:r1])
             if weight_grad and rows >= n:
                 gw = torch.mm(dl.t(), xc)
             elif weight_grad:
@@ -203,8 +205,8 @@ def _check_targets(target, v, ignore_index):
 @torch.library.custom_op("fastlm::linear_cross_entropy", mutates_args=())
 def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target: torch.Tensor,
             ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
-            softcap: float, compute_grad: bool, chunk_size: int, weight_grad: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            softcap: float, compute_grad: bool, chunk_size: int, weight_grad: bool,
+            input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss and (for mean/sum with compute_grad) the unscaled-by-grad_output gradients."""
     _check_targets(target, w.shape[0], ignore_index)
     write_grad = compute_grad and reduction != "none"
@@ -213,53 +215,58 @@ def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target:
         n_valid = int((target != ignore_index).sum())
         scale = 1.0 / n_valid if n_valid > 0 else 0.0
     loss_rows, gx, gw, gb = _fused(x, w, b, target, ignore_index, label_smoothing, z_loss,
-                                   softcap, write_grad, None, scale, chunk_size, weight_grad)
+                                   softcap, write_grad, None, scale, chunk_size, weight_grad,
+                                   input_grad)
     loss = _reduce(loss_rows, target, ignore_index, reduction, x.dtype)
     empty = x.new_empty(_EMPTY)
     if not write_grad:
         return loss, empty, empty.clone(), empty.clone()
-    return (loss, gx, empty.clone() if gw is None else gw.to(w.dtype),
+    return (loss, empty.clone() if gx is None else gx,
+            empty.clone() if gw is None else gw.to(w.dtype),
             empty.clone() if gb is None else gb.to(b.dtype))
 
 
 @_lce_op.register_fake
 def _(x, w, b, target, ignore_index, reduction, label_smoothing, z_loss, softcap, compute_grad,
-      chunk_size, weight_grad):
+      chunk_size, weight_grad, input_grad):
     loss = x.new_empty((x.shape[0],) if reduction == "none" else ())
     write_grad = compute_grad and reduction != "none"
     if not write_grad:
         return loss, x.new_empty(_EMPTY), x.new_empty(_EMPTY), x.new_empty(_EMPTY)
     gb = x.new_empty(_EMPTY) if b is None else torch.empty_like(b)
     gw = torch.empty_like(w) if weight_grad else x.new_empty(_EMPTY)
-    return loss, torch.empty_like(x), gw, gb
+    gx = torch.empty_like(x) if input_grad else x.new_empty(_EMPTY)
+    return loss, gx, gw, gb
 
 
 @torch.library.custom_op("fastlm::linear_cross_entropy_backward", mutates_args=())
 def _lce_backward_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                      target: torch.Tensor, grad_out: torch.Tensor, ignore_index: int,
                      label_smoothing: float, z_loss: float, softcap: float, chunk_size: int,
-                     weight_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     weight_grad: bool, input_grad: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for reduction='none': recomputes each chunk with per-row grad_output."""
     g = grad_out.reshape(-1).to(torch.float32).contiguous()
     _, gx, gw, gb = _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap,
-                           True, g, 0.0, chunk_size, weight_grad)
+                           True, g, 0.0, chunk_size, weight_grad, input_grad)
     empty = x.new_empty(_EMPTY)
-    return (gx, empty.clone() if gw is None else gw.to(w.dtype),
+    return (empty.clone() if gx is None else gx, empty.clone() if gw is None else gw.to(w.dtype),
             empty.clone() if gb is None else gb.to(b.dtype))
 
 
 @_lce_backward_op.register_fake
 def _(x, w, b, target, grad_out, ignore_index, label_smoothing, z_loss, softcap, chunk_size,
-      weight_grad):
+      weight_grad, input_grad):
     gb = x.new_empty(_EMPTY) if b is None else torch.empty_like(b)
     gw = torch.empty_like(w) if weight_grad else x.new_empty(_EMPTY)
-    return torch.empty_like(x), gw, gb
+    gx = torch.empty_like(x) if input_grad else x.new_empty(_EMPTY)
+    return gx, gw, gb
 
 
 def _setup_context(ctx, inputs, output):
-    x, w, b, target, ignore_index, reduction, eps, zl, softcap, compute_grad, chunk, wg = inputs
+    x, w, b, target, ignore_index, reduction, eps, zl, softcap, compute_grad, chunk, wg, ig = inputs
     ctx.reduction, ctx.has_bias, ctx.compute_grad = reduction, b is not None, compute_grad
-    ctx.weight_grad = wg
+    ctx.weight_grad, ctx.input_grad = wg, ig
     ctx.args = (ignore_index, eps, zl, softcap, chunk)
     ctx.mark_non_differentiable(*output[1:])
     # The gradient outputs get no incoming gradient: without this autograd would allocate zeros
@@ -286,7 +293,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, *unused):
     if grad_loss is None:  # possible without materialized grads: nothing flows back
         ctx.grads = None
-        return (None,) * 12
+        return (None,) * 13
     if not ctx.compute_grad:
         raise RuntimeError("linear_cross_entropy: gradients were not computed in the forward "
                            "pass (grad mode was off or no input required grad)")
@@ -307,9 +314,10 @@ def _backward(ctx, grad_loss, *unused):
             n = (target != ignore_index).sum() if ctx.reduction == "mean" else 1
             g = (grad_loss / n).expand(target.shape[0])
         gx, gw, gb = _lce_backward_op(x, w, b, target, g, ignore_index, eps, zl, softcap, chunk,
-                                      ctx.weight_grad)
-    return (gx, gw if ctx.weight_grad else None, gb if ctx.has_bias else None,
-            None, None, None, None, None, None, None, None, None)
+                                      ctx.weight_grad, ctx.input_grad)
+    return (gx if ctx.input_grad else None, gw if ctx.weight_grad else None,
+            gb if ctx.has_bias else None, None, None, None, None, None, None, None, None, None,
+            None)
 
 
 _lce_op.register_autograd(_backward, setup_context=_setup_context)
@@ -409,7 +417,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
                       None if linear_bias is None else linear_bias.contiguous(),
                       t1.contiguous(), int(ignore_index), reduction, float(label_smoothing),
                       float(z_loss), float(softcap), bool(compute_grad), int(chunk_size),
-                      bool(linear_weight.requires_grad))[0]
+                      bool(linear_weight.requires_grad), bool(input.requires_grad))[0]
     return out.reshape(target.shape) if reduction == "none" else out
 
 
