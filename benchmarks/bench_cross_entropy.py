@@ -26,7 +26,8 @@ except ImportError:
 from fastlm.ops import linear_cross_entropy  # noqa: E402
 
 CONTENDERS = ["eager", "torch_lce", "torch_lce_chunked", "fastlm"]
-CUDA_CONTENDERS = ["fastlm_ce1"]  # fastlm with the CE chunk kernel v1 (v2 is the default)
+# fastlm with the CE chunk kernel v1 / v3 (v2 is the default)
+CUDA_CONTENDERS = ["fastlm_ce1", "fastlm_ce3"]
 
 
 def make_fn(name):
@@ -91,7 +92,8 @@ def run_one(name, n, d, v, dtype, device, reps):
 
 def bench_chunk_kernel(n, v, dtype, reps):
     """The CUDA chunk kernel alone (each version) on an n x v logits buffer: ms and GB/s of
-    its traffic (forward + gradient: 2 reads + 1 write of the buffer)."""
+    v1/v2's traffic (forward + gradient: 2 reads + 1 write of the buffer; v3 reads it once, so
+    its figure is that traffic over its time, for comparison)."""
     from fastlm.ops import _dispatch
     from fastlm.ops.cross_entropy import _run_device_kernel
 
@@ -102,7 +104,7 @@ def bench_chunk_kernel(n, v, dtype, reps):
     lse = torch.empty(n, device="cuda")
     cu, stream = _dispatch.cuda_module(), _dispatch.stream_handle(z.device)
     out = {}
-    for version in (1, 2):
+    for version in (1, 2, 3):
         ms = []
         for i in range(reps + 1):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -185,7 +187,8 @@ def main():
                   f"{r['speedup']:7.2f}x {r['mem_ratio']:9.3f}")
     kernel_rows = []
     if a.device == "cuda":  # where the op's time goes: the chunk kernel alone, per version
-        print(f"\nCE chunk kernel alone (N x V logits, {a.dtype}; GB/s of 2 reads + 1 write)")
+        print(f"\nCE chunk kernel alone (N x V logits, {a.dtype}; GB/s of 2 reads + 1 write, "
+              "v3's included)")
         for n, d, v in sizes:
             try:
                 k = bench_chunk_kernel(n, v, a.dtype, reps)

@@ -601,9 +601,9 @@ def test_tiny_model_loss_parity_cpu():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("opt", range(len(OPTIONS)))
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_cuda_matches_reference(dtype, reduction, opt, version, monkeypatch):
-    """Both CE chunk kernel versions (csrc/kernels/cross_entropy.cu) inside the whole op."""
+    """Every CE chunk kernel version (csrc/kernels/cross_entropy.cu) inside the whole op."""
     monkeypatch.setattr(sys.modules["fastlm.ops.cross_entropy"], "KERNEL_VERSION", version)
     dt = getattr(torch, dtype)
     for n, d, v in [(1, 16, 41), (37, 64, 1009), (130, 1023, 4099)]:

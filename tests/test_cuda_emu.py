@@ -252,7 +252,7 @@ def _use_emulated_ce_kernel(monkeypatch, version):
         cross_entropy._run_device_kernel, emu, 0, version=version))
 
 
-@pytest.fixture(params=[1, 2], ids=["v1", "v2"])
+@pytest.fixture(params=[1, 2, 3], ids=["v1", "v2", "v3"])
 def emu_cross_entropy(monkeypatch, request):
     _use_emulated_ce_kernel(monkeypatch, request.param)
 
@@ -289,21 +289,18 @@ def test_cross_entropy_kernel_extremes(emu_cross_entropy):
     assert float(out.detach()) == 0.0 and float(xa.grad.abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cross_entropy_kernel_direct(version, dtype):
-    """The chunk kernel alone on rows with a stride (ld > V) and a start 2 bytes past a 16-byte
-    boundary, against the CPU kernel's float64-checked math: loss, lse and dlogits in place,
-    nothing written past V in a row or outside the buffer; a bad version is refused."""
-    dt = getattr(torch, dtype)
-    rows, v, ld = 9, 203, 211
-    gen = torch.Generator().manual_seed(version)
+def _ce_kernel_direct(version, dt, rows, v, ld, seed):
+    """Runs the chunk kernel alone on rows with a stride (ld > V) and a start 2 (bf16) or 4
+    (fp32) bytes past a 16-byte boundary; checks loss, lse and dlogits in place against float64,
+    and that nothing is written past V in a row or outside the buffer. Returns the rows."""
+    gen = torch.Generator().manual_seed(seed)
     buf = torch.full((rows * ld + 64,), 7.0, dtype=dt)
     z = buf[1:1 + rows * ld].view(rows, ld)  # element 1: 2 (bf16) or 4 (fp32) bytes past
     z[:, :v] = (torch.randn(rows, v, generator=gen) * 4).to(dt)
     z0 = z[:, :v].double().clone()
     target = torch.randint(0, v, (rows,), generator=gen)
-    target[3] = -100
+    target[min(3, rows - 1)] = -100
+    target[0] = v - 1
     gs = torch.rand(rows, generator=gen)
     loss, lse = torch.empty(rows), torch.empty(rows)
     emu.cross_entropy_chunk(z.data_ptr(), _dispatch.dtype_code(dt), rows, v, ld,
@@ -321,8 +318,29 @@ def test_cross_entropy_kernel_direct(version, dtype):
     assert float((z[:, :v].double() - grad_ref).abs().max()) < tol
     untouched = torch.cat([z[:, v:].reshape(-1), buf[:1], buf[-63:]])
     assert bool((untouched == 7.0).all()), "written outside the rows' first V columns"
-    with pytest.raises(ValueError, match="version must be 1 or 2"):
+    return z
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cross_entropy_kernel_direct(version, dtype):
+    """The chunk kernel alone (see _ce_kernel_direct); a bad version is refused."""
+    dt = getattr(torch, dtype)
+    rows, v, ld = 9, 203, 211
+    z = _ce_kernel_direct(version, dt, rows, v, ld, seed=version)
+    target, loss, lse = torch.zeros(rows, dtype=torch.int64), torch.empty(rows), torch.empty(rows)
+    with pytest.raises(ValueError, match="version must be 1, 2 or 3"):
         emu.cross_entropy_chunk(z.data_ptr(), _dispatch.dtype_code(dt), rows, v, ld,
                                 target.data_ptr(), loss.data_ptr(), lse.data_ptr(), 0, 1.0,
-                                -100, 0.0, 0.0, 0.0, True, 3, 0)
+                                -100, 0.0, 0.0, 0.0, True, 4, 0)
+
+
+@pytest.mark.parametrize("dtype, v", [
+    ("bfloat16", 16001), ("bfloat16", 30001), ("bfloat16", 50304), ("bfloat16", 70001),
+    ("float32", 8001), ("float32", 16001), ("float32", 30001), ("float32", 40001)])
+def test_cross_entropy_v3_register_tiers(dtype, v):
+    """v3 holds a row in 4, 8 or 16 16-byte vectors per thread (bf16 V up to 16384, 32768,
+    65536; fp32 half that) and hands wider rows to v2: every tier and the hand-over, on rows
+    with a stride and a misaligned start."""
+    _ce_kernel_direct(3, getattr(torch, dtype), 3, v, v + 9, seed=v)
 

@@ -1184,8 +1184,9 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
     fence_operands<kBQ7 / 2>(&st[0][0]);
 
     // P^T = exp(S^T * scale - lse), 0 where masked; split groups: in place while dP^T runs.
+    const int t2 = 2 * t;  // (a lambda may not capture the structured binding t before C++20)
     auto p_of = [&](float x, int nt, int e) {
-      const int key = k0 + krow + (e >> 1) * 8, qi = nt * 8 + 2 * t + (e & 1);
+      const int key = k0 + krow + (e >> 1) * 8, qi = nt * 8 + t2 + (e & 1);
       const bool ok = key < p.t_k && (!p.causal || key <= q0 + qi);
       return ok ? exp2f(x * sl2 - lse[qi]) : 0.f;
     };

@@ -20,8 +20,9 @@ from fastlm.ops import _dispatch
 _REDUCTIONS = ("none", "mean", "sum")
 # CUDA chunk kernel version (csrc/kernels/cross_entropy.cu header): 1 = scalar loads, 2 = 16-byte
 # vector loads (the default: 1.1-1.7x faster than v1 alone, op 1.49-1.86x eager in bf16 on an H200;
-# tools/gpu_check.sh times both). FASTLM_CE_VERSION picks one at run time.
-KERNEL_VERSION = _dispatch.kernel_version("FASTLM_CE_VERSION", 2, range(1, 3))
+# tools/gpu_check.sh times the versions side by side), 3 = the row held in registers (one read of
+# the logits instead of two; not yet run on a GPU). FASTLM_CE_VERSION picks one at run time.
+KERNEL_VERSION = _dispatch.kernel_version("FASTLM_CE_VERSION", 2, range(1, 4))
 
 
 def _chunk_rows(n: int, v: int, elem: int, on_cuda: bool, chunk_size: int) -> int:
