@@ -70,6 +70,11 @@ if [ "${GPU_CHECK_MODE:-full}" != bench ]; then
     rc=$?; note "attention v$ver tests (rc $rc): $(pytest_line tests_v$ver)"
     if [ $rc = 0 ]; then TIMED="${TIMED:+$TIMED,}$ver"; else NEW_FAILED=1; fi
   done
+  # The newest CE chunk kernel as the default of the CUDA cross-entropy tests (which also run
+  # every version by parameter).
+  run tests_ce_new 60 230 env FASTLM_CE_VERSION=${GPU_CHECK_NEW_CE_VERSION:-3} "${PYTEST[@]}" \
+    --timeout 60 --maxfail=10 -k cuda "$REPO/tests/test_cross_entropy.py"
+  note "CE v${GPU_CHECK_NEW_CE_VERSION:-3} (CUDA CE tests) (rc $?): $(pytest_line tests_ce_new)"
 else
   TIMED=${NEW_VERSIONS// /,}
 fi
@@ -82,7 +87,8 @@ if [ "${GPU_CHECK_MODE:-full}" = bench ]; then ATTN_RESERVE=45 CE_RESERVE=15; el
 run bench_attn 150 $ATTN_RESERVE python3 "$REPO/benchmarks/bench_attention.py" --versions "3${TIMED:+,$TIMED}" \
   --json "$OUT/bench.jsonl"
 note "attention bench (also timed: 3${TIMED:+,$TIMED}): rc $?"
-for dt in ${GPU_CHECK_CE_DTYPES:-bf16:bfloat16 fp32:float32}; do
+# bf16 only by default (fp32 is matmul-bound and was measured: GPU_CHECK_CE_DTYPES adds fp32:float32).
+for dt in ${GPU_CHECK_CE_DTYPES:-bf16:bfloat16}; do
   run bench_ce_${dt%%:*} 90 $CE_RESERVE python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \
     --dtype ${dt#*:} --sizes 4096x768x32768,4096x768x50304,8192x768x32768,8192x768x50304 \
     --json "$OUT/bench.jsonl"
@@ -90,7 +96,7 @@ for dt in ${GPU_CHECK_CE_DTYPES:-bf16:bfloat16 fp32:float32}; do
 done
 [ "${GPU_CHECK_MODE:-full}" = bench ] && exit 0
 
-# The cross-entropy tests (CE v2 and v1), the attention tests with v3 (GPU_CHECK_ATTN_VERSIONS=1,2,3,4
+# The cross-entropy tests (CE v1-v3), the attention tests with v3 (GPU_CHECK_ATTN_VERSIONS=1,2,3,4
 # for all the older versions) and the defaults, the tiny-model loss parity.
 run tests 120 100 env FASTLM_TEST_ATTN_VERSIONS=${GPU_CHECK_ATTN_VERSIONS:-3} "${PYTEST[@]}" \
   --timeout 120 --maxfail=10 "$REPO/tests/test_cross_entropy.py" "$REPO/tests/test_attention.py"
