@@ -148,3 +148,28 @@ def test_kernel_version_from_environment(monkeypatch):
         monkeypatch.setenv("FASTLM_ATTN_VERSION", bad)
         with pytest.raises(ValueError, match=r"FASTLM_ATTN_VERSION=.*one of 1, 2, 3, 4, 5, 6, 7$"):
             _dispatch.kernel_version("FASTLM_ATTN_VERSION", 3, range(1, 8))
+
+
+def test_wgmma_version_refused_where_it_cannot_run():
+    """Version 7 (wgmma) on a machine without an sm_90 GPU (or a build without sm_90a) is refused
+    with a clear error before anything is launched; version 8 does not exist. Runs against the
+    real fastlm._cuda wherever it is built (CI has nvcc but no GPU)."""
+    try:
+        from fastlm import _cuda
+    except ImportError:
+        pytest.skip("fastlm._cuda not built (no nvcc)")
+    if _cuda.wgmma_supported():
+        pytest.skip("this machine runs version 7")
+    sizes, strides = (1, 1, 1, 8, 8, 64), ((512, 512, 64),) * 4
+    fake = 256  # never dereferenced: the version is checked first
+    with pytest.raises(ValueError, match="version 7 uses wgmma: it needs an sm_90 GPU"):
+        _cuda.attention_forward(fake, fake, fake, fake, fake, sizes, strides, 0.125, False, 1, 7,
+                                0)
+    with pytest.raises(ValueError, match="version 7 uses wgmma"):
+        _cuda.attention_backward(fake, fake, fake, fake, fake, fake, fake, fake, fake, fake, fake,
+                                 sizes, strides, 0.125, False, 1, 7, 0)
+    with pytest.raises(ValueError, match="kernel version must be 1 to 7"):
+        _cuda.attention_forward(fake, fake, fake, fake, fake, sizes, strides, 0.125, False, 1, 8,
+                                0)
+    with pytest.raises(ValueError, match="needs an sm_90 GPU"):
+        _cuda.wgmma_probe(fake, fake, fake, 64, 0, 1, 0)
