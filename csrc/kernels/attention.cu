@@ -615,6 +615,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
       if (t == 0) LSE[row] = li > 0.f ? (m[i] + log2f(li)) / kLog2e : -INFINITY;
     }
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
 #endif
 }
 
@@ -1273,6 +1275,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
           pack2<T>(dv[dt][2 * hi], dv[dt][2 * hi + 1]);
     }
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
 #endif
 }
 

@@ -63,6 +63,8 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b
 #pragma unroll
   for (int i = 0; i < N / 2; ++i)
     d[(r0 + 8 * ((i / 2) % 2)) * N + 8 * (i / 4) + 2 * t + i % 2] = acc[i];
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
 #endif
 }
 
