@@ -4,9 +4,10 @@ references: every attention kernel version, the cross-entropy chunk kernel insid
 linear_cross_entropy op, and the Python glue (custom ops, strides, autograd). These run in CI,
 which has no GPU; tests/test_attention.py and test_cross_entropy.py run the real thing on a GPU.
 
-The emulator reshuffles thread order at every barrier, lands cp.async copies early or late,
-starts shared memory as NaN and checks barriers, collectives, alignment and shared-memory
-bounds; test_emulator_catches_broken_kernels shows that each of those bugs does fail here."""
+The emulator reshuffles thread order at every barrier, lands cp.async copies early or late and
+wgmma products at their wait, starts shared memory as NaN and checks barriers, collectives,
+wgmma fences, proxy fences, alignment and shared-memory bounds; test_emulator_catches_broken_kernels
+shows that each of those bugs does fail here."""
 import functools
 import math
 import platform
