@@ -333,6 +333,22 @@ def test_traced_setup_saves_the_gradients_whatever_is_compiling_says(monkeypatch
     assert traced.saved_grads and len(traced.saved) == 3
 
 
+def _half_frozen_case(seed, frozen, reduction, compiled):
+    """x (23 x 16), w (41 x 16) with only one of them requiring grad (`frozen` names the other),
+    targets with one ignored row, the op (chunked by 8, compiled if asked) and the incoming
+    gradient for `reduction`."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(23, 16, generator=gen, requires_grad=frozen != "input")
+    w = torch.randn(41, 16, generator=gen, requires_grad=frozen != "weight")
+    t = torch.randint(0, 41, (23,), generator=gen)
+    t[3] = -100
+    fn = lambda x, w, t: linear_cross_entropy(x, w, t, reduction=reduction, chunk_size=8)  # noqa
+    if compiled:
+        fn = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    g = torch.randn(23, generator=gen) if reduction == "none" else torch.tensor(1.0)
+    return x, w, t, fn, g
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_frozen_weight_gets_no_gradient(reduction, compiled, monkeypatch):
@@ -344,15 +360,7 @@ def test_frozen_weight_gets_no_gradient(reduction, compiled, monkeypatch):
         raise AssertionError("weight gradient computed for a frozen weight")
 
     monkeypatch.setattr(ce, "_accumulate_wgrad", no_wgrad)
-    gen = torch.Generator().manual_seed(9)
-    x = torch.randn(23, 16, generator=gen, requires_grad=True)
-    w = torch.randn(41, 16, generator=gen)
-    t = torch.randint(0, 41, (23,), generator=gen)
-    t[3] = -100
-    fn = lambda x, w, t: linear_cross_entropy(x, w, t, reduction=reduction, chunk_size=8)  # noqa
-    if compiled:
-        fn = torch.compile(fn, backend="aot_eager", fullgraph=True)
-    g = torch.randn(23, generator=gen) if reduction == "none" else torch.tensor(1.0)
+    x, w, t, fn, g = _half_frozen_case(9, "weight", reduction, compiled)
     (fn(x, w, t) * g).sum().backward()
     xr = x.detach().double().requires_grad_()
     (linear_cross_entropy_ref(xr, w.double(), t, reduction=reduction) * g.double()).sum().backward()
@@ -379,15 +387,7 @@ def test_input_without_grad_gets_no_input_gradient(reduction, compiled, monkeypa
         return out
 
     monkeypatch.setattr(ce, "_fused", spy)
-    gen = torch.Generator().manual_seed(10)
-    x = torch.randn(23, 16, generator=gen)
-    w = torch.randn(41, 16, generator=gen, requires_grad=True)
-    t = torch.randint(0, 41, (23,), generator=gen)
-    t[5] = -100
-    fn = lambda x, w, t: linear_cross_entropy(x, w, t, reduction=reduction, chunk_size=8)  # noqa
-    if compiled:
-        fn = torch.compile(fn, backend="aot_eager", fullgraph=True)
-    g = torch.randn(23, generator=gen) if reduction == "none" else torch.tensor(1.0)
+    x, w, t, fn, g = _half_frozen_case(10, "input", reduction, compiled)
 
     class DxGemms(TorchDispatchMode):
         count = 0
@@ -479,7 +479,9 @@ def test_automatic_chunk_rule_over_many_sizes():
             for elem, cuda in ((4, False), (2, False), (2, True), (4, True)):
                 rows = _chunk_rows(n, v, elem, cuda, 0)
                 case = (n, v, elem, cuda, rows)
-                assert 1 <= rows <= n, case  # before rows is divided by
+                # Checked before anything divides by rows; the upper bound is the rule's clamp
+                # (without it n = 65, v = 3 gives 128 rows).
+                assert 1 <= rows <= n, case
                 budget = (256 if cuda else 64) << 20
                 chunks = -(-n // rows)
                 assert rows == n or rows % 64 == 0, case
