@@ -44,7 +44,7 @@
 //       (attn_fwd_kernel_v7, attn_bwd_kernel_v7): 2 warpgroups per block, operands read by the
 //       tensor cores straight from shared memory (chunk-planar tiles, no fragment loads), P / dS^T
 //       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
-//       Registers (sm_90a): forward 214 (D=128) / 192 (D=64), backward 247 / 190, no spills.
+//       Registers (sm_90a): forward 214 (D=128) / 190 (D=64), backward 243 / 190, no spills.
 //       Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
 //       not yet run on a GPU.
 #include <cmath>
@@ -96,6 +96,52 @@ struct LaneLayout {
 __device__ __forceinline__ LaneLayout lane_layout() {
   const int lane = threadIdx.x % 32;
   return {static_cast<int>(threadIdx.x / 32), lane / 4, lane % 4, lane / 8, lane % 8};
+}
+
+// Epilogues. An accumulator tile acc[NT][4] in the mma.sync C layout (wgmma's per warp too)
+// holds, for this thread, rows g ("hi" 0) and g + 8 (hi 1) of a 16 x 8*NT tile: acc[j][e] is row
+// g + 8 * (e / 2), column 8j + 2t + e % 2.
+// Row hi of the tile times `scale`, as T, to out_row (that row's first column of the tile).
+template <typename T, int NT>
+__device__ __forceinline__ void store_row(T* out_row, int t, const float (*acc)[4], int hi,
+                                          float scale) {
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+    *reinterpret_cast<uint32_t*>(out_row + j * 8 + 2 * t) =
+        pack2<T>(acc[j][2 * hi] * scale, acc[j][2 * hi + 1] * scale);
+}
+
+// The tile added into fp32 out (row-major with LD columns, at the tile's first element) with
+// atomics; rows at or beyond `rows` are skipped.
+template <int NT, int LD>
+__device__ __forceinline__ void atomic_add_tile(float* out, int rows, int g, int t,
+                                                const float (*acc)[4]) {
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + (e >> 1) * 8;
+      if (row < rows) atomicAdd(out + row * LD + j * 8 + 2 * t + (e & 1), acc[j][e]);
+    }
+}
+
+// The forward's end for one 16-row tile: each row's l summed over its 4 threads, O = acc / l and
+// lse = (m + log2 l) / log2 e for the rows below t_q (thread rows row0 and row0 + 8).
+template <typename T, int D>
+__device__ __forceinline__ void finish_forward_rows(T* O, float* LSE, int row0, int t_q, int t,
+                                                    const float (*o)[4], const float* m,
+                                                    const float* l) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float li = l[i];
+    li += __shfl_xor_sync(0xffffffffu, li, 1);
+    li += __shfl_xor_sync(0xffffffffu, li, 2);
+    const int row = row0 + i * 8;
+    if (row < t_q) {
+      store_row<T, D / 8>(O + (int64_t)row * D, t, o, i, li > 0.f ? 1.f / li : 0.f);
+      if (t == 0) LSE[row] = li > 0.f ? (m[i] + log2f(li)) / kLog2e : -INFINITY;
+    }
+  }
 }
 
 template <typename T, int D, int VER>
@@ -259,20 +305,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   // Finalize: full row sums, O /= l, lse = ln(sum exp(s*scale)).
   T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
   float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-    int row = row0 + i * 8;
-    float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
-    if (row < p.t_q) {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt)
-        *reinterpret_cast<uint32_t*>(O + (int64_t)row * D + dt * 8 + 2 * t) =
-            pack2<T>(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
-      if (t == 0) LSE[row] = l[i] > 0.f ? (m[i] + log2f(l[i])) / kLog2e : -INFINITY;
-    }
-  }
+  finish_forward_rows<T, D>(O, LSE, row0, p.t_q, t, o, m, l);
 }
 
 // v5 forward: 128 query rows per block, 32 per warp (two 16-row m-tiles), FA2's split. Each K/V
@@ -438,21 +471,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float li = l[mt][i];
-      li += __shfl_xor_sync(0xffffffffu, li, 1);
-      li += __shfl_xor_sync(0xffffffffu, li, 2);
-      int row = wrow0 + mt * 16 + g + i * 8;
-      float inv = li > 0.f ? 1.f / li : 0.f;
-      if (row < p.t_q) {
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt)
-          *reinterpret_cast<uint32_t*>(O + (int64_t)row * D + dt * 8 + 2 * t) =
-              pack2<T>(o[mt][dt][2 * i] * inv, o[mt][dt][2 * i + 1] * inv);
-        if (t == 0) LSE[row] = li > 0.f ? (m[mt][i] + log2f(li)) / kLog2e : -INFINITY;
-      }
-    }
+    finish_forward_rows<T, D>(O, LSE, wrow0 + mt * 16 + g, p.t_q, t, o[mt], m[mt], l[mt]);
 }
 
 // v7 forward (sm_90a): wgmma. A block of 2 warpgroups (256 threads) owns 128 query rows, 64 per
@@ -600,21 +619,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
   }
   T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
   float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    float li = l[i];
-    li += __shfl_xor_sync(0xffffffffu, li, 1);
-    li += __shfl_xor_sync(0xffffffffu, li, 2);
-    int row = wrow0 + g + i * 8;
-    float inv = li > 0.f ? 1.f / li : 0.f;
-    if (row < p.t_q) {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt)
-        *reinterpret_cast<uint32_t*>(O + (int64_t)row * D + dt * 8 + 2 * t) =
-            pack2<T>(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
-      if (t == 0) LSE[row] = li > 0.f ? (m[i] + log2f(li)) / kLog2e : -INFINITY;
-    }
-  }
+  finish_forward_rows<T, D>(O, LSE, wrow0 + g, p.t_q, t, o, m, l);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
 #endif
@@ -853,14 +858,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
         mma16816<T>(dq[dt], a, bk);
       }
     }
-    float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
-#pragma unroll
-    for (int dt = 0; dt < kDw / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int row = qr + g + (e >> 1) * 8, col = dc + dt * 8 + 2 * t + (e & 1);
-        if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[dt][e]);
-      }
+    atomic_add_tile<kDw / 8, D>(p.dq_accum + (bh * p.t_q + q0 + qr) * D + dc, p.t_q - q0 - qr,
+                                g, t, dq);
   }
   // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
   const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
@@ -868,15 +867,10 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   T* dV = static_cast<T*>(p.dv) + base * D;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    int key = key0 + i * 8;
+    const int key = key0 + i * 8;
     if (key >= p.t_k) continue;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<uint32_t*>(dK + (int64_t)key * D + dt * 8 + 2 * t) =
-          pack2<T>(dk[dt][2 * i] * p.scale, dk[dt][2 * i + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dV + (int64_t)key * D + dt * 8 + 2 * t) =
-          pack2<T>(dv[dt][2 * i], dv[dt][2 * i + 1]);
-    }
+    store_row<T, D / 8>(dK + (int64_t)key * D, t, dk, i, p.scale);
+    store_row<T, D / 8>(dV + (int64_t)key * D, t, dv, i, 1.f);
   }
 }
 
@@ -1054,6 +1048,7 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
         }
       }
     }
+    // (Not atomic_add_tile: with it ptxas spills 24 bytes here instead of 12, sm_90 D=128.)
     float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -1075,14 +1070,8 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
     for (int hi = 0; hi < 2; ++hi) {
       const int key = k0 + kb + mt * 16 + g + hi * 8;
       if (key >= p.t_k) continue;
-#pragma unroll
-      for (int dt = 0; dt < kNd2; ++dt) {
-        const int col = db + dt * 8 + 2 * t;
-        *reinterpret_cast<uint32_t*>(dK + (int64_t)key * D + col) =
-            pack2<T>(dk[mt][dt][2 * hi] * p.scale, dk[mt][dt][2 * hi + 1] * p.scale);
-        *reinterpret_cast<uint32_t*>(dV + (int64_t)key * D + col) =
-            pack2<T>(dv[mt][dt][2 * hi], dv[mt][dt][2 * hi + 1]);
-      }
+      store_row<T, kNd2>(dK + (int64_t)key * D + db, t, dk[mt], hi, p.scale);
+      store_row<T, kNd2>(dV + (int64_t)key * D + db, t, dv[mt], hi, 1.f);
     }
 }
 
@@ -1249,14 +1238,9 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
     fence_operands<D / 2>(&dv[0][0]);
     fence_operands<D / 2>(&dk[0][0]);
     fence_operands<D / 4>(&dq[0][0]);
-    float* dqa = p.dq_accum + (bh * p.t_q + q0) * D + wg * (D / 2);
-#pragma unroll
-    for (int i = 0; i < D / 16; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = (warp % 4) * 16 + g + (e >> 1) * 8, col = i * 8 + 2 * t + (e & 1);
-        if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[i][e]);
-      }
+    const int q = q0 + (warp % 4) * 16;  // this warp's first query of the tile
+    atomic_add_tile<D / 16, D>(p.dq_accum + (bh * p.t_q + q) * D + wg * (D / 2), p.t_q - q, g,
+                               t, dq);
   }
   // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
   const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
@@ -1266,14 +1250,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
   for (int hi = 0; hi < 2; ++hi) {
     const int key = k0 + krow + hi * 8;
     if (key >= p.t_k) continue;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const int col = dt * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(dK + (int64_t)key * D + col) =
-          pack2<T>(dk[dt][2 * hi] * p.scale, dk[dt][2 * hi + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dV + (int64_t)key * D + col) =
-          pack2<T>(dv[dt][2 * hi], dv[dt][2 * hi + 1]);
-    }
+    store_row<T, D / 8>(dK + (int64_t)key * D, t, dk, hi, p.scale);
+    store_row<T, D / 8>(dV + (int64_t)key * D, t, dv, hi, 1.f);
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
