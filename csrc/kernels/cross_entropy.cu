@@ -63,6 +63,55 @@ __device__ __forceinline__ void online(float& m, float& s, float x) {
   }
 }
 
+// One 16-byte vector of a row into the thread's online (max m, sum exp s) and sum z (after the
+// soft-cap c).
+template <typename T>
+__device__ __forceinline__ void add_vector(const uint4& u, float c, float& m, float& s,
+                                           float& sz) {
+  float x[kVec<T>];
+  unpack<T>(u, x);
+  float mv = m;
+#pragma unroll
+  for (int e = 0; e < kVec<T>; ++e) {
+    x[e] = cap(x[e], c);
+    sz += x[e];
+    mv = fmaxf(mv, x[e]);
+  }
+  if (mv == -INFINITY) return;  // every value so far is -inf: nothing to add
+  float acc = 0.f;
+#pragma unroll
+  for (int e = 0; e < kVec<T>; ++e) acc += __expf(x[e] - mv);
+  s = (m == -INFINITY ? 0.f : s * __expf(m - mv)) + acc;
+  m = mv;
+}
+
+// g * dloss/dlogits of one vector whose first column is j0 (t: the target column; I: the index
+// type, 32-bit in v3).
+template <typename T, typename I>
+__device__ __forceinline__ uint4 grad_vector(const uint4& u, I j0, I t, float l, float g,
+                                             const CrossEntropyParams& p) {
+  float x[kVec<T>];
+  unpack<T>(u, x);
+#pragma unroll
+  for (int e = 0; e < kVec<T>; ++e) {
+    const float xe = cap(x[e], p.softcap);
+    float d = ce_row_grad(__expf(xe - l), xe, l, p);
+    if (j0 + e == t) d += ce_target_term(xe, p);
+    x[e] = g * d;
+  }
+  return pack<T>(x);
+}
+
+// The same for one logit at column j.
+template <typename T, typename I>
+__device__ __forceinline__ T grad_scalar(T raw, I j, I t, float l, float g,
+                                         const CrossEntropyParams& p) {
+  const float x = cap(to_float(raw), p.softcap);
+  float d = ce_row_grad(__expf(x - l), x, l, p);
+  if (j == t) d += ce_target_term(x, p);
+  return from_float<T>(g * d);
+}
+
 // Row layout for v2: columns [0, head) and [head + nvec * kVec, V) are done one by one (the row
 // start need not be 16-byte aligned), the nvec vectors in between with 16-byte accesses.
 struct RowSplit {
@@ -140,23 +189,7 @@ __global__ void __launch_bounds__(kThreads, 4)
   const RowSplit rs = split_row<T, VER>(z, V);
   uint4* zv = reinterpret_cast<uint4*>(z + rs.head);  // 16-byte aligned when rs.nvec > 0
   float m = -INFINITY, s = 0.f, sz = 0.f;
-  for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads) {
-    float x[kVec<T>];
-    unpack<T>(zv[i], x);
-    float mv = m;
-#pragma unroll
-    for (int e = 0; e < kVec<T>; ++e) {
-      x[e] = cap(x[e], c);
-      sz += x[e];
-      mv = fmaxf(mv, x[e]);
-    }
-    if (mv == -INFINITY) continue;  // every value so far is -inf: nothing to add
-    float acc = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVec<T>; ++e) acc += __expf(x[e] - mv);
-    s = (m == -INFINITY ? 0.f : s * __expf(m - mv)) + acc;
-    m = mv;
-  }
+  for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads) add_vector<T>(zv[i], c, m, s, sz);
   for (int64_t k = threadIdx.x; k < rs.scalars; k += kThreads) {
     float x = cap(to_float(z[rs.scalar_col(k)]), c);
     sz += x;
@@ -173,25 +206,11 @@ __global__ void __launch_bounds__(kThreads, 4)
       z[rs.scalar_col(k)] = from_float<T>(0.f);
     return;
   }
-  for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads) {
-    float x[kVec<T>];
-    unpack<T>(zv[i], x);
-    const int64_t j0 = rs.head + i * kVec<T>;
-#pragma unroll
-    for (int e = 0; e < kVec<T>; ++e) {
-      float xe = cap(x[e], c);
-      float d = ce_row_grad(__expf(xe - l), xe, l, p);
-      if (j0 + e == t) d += ce_target_term(xe, p);
-      x[e] = g * d;
-    }
-    zv[i] = pack<T>(x);
-  }
+  for (int64_t i = threadIdx.x; i < rs.nvec; i += kThreads)
+    zv[i] = grad_vector<T>(zv[i], rs.head + i * kVec<T>, t, l, g, p);
   for (int64_t k = threadIdx.x; k < rs.scalars; k += kThreads) {
     const int64_t j = rs.scalar_col(k);
-    float x = cap(to_float(z[j]), c);
-    float d = ce_row_grad(__expf(x - l), x, l, p);
-    if (j == t) d += ce_target_term(x, p);
-    z[j] = from_float<T>(g * d);
+    z[j] = grad_scalar<T>(z[j], j, t, l, g, p);
   }
 }
 
@@ -209,7 +228,6 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
   // 32-bit column arithmetic (the host takes v3 only for V < 2^20): registers are the budget.
   const int64_t r = blockIdx.x;
   T* z = logits + r * p.ld;
-  const int V = static_cast<int>(p.vocab);
   const float c = p.softcap;
   const RowSplit rs64 = split_row<T, 2>(z, p.vocab);
   const int head = static_cast<int>(rs64.head), nvec = static_cast<int>(rs64.nvec);
@@ -222,24 +240,8 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
     if (tid + k * kThreads3 < nvec) u[k] = zv[tid + k * kThreads3];
   float m = -INFINITY, s = 0.f, sz = 0.f;
 #pragma unroll
-  for (int k = 0; k < NV; ++k) {
-    if (tid + k * kThreads3 >= nvec) continue;
-    float x[kVec<T>];
-    unpack<T>(u[k], x);
-    float mv = m;
-#pragma unroll
-    for (int e = 0; e < kVec<T>; ++e) {
-      x[e] = cap(x[e], c);
-      sz += x[e];
-      mv = fmaxf(mv, x[e]);
-    }
-    if (mv == -INFINITY) continue;  // every value so far is -inf: nothing to add
-    float acc = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVec<T>; ++e) acc += __expf(x[e] - mv);
-    s = (m == -INFINITY ? 0.f : s * __expf(m - mv)) + acc;
-    m = mv;
-  }
+  for (int k = 0; k < NV; ++k)
+    if (tid + k * kThreads3 < nvec) add_vector<T>(u[k], c, m, s, sz);
   for (int k = tid; k < scalars; k += kThreads3) {
     float x = cap(to_float(z[k < head ? k : tail0 + (k - head)]), c);
     sz += x;
@@ -260,17 +262,7 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
       zv[i] = make_uint4(0, 0, 0, 0);
       continue;
     }
-    float x[kVec<T>];
-    unpack<T>(u[k], x);
-    const int j0 = head + i * kVec<T>;
-#pragma unroll
-    for (int e = 0; e < kVec<T>; ++e) {
-      float xe = cap(x[e], c);
-      float d = ce_row_grad(__expf(xe - l), xe, l, p);
-      if (j0 + e == t) d += ce_target_term(xe, p);
-      x[e] = g * d;
-    }
-    zv[i] = pack<T>(x);
+    zv[i] = grad_vector<T>(u[k], head + i * kVec<T>, t, l, g, p);
   }
   for (int k = tid; k < scalars; k += kThreads3) {
     const int j = k < head ? k : tail0 + (k - head);
@@ -278,12 +270,8 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
       z[j] = from_float<T>(0.f);
       continue;
     }
-    float x = cap(to_float(z[j]), c);
-    float d = ce_row_grad(__expf(x - l), x, l, p);
-    if (j == t) d += ce_target_term(x, p);
-    z[j] = from_float<T>(g * d);
+    z[j] = grad_scalar<T>(z[j], j, t, l, g, p);
   }
-  (void)V;
 }
 
 template <typename T>
