@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built 
 
 SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
              "ldmatrix_misaligned", "misaligned_vector", "wgmma_fence", "wgmma_wait", "wgmma_reuse",
-             "wgmma_proxy"]
+             "wgmma_proxy", "wgmma_regs"]
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +51,9 @@ def test_emulator_catches_broken_kernels(name, seed):
     """Each deliberately broken kernel (missing barrier, read before the cp.async wait, buffer
     reuse without a barrier, divergent barrier or shuffle, shared-memory overflow, misaligned
     ldmatrix or 16-byte vector load; a wgmma without its fence, read before its wait, with its
-    shared operand overwritten in flight, or reading cp.async data without fence.proxy.async)
-    fails (wrong result or an error); its correct twin passes."""
+    shared operand overwritten in flight, reading cp.async data without fence.proxy.async, or
+    with its A registers changed in flight) fails (wrong result or an error); its correct twin
+    passes."""
     emu.set_seed(seed)
     assert emu.selftest(name) != "ok"
     assert emu.selftest(name + "_good") == "ok"
@@ -69,6 +70,7 @@ def test_emulator_errors_name_the_place():
     assert "without a wgmma.fence" in emu.selftest("wgmma_fence")
     assert emu.selftest("wgmma_wait") == "wrong"  # the accumulator reads NaN before the wait
     assert "no fence.proxy.async" in emu.selftest("wgmma_proxy")
+    assert "A registers changed while the product was in flight" in emu.selftest("wgmma_regs")
     with pytest.raises(ValueError, match="lazy, eager or mixed"):
         emu.set_copy_timing("sometimes")
 
@@ -161,7 +163,7 @@ EMU_SHAPES = [(1, 1, 1, 1, 64), (1, 2, 1, 70, 64), (2, 4, 2, 63, 64), (1, 2, 1, 
               (1, 1, 1, 1, 128), (1, 2, 2, 40, 128), (1, 2, 1, 200, 128)]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", EMU_SHAPES)
 def test_attention_kernels_match_reference(shape, causal, version):
@@ -181,7 +183,7 @@ def test_attention_kernels_match_reference(shape, causal, version):
 
 @pytest.mark.parametrize("timing", ["lazy", "eager"])
 @pytest.mark.parametrize("seed", [0, 3])
-@pytest.mark.parametrize("version", [3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8])
 def test_attention_kernels_under_each_copy_timing(version, seed, timing):
     """Every cp.async copy landing as late, or as early, as the hardware allows, in thread
     index order (seed 0) or shuffled: the cp.async kernels still give the same answer."""
@@ -199,7 +201,7 @@ def emu_dispatch(monkeypatch):
     monkeypatch.setattr(_dispatch, "stream_handle", lambda device: 0)
 
 
-@pytest.mark.parametrize("version", [3, 6, 7])
+@pytest.mark.parametrize("version", [3, 6, 7, 8])
 def test_attention_op_glue_through_emulator(emu_dispatch, version):
     """The custom op and its autograd (strided inputs made kernel-ready, GQA, lse, backward)
     with the kernels emulated, against the float64 reference."""
@@ -221,7 +223,7 @@ def test_attention_op_glue_through_emulator(emu_dispatch, version):
         assert a.shape == r.shape and _rel(a, r) < 1.5e-2, f"{name}: {_rel(a, r):.2e}"
 
 
-@pytest.mark.parametrize("version", [5, 6, 7])
+@pytest.mark.parametrize("version", [5, 6, 7, 8])
 @pytest.mark.parametrize("tq, tk, d", [(70, 200, 64), (200, 70, 64), (130, 40, 128)])
 def test_attention_cross_lengths_through_emulator(emu_dispatch, version, tq, tk, d):
     """Non-causal attention with Tq != Tk (cross attention): more key tiles than query blocks

@@ -58,10 +58,10 @@ PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
 # that would fail every later test), as the default of every attention test. Only versions that
 # pass are timed.
 TIMED=""
-NEW_VERSIONS=${GPU_CHECK_NEW_VERSIONS:-7}
+NEW_VERSIONS=${GPU_CHECK_NEW_VERSIONS:-7 8}
 if [ "${GPU_CHECK_MODE:-full}" != bench ]; then
-  # wgmma alone first (tests/test_wgmma.py, seconds): a v7 failure with these passing is the
-  # kernel's, with these failing the descriptor layouts' (csrc/kernels/wgmma.cuh).
+  # wgmma alone first (tests/test_wgmma.py, seconds): a v7 / v8 failure with these passing is
+  # the kernel's, with these failing the descriptor layouts' (csrc/kernels/wgmma.cuh).
   run tests_wgmma 60 300 "${PYTEST[@]}" --timeout 30 "$REPO/tests/test_wgmma.py"
   note "wgmma probe tests (rc $?): $(pytest_line tests_wgmma)"
   for ver in $NEW_VERSIONS; do
@@ -80,13 +80,13 @@ else
 fi
 
 # Benchmarks at the issue's sizes (each configuration checked against the reference first).
-# The fastlm column is the default (v5 at D=64, v6 at D=128); v3 (the old default) and every new
-# version that passed are timed beside it.
+# The fastlm column is the default (v5 at D=64, v6 at D=128); every new version that passed is
+# timed beside it (v3, the old default, when none did).
 # (bench mode keeps time only for the CE benchmarks; the full check for the tests after them)
 if [ "${GPU_CHECK_MODE:-full}" = bench ]; then ATTN_RESERVE=45 CE_RESERVE=15; else ATTN_RESERVE=150 CE_RESERVE=120; fi
-run bench_attn 150 $ATTN_RESERVE python3 "$REPO/benchmarks/bench_attention.py" --versions "3${TIMED:+,$TIMED}" \
+run bench_attn 150 $ATTN_RESERVE python3 "$REPO/benchmarks/bench_attention.py" --versions "${TIMED:-3}" \
   --json "$OUT/bench.jsonl"
-note "attention bench (also timed: 3${TIMED:+,$TIMED}): rc $?"
+note "attention bench (also timed: ${TIMED:-3}): rc $?"
 # bf16 only by default (fp32 is matmul-bound and was measured: GPU_CHECK_CE_DTYPES adds fp32:float32).
 for dt in ${GPU_CHECK_CE_DTYPES:-bf16:bfloat16}; do
   run bench_ce_${dt%%:*} 90 $CE_RESERVE python3 "$REPO/benchmarks/bench_cross_entropy.py" --device cuda \

@@ -38,6 +38,8 @@ struct Mma {
   bool reg_a, scale_d, trans_a, trans_b, bf16;
   float a_rows[2][16];
   uint64_t desc_a, desc_b;
+  const uint32_t* a_regs;  // this thread's A registers, which must hold a_held until the product
+  uint32_t a_held[4];      // lands (the hardware reads them while it runs)
 };
 
 struct Fiber {
@@ -517,6 +519,9 @@ float desc_element(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
 // Lands one product on this thread's accumulator values acc (n / 2 of them).
 void land(const Mma& m, std::vector<float>& acc) {
   const Fiber* f = st().cur;
+  if (m.reg_a && std::memcmp(m.a_regs, m.a_held, sizeof(m.a_held)) != 0)
+    fail("wgmma A registers changed while the product was in flight (before the wait_group "
+         "covering it)");
   const int w = f->warp % 4, g = f->lane / 4, t = f->lane % 4;
   for (int i = 0; i < m.n / 2; ++i) {
     const int rr = (i / 2) % 2, row = 16 * w + g + 8 * rr, col = 8 * (i / 4) + 2 * t + i % 2;
@@ -589,7 +594,8 @@ void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b,
         in[i].flags != slot.flags)
       fail("wgmma operands (descriptors, shape or flags) differ across the warpgroup");
   if (a && trans_a) fail("wgmma: trans-a with A in registers");
-  Mma m{d, n, a != nullptr, scale_d, trans_a, trans_b, bf16, {}, desc_a, desc_b};
+  Mma m{d, n, a != nullptr, scale_d, trans_a, trans_b, bf16, {}, desc_a, desc_b, a, {}};
+  if (a) std::memcpy(m.a_held, a, sizeof(m.a_held));
   if (a) {  // this thread's rows of A (m16n8k16 A layout per warp, cuda_common.cuh)
     const int w = f->warp % 4, g = f->lane / 4;
     for (int rr = 0; rr < 2; ++rr)

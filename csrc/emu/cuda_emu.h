@@ -26,8 +26,9 @@
 //     operands then, and its accumulators read NaN until then; an issue without a wgmma.fence
 //     since the last wait, operands that differ across the warpgroup, a descriptor outside
 //     shared memory or with a swizzle, a read of shared memory that a cp.async wrote without a
-//     fence.proxy.async by the copying thread since, and a thread ending with products in flight
-//     are errors (the proxy fence is modelled for cp.async writes only, not for plain stores).
+//     fence.proxy.async by the copying thread since, A registers changed while their product
+//     is in flight, and a thread ending with products in flight are errors (the proxy fence is
+//     modelled for cp.async writes only, not for plain stores).
 // Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the

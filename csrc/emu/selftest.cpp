@@ -123,6 +123,33 @@ __global__ void wgmma_kernel(const __nv_bfloat16* img, float* out, int bug) {
   out[threadIdx.x] = sum;
 }
 
+// wgmma_kernel's product with A from registers (wgmma_rs_tb; `img` holds B as 16 x 64,
+// MN-major); `bug` changes an A register while the product is in flight.
+__global__ void wgmma_regs_kernel(const __nv_bfloat16* img, float* out, bool bug) {
+  FASTLM_DYNAMIC_SMEM(raw);
+  auto* s = reinterpret_cast<__nv_bfloat16*>(raw);
+  for (int i = threadIdx.x; i < 64 * 16 / 8; i += kN) cp_async16(s + 8 * i, img + 8 * i, true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  cuda::fence_proxy_async();
+  __syncthreads();
+  const int w = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  uint32_t a[4];  // the m16n8k16 A fragment of rows 16w..16w+15
+  for (int i = 0; i < 4; ++i) {
+    const int r = 16 * w + g + 8 * (i % 2), k = 2 * t + 8 * (i / 2);
+    a[i] = cuda::pack2<__nv_bfloat16>(wgmma_a(r, k), wgmma_a(r, k + 1));
+  }
+  float acc[32];
+  cuda::wgmma_fence();
+  cuda::wgmma_rs_tb<__nv_bfloat16, 64>(acc, a, cuda::wgmma_desc(s, 128, 16 * 16), 0);
+  cuda::wgmma_commit();
+  if (bug) a[0] ^= 1u;
+  cuda::wgmma_wait<0>();
+  float sum = 0.f;
+  for (int i = 0; i < 32; ++i) sum += acc[i] * (i + 1);
+  out[threadIdx.x] = sum;
+}
+
 // Runs `launch`, returns "ok" when it succeeds with the expected output, "wrong" when it
 // succeeds with another output, else the launch error.
 template <class F>
@@ -188,13 +215,18 @@ std::string selftest(const std::string& name) {
                         : base == "wgmma_wait"  ? 2
                         : base == "wgmma_reuse" ? 3
                         : base == "wgmma_proxy" ? 4
+                        : base == "wgmma_regs"  ? 5
                                                 : -1;
   if (wgmma_bug > 0) {
     std::vector<__nv_bfloat16> img(2 * 64 * 16);
     for (int i = 0; i < 64 * 16; ++i) {
-      img[cuda::planar(i / 16, i % 16, 64)] = __float2bfloat16(wgmma_a(i / 16, i % 16));
-      img[64 * 16 + cuda::planar(i / 16, i % 16, 64)] =
-          __float2bfloat16(wgmma_b(i % 16, i / 16));
+      const int r = i / 16, k = i % 16;
+      if (wgmma_bug == 5) {  // B alone, MN-major (16 x 64)
+        img[cuda::planar(k, r, 16)] = __float2bfloat16(wgmma_b(k, r));
+        continue;
+      }
+      img[cuda::planar(r, k, 64)] = __float2bfloat16(wgmma_a(r, k));
+      img[64 * 16 + cuda::planar(r, k, 64)] = __float2bfloat16(wgmma_b(k, r));
     }
     for (int i = 0; i < kN; ++i) {
       const int w = i / 32, g = i % 32 / 4, t = i % 4;
@@ -206,6 +238,10 @@ std::string selftest(const std::string& name) {
         want[i] += d * (e + 1);
       }
     }
+    if (wgmma_bug == 5)
+      return check([&] { FASTLM_LAUNCH(wgmma_regs_kernel, 1, kN, 64 * 16 * 2, nullptr)(
+                             img.data(), out.data(), !good); },
+                   want, out);
     return check([&] { FASTLM_LAUNCH(wgmma_kernel, 1, kN, 2 * 64 * 16 * 2, nullptr)(
                            img.data(), out.data(), good ? 0 : wgmma_bug); },
                  want, out);

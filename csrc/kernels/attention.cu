@@ -2,8 +2,8 @@
 // backward recomputing the score tiles. bf16/fp16, head dim 64/128, causal or not, GQA.
 //
 // Tensor cores through mma.sync.m16n8k16 (inline PTX, sm_80+; runs on sm_90 too) in v1-v6, and
-// through wgmma (sm_90a) in v7. Forward (v1-v4): a block owns 64 query rows (4 warps x 16 rows),
-// loops over 64-key tiles of K and V staged in shared memory; S and O stay in registers
+// through wgmma (sm_90a) in v7 and v8. Forward (v1-v4): a block owns 64 query rows (4 warps x 16
+// rows), loops over 64-key tiles of K and V staged in shared memory; S and O stay in registers
 // (fragment layout in cuda_common.cuh), so the per-row rescaling is plain register math.
 // Backward (v1-v4): a block owns 64 keys of one KV head (4 warps x 16 keys) and loops over the
 // query heads of its group and over query tiles; dK and dV accumulate in registers, dQ
@@ -44,10 +44,14 @@
 //       (attn_fwd_kernel_v7, attn_bwd_kernel_v7): 2 warpgroups per block, operands read by the
 //       tensor cores straight from shared memory (chunk-planar tiles, no fragment loads), P / dS^T
 //       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
-//       Registers (sm_90a): forward 214 (D=128) / 190 (D=64), backward 243 / 190, no spills.
+//       Registers (sm_90a): forward 218 (D=128) / 182 (D=64), backward 243 / 190, no spills.
 //       Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
 //       not yet run on a GPU.
+//   v8: v7's backward; forward with FlashAttention-3's intra-warpgroup pipelining
+//       (attn_fwd_kernel_v8): tile j's softmax runs while tile j-1's P V product is on the
+//       tensor cores. Written without a GPU (emulator-validated); not yet run on a GPU.
 #include <cmath>
+#include <string>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/kernels_cuda.h"
@@ -483,9 +487,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
 // trans-b). Shared tiles are chunk-planar (wgmma.cuh). Registers per thread: O D/2 + S BC/2 +
 // P BC/4 floats (v5: O alone held D); BC = 128 (forward_impl says why). Each product is waited
 // for before its result is used and both warpgroups meet at one barrier per tile, with one block
-// per SM (registers): the tensor cores idle during the softmax. FlashAttention-3's remedies
-// (S of the next tile issued before this tile's softmax; the two warpgroups alternating) are
-// not done. Needs sm_90a: the kernel is empty elsewhere and the host refuses version 7 there.
+// per SM (registers): the tensor cores idle during the softmax. FlashAttention-3's remedies:
+// S of the next tile issued before this tile's softmax (v8); the two warpgroups alternating (not
+// done). Needs sm_90a: the kernel is empty elsewhere and the host refuses version 7 there.
 constexpr int kBr7 = 128, kThreads7 = 256;
 
 // Copies a R x D tile into chunk-planar shared memory (wgmma.cuh); rows at or beyond `valid` are
@@ -502,6 +506,70 @@ __device__ __forceinline__ void load_tile_planar(T* s, const T* g, int64_t ld_g,
     cp_async16(s + planar(r, c, R), ok ? g + r * ld_g + c : g, ok);
   }
   cp_async_commit();
+}
+
+// v7/v8's online softmax of one S tile of BC keys from k0 (accumulators s, this warp's rows
+// wrow0 + g and + 8; v5's math): scaled to log2 units and masked (keys past t_k, causal), new row
+// maxima m, alpha = exp2(old m - new m) for the caller's O rescale, l rescaled and summed, and P
+// = exp2(s - m) packed as wgmma A fragments pf (m16n8k16 A layout, k-step kk = keys 16kk..+15).
+template <typename T, int BC>
+__device__ __forceinline__ void softmax_tile(float (*s)[4], uint32_t (*pf)[4], float* m, float* l,
+                                             float* alpha, int k0, int wrow0, int g, int t,
+                                             float sl2, const AttentionParams& p) {
+  const bool need_mask = k0 + BC > p.t_k || (p.causal && k0 + BC - 1 > wrow0);
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[nt][e] * sl2;
+      if (need_mask) {
+        int key = k0 + nt * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
+        if (key >= p.t_k || (p.causal && key > row)) x = -INFINITY;
+      }
+      s[nt][e] = x;
+      mx[e >> 1] = fmaxf(mx[e >> 1], x);
+    }
+  float mu[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    alpha[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[i] - mx[i]);
+    m[i] = mx[i];
+    mu[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+    l[i] *= alpha[i];
+  }
+#pragma unroll
+  for (int nt = 0; nt < BC / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
+      l[e >> 1] += s[nt][e];
+    }
+    pf[nt / 2][(nt % 2) * 2] = pack2<T>(s[nt][0], s[nt][1]);
+    pf[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(s[nt][2], s[nt][3]);
+  }
+}
+
+// v7/v8's products for one warpgroup (64 query rows), issued, not committed:
+// S (64 x BC) = Q K^T, k-step kk reading columns 16kk..16kk+15 (two 8-column chunks) of the
+// kBr7-row Q tile (desc_q at this warpgroup's rows) and of the BC-row K tile (both K-major) ...
+template <typename T, int D, int BC>
+__device__ __forceinline__ void issue_qk(float (*s)[4], uint64_t desc_q, uint64_t desc_k) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmma_ss<T, BC>(&s[0][0], desc_q + ((kk * 2 * kBr7 * 16) >> 4),
+                    desc_k + ((kk * 2 * BC * 16) >> 4), kk > 0);
+}
+// ... and O (64 x D) += P V, P from registers (pf[kk]: keys 16kk..16kk+15), V from shared memory
+// (desc_v, MN-major: next 8 keys at 128 bytes, next 8 columns at BC * 16).
+template <typename T, int D, int BC>
+__device__ __forceinline__ void issue_pv(float (*o)[4], const uint32_t (*pf)[4],
+                                         uint64_t desc_v) {
+#pragma unroll
+  for (int kk = 0; kk < BC / 16; ++kk)
+    wgmma_rs_tb<T, D>(&o[0][0], pf[kk], desc_v + ((kk * 16 * 16) >> 4), 1);
 }
 
 template <typename T, int D, int BC>
@@ -551,72 +619,144 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
     }
     if (p.causal && k0 > wg_last) continue;  // keys all after this warpgroup's rows
 
-    // S = Q K^T: k-step kk reads Q columns and K columns 16kk..16kk+15 (two 8-column chunks).
-    const uint64_t desc_k = wgmma_desc(sK, BC * 16, 128);
+    // S = Q K^T.
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<T, BC>(&s[0][0], desc_q + ((kk * 2 * kBr7 * 16) >> 4),
-                      desc_k + ((kk * 2 * BC * 16) >> 4), kk > 0);
+    issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands<BC / 2>(&s[0][0]);
 
     // Online softmax (v5's, one 16-row m-tile per warp).
-    const bool need_mask = k0 + BC > p.t_k || (p.causal && k0 + BC - 1 > wrow0);
-    float mx[2] = {m[0], m[1]};
-#pragma unroll
-    for (int nt = 0; nt < BC / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * sl2;
-        if (need_mask) {
-          int key = k0 + nt * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
-          if (key >= p.t_k || (p.causal && key > row)) x = -INFINITY;
-        }
-        s[nt][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
-      }
-    float alpha[2], mu[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      alpha[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[i] - mx[i]);
-      m[i] = mx[i];
-      mu[i] = mx[i] == -INFINITY ? 0.f : mx[i];
-      l[i] *= alpha[i];
-    }
+    float alpha[2];
     uint32_t pf[BC / 16][4];  // P as wgmma A fragments (m16n8k16 A layout), k-step kk = 16 keys
-#pragma unroll
-    for (int nt = 0; nt < BC / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
-        l[e >> 1] += s[nt][e];
-      }
-      pf[nt / 2][(nt % 2) * 2] = pack2<T>(s[nt][0], s[nt][1]);
-      pf[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(s[nt][2], s[nt][3]);
-    }
+    softmax_tile<T, BC>(s, pf, m, l, alpha, k0, wrow0, g, t, sl2, p);
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
       o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
     }
 
-    // O += P V: k-step kk reads keys 16kk..16kk+15 of V (MN-major: next 8 keys at 128 bytes,
-    // next 8 columns at BC * 16).
-    const uint64_t desc_v = wgmma_desc(sV, 128, BC * 16);
+    // O += P V.
     fence_operands<D / 2>(&o[0][0]);
     fence_operands<BC / 4>(&pf[0][0]);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk)
-      wgmma_rs_tb<T, D>(&o[0][0], pf[kk], desc_v + ((kk * 16 * 16) >> 4), 1);
+    issue_pv<T, D, BC>(o, pf, wgmma_desc(sV, 128, BC * 16));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands<D / 2>(&o[0][0]);
   }
+  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
+  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
+  finish_forward_rows<T, D>(O, LSE, wrow0 + g, p.t_q, t, o, m, l);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
+#endif
+}
+
+// v8 forward (sm_90a): v7 with FlashAttention-3's intra-warpgroup pipelining (FA3 paper,
+// Algorithm 2): at tile j a warpgroup issues S_j = Q K_j^T and then O += P_{j-1} V_{j-1}, waits
+// for S_j alone and runs tile j's softmax while the P V product is still on the tensor cores;
+// O is rescaled by tile j's alpha once that product lands (O then holds the rows' sums up to
+// tile j-1 in tile j's maxima), and the last tile's P V is added after the loop. Loads lag to
+// match: the copies issued at step j (after the step's barrier) are K_{j+1} and V_j, each into
+// the buffer (of two per operand) whose last reader was waited for before that barrier, so one
+// barrier per tile still covers them and every copy has a whole tile's math to land in. With
+// BC = kBr7 both warpgroups of a causal block need every tile of the block (the last one holds
+// the diagonal of both). Tile 0 and the last P V are peeled out of the loop: ptxas serializes
+// every wgmma of a kernel that issues one on a branch it cannot prove warp-uniform (C7520).
+// Same shared memory as v7; registers: the P of two tiles.
+template <typename T, int D, int BC>
+__global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionParams p) {
+  static_assert(BC == kBr7, "v8: every tile of a block is needed by both warpgroups");
+#if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  FASTLM_DYNAMIC_SMEM(smem_raw);
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // kBr7 x D, then K buffers 0/1, V buffers 0/1 (BC x D)
+  T* sK = sQ + kBr7 * D;
+  T* sV = sK + 2 * BC * D;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr7;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const auto [warp, g, t, lm, lr] = lane_layout();
+  (void)lm, (void)lr;
+  const int wg = warp / 4;
+  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
+  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
+  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
+  const int k_end = p.causal ? min(p.t_k, q0 + kBr7) : p.t_k;
+  const int n_tiles = (k_end + BC - 1) / BC;
+  // Step j: this thread's copies of tile j (and Q / K_0) landed and visible to wgmma, every
+  // thread's (the barrier), every product of step j-1 waited for; then K_{j+1} and V_j issued.
+  auto step = [&](int j) {
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    const int k1 = (j + 1) * BC, k0 = j * BC;
+    if (j + 1 < n_tiles)
+      load_tile_planar<T, D, BC, kThreads7>(sK + ((j + 1) & 1) * BC * D, K + k1 * p.k_stride[2],
+                                            p.k_stride[2], p.t_k - k1);
+    if (j < n_tiles)
+      load_tile_planar<T, D, BC, kThreads7>(sV + (j & 1) * BC * D, V + k0 * p.v_stride[2],
+                                            p.v_stride[2], p.t_k - k0);
+  };
+  auto desc_v = [&](int j) { return wgmma_desc(sV + (j & 1) * BC * D, 128, BC * 16); };
+
+  load_tile_planar<T, D, kBr7, kThreads7>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
+  load_tile_planar<T, D, BC, kThreads7>(sK, K, p.k_stride[2], p.t_k);
+
+  float o[D / 8][4], s[BC / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  const float sl2 = p.scale * kLog2e;
+  const int wrow0 = q0 + warp * 16;  // this warp's first row; the thread's: wrow0 + g, + 8
+  const uint64_t desc_q = wgmma_desc(sQ + wg * 64 * 8, kBr7 * 16, 128);  // as v7's
+  uint32_t pf[BC / 16][4];  // P of the previous tile (A of the P V product in flight)
+
+  // Tile 0: S_0 and its softmax (O is still 0).
+  step(0);
+  wgmma_fence();
+  issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands<BC / 2>(&s[0][0]);
+  softmax_tile<T, BC>(s, pf, m, l, alpha, 0, wrow0, g, t, sl2, p);
+
+  for (int j = 1; j < n_tiles; ++j) {
+    step(j);
+    fence_operands<D / 2>(&o[0][0]);
+    fence_operands<BC / 4>(&pf[0][0]);
+    wgmma_fence();
+    issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK + (j & 1) * BC * D, BC * 16, 128));
+    wgmma_commit();
+    issue_pv<T, D, BC>(o, pf, desc_v(j - 1));
+    wgmma_commit();
+    wgmma_wait<1>();  // S_j; the P V product may still run
+    fence_operands<BC / 2>(&s[0][0]);
+    uint32_t pn[BC / 16][4];  // tile j's P (pf is still being read)
+    softmax_tile<T, BC>(s, pn, m, l, alpha, j * BC, wrow0, g, t, sl2, p);
+    wgmma_wait<0>();
+    fence_operands<D / 2>(&o[0][0]);
+    fence_operands<BC / 4>(&pf[0][0]);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
+      o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pf[kk][i] = pn[kk][i];
+  }
+
+  // The last tile's P V (V_{n_tiles - 1} was issued at the last step).
+  step(n_tiles);
+  fence_operands<D / 2>(&o[0][0]);
+  fence_operands<BC / 4>(&pf[0][0]);
+  wgmma_fence();
+  issue_pv<T, D, BC>(o, pf, desc_v(n_tiles - 1));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands<D / 2>(&o[0][0]);
+
   T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
   float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
   finish_forward_rows<T, D>(O, LSE, wrow0 + g, p.t_q, t, o, m, l);
@@ -1279,14 +1419,16 @@ void launch_with_smem(Kernel kernel, dim3 grid, int threads, size_t smem, cudaSt
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
   if (p.version >= 7) {
-    // 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared memory per k16
-    // step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor cores' peak rate
-    // (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles would need 128.
-    // Registers (sm_90a): 214 at D=128, 192 at D=64; shared memory 160 / 80 KB.
+    // v7 and v8, 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared
+    // memory per k16 step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor
+    // cores' peak rate (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles
+    // would need 128. Registers (sm_90a): v7 218 at D=128, 182 at D=64; v8 225 / 192. Shared
+    // memory 160 / 80 KB.
     constexpr int BC = 128;
     size_t smem = (kBr7 + 4 * BC) * D * sizeof(T);
     dim3 grid((p.t_q + kBr7 - 1) / kBr7, p.heads_q, p.batch);
-    launch_with_smem(attn_fwd_kernel_v7<T, D, BC>, grid, kThreads7, smem, stream, p);
+    launch_with_smem(p.version == 7 ? attn_fwd_kernel_v7<T, D, BC> : attn_fwd_kernel_v8<T, D, BC>,
+                     grid, kThreads7, smem, stream, p);
     return;
   }
   if (p.version >= 5) {
@@ -1360,8 +1502,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version < 1 || p.version > 7)
-    throw std::invalid_argument("attention: kernel version must be 1 to 7");
+  if (p.version < 1 || p.version > 8)
+    throw std::invalid_argument("attention: kernel version must be 1 to 8");
 }
 
 }  // namespace
@@ -1385,12 +1527,13 @@ bool wgmma_supported() {
 
 namespace {
 
-// Version 7 (forward and backward) uses wgmma.
+// Versions 7 and 8 (forward and backward) use wgmma.
 void check_wgmma(const AttentionParams& p) {
   if (p.version >= 7 && !wgmma_supported())
     throw std::invalid_argument(
-        "attention: kernel version 7 uses wgmma: it needs an sm_90 GPU (H100/H200) and "
-        "fastlm._cuda built for sm_90a (CMAKE_CUDA_ARCHITECTURES containing 90a)");
+        "attention: kernel version " + std::to_string(p.version) +
+        " uses wgmma: it needs an sm_90 GPU (H100/H200) and fastlm._cuda built for sm_90a "
+        "(CMAKE_CUDA_ARCHITECTURES containing 90a)");
 }
 
 }  // namespace

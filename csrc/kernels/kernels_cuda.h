@@ -44,12 +44,12 @@ struct AttentionParams {
   float scale = 1.f;
   bool causal = false;
   int dtype = 1;    // kBFloat16 or kFloat16
-  int version = 2;  // kernel version, 1-7 (attention.cu header)
+  int version = 2;  // kernel version, 1-8 (attention.cu header)
 };
 
 void attention_forward(const AttentionParams& p, cudaStream_t stream);
-// Whether attention version 7 (wgmma) can run on the current device: an sm_90 GPU and this module
-// built for sm_90a (FASTLM_SM90A, set by CMakeLists.txt). Always true in the emulator.
+// Whether attention versions 7 and 8 (wgmma) can run on the current device: an sm_90 GPU and
+// this module built for sm_90a (FASTLM_SM90A, set by CMakeLists.txt). Always true in the emulator.
 bool wgmma_supported();
 // tests: D (64 x n, fp32) = A (64 x 32) B (32 x n) through wgmma, both row-major, in the two
 // operand forms of attention v7 (mode 0: shared x shared; 1: registers x shared, trans-b).
