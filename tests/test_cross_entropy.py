@@ -242,6 +242,34 @@ def test_half_weight_gradient_in_vocab_blocks(device, dtype, monkeypatch):
     _check(x, w, t.to(device), reduction="sum", norm_tol=1.5e-2 if dtype == "bfloat16" else 4e-3)
 
 
+def test_mm_fp32_stops_asking_a_torch_without_out_dtype(monkeypatch):
+    """On a torch whose mm has no out_dtype= (TypeError), the blocked weight gradient falls back to
+    mm().float() and does not retry out_dtype for every block; the result is the product."""
+    import fastlm.ops.cross_entropy as ce
+
+    class Cuda(torch.Tensor):  # a CPU tensor that says it is on CUDA
+        is_cuda = True
+
+    calls = []
+    real_mm = torch.mm
+
+    def old_mm(a, b, **kw):
+        calls.append(kw)
+        if kw:
+            raise TypeError("mm() got an unexpected keyword argument 'out_dtype'")
+        return real_mm(a.as_subclass(torch.Tensor), b.as_subclass(torch.Tensor))
+
+    monkeypatch.setattr(ce, "_MM_OUT_DTYPE", {"ok": True})
+    monkeypatch.setattr(torch, "mm", old_mm)
+    a = torch.randn(5, 3).to(torch.bfloat16)
+    b = torch.randn(3, 4).to(torch.bfloat16)
+    for _ in range(3):
+        out = ce._mm_fp32(a.as_subclass(Cuda), b.as_subclass(Cuda))
+        assert out.dtype == torch.float32
+        assert torch.allclose(out, (a.float() @ b.float()), atol=1e-2)
+    assert [bool(kw) for kw in calls] == [True, False, False, False]
+
+
 def test_realistic_rows_and_vocab_against_chunked_float64_reference():
     """N=8192 rows, V=50304 (GPT-2's padded vocab) with the automatic chunking (22 chunks of 384
     rows on CPU) and fp32 weight-gradient accumulation over every row; d is kept at 16 so the

@@ -4,7 +4,10 @@ shared memory, K-major; A in registers and B in shared memory, MN-major; both in
 MN-major). Checked against a float64
 matmul on a Hopper GPU (the descriptor layouts of csrc/kernels/wgmma.cuh against the hardware,
 apart from any attention code) and in the CPU emulator (the emulated wgmma reads those layouts
-the same way), so that a GPU failure of v7 can be told apart from a layout mistake."""
+the same way), so that a GPU failure of v7 can be told apart from a layout mistake. Modes 3-5 are
+0-2 with each descriptor's two byte offsets (LBO, SBO) swapped: in the emulator they must not
+match (so they are a real alternative), on a GPU a failing mode reports whether its swapped twin
+matches the hardware (then wgmma.cuh has the offsets the wrong way round for that form)."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -38,6 +41,10 @@ def _probe(module, device, n, mode, dtype, seed):
     return d.cpu().double(), a.cpu().double() @ b.cpu().double()
 
 
+def _rel_err(d, ref):
+    return float((d - ref).abs().max()) / float(ref.abs().max())
+
+
 @pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
 @pytest.mark.parametrize("n, mode, dtype", CASES)
 def test_emulated_wgmma_matches_matmul(n, mode, dtype):
@@ -46,14 +53,27 @@ def test_emulated_wgmma_matches_matmul(n, mode, dtype):
     assert float((d - ref).abs().max()) < 1e-4 * float(ref.abs().max())
 
 
+@pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
+@pytest.mark.parametrize("n, mode, dtype", CASES)
+def test_emulated_swapped_offsets_differ(n, mode, dtype):
+    """The swapped twin reads other elements: a diagnosis on the GPU can tell the two apart."""
+    d, ref = _probe(emu, "cpu", n, mode + 3, dtype, seed=n + mode)
+    assert torch.isfinite(d).all()
+    assert _rel_err(d, ref) > 1e-2
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HOPPER, reason="needs an sm_90 GPU and fastlm._cuda built for sm_90a")
 @pytest.mark.parametrize("n, mode, dtype", CASES)
 def test_gpu_wgmma_matches_matmul(n, mode, dtype):
     d, ref = _probe(CUDA_MOD, "cuda", n, mode, dtype, seed=n + mode)
-    assert torch.isfinite(d).all(), "NaN: an element was not written (or a layout read NaN)"
-    err = float((d - ref).abs().max()) / float(ref.abs().max())
-    assert err < 1e-4, f"max error {err:.2e} of the largest value: layout mismatch?"
+    err = _rel_err(d, ref) if torch.isfinite(d).all() else float("nan")
+    if not err < 1e-4:  # NaN: an element was not written (or a layout read NaN)
+        d2, _ = _probe(CUDA_MOD, "cuda", n, mode + 3, dtype, seed=n + mode)
+        err2 = _rel_err(d2, ref) if torch.isfinite(d2).all() else float("nan")
+        pytest.fail(f"mode {mode}: max error {err:.2e} of the largest value; with LBO and SBO "
+                    f"swapped (mode {mode + 3}): {err2:.2e}"
+                    + (" -> swap them in wgmma.cuh for this form" if err2 < 1e-4 else ""))
 
 
 @pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
@@ -61,7 +81,8 @@ def test_probe_refuses_bad_arguments():
     a = torch.zeros(64, 32, dtype=torch.bfloat16)
     d = torch.zeros(64, 64)
     for kw, msg in (({"n": 32}, "n must be 64 or 128"), ({"mode": 2, "n": 128}, "32 or 64"),
-                    ({"mode": 3}, "mode must be 0, 1 or 2"), ({"dtype": 0}, "bfloat16 or float16")):
+                    ({"mode": 5, "n": 128}, "32 or 64"), ({"mode": 6}, "mode must be 0 to 5"),
+                    ({"mode": -1}, "mode must be 0 to 5"), ({"dtype": 0}, "bfloat16 or float16")):
         args = {"n": 64, "mode": 0, "dtype": 1, **kw}
         with pytest.raises(ValueError, match=msg):
             emu.wgmma_probe(a.data_ptr(), a.data_ptr(), d.data_ptr(), args["n"], args["mode"],

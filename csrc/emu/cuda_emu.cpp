@@ -55,7 +55,7 @@ struct Fiber {
   std::vector<std::vector<Mma>> wg_groups;      // committed wgmma groups, oldest first
   std::vector<Mma> wg_open;                     // issued since the last commit
   std::map<float*, std::vector<float>> wg_acc;  // in-flight accumulators' true values
-  std::vector<size_t> landed;                   // 16-byte chunks its cp.async copies wrote
+  std::vector<size_t> landed;  // 16-byte chunks its cp.async copies (and marked stores) wrote
 };
 
 // A warpgroup collective's deposits (wgmma), in buffers alternating as WarpState's.
@@ -96,8 +96,9 @@ struct State {
   dim3 block_dim, grid_dim;
   const std::function<void()>* body = nullptr;
   std::vector<unsigned char> smem;  // dynamic shared memory + canary
-  // Per 16-byte chunk of shared memory: 0, or 1 + the thread whose cp.async wrote it and who has
-  // not run fence.proxy.async since (wgmma, the async proxy, must not read it).
+  // Per 16-byte chunk of shared memory: 0, or 1 + the thread whose cp.async (or marked store)
+  // wrote it and who has not run fence.proxy.async since (wgmma, the async proxy, must not read
+  // it).
   std::vector<int> async_unfenced;
   size_t smem_size = 0;
   uint64_t seed = 1;
@@ -482,6 +483,16 @@ void fence_proxy_async() {
   f->landed.clear();
 }
 
+void mark_store_for_wgmma(const void* p, size_t bytes) {
+  State& s = st();
+  if (!in_smem(p, bytes)) fail("store_for_wgmma outside the block's shared memory");
+  const size_t first = static_cast<size_t>(static_cast<const unsigned char*>(p) - s.smem.data());
+  for (size_t chunk = first / 16; chunk <= (first + bytes - 1) / 16; ++chunk) {
+    s.async_unfenced[chunk] = s.cur->linear + 1;
+    s.cur->landed.push_back(chunk);
+  }
+}
+
 void wgmma_commit() {
   Fiber* f = st().cur;
   f->wg_groups.push_back(std::move(f->wg_open));
@@ -509,8 +520,8 @@ float desc_element(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
          std::to_string(s.smem_size) + " bytes");
   uint16_t h;
   if (const int writer = s.async_unfenced[off / 16])
-    fail("wgmma reads shared memory (offset " + std::to_string(off) + ") that a cp.async of " +
-         "thread " + std::to_string(writer - 1) +
+    fail("wgmma reads shared memory (offset " + std::to_string(off) + ") that a cp.async or " +
+         "store of thread " + std::to_string(writer - 1) +
          " wrote, with no fence.proxy.async by that thread since");
   std::memcpy(&h, s.smem.data() + off, 2);
   return bf16 ? bf16_to_float(h) : half_to_float(h);

@@ -28,7 +28,7 @@
 //     shared memory or with a swizzle, a read of shared memory that a cp.async wrote without a
 //     fence.proxy.async by the copying thread since, A registers changed while their product
 //     is in flight, and a thread ending with products in flight are errors (the proxy fence is
-//     modelled for cp.async writes only, not for plain stores).
+//     modelled for cp.async writes and for plain stores made through store_for_wgmma).
 // Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
@@ -155,7 +155,10 @@ unsigned char* dynamic_smem();
 // shared memory: descriptors with no swizzle (the only layout the kernels use).
 uint32_t smem_address(const void* p);  // offset in the block's dynamic shared memory
 void wgmma_fence();
-void fence_proxy_async();  // this thread's landed cp.async copies become readable by wgmma
+void fence_proxy_async();  // this thread's landed cp.async copies and marked stores: readable
+// A plain store of `bytes` at p (shared memory) that a wgmma reads later: like cp.async data, it
+// needs the storing thread's fence.proxy.async before that read.
+void mark_store_for_wgmma(const void* p, size_t bytes);
 void wgmma_commit();
 void wgmma_wait(int n);
 void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool scale_d,

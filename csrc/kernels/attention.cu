@@ -1345,7 +1345,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
         }
         pf[nt / 2][i] = pack2<T>(pr[0], pr[1]);
         sf[nt / 2][i] = pack2<T>(ds[0], ds[1]);
-        *reinterpret_cast<uint32_t*>(sdS + planar(krow + hi * 8, qi, kKB7)) = sf[nt / 2][i];
+        store_for_wgmma(reinterpret_cast<uint32_t*>(sdS + planar(krow + hi * 8, qi, kKB7)),
+                        sf[nt / 2][i]);
       }
 
     // dV += P^T dO, dK += dS^T Q (k-steps over the 64 queries; B = dO / Q, MN-major).

@@ -51,8 +51,9 @@ void attention_forward(const AttentionParams& p, cudaStream_t stream);
 // Whether attention versions 7 and 8 (wgmma) can run on the current device: an sm_90 GPU and
 // this module built for sm_90a (FASTLM_SM90A, set by CMakeLists.txt). Always true in the emulator.
 bool wgmma_supported();
-// tests: D (64 x n, fp32) = A (64 x 32) B (32 x n) through wgmma, both row-major, in the two
-// operand forms of attention v7 (mode 0: shared x shared; 1: registers x shared, trans-b).
+// tests: D (64 x n, fp32) = A (64 x 32) B (32 x n) through wgmma, both row-major, in the operand
+// forms of attention v7 (mode 0: shared x shared; 1: registers x shared, trans-b; 2: shared x
+// shared, trans-a and trans-b; 3-5: 0-2 with the descriptors' two byte offsets swapped).
 void wgmma_probe(const void* a, const void* b, float* d, int n, int mode, int dtype,
                  cudaStream_t stream);
 void attention_backward(const AttentionParams& p, cudaStream_t stream);

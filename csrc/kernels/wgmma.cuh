@@ -54,6 +54,12 @@ inline void wgmma_fence() { ::fastlm::emu::wgmma_fence(); }
 inline void wgmma_commit() { ::fastlm::emu::wgmma_commit(); }
 template <int N> inline void wgmma_wait() { ::fastlm::emu::wgmma_wait(N); }
 inline void fence_proxy_async() { ::fastlm::emu::fence_proxy_async(); }
+// A plain store to shared memory that a wgmma reads later (the emulator checks that the storing
+// thread runs fence.proxy.async before that read, as for cp.async data).
+template <typename V> inline void store_for_wgmma(V* p, V v) {
+  *p = v;
+  ::fastlm::emu::mark_store_for_wgmma(p, sizeof(V));
+}
 template <int N> inline void fence_operands(float*) {}
 template <int N> inline void fence_operands(uint32_t*) {}
 // D (64 x N) = A (64 x 16, shared, K-major) B (16 x N, shared, K-major) + (scale_d ? D : 0).
@@ -89,6 +95,7 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+template <typename V> __device__ __forceinline__ void store_for_wgmma(V* p, V v) { *p = v; }
 // Keeps the compiler from moving accesses of in-flight accumulator / A registers across the
 // wgmma calls (CUTLASS's warpgroup_fence_operand).
 template <int N> __device__ __forceinline__ void fence_operands(float* r) {

@@ -4,6 +4,9 @@
 //   mode 1: A from registers, B in shared memory MN-major, trans-b (O += P V, dV += P^T dO), N 64
 //           / 128;
 //   mode 2: A and B in shared memory, both MN-major, trans-a and trans-b (dQ += dS K), N 32 / 64.
+//   modes 3-5: modes 0-2 with the leading and stride byte offsets of every descriptor swapped:
+//   the other reading of the PTX ISA's terse definitions. If a mode fails on a GPU and its
+//   swapped twin passes, wgmma.cuh's offsets are the wrong way round for that form.
 // tests/test_wgmma.py compares it with a matmul on a GPU and in the CPU emulator: on a GPU it
 // checks the descriptor layouts of wgmma.cuh against the hardware in isolation from the attention
 // kernel, in the emulator that the emulated wgmma reads them the same way.
@@ -15,17 +18,30 @@ namespace fastlm {
 namespace cuda {
 namespace {
 
-template <typename T, int N, int MODE>
+// Shared memory of the swapped modes: their reads reach past the tiles (up to ~40 KB at N = 128),
+// so the block gets 48 KB, zeroed first, and no read leaves it.
+constexpr int kSwapSmem = 48 * 1024;
+
+template <typename T, int N, int MODE, bool SWAP>
 __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b, float* d) {
 #if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  auto desc = [](const T* p, uint32_t lbo, uint32_t sbo) {
+    return SWAP ? wgmma_desc(p, sbo, lbo) : wgmma_desc(p, lbo, sbo);
+  };
   FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sA = reinterpret_cast<T*>(smem_raw);  // 64 x 32, chunk-planar
   T* sB = sA + 64 * 32;                    // mode 0: B^T (N x 32); modes 1, 2: B (32 x N)
+  if constexpr (SWAP) {
+    for (int i = threadIdx.x; i < kSwapSmem / 16; i += 128)
+      store_for_wgmma(reinterpret_cast<uint4*>(smem_raw) + i, make_uint4(0, 0, 0, 0));
+    __syncthreads();
+  }
   for (int i = threadIdx.x; i < 64 * 32; i += 128)  // mode 2: A^T (32 x 64)
-    sA[MODE == 2 ? planar(i % 32, i / 32, 32) : planar(i / 32, i % 32, 64)] = a[i];
+    store_for_wgmma(sA + (MODE == 2 ? planar(i % 32, i / 32, 32) : planar(i / 32, i % 32, 64)),
+                    a[i]);
   for (int i = threadIdx.x; i < 32 * N; i += 128) {
     const int k = i / N, n = i % N;
-    sB[MODE == 0 ? planar(n, k, N) : planar(k, n, 32)] = b[i];
+    store_for_wgmma(sB + (MODE == 0 ? planar(n, k, N) : planar(k, n, 32)), b[i]);
   }
   fence_proxy_async();
   __syncthreads();
@@ -42,17 +58,17 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b
   float acc[N / 2];
   wgmma_fence();
   if constexpr (MODE == 0) {
-    const uint64_t da = wgmma_desc(sA, 64 * 16, 128), db = wgmma_desc(sB, N * 16, 128);
+    const uint64_t da = desc(sA, 64 * 16, 128), db = desc(sB, N * 16, 128);
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk)
       wgmma_ss<T, N>(acc, da + ((kk * 2 * 64 * 16) >> 4), db + ((kk * 2 * N * 16) >> 4), kk > 0);
   } else if constexpr (MODE == 1) {
-    const uint64_t db = wgmma_desc(sB, 128, 32 * 16);
+    const uint64_t db = desc(sB, 128, 32 * 16);
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk)
       wgmma_rs_tb<T, N>(acc, af[kk], db + ((kk * 16 * 16) >> 4), kk > 0);
   } else {
-    const uint64_t da = wgmma_desc(sA, 128, 32 * 16), db = wgmma_desc(sB, 128, 32 * 16);
+    const uint64_t da = desc(sA, 128, 32 * 16), db = desc(sB, 128, 32 * 16);
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk)
       wgmma_ss_tab<T, N>(acc, da + ((kk * 16 * 16) >> 4), db + ((kk * 16 * 16) >> 4), kk > 0);
@@ -69,32 +85,34 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b
 }
 
 template <typename T, int N, int MODE>
-void probe(const void* a, const void* b, float* d, cudaStream_t stream) {
-  const size_t smem = (64 * 32 + 32 * N) * sizeof(T);
-  auto kernel = wgmma_probe_kernel<T, N, MODE>;
+void probe(const void* a, const void* b, float* d, bool swap, cudaStream_t stream) {
+  const size_t smem = swap ? kSwapSmem : (64 * 32 + 32 * N) * sizeof(T);
+  auto kernel = swap ? wgmma_probe_kernel<T, N, MODE, true> : wgmma_probe_kernel<T, N, MODE, false>;
   FASTLM_LAUNCH(kernel, 1, 128, smem, stream)(static_cast<const T*>(a), static_cast<const T*>(b),
                                               d);
   FASTLM_LAUNCH_CHECK();
 }
 
-// Modes 0 and 1 exist for N = 64 and 128 (v7's shapes), mode 2 for N = 32 and 64.
+// Modes 0 and 1 (3, 4) exist for N = 64 and 128 (v7's shapes), mode 2 (5) for N = 32 and 64.
 template <typename T>
 void probe_n(const void* a, const void* b, float* d, int n, int mode, cudaStream_t stream) {
-  if (mode == 0)
-    n == 64 ? probe<T, 64, 0>(a, b, d, stream) : probe<T, 128, 0>(a, b, d, stream);
-  else if (mode == 1)
-    n == 64 ? probe<T, 64, 1>(a, b, d, stream) : probe<T, 128, 1>(a, b, d, stream);
+  const bool swap = mode >= 3;
+  if (mode % 3 == 0)
+    n == 64 ? probe<T, 64, 0>(a, b, d, swap, stream) : probe<T, 128, 0>(a, b, d, swap, stream);
+  else if (mode % 3 == 1)
+    n == 64 ? probe<T, 64, 1>(a, b, d, swap, stream) : probe<T, 128, 1>(a, b, d, swap, stream);
   else
-    n == 32 ? probe<T, 32, 2>(a, b, d, stream) : probe<T, 64, 2>(a, b, d, stream);
+    n == 32 ? probe<T, 32, 2>(a, b, d, swap, stream) : probe<T, 64, 2>(a, b, d, swap, stream);
 }
 
 }  // namespace
 
 void wgmma_probe(const void* a, const void* b, float* d, int n, int mode, int dtype,
                  cudaStream_t stream) {
-  if (mode < 0 || mode > 2) throw std::invalid_argument("wgmma_probe: mode must be 0, 1 or 2");
-  if (mode < 2 ? n != 64 && n != 128 : n != 32 && n != 64)
-    throw std::invalid_argument("wgmma_probe: n must be 64 or 128 (modes 0, 1), 32 or 64 (mode 2)");
+  if (mode < 0 || mode > 5) throw std::invalid_argument("wgmma_probe: mode must be 0 to 5");
+  if (mode % 3 < 2 ? n != 64 && n != 128 : n != 32 && n != 64)
+    throw std::invalid_argument(
+        "wgmma_probe: n must be 64 or 128 (modes 0, 1, 3, 4), 32 or 64 (modes 2, 5)");
   if (dtype != kBFloat16 && dtype != kFloat16)
     throw std::invalid_argument("wgmma_probe: dtype must be bfloat16 or float16");
   if (!wgmma_supported())

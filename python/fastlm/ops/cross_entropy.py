@@ -46,12 +46,19 @@ def _chunk_rows(n: int, v: int, elem: int, on_cuda: bool, chunk_size: int) -> in
 _WGRAD_BLOCK = 8192
 
 
+# Whether this torch's mm takes out_dtype= (False once it raised TypeError: an older torch), so the
+# chunk loop does not retry it for every block.
+_MM_OUT_DTYPE = {"ok": True}
+
+
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with fp32 output for bf16/fp16 inputs (cuBLAS accumulates in fp32 either way)."""
-    if a.is_cuda:
+    if a.is_cuda and _MM_OUT_DTYPE["ok"]:
         try:
             return torch.mm(a, b, out_dtype=torch.float32)
-        except (RuntimeError, TypeError):  # torch without mm(out_dtype=)
+        except TypeError:  # torch without mm(out_dtype=)
+            _MM_OUT_DTYPE["ok"] = False
+        except RuntimeError:  # this dtype / device pair without it
             pass
     return torch.mm(a, b).float()
 
