@@ -44,7 +44,7 @@
 //       (attn_fwd_kernel_v7, attn_bwd_kernel_v7): 2 warpgroups per block, operands read by the
 //       tensor cores straight from shared memory (chunk-planar tiles, no fragment loads), P / dS^T
 //       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
-//       Registers (sm_90a): forward 218 (D=128) / 182 (D=64), backward 243 / 190, no spills.
+//       Registers (sm_90a): forward 216 (D=128) / 180 (D=64), backward 241 / 186, no spills.
 //       Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
 //       not yet run on a GPU.
 //   v8: v7's backward; forward with FlashAttention-3's intra-warpgroup pipelining
@@ -121,12 +121,15 @@ template <int NT, int LD>
 __device__ __forceinline__ void atomic_add_tile(float* out, int rows, int g, int t,
                                                 const float (*acc)[4]) {
 #pragma unroll
-  for (int j = 0; j < NT; ++j)
+  for (int hi = 0; hi < 2; ++hi) {  // one test per row (per element it became a branch each)
+    if (g + hi * 8 >= rows) continue;
+    float* out_row = out + (g + hi * 8) * LD + 2 * t;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int row = g + (e >> 1) * 8;
-      if (row < rows) atomicAdd(out + row * LD + j * 8 + 2 * t + (e & 1), acc[j][e]);
+    for (int j = 0; j < NT; ++j) {
+      atomicAdd(out_row + j * 8, acc[j][2 * hi]);
+      atomicAdd(out_row + j * 8 + 1, acc[j][2 * hi + 1]);
     }
+  }
 }
 
 // The forward's end for one 16-row tile: each row's l summed over its 4 threads, O = acc / l and
@@ -516,20 +519,29 @@ template <typename T, int BC>
 __device__ __forceinline__ void softmax_tile(float (*s)[4], uint32_t (*pf)[4], float* m, float* l,
                                              float* alpha, int k0, int wrow0, int g, int t,
                                              float sl2, const AttentionParams& p) {
-  const bool need_mask = k0 + BC > p.t_k || (p.causal && k0 + BC - 1 > wrow0);
+  // One branch per tile, selects inside it: a test per element compiles to a branch per element
+  // (ptxas wrapped each of them in BSSY / BRA / BSYNC, 3 instructions more per score).
+  if (k0 + BC > p.t_k || (p.causal && k0 + BC - 1 > wrow0)) {
+    int lim[2];  // this thread's rows see the keys below lim - k0 - 2t (its first column)
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      lim[i] = (p.causal ? min(p.t_k, wrow0 + g + 8 * i + 1) : p.t_k) - k0 - 2 * t;
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[nt][e] = nt * 8 + (e & 1) < lim[e >> 1] ? s[nt][e] * sl2 : -INFINITY;
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] *= sl2;
+  }
   float mx[2] = {m[0], m[1]};
 #pragma unroll
   for (int nt = 0; nt < BC / 8; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s[nt][e] * sl2;
-      if (need_mask) {
-        int key = k0 + nt * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
-        if (key >= p.t_k || (p.causal && key > row)) x = -INFINITY;
-      }
-      s[nt][e] = x;
-      mx[e >> 1] = fmaxf(mx[e >> 1], x);
-    }
+    for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
   float mu[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -1423,7 +1435,7 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
     // v7 and v8, 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared
     // memory per k16 step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor
     // cores' peak rate (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles
-    // would need 128. Registers (sm_90a): v7 218 at D=128, 182 at D=64; v8 225 / 192. Shared
+    // would need 128. Registers (sm_90a): v7 216 at D=128, 180 at D=64; v8 228 / 185. Shared
     // memory 160 / 80 KB.
     constexpr int BC = 128;
     size_t smem = (kBr7 + 4 * BC) * D * sizeof(T);
