@@ -66,6 +66,10 @@ struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 // 16-bit float types: storage plus round-to-nearest-even conversions (as cuda_bf16.h/fp16.h).
 struct __nv_bfloat16 {
@@ -212,6 +216,12 @@ inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) {
 inline float atomicAdd(float* p, float v) {  // fibers on one OS thread: atomic by construction
   float old = *p;
   *p = old + v;
+  return old;
+}
+// sm_90's vector atomic: p must be 8-byte aligned (the float2 access checks it, as a GPU faults).
+inline float2 atomicAdd(float2* p, float2 v) {
+  float2 old = *p;
+  *p = {old.x + v.x, old.y + v.y};
   return old;
 }
 inline float __expf(float x) { return std::exp(x); }

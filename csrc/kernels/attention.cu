@@ -116,7 +116,7 @@ __device__ __forceinline__ void store_row(T* out_row, int t, const float (*acc)[
 }
 
 // The tile added into fp32 out (row-major with LD columns, at the tile's first element) with
-// atomics; rows at or beyond `rows` are skipped.
+// atomics (pairs of columns: atomic_add2); rows at or beyond `rows` are skipped.
 template <int NT, int LD>
 __device__ __forceinline__ void atomic_add_tile(float* out, int rows, int g, int t,
                                                 const float (*acc)[4]) {
@@ -125,10 +125,7 @@ __device__ __forceinline__ void atomic_add_tile(float* out, int rows, int g, int
     if (g + hi * 8 >= rows) continue;
     float* out_row = out + (g + hi * 8) * LD + 2 * t;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      atomicAdd(out_row + j * 8, acc[j][2 * hi]);
-      atomicAdd(out_row + j * 8 + 1, acc[j][2 * hi + 1]);
-    }
+    for (int j = 0; j < NT; ++j) atomic_add2(out_row + j * 8, acc[j][2 * hi], acc[j][2 * hi + 1]);
   }
 }
 
@@ -1200,7 +1197,8 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
         }
       }
     }
-    // (Not atomic_add_tile: with it ptxas spills 24 bytes here instead of 12, sm_90 D=128.)
+    // (Not atomic_add_tile, nor float2 atomics: with either ptxas spills 24 bytes here instead
+    // of 12, sm_90 D=128.)
     float* dqa = p.dq_accum + (bh * p.t_q + q0) * D;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
