@@ -15,9 +15,12 @@
 //   fp32. Whole op, 8192 x 768 x 50304 bf16 fwd+bwd: H200 4.28 ms vs eager 7.95 (1.86x), H100
 //   4.87 vs 9.69 (1.99x), at 0.076 of eager's peak memory.
 //   v3: the row held in registers (4, 8 or 16 16-byte vectors per thread, 512 threads; wider rows
-//   take v2), so the chunk is read once: 1 read + 1 write. Registers (sm_90a): 64 at bf16
-//   V <= 32768 (two blocks per SM, 4 bytes spilled), 113 up to 65536 (one block). Not yet run on
-//   a GPU; validated in the emulator. Prediction (H100, 4096 x 32768 bf16): 0.255 -> ~0.18-0.2 ms.
+//   take v2), so the chunk is read once: 1 read + 1 write. Statistics as max, then sum of exp
+//   (no online rescale); compiled without the soft-cap code unless the op has a soft-cap (a test
+//   per element made a branch around tanh each; SASS 10360 -> 3296 instructions, static count,
+//   bf16 V <= 32768). Registers (sm_90a, no soft-cap): 62 at bf16 V <= 32768 (two blocks per
+//   SM), 102 up to 65536 (one block), no spills. Not yet run on a GPU; validated in the
+//   emulator. Prediction (H100, 4096 x 32768 bf16): 0.255 -> ~0.18-0.2 ms.
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/kernels_cuda.h"
@@ -98,6 +101,24 @@ __device__ __forceinline__ uint4 grad_vector(const uint4& u, I j0, I t, float l,
     float d = ce_row_grad(__expf(xe - l), xe, l, p);
     if (j0 + e == t) d += ce_target_term(xe, p);
     x[e] = g * d;
+  }
+  return pack<T>(x);
+}
+
+// grad_vector when p.softcap is 0 (v3 without CAP): ce_row_grad + ce_target_term without the
+// cap's code (a test per element there becomes a branch around tanh each), times g, with the
+// row's factors hoisted.
+template <typename T>
+__device__ __forceinline__ uint4 grad_vector_nocap(const uint4& u, int j0, int t, float l, float g,
+                                                   const CrossEntropyParams& p) {
+  float x[kVec<T>];
+  unpack<T>(u, x);
+  const float k = g * (1.f + 2.f * p.z_loss * l);
+  const float eps_v = g * p.label_smoothing / static_cast<float>(p.vocab);
+#pragma unroll
+  for (int e = 0; e < kVec<T>; ++e) {
+    x[e] = __expf(x[e] - l) * k - eps_v;
+    if (j0 + e == t) x[e] -= g * (1.f - p.label_smoothing);
   }
   return pack<T>(x);
 }
@@ -218,9 +239,11 @@ __global__ void __launch_bounds__(kThreads, 4)
 // once (v2 reads it twice, the second time mostly from L2). Each thread holds up to NV 16-byte
 // vectors of the row (vector i of the row in thread i % kThreads3, slot i / kThreads3); rows with
 // more than kThreads3 * 16 vectors (bf16: V > 65536) take v2. Head / tail scalars as in v2.
+// CAP: compiled with the soft-cap code (p.softcap > 0) or without it (the usual case: no tanh,
+// no division, no branch around them).
 constexpr int kThreads3 = 512;
 
-template <typename T, int NV>
+template <typename T, int NV, bool CAP>
 __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
     ce_chunk_kernel_v3(T* logits, const int64_t* target, CrossEntropyParams p,
                        const float* grad_scale, float grad_scale_scalar, float* loss, float* lse,
@@ -228,7 +251,7 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
   // 32-bit column arithmetic (the host takes v3 only for V < 2^20): registers are the budget.
   const int64_t r = blockIdx.x;
   T* z = logits + r * p.ld;
-  const float c = p.softcap;
+  const float c = CAP ? p.softcap : 0.f;
   const RowSplit rs64 = split_row<T, 2>(z, p.vocab);
   const int head = static_cast<int>(rs64.head), nvec = static_cast<int>(rs64.nvec);
   const int tail0 = static_cast<int>(rs64.tail0), scalars = static_cast<int>(rs64.scalars);
@@ -238,10 +261,31 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
 #pragma unroll
   for (int k = 0; k < NV; ++k)  // every load in flight before any is used
     if (tid + k * kThreads3 < nvec) u[k] = zv[tid + k * kThreads3];
+  // Statistics from the registers: the max first, then the sum of exp(x - max), so no online
+  // rescaling (one exp per value, not one more per vector as in v2).
   float m = -INFINITY, s = 0.f, sz = 0.f;
 #pragma unroll
   for (int k = 0; k < NV; ++k)
-    if (tid + k * kThreads3 < nvec) add_vector<T>(u[k], c, m, s, sz);
+    if (tid + k * kThreads3 < nvec) {
+      float x[kVec<T>];
+      unpack<T>(u[k], x);
+#pragma unroll
+      for (int e = 0; e < kVec<T>; ++e) {
+        const float xe = CAP ? c * tanhf(x[e] / c) : x[e];
+        sz += xe;
+        m = fmaxf(m, xe);
+      }
+    }
+  if (m != -INFINITY) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+      if (tid + k * kThreads3 < nvec) {
+        float x[kVec<T>];
+        unpack<T>(u[k], x);
+#pragma unroll
+        for (int e = 0; e < kVec<T>; ++e) s += __expf((CAP ? c * tanhf(x[e] / c) : x[e]) - m);
+      }
+  }
   for (int k = tid; k < scalars; k += kThreads3) {
     float x = cap(to_float(z[k < head ? k : tail0 + (k - head)]), c);
     sz += x;
@@ -262,7 +306,11 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
       zv[i] = make_uint4(0, 0, 0, 0);
       continue;
     }
-    zv[i] = grad_vector<T>(u[k], head + i * kVec<T>, t, l, g, p);
+    const int j0 = head + i * kVec<T>;
+    zv[i] = CAP ? grad_vector<T>(u[k], j0, t, l, g, p) : grad_vector_nocap<T>(u[k], j0, t, l, g, p);
+    // One vector after the other: without this ptxas interleaves the vectors' exponentials and
+    // spills (bf16 NV = 8 without CAP: 72 bytes at the 64-register cap; with it none, 62).
+    register_fence(u[k]);
   }
   for (int k = tid; k < scalars; k += kThreads3) {
     const int j = k < head ? k : tail0 + (k - head);
@@ -274,6 +322,11 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
   }
 }
 
+template <typename T, int NV>
+auto v3_kernel(bool cap) {
+  return cap ? ce_chunk_kernel_v3<T, NV, true> : ce_chunk_kernel_v3<T, NV, false>;
+}
+
 template <typename T>
 void launch_ce(int version, dim3 grid, cudaStream_t stream, T* logits, const int64_t* target,
                const CrossEntropyParams& p, const float* grad_scale, float grad_scale_scalar,
@@ -281,9 +334,10 @@ void launch_ce(int version, dim3 grid, cudaStream_t stream, T* logits, const int
   // v3 holds a row in registers: 4, 8 or 16 vectors per thread, the fewest that cover it.
   const int64_t per_thread = (p.vocab / kVec<T> + kThreads3 - 1) / kThreads3;
   if (version >= 3 && per_thread <= 16) {  // (so V < 2^20: 32-bit columns in v3)
-    auto kernel = per_thread <= 4   ? ce_chunk_kernel_v3<T, 4>
-                  : per_thread <= 8 ? ce_chunk_kernel_v3<T, 8>
-                                    : ce_chunk_kernel_v3<T, 16>;
+    const bool cap = p.softcap > 0.f;
+    auto kernel = per_thread <= 4   ? v3_kernel<T, 4>(cap)
+                  : per_thread <= 8 ? v3_kernel<T, 8>(cap)
+                                    : v3_kernel<T, 16>(cap);
     FASTLM_LAUNCH(kernel, grid, kThreads3, 0, stream)(logits, target, p, grad_scale,
                                                       grad_scale_scalar, loss, lse, write_grad);
     return;

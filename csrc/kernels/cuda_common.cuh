@@ -52,6 +52,17 @@ template <> __device__ __forceinline__ __half from_float<__half>(float x) {
   return __float2half(x);
 }
 
+// An empty asm that reads and rewrites v: the compiler must finish the work that reads v before
+// it, in program order with other such fences (used to keep ptxas from interleaving
+// independent per-vector work until registers spill). A no-op in the emulator.
+__device__ __forceinline__ void register_fence(uint4& v) {
+#ifndef FASTLM_CUDA_EMU
+  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
+#else
+  (void)v;
+#endif
+}
+
 // out[0] += a and out[1] += b atomically (out 8-byte aligned): one vector atomic on sm_90
 // (atomicAdd(float2*), CUDA 12.1+), half the requests to L2 of two scalar ones (sm_80).
 __device__ __forceinline__ void atomic_add2(float* out, float a, float b) {
