@@ -107,41 +107,29 @@ template <int N> __device__ __forceinline__ void fence_operands(uint32_t* r) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
-#define FASTLM_WGMMA_REGS16 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, " \
-  "%12, %13, %14, %15}"
-#define FASTLM_WGMMA_OUT16 \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), \
-  "+f"(d[15])
-#define FASTLM_WGMMA_REGS32 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, " \
-  "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
-  "%24, %25, %26, %27, %28, %29, %30, %31}"
-#define FASTLM_WGMMA_OUT32 \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), \
-  "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), \
-  "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), \
-  "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-#define FASTLM_WGMMA_REGS64 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, " \
-  "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
-  "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, " \
-  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, " \
-  "%60, %61, %62, %63}"
+// Operand lists of the inline PTX: "{%0, ..., %K-1}" for the K = N / 2 accumulators per thread
+// of a 64 x N product and their "+f" bindings, built from blocks of 8.
+#define FASTLM_WGMMA_R8(a, b, c, d, e, f, g, h) \
+  "%" #a ", %" #b ", %" #c ", %" #d ", %" #e ", %" #f ", %" #g ", %" #h
+#define FASTLM_WGMMA_R16 FASTLM_WGMMA_R8(0, 1, 2, 3, 4, 5, 6, 7) ", " \
+  FASTLM_WGMMA_R8(8, 9, 10, 11, 12, 13, 14, 15)
+#define FASTLM_WGMMA_R32 FASTLM_WGMMA_R16 ", " FASTLM_WGMMA_R8(16, 17, 18, 19, 20, 21, 22, 23) \
+  ", " FASTLM_WGMMA_R8(24, 25, 26, 27, 28, 29, 30, 31)
+#define FASTLM_WGMMA_R64 FASTLM_WGMMA_R32 ", " FASTLM_WGMMA_R8(32, 33, 34, 35, 36, 37, 38, 39) \
+  ", " FASTLM_WGMMA_R8(40, 41, 42, 43, 44, 45, 46, 47) ", "                             \
+  FASTLM_WGMMA_R8(48, 49, 50, 51, 52, 53, 54, 55) ", "                                  \
+  FASTLM_WGMMA_R8(56, 57, 58, 59, 60, 61, 62, 63)
+#define FASTLM_WGMMA_REGS16 "{" FASTLM_WGMMA_R16 "}"
+#define FASTLM_WGMMA_REGS32 "{" FASTLM_WGMMA_R32 "}"
+#define FASTLM_WGMMA_REGS64 "{" FASTLM_WGMMA_R64 "}"
+#define FASTLM_WGMMA_OUT8(i)                                                                \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define FASTLM_WGMMA_OUT16 FASTLM_WGMMA_OUT8(0), FASTLM_WGMMA_OUT8(8)
+#define FASTLM_WGMMA_OUT32 FASTLM_WGMMA_OUT16, FASTLM_WGMMA_OUT8(16), FASTLM_WGMMA_OUT8(24)
 #define FASTLM_WGMMA_OUT64 \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), \
-  "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), \
-  "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), \
-  "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), \
-  "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), \
-  "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), \
-  "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), \
-  "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-
+  FASTLM_WGMMA_OUT32, FASTLM_WGMMA_OUT8(32), FASTLM_WGMMA_OUT8(40), FASTLM_WGMMA_OUT8(48), \
+      FASTLM_WGMMA_OUT8(56)
 
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float* d, uint64_t da, uint64_t db, int scale_d);
