@@ -92,6 +92,22 @@ __device__ __forceinline__ const T* head_base(const void* x, const int64_t* stri
   return static_cast<const T*>(x) + b * stride[0] + h * stride[1];
 }
 
+// A forward block of BR query rows: batch b and query head h, its first row q0, the keys it
+// reads (below k_end: all of them, or up to its last row when causal), the head's Q and its KV
+// head's K and V (grouped-query).
+template <typename T>
+struct FwdBlock {
+  int b, h, q0, k_end;
+  const T *Q, *K, *V;
+};
+template <typename T, int BR>
+__device__ __forceinline__ FwdBlock<T> fwd_block(const AttentionParams& p) {
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BR;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  return {b, h, q0, p.causal ? min(p.t_k, q0 + BR) : p.t_k, head_base<T>(p.q, p.q_stride, b, h),
+          head_base<T>(p.k, p.k_stride, b, hk), head_base<T>(p.v, p.v_stride, b, hk)};
+}
+
 // This thread's warp and its places in the fragment layouts (cuda_common.cuh): g = lane / 4 and
 // t = lane % 4 for mma; lm / lr = which 8x8 matrix and which of its rows it addresses in ldmatrix.
 struct LaneLayout {
@@ -129,19 +145,22 @@ __device__ __forceinline__ void atomic_add_tile(float* out, int rows, int g, int
   }
 }
 
-// The forward's end for one 16-row tile: each row's l summed over its 4 threads, O = acc / l and
-// lse = (m + log2 l) / log2 e for the rows below t_q (thread rows row0 and row0 + 8).
+// The forward's end for one 16-row tile of batch b, head h: each row's l summed over its 4
+// threads, O = acc / l and lse = (m + log2 l) / log2 e for the rows below t_q (thread rows row0
+// and row0 + 8).
 template <typename T, int D>
-__device__ __forceinline__ void finish_forward_rows(T* O, float* LSE, int row0, int t_q, int t,
-                                                    const float (*o)[4], const float* m,
-                                                    const float* l) {
+__device__ __forceinline__ void finish_forward_rows(const AttentionParams& p, int b, int h,
+                                                    int row0, int t, const float (*o)[4],
+                                                    const float* m, const float* l) {
+  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
+  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     float li = l[i];
     li += __shfl_xor_sync(0xffffffffu, li, 1);
     li += __shfl_xor_sync(0xffffffffu, li, 2);
     const int row = row0 + i * 8;
-    if (row < t_q) {
+    if (row < p.t_q) {
       store_row<T, D / 8>(O + (int64_t)row * D, t, o, i, li > 0.f ? 1.f / li : 0.f);
       if (t == 0) LSE[row] = li > 0.f ? (m[i] + log2f(li)) / kLog2e : -INFINITY;
     }
@@ -155,12 +174,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBr * LD;
   T* sV = sK + kBc * LD;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr;
-  const int hk = h / (p.heads_q / p.heads_kv);
+  const auto [b, h, q0, k_end, Q, K, V] = fwd_block<T, kBr>(p);
   const auto [warp, g, t, lm, lr] = lane_layout();
-  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
-  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
-  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
 
   load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr, p.t_q - q0);
   if constexpr (VER >= 3) cp_async_wait<0>();
@@ -180,7 +195,6 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float sl2 = p.scale * kLog2e;  // exp(x*scale) = exp2(x*scale*log2e)
   const int row0 = q0 + warp * 16 + g;   // this thread's two rows: row0 and row0 + 8
-  const int k_end = p.causal ? min(p.t_k, q0 + kBr) : p.t_k;
 
   if constexpr (VER >= 4) {  // prologue: first K and V tiles in flight (k_end > 0 always)
     load_tile<T, D, LD, VER>(sK, K, p.k_stride[2], kBc, p.t_k);
@@ -307,9 +321,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
     }
   }
   // Finalize: full row sums, O /= l, lse = ln(sum exp(s*scale)).
-  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
-  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
-  finish_forward_rows<T, D>(O, LSE, row0, p.t_q, t, o, m, l);
+  finish_forward_rows<T, D>(p, b, h, row0, t, o, m, l);
 }
 
 // v5 forward: 128 query rows per block, 32 per warp (two 16-row m-tiles), FA2's split. Each K/V
@@ -331,12 +343,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBr5 * LD;
   T* sV = sK + BC * LD;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr5;
-  const int hk = h / (p.heads_q / p.heads_kv);
+  const auto [b, h, q0, k_end, Q, K, V] = fwd_block<T, kBr5>(p);
   const auto [warp, g, t, lm, lr] = lane_layout();
-  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
-  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
-  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
 
   load_tile<T, D, LD, 3>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr5, p.t_q - q0);
   cp_async_wait<0>();
@@ -361,7 +369,6 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   for (int mt = 0; mt < 2; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
   const float sl2 = p.scale * kLog2e;
   const int wrow0 = q0 + warp * 32;  // first row of this warp; its rows: wrow0 + mt*16 + g (+8)
-  const int k_end = p.causal ? min(p.t_k, q0 + kBr5) : p.t_k;
 
   for (int k0 = 0; k0 < k_end; k0 += BC) {
     __syncthreads();  // every warp is done reading the previous K/V tile
@@ -471,11 +478,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
       }
     }
   }
-  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
-  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
-    finish_forward_rows<T, D>(O, LSE, wrow0 + mt * 16 + g, p.t_q, t, o[mt], m[mt], l[mt]);
+    finish_forward_rows<T, D>(p, b, h, wrow0 + mt * 16 + g, t, o[mt], m[mt], l[mt]);
 }
 
 // v7 forward (sm_90a): wgmma. A block of 2 warpgroups (256 threads) owns 128 query rows, 64 per
@@ -587,16 +592,11 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
   FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);  // kBr7 x D, then two buffers of K (BC x D), V (BC x D)
   T* sKV = sQ + kBr7 * D;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr7;
-  const int hk = h / (p.heads_q / p.heads_kv);
+  const auto [b, h, q0, k_end, Q, K, V] = fwd_block<T, kBr7>(p);
+  const int n_tiles = (k_end + BC - 1) / BC;
   const auto [warp, g, t, lm, lr] = lane_layout();
   (void)lm, (void)lr;
   const int wg = warp / 4;
-  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
-  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
-  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
-  const int k_end = p.causal ? min(p.t_k, q0 + kBr7) : p.t_k;
-  const int n_tiles = (k_end + BC - 1) / BC;
 
   load_tile_planar<T, D, kBr7, kThreads7>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
   load_tile_planar<T, D, BC, kThreads7>(sKV, K, p.k_stride[2], p.t_k);
@@ -654,9 +654,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
     wgmma_wait<0>();
     fence_operands<D / 2>(&o[0][0]);
   }
-  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
-  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
-  finish_forward_rows<T, D>(O, LSE, wrow0 + g, p.t_q, t, o, m, l);
+  finish_forward_rows<T, D>(p, b, h, wrow0 + g, t, o, m, l);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
 #endif
@@ -682,16 +680,13 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
   T* sQ = reinterpret_cast<T*>(smem_raw);  // kBr7 x D, then K buffers 0/1, V buffers 0/1 (BC x D)
   T* sK = sQ + kBr7 * D;
   T* sV = sK + 2 * BC * D;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBr7;
-  const int hk = h / (p.heads_q / p.heads_kv);
+  const FwdBlock<T> blk = fwd_block<T, kBr7>(p);
+  const auto [b, h, q0, k_end, Q, K, V] = blk;  // (step uses blk: a C++17 lambda cannot
+                                                 // capture structured bindings)
+  const int n_tiles = (k_end + BC - 1) / BC;
   const auto [warp, g, t, lm, lr] = lane_layout();
   (void)lm, (void)lr;
   const int wg = warp / 4;
-  const T* Q = head_base<T>(p.q, p.q_stride, b, h);
-  const T* K = head_base<T>(p.k, p.k_stride, b, hk);
-  const T* V = head_base<T>(p.v, p.v_stride, b, hk);
-  const int k_end = p.causal ? min(p.t_k, q0 + kBr7) : p.t_k;
-  const int n_tiles = (k_end + BC - 1) / BC;
   // Step j: this thread's copies of tile j (and Q / K_0) landed and visible to wgmma, every
   // thread's (the barrier), every product of step j-1 waited for; then K_{j+1} and V_j issued.
   auto step = [&](int j) {
@@ -700,10 +695,10 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
     __syncthreads();
     const int k1 = (j + 1) * BC, k0 = j * BC;
     if (j + 1 < n_tiles)
-      load_tile_planar<T, D, BC, kThreads7>(sK + ((j + 1) & 1) * BC * D, K + k1 * p.k_stride[2],
-                                            p.k_stride[2], p.t_k - k1);
+      load_tile_planar<T, D, BC, kThreads7>(sK + ((j + 1) & 1) * BC * D,
+                                            blk.K + k1 * p.k_stride[2], p.k_stride[2], p.t_k - k1);
     if (j < n_tiles)
-      load_tile_planar<T, D, BC, kThreads7>(sV + (j & 1) * BC * D, V + k0 * p.v_stride[2],
+      load_tile_planar<T, D, BC, kThreads7>(sV + (j & 1) * BC * D, blk.V + k0 * p.v_stride[2],
                                             p.v_stride[2], p.t_k - k0);
   };
   auto desc_v = [&](int j) { return wgmma_desc(sV + (j & 1) * BC * D, 128, BC * 16); };
@@ -766,9 +761,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
   wgmma_wait<0>();
   fence_operands<D / 2>(&o[0][0]);
 
-  T* O = static_cast<T*>(p.o) + ((int64_t)b * p.heads_q + h) * p.t_q * D;
-  float* LSE = p.lse + ((int64_t)b * p.heads_q + h) * p.t_q;
-  finish_forward_rows<T, D>(O, LSE, wrow0 + g, p.t_q, t, o, m, l);
+  finish_forward_rows<T, D>(p, b, h, wrow0 + g, t, o, m, l);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code for this GPU: fail, never a silent no-op
 #endif
