@@ -263,29 +263,19 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
     if (tid + k * kThreads3 < nvec) u[k] = zv[tid + k * kThreads3];
   // Statistics from the registers: the max first, then the sum of exp(x - max), so no online
   // rescaling (one exp per value, not one more per vector as in v2).
-  float m = -INFINITY, s = 0.f, sz = 0.f;
-#pragma unroll
-  for (int k = 0; k < NV; ++k)
-    if (tid + k * kThreads3 < nvec) {
-      float x[kVec<T>];
-      unpack<T>(u[k], x);
-#pragma unroll
-      for (int e = 0; e < kVec<T>; ++e) {
-        const float xe = CAP ? c * tanhf(x[e] / c) : x[e];
-        sz += xe;
-        m = fmaxf(m, xe);
-      }
-    }
-  if (m != -INFINITY) {
+  auto for_each_held = [&](auto f) {  // f(value) over this thread's vectors, soft-capped
 #pragma unroll
     for (int k = 0; k < NV; ++k)
       if (tid + k * kThreads3 < nvec) {
         float x[kVec<T>];
         unpack<T>(u[k], x);
 #pragma unroll
-        for (int e = 0; e < kVec<T>; ++e) s += __expf((CAP ? c * tanhf(x[e] / c) : x[e]) - m);
+        for (int e = 0; e < kVec<T>; ++e) f(CAP ? c * tanhf(x[e] / c) : x[e]);
       }
-  }
+  };
+  float m = -INFINITY, s = 0.f, sz = 0.f;
+  for_each_held([&](float x) { sz += x, m = fmaxf(m, x); });
+  if (m != -INFINITY) for_each_held([&](float x) { s += __expf(x - m); });
   for (int k = tid; k < scalars; k += kThreads3) {
     float x = cap(to_float(z[k < head ? k : tail0 + (k - head)]), c);
     sz += x;
