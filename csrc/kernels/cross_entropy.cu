@@ -17,7 +17,7 @@
 //   v3: the row held in registers (4, 8 or 16 16-byte vectors per thread, 512 threads; wider rows
 //   take v2), so the chunk is read once: 1 read + 1 write. Statistics as max, then sum of exp
 //   (no online rescale); compiled without the soft-cap code unless the op has a soft-cap (a test
-//   per element made a branch around tanh each; SASS 10360 -> 3296 instructions, static count,
+//   per element made a branch around tanh each; SASS 10360 -> 3352 instructions, static count,
 //   bf16 V <= 32768). Registers (sm_90a, no soft-cap): 62 at bf16 V <= 32768 (two blocks per
 //   SM), 102 up to 65536 (one block), no spills. Not yet run on a GPU; validated in the
 //   emulator. Prediction (H100, 4096 x 32768 bf16): 0.255 -> ~0.18-0.2 ms.
@@ -89,36 +89,19 @@ __device__ __forceinline__ void add_vector(const uint4& u, float c, float& m, fl
 }
 
 // g * dloss/dlogits of one vector whose first column is j0 (t: the target column; I: the index
-// type, 32-bit in v3).
-template <typename T, typename I>
+// type, 32-bit in v3; CAP = false: compiled for p.softcap == 0, without the soft-cap code, whose
+// test per element otherwise becomes a branch around tanh for each).
+template <typename T, bool CAP = true, typename I>
 __device__ __forceinline__ uint4 grad_vector(const uint4& u, I j0, I t, float l, float g,
                                              const CrossEntropyParams& p) {
   float x[kVec<T>];
   unpack<T>(u, x);
 #pragma unroll
   for (int e = 0; e < kVec<T>; ++e) {
-    const float xe = cap(x[e], p.softcap);
-    float d = ce_row_grad(__expf(xe - l), xe, l, p);
-    if (j0 + e == t) d += ce_target_term(xe, p);
+    const float xe = CAP ? cap(x[e], p.softcap) : x[e];
+    float d = ce_row_grad<CAP>(__expf(xe - l), xe, l, p);
+    if (j0 + e == t) d += ce_target_term<CAP>(xe, p);
     x[e] = g * d;
-  }
-  return pack<T>(x);
-}
-
-// grad_vector when p.softcap is 0 (v3 without CAP): ce_row_grad + ce_target_term without the
-// cap's code (a test per element there becomes a branch around tanh each), times g, with the
-// row's factors hoisted.
-template <typename T>
-__device__ __forceinline__ uint4 grad_vector_nocap(const uint4& u, int j0, int t, float l, float g,
-                                                   const CrossEntropyParams& p) {
-  float x[kVec<T>];
-  unpack<T>(u, x);
-  const float k = g * (1.f + 2.f * p.z_loss * l);
-  const float eps_v = g * p.label_smoothing / static_cast<float>(p.vocab);
-#pragma unroll
-  for (int e = 0; e < kVec<T>; ++e) {
-    x[e] = __expf(x[e] - l) * k - eps_v;
-    if (j0 + e == t) x[e] -= g * (1.f - p.label_smoothing);
   }
   return pack<T>(x);
 }
@@ -297,7 +280,7 @@ __global__ void __launch_bounds__(kThreads3, NV <= 8 ? 2 : 1)
       continue;
     }
     const int j0 = head + i * kVec<T>;
-    zv[i] = CAP ? grad_vector<T>(u[k], j0, t, l, g, p) : grad_vector_nocap<T>(u[k], j0, t, l, g, p);
+    zv[i] = grad_vector<T, CAP>(u[k], j0, t, l, g, p);
     // One vector after the other: without this ptxas interleaves the vectors' exponentials and
     // spills (bf16 NV = 8 without CAP: 72 bytes at the 64-register cap; with it none, 62).
     register_fence(u[k]);

@@ -39,9 +39,11 @@ FASTLM_HD float ce_row_loss(float lse, float z_t, float sum_z, const CrossEntrop
 }
 
 // dloss/draw_j for a non-target column, given p_j = exp(z_j - lse) and the capped logit z_j.
+// CAP = false: compiled for p.softcap == 0 (no soft-cap code; CUDA v3 without a soft-cap).
+template <bool CAP = true>
 FASTLM_HD float ce_row_grad(float prob, float z, float lse, const CrossEntropyParams& p) {
   float d = prob * (1.f + 2.f * p.z_loss * lse) - p.label_smoothing / static_cast<float>(p.vocab);
-  if (p.softcap > 0.f) {
+  if (CAP && p.softcap > 0.f) {
     float u = z / p.softcap;
     d *= 1.f - u * u;
   }
@@ -49,9 +51,10 @@ FASTLM_HD float ce_row_grad(float prob, float z, float lse, const CrossEntropyPa
 }
 
 // The extra term of the target column: -(1-eps) * (soft-cap factor at z_t).
+template <bool CAP = true>
 FASTLM_HD float ce_target_term(float z_t, const CrossEntropyParams& p) {
   float d = -(1.f - p.label_smoothing);
-  if (p.softcap > 0.f) {
+  if (CAP && p.softcap > 0.f) {
     float u = z_t / p.softcap;
     d *= 1.f - u * u;
   }
