@@ -149,6 +149,14 @@ bool in_smem(const void* p, size_t bytes) {
   return c >= s.smem.data() && c + bytes <= s.smem.data() + s.smem_size;
 }
 
+// Chunk `chunk` of shared memory written by the calling thread through the generic proxy: wgmma
+// may not read it before that thread's fence.proxy.async.
+void mark_unfenced(size_t chunk) {
+  State& s = st();
+  s.async_unfenced[chunk] = s.cur->linear + 1;
+  s.cur->landed.push_back(chunk);
+}
+
 // Lands the calling thread's copies.
 void complete(std::vector<Copy>& copies) {
   State& s = st();
@@ -157,9 +165,7 @@ void complete(std::vector<Copy>& copies) {
       std::memcpy(c.dst, c.src, 16);
     else
       std::memset(c.dst, 0, 16);
-    const size_t chunk = static_cast<size_t>(c.dst - s.smem.data()) / 16;
-    s.async_unfenced[chunk] = s.cur->linear + 1;
-    s.cur->landed.push_back(chunk);
+    mark_unfenced(static_cast<size_t>(c.dst - s.smem.data()) / 16);
   }
   copies.clear();
 }
@@ -487,10 +493,7 @@ void mark_store_for_wgmma(const void* p, size_t bytes) {
   State& s = st();
   if (!in_smem(p, bytes)) fail("store_for_wgmma outside the block's shared memory");
   const size_t first = static_cast<size_t>(static_cast<const unsigned char*>(p) - s.smem.data());
-  for (size_t chunk = first / 16; chunk <= (first + bytes - 1) / 16; ++chunk) {
-    s.async_unfenced[chunk] = s.cur->linear + 1;
-    s.cur->landed.push_back(chunk);
-  }
+  for (size_t chunk = first / 16; chunk <= (first + bytes - 1) / 16; ++chunk) mark_unfenced(chunk);
 }
 
 void wgmma_commit() {
