@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built 
 
 SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
              "ldmatrix_misaligned", "misaligned_vector", "wgmma_fence", "wgmma_wait", "wgmma_reuse",
-             "wgmma_proxy", "wgmma_regs"]
+             "wgmma_proxy", "wgmma_regs", "global_bounds"]
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,7 @@ def _emu_defaults():
     yield
     emu.set_seed(1)
     emu.set_copy_timing("mixed")
+    emu.set_global_regions([])
 
 
 @pytest.mark.parametrize("name", SELFTESTS)
@@ -127,21 +128,26 @@ def _run_attention(b, hq, hkv, t, d, causal, dtype, version, seed):
     (do, dob) = _guarded((b, hq, t, d), dtype, gen)
     o, ob = _guarded((b, hq, t, d), dtype)
     lse, lb = _guarded((b, hq, t), torch.float32)
+    dq, dqb = _guarded((b, hq, t, d), dtype)
+    dk, dkb = _guarded((b, hkv, t, d), dtype)
+    dv, dvb = _guarded((b, hkv, t, d), dtype)
+    acc, ab = _guarded((b, hq, t, d), torch.float32)
+    delta, deb = _guarded((b, hq, t), torch.float32)
+    # cp.async sources and the dQ atomics must stay inside the tensors, not reach the guards
+    # (an atomic adding 0 to a NaN guard would leave it NaN: the guards alone miss that).
+    emu.set_global_regions([(x.data_ptr(), x.numel() * x.element_size())
+                            for x in (q, k, v, do, o, lse, dq, dk, dv, acc, delta)])
     code = _dispatch.dtype_code(dtype)
     sizes = (b, hq, hkv, t, t, d)
     strides = (_strides(q), _strides(k), _strides(v), _strides(do))
     scale = d ** -0.5
     emu.attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(),
                           sizes, strides, scale, causal, code, version, 0)
-    dq, dqb = _guarded((b, hq, t, d), dtype)
-    dk, dkb = _guarded((b, hkv, t, d), dtype)
-    dv, dvb = _guarded((b, hkv, t, d), dtype)
-    acc, ab = _guarded((b, hq, t, d), torch.float32)
-    delta, deb = _guarded((b, hq, t), torch.float32)
     emu.attention_backward(do.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
                            lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                            acc.data_ptr(), delta.data_ptr(), sizes, strides, scale, causal, code,
                            version, 0)
+    emu.set_global_regions([])
     qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
     ref = attention_ref(qr, kr, vr, is_causal=causal)
     (ref * do.double()).sum().backward()

@@ -2,6 +2,9 @@
 // and the caller's cudaStream_t as integers (Python validates the tensors), so it never links
 // libtorch and one build works with any torch. Errors become ValueError/RuntimeError.
 #include <pybind11/pybind11.h>
+#ifdef FASTLM_CUDA_EMU
+#include <pybind11/stl.h>  // set_global_regions' list of pairs
+#endif
 
 #include <cstdint>
 #include <stdexcept>
@@ -136,6 +139,9 @@ PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
         "thread scheduling seed of the emulator (0 = threads in index order)");
   m.def("set_copy_timing", &fastlm::emu::set_copy_timing, py::arg("mode"),
         "when cp.async copies land: 'lazy', 'eager' or 'mixed'");
+  m.def("set_global_regions", &fastlm::emu::set_global_regions, py::arg("regions"),
+        "[(address, bytes), ...]: the global memory cp.async sources and atomics must stay in "
+        "(an empty list: unchecked)");
   m.def("float_to_half_bits", &fastlm::emu::float_to_half, py::arg("x"),
         "the emulator's float -> fp16 conversion (round to nearest even), as bits");
   m.def("half_bits_to_float", &fastlm::emu::half_to_float, py::arg("bits"));

@@ -104,6 +104,7 @@ struct State {
   uint64_t seed = 1;
   std::map<const void*, int> max_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize
   std::vector<unsigned char*> stacks;
+  std::vector<std::pair<uint64_t, uint64_t>> global;  // set_global_regions (empty: unchecked)
 };
 
 State& st() {
@@ -423,6 +424,7 @@ void cp_async16(void* smem, const void* gmem, bool valid) {
   if (!in_smem(smem, 16)) fail("cp.async destination outside the block's dynamic shared memory");
   if (reinterpret_cast<uintptr_t>(smem) % 16 != 0 || reinterpret_cast<uintptr_t>(gmem) % 16 != 0)
     fail("cp.async 16-byte copy with a misaligned address");
+  if (valid) check_global(gmem, 16, "cp.async source");
   State& s = st();
   std::vector<Copy> copy{
       {static_cast<unsigned char*>(smem), static_cast<const unsigned char*>(gmem), valid}};
@@ -678,6 +680,23 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
         }
       }
   s.fibers.clear();
+}
+
+void set_global_regions(const std::vector<std::pair<uint64_t, uint64_t>>& regions) {
+  for (const auto& r : regions)
+    if (r.first + r.second < r.first)
+      throw std::invalid_argument("global region wraps around the address space");
+  st().global = regions;
+}
+
+void check_global(const void* p, size_t bytes, const char* what) {
+  const State& s = st();
+  if (s.global.empty()) return;
+  const uint64_t a = reinterpret_cast<uintptr_t>(p);
+  for (const auto& r : s.global)
+    if (a >= r.first && a - r.first <= r.second && bytes <= r.second - (a - r.first)) return;
+  fail(std::string(what) + " of " + std::to_string(bytes) +
+       " bytes outside every global tensor the test named (address " + std::to_string(a) + ")");
 }
 
 void set_seed(uint64_t seed) { st().seed = seed; }

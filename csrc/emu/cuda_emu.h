@@ -33,7 +33,9 @@
 // Errors become the launch's error (cudaGetLastError), with a message naming the block and
 // thread. Not modelled: timing, registers, bank conflicts, L2, memory coherence beyond the
 // orderings above, atomics other than float atomicAdd (trivially atomic on one OS thread), and
-// races between blocks (blocks run one after another, each to its end).
+// races between blocks (blocks run one after another, each to its end). Global memory is
+// bounds-checked only where a test names its tensors (set_global_regions): cp.async sources and
+// atomics.
 #pragma once
 
 #include <cmath>
@@ -45,6 +47,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 // ---- CUDA qualifiers and builtins, as plain C++.
 #define __global__
@@ -167,6 +170,12 @@ void wgmma_commit();
 void wgmma_wait(int n);
 void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool scale_d,
            bool trans_a, bool trans_b, bool bf16);
+// Global memory a test lets the kernels touch ([address, address + bytes) each): every valid
+// cp.async source and every atomic must then lie inside one region, else the launch fails (a
+// GPU would read or add past the tensor, or fault). An empty list (the default) checks nothing.
+// Plain loads and stores are not seen here: tests put NaN guards around their tensors.
+void set_global_regions(const std::vector<std::pair<uint64_t, uint64_t>>& regions);
+void check_global(const void* p, size_t bytes, const char* what);
 // Scheduling seed (0: threads in index order; default 1, or $FASTLM_EMU_SEED).
 void set_seed(uint64_t seed);
 // When a cp.async copy lands: "lazy" (at the wait_group that must cover it: catches reads
@@ -214,12 +223,14 @@ inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) {
   return static_cast<int>(::fastlm::emu::shfl_xor(static_cast<uint32_t>(v), lane_mask, mask));
 }
 inline float atomicAdd(float* p, float v) {  // fibers on one OS thread: atomic by construction
+  ::fastlm::emu::check_global(p, sizeof(float), "atomicAdd");
   float old = *p;
   *p = old + v;
   return old;
 }
 // sm_90's vector atomic: p must be 8-byte aligned (the float2 access checks it, as a GPU faults).
 inline float2 atomicAdd(float2* p, float2 v) {
+  ::fastlm::emu::check_global(p, sizeof(float2), "atomicAdd(float2)");
   float2 old = *p;
   *p = {old.x + v.x, old.y + v.y};
   return old;

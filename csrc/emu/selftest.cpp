@@ -56,6 +56,22 @@ __global__ void reuse_kernel(const float* in, float* out, bool sync) {
   out[i] = acc;
 }
 
+// out[i] += in[i] by atomics, and the same for out[i] through cp.async of `in` (first 32
+// threads, 4 floats each); `past` moves the last thread's atomic and copy one vector past the
+// tensors the test names (set_global_regions).
+__global__ void global_bounds_kernel(const float* in, float* out, int past) {
+  FASTLM_DYNAMIC_SMEM(raw);
+  float* s = reinterpret_cast<float*>(raw);
+  const int i = threadIdx.x;
+  const int off = (i == kN - 1 ? 4 * past : 0);
+  atomicAdd(out + i + off, in[i]);
+  if (i < kN / 4) cp_async16(s + 4 * i, in + 4 * i + (i == kN / 4 - 1 ? 4 * past : 0), true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  out[i] += s[i] - in[i];
+}
+
 __global__ void divergent_sync_kernel(float* out, bool diverge) {
   if (!diverge || threadIdx.x < 32) __syncthreads();
   out[threadIdx.x] = 1.f;
@@ -185,6 +201,18 @@ std::string selftest(const std::string& name) {
     return check([&] { FASTLM_LAUNCH(reuse_kernel, 1, kN, smem, nullptr)(in.data(), out.data(),
                                                                            good); },
                  want, out);
+  }
+  if (base == "global_bounds") {  // room past both tensors, so a missed check writes nothing
+    std::vector<float> room(kN + 4, 0.f);
+    for (int i = 0; i < kN; ++i) want[i] = in[i];
+    set_global_regions({{reinterpret_cast<uintptr_t>(in.data()), kN * sizeof(float)},
+                        {reinterpret_cast<uintptr_t>(room.data()), kN * sizeof(float)}});
+    want.resize(kN + 4, 0.f);
+    const std::string r = check([&] { FASTLM_LAUNCH(global_bounds_kernel, 1, kN, smem, nullptr)(
+                                          in.data(), room.data(), good ? 0 : 1); },
+                                want, room);
+    set_global_regions({});
+    return r;
   }
   std::fill(want.begin(), want.end(), 1.f);
   if (base == "divergent_sync")
