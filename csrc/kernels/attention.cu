@@ -588,6 +588,7 @@ __device__ __forceinline__ void issue_pv(float (*o)[4], const uint32_t (*pf)[4],
 
 template <typename T, int D, int BC>
 __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionParams p) {
+  static_assert(BC == kBr7, "v7: every tile of a block is needed by both warpgroups");
 #if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);  // kBr7 x D, then two buffers of K (BC x D), V (BC x D)
@@ -608,7 +609,6 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float sl2 = p.scale * kLog2e;
   const int wrow0 = q0 + warp * 16;  // this warp's first row; the thread's: wrow0 + g, + 8
-  const int wg_last = q0 + wg * 64 + 63;
   // Q's 64 rows of this warpgroup, K-major: next 8 columns at kBr7 * 16 bytes, next 8 rows at 128.
   const uint64_t desc_q = wgmma_desc(sQ + wg * 64 * 8, kBr7 * 16, 128);
 
@@ -626,7 +626,6 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
       load_tile_planar<T, D, BC, kThreads7>(nK + BC * D, V + k1 * p.v_stride[2], p.v_stride[2],
                                             p.t_k - k1);
     }
-    if (p.causal && k0 > wg_last) continue;  // keys all after this warpgroup's rows
 
     // S = Q K^T.
     wgmma_fence();
@@ -1426,7 +1425,7 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
     // v7 and v8, 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared
     // memory per k16 step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor
     // cores' peak rate (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles
-    // would need 128. Registers (sm_90a): v7 216 at D=128, 180 at D=64; v8 228 / 185. Shared
+    // would need 128. Registers (sm_90a): v7 210 at D=128, 188 at D=64; v8 228 / 185. Shared
     // memory 160 / 80 KB.
     constexpr int BC = 128;
     size_t smem = (kBr7 + 4 * BC) * D * sizeof(T);
