@@ -200,10 +200,57 @@ def test_attention_kernels_under_each_copy_timing(version, seed, timing):
         assert _rel(a, r) < 1.5e-2
 
 
+def _extent(ptr, shape, strides, elem_size):
+    """(address, bytes) from a tensor's first element to its last (last dim contiguous)."""
+    last = sum((n - 1) * s for n, s in zip(shape, tuple(strides) + (1,)))
+    return ptr, (last + 1) * elem_size
+
+
+class _BoundedEmu:
+    """The emulator module, with every attention launch's tensors (their extents from the sizes
+    and strides the op passes) named as the only global memory its cp.async sources and atomics
+    may touch."""
+
+    def __getattr__(self, name):
+        return getattr(emu, name)
+
+    @staticmethod
+    def _run(fn, regions, *args):
+        emu.set_global_regions(regions)
+        try:
+            fn(*args)
+        finally:
+            emu.set_global_regions([])
+
+    def attention_forward(self, q, k, v, o, lse, sizes, strides, *rest):
+        b, hq, hkv, tq, tk, d = sizes
+        e = 4 if rest[3] == 0 else 2  # dtype code
+        regions = [_extent(q, (b, hq, tq, d), strides[0], e),
+                   _extent(k, (b, hkv, tk, d), strides[1], e),
+                   _extent(v, (b, hkv, tk, d), strides[2], e),
+                   (o, b * hq * tq * d * e), (lse, b * hq * tq * 4)]
+        self._run(emu.attention_forward, regions, q, k, v, o, lse, sizes, strides, *rest)
+
+    def attention_backward(self, do, q, k, v, o, lse, dq, dk, dv, acc, delta, sizes, strides,
+                           *rest):
+        b, hq, hkv, tq, tk, d = sizes
+        e = 4 if rest[3] == 0 else 2
+        nq, nk = b * hq * tq, b * hkv * tk
+        regions = [_extent(do, (b, hq, tq, d), strides[3], e),
+                   _extent(q, (b, hq, tq, d), strides[0], e),
+                   _extent(k, (b, hkv, tk, d), strides[1], e),
+                   _extent(v, (b, hkv, tk, d), strides[2], e),
+                   (o, nq * d * e), (lse, nq * 4), (dq, nq * d * e), (dk, nk * d * e),
+                   (dv, nk * d * e), (acc, nq * d * 4), (delta, nq * 4)]
+        self._run(emu.attention_backward, regions, do, q, k, v, o, lse, dq, dk, dv, acc, delta,
+                  sizes, strides, *rest)
+
+
 @pytest.fixture
 def emu_dispatch(monkeypatch):
-    """Routes the CUDA launches of fastlm.ops to the emulator, for CPU tensors."""
-    monkeypatch.setattr(_dispatch, "cuda_module", lambda: emu)
+    """Routes the CUDA launches of fastlm.ops to the emulator, for CPU tensors, with the
+    attention launches' global memory bounds-checked (_BoundedEmu)."""
+    monkeypatch.setattr(_dispatch, "cuda_module", lambda: _BoundedEmu())
     monkeypatch.setattr(_dispatch, "stream_handle", lambda device: 0)
 
 

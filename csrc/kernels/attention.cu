@@ -837,7 +837,10 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
     const int64_t bh = (int64_t)b * p.heads_q + h;
     T* cQ = sQ;  // this iteration's tiles (v4: alternating buffers)
     T* cdO = sdO;
-    __syncthreads();  // previous iteration's reads of sQ/sdO (other buffer), sdS, sLse are done
+    // No barrier here: every warp is past the previous iteration's dS^T barrier (below), so past
+    // its reads of sQ/sdO (the buffer written next) and sLse/sDelta; its reads of sdS (the dQ
+    // product) end before any warp passes this iteration's barrier after the loads, and sdS is
+    // written only after that one. (tools/emu_barrier_sweep.py never caught this barrier's loss.)
     if constexpr (VER >= 4) {
       cQ = sQ + (it & 1) * BQ * LD;
       cdO = sdO + (it & 1) * BQ * LD;
