@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(emu is None, reason="fastlm._cuda_emu not built 
 
 SELFTESTS = ["rotate", "async_rotate", "reuse", "divergent_sync", "divergent_shfl", "overflow",
              "ldmatrix_misaligned", "misaligned_vector", "wgmma_fence", "wgmma_wait", "wgmma_reuse",
-             "wgmma_proxy", "wgmma_regs", "global_bounds"]
+             "wgmma_proxy", "wgmma_regs", "wgmma_early", "global_bounds"]
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +52,9 @@ def test_emulator_catches_broken_kernels(name, seed):
     """Each deliberately broken kernel (missing barrier, read before the cp.async wait, buffer
     reuse without a barrier, divergent barrier or shuffle, shared-memory overflow, misaligned
     ldmatrix or 16-byte vector load; a wgmma without its fence, read before its wait, with its
-    shared operand overwritten in flight, reading cp.async data without fence.proxy.async, or
-    with its A registers changed in flight) fails (wrong result or an error); its correct twin
+    shared operand overwritten in flight, reading cp.async data without fence.proxy.async, with
+    its A registers changed in flight, or issued before its operands are copied; a cp.async or
+    atomic outside the named global tensors) fails (wrong result or an error); its correct twin
     passes."""
     emu.set_seed(seed)
     assert emu.selftest(name) != "ok"

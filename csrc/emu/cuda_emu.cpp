@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -30,6 +31,13 @@ struct Copy {
   bool valid;
 };
 
+// What a warpgroup's product read from shared memory when it was issued (a hash of every operand
+// element), checked against what it reads when the first thread's wait_group lands it.
+struct IssueSnapshot {
+  uint64_t hash = 0;
+  bool checked = false;
+};
+
 // One in-flight wgmma as one thread sees it: its accumulator registers, its two rows of A when A
 // comes from registers, the descriptors (shared memory is read when the product lands).
 struct Mma {
@@ -40,6 +48,7 @@ struct Mma {
   uint64_t desc_a, desc_b;
   const uint32_t* a_regs;  // this thread's A registers, which must hold a_held until the product
   uint32_t a_held[4];      // lands (the hardware reads them while it runs)
+  std::shared_ptr<IssueSnapshot> snapshot;  // shared by the warpgroup's 128 threads
 };
 
 struct Fiber {
@@ -68,6 +77,7 @@ struct WarpgroupState {
   int arrived = 0;
   uint64_t gen = 0;
   GroupSlot in[2][128];
+  std::shared_ptr<IssueSnapshot> snapshot[2];  // the product issued in generation gen
 };
 
 struct WarpState {
@@ -532,12 +542,40 @@ float desc_element(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
   return bf16 ? bf16_to_float(h) : half_to_float(h);
 }
 
+// A hash of every shared-memory element a product reads: A (64 x 16) unless it comes from
+// registers, and B (n x 16). Reading checks each element as the product does (inside shared
+// memory, fenced for the async proxy).
+uint64_t operand_hash(uint64_t desc_a, uint64_t desc_b, int n, bool reg_a, bool trans_a,
+                      bool trans_b, bool bf16) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the elements' float bits
+  auto add = [&](float x) {
+    h ^= f2u(x);
+    h *= 1099511628211ull;
+  };
+  for (int k = 0; k < 16; ++k) {
+    if (!reg_a)
+      for (int r = 0; r < 64; ++r) add(desc_element(desc_a, r, k, trans_a, bf16));
+    for (int c = 0; c < n; ++c) add(desc_element(desc_b, c, k, trans_b, bf16));
+  }
+  return h;
+}
+
 // Lands one product on this thread's accumulator values acc (n / 2 of them).
 void land(const Mma& m, std::vector<float>& acc) {
   const Fiber* f = st().cur;
   if (m.reg_a && std::memcmp(m.a_regs, m.a_held, sizeof(m.a_held)) != 0)
     fail("wgmma A registers changed while the product was in flight (before the wait_group "
          "covering it)");
+  // The hardware reads the shared operands at some time between the issue and the wait: they
+  // must not change in between (an operand written after the issue, by a copy or a store that
+  // a missing wait or barrier let come late, or overwritten while the product is in flight).
+  if (!m.snapshot->checked) {
+    m.snapshot->checked = true;
+    if (operand_hash(m.desc_a, m.desc_b, m.n, m.reg_a, m.trans_a, m.trans_b, m.bf16) !=
+        m.snapshot->hash)
+      fail("shared memory read by a wgmma changed between its issue and the wait_group that "
+           "lands it (an operand written after the issue, or overwritten in flight)");
+  }
   const int w = f->warp % 4, g = f->lane / 4, t = f->lane % 4;
   for (int i = 0; i < m.n / 2; ++i) {
     const int rr = (i / 2) % 2, row = 16 * w + g + 8 * rr, col = 8 * (i / 4) + 2 * t + i % 2;
@@ -597,7 +635,10 @@ void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b,
   slot.flags = (a ? 1 : 0) | (scale_d ? 2 : 0) | (trans_b ? 4 : 0) | (bf16 ? 8 : 0) |
                (trans_a ? 16 : 0);
   s.progress = true;
-  if (++wg.arrived == 128) {
+  if (++wg.arrived == 128) {  // the issue: what the operands hold now is what it may read
+    auto snap = std::make_shared<IssueSnapshot>();
+    snap->hash = operand_hash(desc_a, desc_b, n, a != nullptr, trans_a, trans_b, bf16);
+    wg.snapshot[buf] = std::move(snap);
     wg.arrived = 0;
     ++wg.gen;
   }
@@ -610,7 +651,8 @@ void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b,
         in[i].flags != slot.flags)
       fail("wgmma operands (descriptors, shape or flags) differ across the warpgroup");
   if (a && trans_a) fail("wgmma: trans-a with A in registers");
-  Mma m{d, n, a != nullptr, scale_d, trans_a, trans_b, bf16, {}, desc_a, desc_b, a, {}};
+  Mma m{d, n, a != nullptr, scale_d, trans_a, trans_b, bf16, {}, desc_a, desc_b, a, {},
+        wg.snapshot[buf]};
   if (a) std::memcpy(m.a_held, a, sizeof(m.a_held));
   if (a) {  // this thread's rows of A (m16n8k16 A layout per warp, cuda_common.cuh)
     const int w = f->warp % 4, g = f->lane / 4;

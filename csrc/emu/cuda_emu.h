@@ -23,10 +23,13 @@
 //     (sm_90);
 //   - a launch with more than 1024 threads, or a zero or oversized grid, fails as on a GPU;
 //   - wgmma (sm_90a): the product lands at the wait_group that covers it, reading the shared
-//     operands then, and its accumulators read NaN until then; an issue without a wgmma.fence
-//     since the last wait, operands that differ across the warpgroup, a descriptor outside
-//     shared memory or with a swizzle, a read of shared memory that a cp.async wrote without a
-//     fence.proxy.async by the copying thread since, A registers changed while their product
+//     operands then, which must still hold what they held at the issue (the hardware reads them
+//     at any time in between: an operand that arrives after the issue, or is overwritten in
+//     flight, is an error), and its accumulators read NaN until then; an issue without a
+//     wgmma.fence since the last wait, operands that differ across the warpgroup, a descriptor
+//     outside shared memory or with a swizzle, a read of shared memory (at the issue or at the
+//     landing) that a cp.async wrote without a fence.proxy.async by the copying thread since,
+//     A registers changed while their product
 //     is in flight, and a thread ending with products in flight are errors (the proxy fence is
 //     modelled for cp.async writes and for plain stores made through store_for_wgmma).
 // Needs only POSIX ucontext and -fsanitize=alignment (GCC or Clang).
@@ -157,7 +160,8 @@ void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf16);
 unsigned char* dynamic_smem();
 // wgmma (csrc/kernels/wgmma.cuh): a warpgroup collective (128 threads, 4 consecutive warps) at
 // issue; the product is computed when the wait_group covering it runs, from the shared memory
-// of that moment, and the accumulators read NaN in between. An issue needs a wgmma.fence since
+// of that moment (which must match the issue's: a hash of the operands is compared), and the
+// accumulators read NaN in between. An issue needs a wgmma.fence since
 // the thread's last wait_group; a thread may not end with products in flight. Operands in
 // shared memory: descriptors with no swizzle (the only layout the kernels use).
 uint32_t smem_address(const void* p);  // offset in the block's dynamic shared memory

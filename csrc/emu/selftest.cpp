@@ -112,7 +112,8 @@ __global__ void vector_load_kernel(const float* in, float* out, int offset_bytes
 // per thread sum_i acc[i] * (i + 1); A and B^T come by cp.async from `img` (chunk-planar, as
 // wgmma.cuh lays out tiles). bug 1: no wgmma.fence before the product; 2: reads an accumulator
 // before the wait_group; 3: overwrites the B operand in shared memory before it; 4: no
-// fence.proxy.async between the copies and the product.
+// fence.proxy.async between the copies and the product; 6: issues the product before the
+// copies' wait, fence and barrier (they all come before its wait_group).
 float wgmma_a(int r, int k) { return static_cast<float>((r + k) % 5 - 2); }
 float wgmma_b(int k, int n) { return static_cast<float>((3 * k + n) % 7 - 3); }
 
@@ -121,14 +122,18 @@ __global__ void wgmma_kernel(const __nv_bfloat16* img, float* out, int bug) {
   auto* s = reinterpret_cast<__nv_bfloat16*>(raw);  // A (64 x 16), then B^T (64 x 16)
   for (int i = threadIdx.x; i < 2 * 64 * 16 / 8; i += kN) cp_async16(s + 8 * i, img + 8 * i, true);
   cp_async_commit();
+  float acc[32];
+  auto issue = [&] {
+    if (bug != 1) cuda::wgmma_fence();
+    cuda::wgmma_ss<__nv_bfloat16, 64>(acc, cuda::wgmma_desc(s, 64 * 16, 128),
+                                      cuda::wgmma_desc(s + 64 * 16, 64 * 16, 128), 0);
+    cuda::wgmma_commit();
+  };
+  if (bug == 6) issue();
   cp_async_wait<0>();
   if (bug != 4) cuda::fence_proxy_async();
   __syncthreads();
-  float acc[32];
-  if (bug != 1) cuda::wgmma_fence();
-  cuda::wgmma_ss<__nv_bfloat16, 64>(acc, cuda::wgmma_desc(s, 64 * 16, 128),
-                                    cuda::wgmma_desc(s + 64 * 16, 64 * 16, 128), 0);
-  cuda::wgmma_commit();
+  if (bug != 6) issue();
   float sum = bug == 2 ? acc[0] : 0.f;
   if (bug == 3) {
     for (int i = threadIdx.x; i < 64 * 16; i += kN) s[64 * 16 + i] = __float2bfloat16(0.f);
@@ -244,6 +249,7 @@ std::string selftest(const std::string& name) {
                         : base == "wgmma_reuse" ? 3
                         : base == "wgmma_proxy" ? 4
                         : base == "wgmma_regs"  ? 5
+                        : base == "wgmma_early" ? 6
                                                 : -1;
   if (wgmma_bug > 0) {
     std::vector<__nv_bfloat16> img(2 * 64 * 16);
