@@ -44,12 +44,14 @@
 //       (attn_fwd_kernel_v7, attn_bwd_kernel_v7): 2 warpgroups per block, operands read by the
 //       tensor cores straight from shared memory (chunk-planar tiles, no fragment loads), P / dS^T
 //       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
-//       Registers (sm_90a): forward 216 (D=128) / 180 (D=64), backward 241 / 186, no spills.
-//       Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
+//       Each step's copies are issued after its first products (the tensor cores do not wait for
+//       their address arithmetic). Registers (sm_90a): forward 190 (D=128) / 170 (D=64),
+//       backward 230 / 165, no spills. Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
 //       not yet run on a GPU.
 //   v8: v7's backward; forward with FlashAttention-3's intra-warpgroup pipelining
 //       (attn_fwd_kernel_v8): tile j's softmax runs while tile j-1's P V product is on the
-//       tensor cores. Written without a GPU (emulator-validated); not yet run on a GPU.
+//       tensor cores. Registers 241 (D=128) / 184 (D=64), no spills. Written without a GPU
+//       (emulator-validated); not yet run on a GPU.
 #include <cmath>
 #include <string>
 
@@ -500,16 +502,24 @@ constexpr int kBr7 = 128, kThreads7 = 256;
 // Copies a R x D tile into chunk-planar shared memory (wgmma.cuh); rows at or beyond `valid` are
 // zero-filled. Vector i: 8 consecutive threads take 8 consecutive rows of one 8-column chunk (128
 // contiguous shared bytes), and the next 8 threads the same rows' next chunk (each 32-byte global
-// sector read by one warp).
+// sector read by one warp). With the block's NT threads every thread's vectors lie in one row,
+// kStep columns apart: one row test and one address per thread, the copies at fixed offsets
+// from it (a loop from threadIdx.x over i compiled to a generic loop with a branch around every
+// copy, and a fully unrolled one to an address per copy: 20 bytes of spill in v8).
 template <typename T, int D, int R, int NT>
 __device__ __forceinline__ void load_tile_planar(T* s, const T* g, int64_t ld_g, int valid) {
   static_assert(R % 8 == 0 && D % 16 == 0, "planar tiles: rows multiple of 8, D of 16");
-  for (int i = threadIdx.x; i < R * (D / 8); i += NT) {
-    const int lo = i & 7, pair = (i >> 3) & 1, rest = i >> 4;
-    const int r = (rest % (R / 8)) * 8 + lo, c = ((rest / (R / 8)) * 2 + pair) * 8;
-    const bool ok = r < valid;
-    cp_async16(s + planar(r, c, R), ok ? g + r * ld_g + c : g, ok);
-  }
+  static_assert(NT % 16 == 0 && (NT / 16) % (R / 8) == 0 && R * (D / 8) % NT == 0,
+                "planar tiles: a thread's vectors in one row");
+  constexpr int kStep = (NT / 16) / (R / 8) * 16;  // columns between a thread's vectors
+  const int lo = threadIdx.x & 7, pair = (threadIdx.x >> 3) & 1, rest = threadIdx.x >> 4;
+  const int r = (rest % (R / 8)) * 8 + lo, c0 = ((rest / (R / 8)) * 2 + pair) * 8;
+  const bool ok = r < valid;
+  const T* src = ok ? g + r * ld_g + c0 : g;
+  T* dst = s + planar(r, c0, R);
+#pragma unroll
+  for (int j = 0; j < R * (D / 8) / NT; ++j)
+    cp_async16(dst + j * (kStep / 8) * R * 8, ok ? src + j * kStep : g, ok);
   cp_async_commit();
 }
 
@@ -619,6 +629,11 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
     cp_async_wait<0>();   // tile j (and Q) copied by this thread
     fence_proxy_async();  // ... and visible to wgmma's reads
     __syncthreads();      // for every thread; every warpgroup done with tile j-1's buffer
+
+    // S = Q K^T; the next tile's copies (into tile j-1's buffer) issued while it runs.
+    wgmma_fence();
+    issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
+    wgmma_commit();
     if (j + 1 < n_tiles) {
       T* nK = sKV + ((j + 1) & 1) * 2 * BC * D;
       const int k1 = k0 + BC;
@@ -626,11 +641,6 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
       load_tile_planar<T, D, BC, kThreads7>(nK + BC * D, V + k1 * p.v_stride[2], p.v_stride[2],
                                             p.t_k - k1);
     }
-
-    // S = Q K^T.
-    wgmma_fence();
-    issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
-    wgmma_commit();
     wgmma_wait<0>();
     fence_operands<BC / 2>(&s[0][0]);
 
@@ -687,11 +697,15 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
   (void)lm, (void)lr;
   const int wg = warp / 4;
   // Step j: this thread's copies of tile j (and Q / K_0) landed and visible to wgmma, every
-  // thread's (the barrier), every product of step j-1 waited for; then K_{j+1} and V_j issued.
-  auto step = [&](int j) {
+  // thread's (the barrier), every product of step j-1 waited for ...
+  auto sync = [] {
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
+  };
+  // ... then, once the step's products are issued (so that the tensor cores need not wait for
+  // the copies' address arithmetic), K_{j+1} and V_j.
+  auto loads = [&](int j) {
     const int k1 = (j + 1) * BC, k0 = j * BC;
     if (j + 1 < n_tiles)
       load_tile_planar<T, D, BC, kThreads7>(sK + ((j + 1) & 1) * BC * D,
@@ -715,16 +729,17 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
   uint32_t pf[BC / 16][4];  // P of the previous tile (A of the P V product in flight)
 
   // Tile 0: S_0 and its softmax (O is still 0).
-  step(0);
+  sync();
   wgmma_fence();
   issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
   wgmma_commit();
+  loads(0);
   wgmma_wait<0>();
   fence_operands<BC / 2>(&s[0][0]);
   softmax_tile<T, BC>(s, pf, m, l, alpha, 0, wrow0, g, t, sl2, p);
 
   for (int j = 1; j < n_tiles; ++j) {
-    step(j);
+    sync();
     fence_operands<D / 2>(&o[0][0]);
     fence_operands<BC / 4>(&pf[0][0]);
     wgmma_fence();
@@ -732,6 +747,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
     wgmma_commit();
     issue_pv<T, D, BC>(o, pf, desc_v(j - 1));
     wgmma_commit();
+    loads(j);  // into the buffers of K_{j-1} and V_{j-2}, read by products already waited for
     wgmma_wait<1>();  // S_j; the P V product may still run
     fence_operands<BC / 2>(&s[0][0]);
     uint32_t pn[BC / 16][4];  // tile j's P (pf is still being read)
@@ -751,7 +767,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
   }
 
   // The last tile's P V (V_{n_tiles - 1} was issued at the last step).
-  step(n_tiles);
+  sync();
   fence_operands<D / 2>(&o[0][0]);
   fence_operands<BC / 4>(&pf[0][0]);
   wgmma_fence();
@@ -1294,7 +1310,6 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
     cp_async_wait<0>();   // tile it (and K, V) copied by this thread
     fence_proxy_async();  // ... and visible to wgmma's reads
     __syncthreads();      // for every thread; every warpgroup done with tile it-1 (sdS included)
-    if (it + 1 < n_iter) load_query_tile(it + 1, buf ^ 1);
     const T* sQ = sQdO + buf * 2 * kBQ7 * D;
     const T* sdO = sQ + kBQ7 * D;
     const float* lse = sLse + buf * kBQ7;
@@ -1316,6 +1331,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
       wgmma_ss<T, kBQ7>(&dpt[0][0], desc_va + ((kk * 2 * kKB7 * 16) >> 4),
                         desc_do + ((kk * 2 * kBQ7 * 16) >> 4), kk > 0);
     wgmma_commit();
+    // The next tile's copies (into tile it-1's buffers) while S^T and dP^T run.
+    if (it + 1 < n_iter) load_query_tile(it + 1, buf ^ 1);
     wgmma_wait<kSplitGroups ? 1 : 0>();  // S^T landed (dP^T may still run)
     fence_operands<kBQ7 / 2>(&st[0][0]);
 
@@ -1428,7 +1445,7 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
     // v7 and v8, 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared
     // memory per k16 step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor
     // cores' peak rate (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles
-    // would need 128. Registers (sm_90a): v7 210 at D=128, 188 at D=64; v8 228 / 185. Shared
+    // would need 128. Registers (sm_90a): v7 190 at D=128, 170 at D=64; v8 241 / 184. Shared
     // memory 160 / 80 KB.
     constexpr int BC = 128;
     size_t smem = (kBr7 + 4 * BC) * D * sizeof(T);
