@@ -46,8 +46,8 @@
 //       fed from registers, accumulators half of mma.sync's per thread (64 rows per warpgroup).
 //       Each step's copies are issued after its first products (the tensor cores do not wait for
 //       their address arithmetic). Registers (sm_90a): forward 190 (D=128) / 170 (D=64),
-//       backward 230 / 165, no spills. Written without a GPU: validated in the CPU emulator (which models wgmma's asynchrony);
-//       not yet run on a GPU.
+//       backward 230 / 165, no spills. Written without a GPU: validated in the CPU emulator
+//       (which models wgmma's asynchrony); not yet run on a GPU.
 //   v8: v7's backward; forward with FlashAttention-3's intra-warpgroup pipelining
 //       (attn_fwd_kernel_v8): tile j's softmax runs while tile j-1's P V product is on the
 //       tensor cores. Registers 241 (D=128) / 184 (D=64), no spills. Written without a GPU
@@ -67,22 +67,33 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kWarps = 4, kThreads = 128;
 constexpr int kBr = 64, kBc = 64;  // forward query rows / key columns per tile
 
-// Copies a rows x D tile (row stride ld_g in global, LD in shared) with 16-byte vectors;
+// Copies an R x D tile (row stride ld_g in global, LD in shared) with 16-byte vectors;
 // rows at or beyond `valid` are zero-filled.
 // v3+: cp.async (no registers, all of a thread's copies in flight at once; rows past `valid`
 // get src-size 0, i.e. zero-fill). The caller commits/waits and then syncs.
-template <typename T, int D, int LD, int VER, int NT = kThreads>
-__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int rows, int valid) {
+// With NT threads (a multiple of D/8) a thread copies one column chunk of every (NT / (D/8))-th
+// row: a fixed, unrolled count per thread, its addresses one step apart (a loop from threadIdx.x
+// compiled to a generic loop with a remainder and a branch around every copy).
+template <typename T, int D, int LD, int VER, int R, int NT = kThreads>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int valid) {
   constexpr int kVec = 8;  // 8 x 16-bit = 16 bytes
-  for (int i = threadIdx.x; i < rows * (D / kVec); i += NT) {
-    int r = i / (D / kVec), c = (i % (D / kVec)) * kVec;
+  constexpr int kRowStep = NT / (D / kVec), kIters = (R + kRowStep - 1) / kRowStep;
+  static_assert(NT % (D / kVec) == 0, "load_tile: threads a multiple of the row's vectors");
+  const int r0 = threadIdx.x / (D / kVec), c = (threadIdx.x % (D / kVec)) * kVec;
+  const T* src = g + r0 * ld_g + c;
+  T* dst = s + r0 * LD + c;
+  const int64_t src_step = kRowStep * ld_g;
+#pragma unroll
+  for (int j = 0; j < kIters; ++j) {
+    const int r = r0 + j * kRowStep;
+    if (R % kRowStep != 0 && r >= R) break;  // the last step of a tile that does not divide
+    const bool ok = r < valid;
     if constexpr (VER >= 3) {
-      bool ok = r < valid;
-      cp_async16(s + r * LD + c, ok ? g + r * ld_g + c : g, ok);
+      cp_async16(dst + j * kRowStep * LD, ok ? src + j * src_step : g, ok);
     } else {
       uint4 v = make_uint4(0, 0, 0, 0);
-      if (r < valid) v = *reinterpret_cast<const uint4*>(g + r * ld_g + c);
-      *reinterpret_cast<uint4*>(s + r * LD + c) = v;
+      if (ok) v = *reinterpret_cast<const uint4*>(src + j * src_step);
+      *reinterpret_cast<uint4*>(dst + j * kRowStep * LD) = v;
     }
   }
   if constexpr (VER >= 3) cp_async_commit();
@@ -179,7 +190,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   const auto [b, h, q0, k_end, Q, K, V] = fwd_block<T, kBr>(p);
   const auto [warp, g, t, lm, lr] = lane_layout();
 
-  load_tile<T, D, LD, VER>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr, p.t_q - q0);
+  load_tile<T, D, LD, VER, kBr>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
   if constexpr (VER >= 3) cp_async_wait<0>();
   __syncthreads();  // Q tile complete before fragments are read
   uint32_t qf[D / 16][4];
@@ -199,8 +210,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
   const int row0 = q0 + warp * 16 + g;   // this thread's two rows: row0 and row0 + 8
 
   if constexpr (VER >= 4) {  // prologue: first K and V tiles in flight (k_end > 0 always)
-    load_tile<T, D, LD, VER>(sK, K, p.k_stride[2], kBc, p.t_k);
-    load_tile<T, D, LD, VER>(sV, V, p.v_stride[2], kBc, p.t_k);
+    load_tile<T, D, LD, VER, kBc>(sK, K, p.k_stride[2], p.t_k);
+    load_tile<T, D, LD, VER, kBc>(sV, V, p.v_stride[2], p.t_k);
   }
   for (int k0 = 0; k0 < k_end; k0 += kBc) {
     const bool has_next = k0 + kBc < k_end;
@@ -210,8 +221,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
       __syncthreads();  // K_j complete for every thread
     } else {
       __syncthreads();  // every warp is done reading the previous K/V tile
-      load_tile<T, D, LD, VER>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kBc, p.t_k - k0);
-      load_tile<T, D, LD, VER>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kBc, p.t_k - k0);
+      load_tile<T, D, LD, VER, kBc>(sK, K + k0 * p.k_stride[2], p.k_stride[2], p.t_k - k0);
+      load_tile<T, D, LD, VER, kBc>(sV, V + k0 * p.v_stride[2], p.v_stride[2], p.t_k - k0);
       if constexpr (VER >= 3) cp_async_wait<1>();  // K landed; V may still be in flight
       __syncthreads();  // K tile complete (V too before v3)
     }
@@ -240,8 +251,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
     if constexpr (VER >= 4) {
       __syncthreads();  // every warp is done reading K_j: prefetch K_{j+1} over it
       if (has_next)
-        load_tile<T, D, LD, VER>(sK, K + (k0 + kBc) * p.k_stride[2], p.k_stride[2], kBc,
-                                 p.t_k - k0 - kBc);
+        load_tile<T, D, LD, VER, kBc>(sK, K + (k0 + kBc) * p.k_stride[2], p.k_stride[2],
+                                      p.t_k - k0 - kBc);
       else
         cp_async_commit();  // empty group: keeps the wait counts uniform
     }
@@ -316,8 +327,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttentionParams p) {
     if constexpr (VER >= 4) {
       __syncthreads();  // every warp is done reading V_j: prefetch V_{j+1} over it
       if (has_next)
-        load_tile<T, D, LD, VER>(sV, V + (k0 + kBc) * p.v_stride[2], p.v_stride[2], kBc,
-                                 p.t_k - k0 - kBc);
+        load_tile<T, D, LD, VER, kBc>(sV, V + (k0 + kBc) * p.v_stride[2], p.v_stride[2],
+                                      p.t_k - k0 - kBc);
       else
         cp_async_commit();
     }
@@ -348,7 +359,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
   const auto [b, h, q0, k_end, Q, K, V] = fwd_block<T, kBr5>(p);
   const auto [warp, g, t, lm, lr] = lane_layout();
 
-  load_tile<T, D, LD, 3>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], kBr5, p.t_q - q0);
+  load_tile<T, D, LD, 3, kBr5>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
   cp_async_wait<0>();
   __syncthreads();
   const T* qw = sQ + warp * 32 * LD;  // this warp's 32 rows
@@ -374,8 +385,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel_v5(AttentionParams p
 
   for (int k0 = 0; k0 < k_end; k0 += BC) {
     __syncthreads();  // every warp is done reading the previous K/V tile
-    load_tile<T, D, LD, 3>(sK, K + k0 * p.k_stride[2], p.k_stride[2], BC, p.t_k - k0);
-    load_tile<T, D, LD, 3>(sV, V + k0 * p.v_stride[2], p.v_stride[2], BC, p.t_k - k0);
+    load_tile<T, D, LD, 3, BC>(sK, K + k0 * p.k_stride[2], p.k_stride[2], p.t_k - k0);
+    load_tile<T, D, LD, 3, BC>(sV, V + k0 * p.v_stride[2], p.v_stride[2], p.t_k - k0);
     cp_async_wait<1>();  // K landed; V may still be in flight
     __syncthreads();
     // Causal: keys of this tile all after the warp's last row -> nothing to add for this warp.
@@ -816,8 +827,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
   const auto [warp, g, t, lm, lr] = lane_layout();
   const T* K = head_base<T>(p.k, p.k_stride, b, hk);
   const T* V = head_base<T>(p.v, p.v_stride, b, hk);
-  load_tile<T, D, LD, VER, NT>(sK, K + k0 * p.k_stride[2], p.k_stride[2], KB, p.t_k - k0);
-  load_tile<T, D, LD, VER, NT>(sV, V + k0 * p.v_stride[2], p.v_stride[2], KB, p.t_k - k0);
+  load_tile<T, D, LD, VER, KB, NT>(sK, K + k0 * p.k_stride[2], p.k_stride[2], p.t_k - k0);
+  load_tile<T, D, LD, VER, KB, NT>(sV, V + k0 * p.v_stride[2], p.v_stride[2], p.t_k - k0);
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i)
@@ -844,8 +855,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
            (q_begin + (it % nq) * BQ) * p.do_stride[2];
   };
   if constexpr (VER >= 4) {  // prologue: the first Q/dO tile into buffer 0
-    load_tile<T, D, LD, VER, NT>(sQ, q_ptr(0), p.q_stride[2], BQ, p.t_q - q_begin);
-    load_tile<T, D, LD, VER, NT>(sdO, do_ptr(0), p.do_stride[2], BQ, p.t_q - q_begin);
+    load_tile<T, D, LD, VER, BQ, NT>(sQ, q_ptr(0), p.q_stride[2], p.t_q - q_begin);
+    load_tile<T, D, LD, VER, BQ, NT>(sdO, do_ptr(0), p.do_stride[2], p.t_q - q_begin);
   }
 
   for (int it = 0; it < n_iter; ++it) {
@@ -862,17 +873,17 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(AttentionParams p) {
       cdO = sdO + (it & 1) * BQ * LD;
       if (it + 1 < n_iter) {  // prefetch the next tile: its copy overlaps this one's math
         const int q1 = q_begin + ((it + 1) % nq) * BQ;
-        load_tile<T, D, LD, VER, NT>(sQ + ((it + 1) & 1) * BQ * LD, q_ptr(it + 1), p.q_stride[2],
-                                 BQ, p.t_q - q1);
-        load_tile<T, D, LD, VER, NT>(sdO + ((it + 1) & 1) * BQ * LD, do_ptr(it + 1),
-                                 p.do_stride[2], BQ, p.t_q - q1);
+        load_tile<T, D, LD, VER, BQ, NT>(sQ + ((it + 1) & 1) * BQ * LD, q_ptr(it + 1),
+                                         p.q_stride[2], p.t_q - q1);
+        load_tile<T, D, LD, VER, BQ, NT>(sdO + ((it + 1) & 1) * BQ * LD, do_ptr(it + 1),
+                                         p.do_stride[2], p.t_q - q1);
       } else {
         cp_async_commit();  // empty groups keep the wait count below uniform
         cp_async_commit();
       }
     } else {
-      load_tile<T, D, LD, VER, NT>(sQ, q_ptr(it), p.q_stride[2], BQ, p.t_q - q0);
-      load_tile<T, D, LD, VER, NT>(sdO, do_ptr(it), p.do_stride[2], BQ, p.t_q - q0);
+      load_tile<T, D, LD, VER, BQ, NT>(sQ, q_ptr(it), p.q_stride[2], p.t_q - q0);
+      load_tile<T, D, LD, VER, BQ, NT>(sdO, do_ptr(it), p.do_stride[2], p.t_q - q0);
     }
     for (int i = threadIdx.x; i < BQ; i += NT) {
       bool ok = q0 + i < p.t_q;
@@ -1099,8 +1110,8 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
   const int qc = (warp % 2) * 32, dc = (warp / 2) * (D / 4);
   const T* K = head_base<T>(p.k, p.k_stride, b, hk);
   const T* V = head_base<T>(p.v, p.v_stride, b, hk);
-  load_tile<T, D, LD, 3, kThreads6>(sK, K + k0 * p.k_stride[2], p.k_stride[2], kKB6, p.t_k - k0);
-  load_tile<T, D, LD, 3, kThreads6>(sV, V + k0 * p.v_stride[2], p.v_stride[2], kKB6, p.t_k - k0);
+  load_tile<T, D, LD, 3, kKB6, kThreads6>(sK, K + k0 * p.k_stride[2], p.k_stride[2], p.t_k - k0);
+  load_tile<T, D, LD, 3, kKB6, kThreads6>(sV, V + k0 * p.v_stride[2], p.v_stride[2], p.t_k - k0);
   float dk[2][kNd2][4], dv[2][kNd2][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
@@ -1117,10 +1128,10 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
     const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
     const int64_t bh = (int64_t)b * p.heads_q + h;
     __syncthreads();  // every warp is done with the previous tile's sQ/sdO (dK/dV) and sdS (dQ)
-    load_tile<T, D, LD, 3, kThreads6>(sQ, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2],
-                                      p.q_stride[2], kBQ6, p.t_q - q0);
-    load_tile<T, D, LD, 3, kThreads6>(
-        sdO, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2], p.do_stride[2], kBQ6,
+    load_tile<T, D, LD, 3, kBQ6, kThreads6>(
+        sQ, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
+    load_tile<T, D, LD, 3, kBQ6, kThreads6>(
+        sdO, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2], p.do_stride[2],
         p.t_q - q0);
     for (int i = threadIdx.x; i < kBQ6; i += kThreads6) {
       bool ok = q0 + i < p.t_q;
