@@ -170,7 +170,7 @@ EMU_SHAPES = [(1, 1, 1, 1, 64), (1, 2, 1, 70, 64), (2, 4, 2, 63, 64), (1, 2, 1, 
               (1, 1, 1, 1, 128), (1, 2, 2, 40, 128), (1, 2, 1, 200, 128)]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", EMU_SHAPES)
 def test_attention_kernels_match_reference(shape, causal, version):
@@ -190,7 +190,7 @@ def test_attention_kernels_match_reference(shape, causal, version):
 
 @pytest.mark.parametrize("timing", ["lazy", "eager"])
 @pytest.mark.parametrize("seed", [0, 3])
-@pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8, 9])
 def test_attention_kernels_under_each_copy_timing(version, seed, timing):
     """Every cp.async copy landing as late, or as early, as the hardware allows, in thread
     index order (seed 0) or shuffled: the cp.async kernels still give the same answer."""
@@ -255,7 +255,7 @@ def emu_dispatch(monkeypatch):
     monkeypatch.setattr(_dispatch, "stream_handle", lambda device: 0)
 
 
-@pytest.mark.parametrize("version", [3, 6, 7, 8])
+@pytest.mark.parametrize("version", [3, 6, 7, 8, 9])
 def test_attention_op_glue_through_emulator(emu_dispatch, version):
     """The custom op and its autograd (strided inputs made kernel-ready, GQA, lse, backward)
     with the kernels emulated, against the float64 reference."""
@@ -277,7 +277,7 @@ def test_attention_op_glue_through_emulator(emu_dispatch, version):
         assert a.shape == r.shape and _rel(a, r) < 1.5e-2, f"{name}: {_rel(a, r):.2e}"
 
 
-@pytest.mark.parametrize("version", [5, 6, 7, 8])
+@pytest.mark.parametrize("version", [5, 6, 7, 8, 9])
 @pytest.mark.parametrize("tq, tk, d", [(70, 200, 64), (200, 70, 64), (130, 40, 128)])
 def test_attention_cross_lengths_through_emulator(emu_dispatch, version, tq, tk, d):
     """Non-causal attention with Tq != Tk (cross attention): more key tiles than query blocks

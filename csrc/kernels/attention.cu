@@ -52,6 +52,10 @@
 //       (attn_fwd_kernel_v8): tile j's softmax runs while tile j-1's P V product is on the
 //       tensor cores. Registers 241 (D=128) / 184 (D=64), no spills. Written without a GPU
 //       (emulator-validated); not yet run on a GPU.
+//   v9: v5's forward; v6's backward with the Q / dO tiles double-buffered (attn_bwd_kernel_v6
+//       with kPrefetch): the next tile's copies run during this tile's products. v6 waits for
+//       each tile's copies at once, and at one block per SM nothing hides that wait. sm_80+.
+//       Written without a GPU (emulator-validated); not yet run on a GPU.
 #include <cmath>
 #include <string>
 
@@ -1088,19 +1092,27 @@ __device__ __forceinline__ void qk_tile(float (*acc)[4][4], const T* a, const T*
 // dK + dV 2 x 2 x D/16 x 4 floats (128 at D=128, as v3).
 constexpr int kKB6 = 128, kBQ6 = 64, kWarps6 = 8, kThreads6 = kWarps6 * 32;
 
-template <typename T, int D>
+// v9 = v6 with kPrefetch: the Q / dO tiles (and lse / delta) double-buffered, the next tile's
+// copies issued before this tile's products. v6 waits for each tile's copies right after issuing
+// them, and with one block per SM (255 registers x 256 threads) no other block computes
+// meanwhile (v4's double buffering gained nothing in the 4-warp kernel, whose copies other
+// resident blocks hid). lse / delta of the next tile travel through two registers and reach
+// shared memory at the end of the tile (a plain load stored at once would stall its warps).
+// Shared memory: one more Q / dO pair (+34 KB at D=128).
+template <typename T, int D, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams p) {
   constexpr int LD = D + 8, LDP = kKB6 + 8;  // +16 bytes per row: distinct banks for ldmatrix
   constexpr int kNd2 = D / 16, kNd4 = D / 32;  // 8-wide d-tiles per warp in dK/dV and in dQ
+  constexpr int kBufs = kPrefetch ? 2 : 1;
   FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kKB6 * LD;
-  T* sQ = sV + kKB6 * LD;
-  T* sdO = sQ + kBQ6 * LD;
-  T* sP = sdO + kBQ6 * LD;   // P, queries x keys
-  T* sdS = sP + kBQ6 * LDP;  // dS, queries x keys
-  float* sLse = reinterpret_cast<float*>(sdS + kBQ6 * LDP);
-  float* sDelta = sLse + kBQ6;
+  T* sQ0 = sV + kKB6 * LD;             // [kBufs] Q tiles, then [kBufs] dO tiles
+  T* sdO0 = sQ0 + kBufs * kBQ6 * LD;
+  T* sP = sdO0 + kBufs * kBQ6 * LD;  // P, queries x keys
+  T* sdS = sP + kBQ6 * LDP;          // dS, queries x keys
+  float* sLse0 = reinterpret_cast<float*>(sdS + kBQ6 * LDP);  // [kBufs][kBQ6]
+  float* sDelta0 = sLse0 + kBufs * kBQ6;                        // [kBufs][kBQ6]
   const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * kKB6;
   const int group = p.heads_q / p.heads_kv;
   const auto [warp, g, t, lm, lr] = lane_layout();
@@ -1123,22 +1135,55 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
   const int q_begin = p.causal ? (k0 / kBQ6) * kBQ6 : 0;  // earlier queries see none of the keys
   const int nq = (p.t_q - q_begin + kBQ6 - 1) / kBQ6;
   const int n_iter = group * nq;  // (query head of the group, query tile) pairs
+  // Tile `it`'s Q and dO copies (two cp.async groups) into buffer `buf`.
+  auto load_q_do = [&](int it, int buf) {
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
+    load_tile<T, D, LD, 3, kBQ6, kThreads6>(
+        sQ0 + buf * kBQ6 * LD, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2],
+        p.q_stride[2], p.t_q - q0);
+    load_tile<T, D, LD, 3, kBQ6, kThreads6>(
+        sdO0 + buf * kBQ6 * LD, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2],
+        p.do_stride[2], p.t_q - q0);
+  };
+  // Tile `it`'s lse (log2 units; +inf past the end: P = 0) and delta for query i of the tile.
+  auto lse_delta = [&](int it, int i, float& lse, float& delta) {
+    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
+    const int64_t row = ((int64_t)b * p.heads_q + h) * p.t_q + q0 + i;
+    const bool ok = q0 + i < p.t_q;
+    lse = ok ? p.lse[row] * kLog2e : INFINITY;
+    delta = ok ? p.delta[row] : 0.f;
+  };
+  float next_lse = 0.f, next_delta = 0.f;  // kPrefetch: the next tile's, for thread i < kBQ6
+  if constexpr (kPrefetch) {
+    if (n_iter > 0) {
+      load_q_do(0, 0);
+      if (threadIdx.x < kBQ6) lse_delta(0, threadIdx.x, sLse0[threadIdx.x], sDelta0[threadIdx.x]);
+    }
+  }
 
   for (int it = 0; it < n_iter; ++it) {
     const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
     const int64_t bh = (int64_t)b * p.heads_q + h;
+    const int buf = kPrefetch ? it & 1 : 0;
+    T* sQ = sQ0 + buf * kBQ6 * LD;
+    T* sdO = sdO0 + buf * kBQ6 * LD;
+    float* sLse = sLse0 + buf * kBQ6;
+    float* sDelta = sDelta0 + buf * kBQ6;
     __syncthreads();  // every warp is done with the previous tile's sQ/sdO (dK/dV) and sdS (dQ)
-    load_tile<T, D, LD, 3, kBQ6, kThreads6>(
-        sQ, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
-    load_tile<T, D, LD, 3, kBQ6, kThreads6>(
-        sdO, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2], p.do_stride[2],
-        p.t_q - q0);
-    for (int i = threadIdx.x; i < kBQ6; i += kThreads6) {
-      bool ok = q0 + i < p.t_q;
-      sLse[i] = ok ? p.lse[bh * p.t_q + q0 + i] * kLog2e : INFINITY;  // P = 0 past the end
-      sDelta[i] = ok ? p.delta[bh * p.t_q + q0 + i] : 0.f;
+    if constexpr (kPrefetch) {
+      if (it + 1 < n_iter) {
+        load_q_do(it + 1, buf ^ 1);  // into the previous tile's buffers
+        if (threadIdx.x < kBQ6) lse_delta(it + 1, threadIdx.x, next_lse, next_delta);
+      } else {
+        cp_async_commit();  // empty groups keep the wait count below uniform
+        cp_async_commit();
+      }
+      cp_async_wait<2>();  // all but the two newest groups (the next tile's): this tile landed
+    } else {
+      load_q_do(it, 0);
+      for (int i = threadIdx.x; i < kBQ6; i += kThreads6) lse_delta(it, i, sLse[i], sDelta[i]);
+      cp_async_wait<0>();
     }
-    cp_async_wait<0>();
     __syncthreads();  // Q, dO, lse, delta (and K, V on the first pass) visible
 
     // S = Q K^T and dP = dO V^T: 32 queries x 32 keys per warp, two k-steps per K/V load; one
@@ -1231,6 +1276,12 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
           const int row = qc + mt * 16 + g + (e >> 1) * 8, col = dc + dt * 8 + 2 * t + (e & 1);
           if (q0 + row < p.t_q) atomicAdd(dqa + row * D + col, dq[mt][dt][e]);
         }
+    if constexpr (kPrefetch) {  // the next tile's lse / delta into the buffer its copies went to
+      if (it + 1 < n_iter && threadIdx.x < kBQ6) {
+        sLse0[(buf ^ 1) * kBQ6 + threadIdx.x] = next_lse;
+        sDelta0[(buf ^ 1) * kBQ6 + threadIdx.x] = next_delta;
+      }
+    }
   }
   // dK (times scale: S = scale * Q K^T) and dV for this block's keys.
   const int64_t base = ((int64_t)b * p.heads_kv + hk) * p.t_k;
@@ -1452,7 +1503,7 @@ void launch_with_smem(Kernel kernel, dim3 grid, int threads, size_t smem, cudaSt
 
 template <typename T, int D>
 void forward_impl(const AttentionParams& p, cudaStream_t stream) {
-  if (p.version >= 7) {
+  if (p.version == 7 || p.version == 8) {
     // v7 and v8, 128 keys per tile: S = Q K^T reads A (Q, 2 KB) and B (K, 4 KB) from shared
     // memory per k16 step of 64 x 128 x 16 x 2 FLOP per warpgroup, ~95 B/clk at the tensor
     // cores' peak rate (~4096 FLOP/clk/SM), under the 128 B/clk of shared memory; 64-key tiles
@@ -1485,18 +1536,22 @@ void forward_impl(const AttentionParams& p, cudaStream_t stream) {
 // block; v1-v4: 4 warps, 64 keys) or v6 (attn_bwd_kernel_v6).
 template <typename T, int D>
 void launch_bwd_main(const AttentionParams& p, cudaStream_t stream) {
-  if (p.version >= 7) {
+  if (p.version == 7 || p.version == 8) {
     size_t smem =
         (2 * kKB7 * D + 4 * kBQ7 * D + kKB7 * kBQ7) * sizeof(T) + 4 * kBQ7 * sizeof(float);
     dim3 grid((p.t_k + kKB7 - 1) / kKB7, p.heads_kv, p.batch);
     launch_with_smem(attn_bwd_kernel_v7<T, D>, grid, kThreads7, smem, stream, p);
     return;
   }
-  if (p.version >= 6) {
-    size_t smem = (2 * kKB6 * (D + 8) + 2 * kBQ6 * (D + 8) + 2 * kBQ6 * (kKB6 + 8)) * sizeof(T) +
-                  2 * kBQ6 * sizeof(float);
+  if (p.version == 6 || p.version == 9) {
+    const int bufs = p.version == 9 ? 2 : 1;  // Q / dO / lse / delta buffers
+    size_t smem =
+        (2 * kKB6 * (D + 8) + 2 * bufs * kBQ6 * (D + 8) + 2 * kBQ6 * (kKB6 + 8)) * sizeof(T) +
+        2 * bufs * kBQ6 * sizeof(float);
     dim3 grid((p.t_k + kKB6 - 1) / kKB6, p.heads_kv, p.batch);
-    launch_with_smem(attn_bwd_kernel_v6<T, D>, grid, kThreads6, smem, stream, p);
+    launch_with_smem(p.version == 9 ? attn_bwd_kernel_v6<T, D, true>
+                                    : attn_bwd_kernel_v6<T, D, false>,
+                     grid, kThreads6, smem, stream, p);
     return;
   }
   constexpr int BQ = D == 128 ? 32 : 64;
@@ -1536,8 +1591,8 @@ void check_params(const AttentionParams& p) {
     throw std::invalid_argument("attention: head_dim must be 64 or 128");
   if (p.dtype != kBFloat16 && p.dtype != kFloat16)
     throw std::invalid_argument("attention: dtype must be bfloat16 or float16");
-  if (p.version < 1 || p.version > 8)
-    throw std::invalid_argument("attention: kernel version must be 1 to 8");
+  if (p.version < 1 || p.version > 9)
+    throw std::invalid_argument("attention: kernel version must be 1 to 9");
 }
 
 }  // namespace
@@ -1563,7 +1618,7 @@ namespace {
 
 // Versions 7 and 8 (forward and backward) use wgmma.
 void check_wgmma(const AttentionParams& p) {
-  if (p.version >= 7 && !wgmma_supported())
+  if ((p.version == 7 || p.version == 8) && !wgmma_supported())
     throw std::invalid_argument(
         "attention: kernel version " + std::to_string(p.version) +
         " uses wgmma: it needs an sm_90 GPU (H100/H200) and fastlm._cuda built for sm_90a "

@@ -15,9 +15,10 @@ from fastlm.ops import _dispatch
 # Unset (None) picks by head dim what an H200 measured fastest: v5 (128-row forward blocks, 128-key
 # backward blocks) for D=64, v6 (v5's forward, FA2's backward partition) for D=128. 1-4 are kept
 # for comparison (bench_attention.py --versions) and are tested. 7 (wgmma forward and backward)
-# and 8 (7 with a pipelined forward) are sm_90a only (refused elsewhere) and have not run on a GPU
-# yet. FASTLM_ATTN_VERSION forces one.
-KERNEL_VERSION: Optional[int] = _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 9))
+# and 8 (7 with a pipelined forward) are sm_90a only (refused elsewhere); 9 (v6 with the query
+# tiles double-buffered) runs on sm_80+. 7-9 have not run on a GPU yet. FASTLM_ATTN_VERSION
+# forces one.
+KERNEL_VERSION: Optional[int] = _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 10))
 DEFAULT_VERSION_BY_HEAD_DIM = {64: 5, 128: 6}
 
 
