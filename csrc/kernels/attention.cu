@@ -610,6 +610,17 @@ __device__ __forceinline__ void issue_pv(float (*o)[4], const uint32_t (*pf)[4],
   for (int kk = 0; kk < BC / 16; ++kk)
     wgmma_rs_tb<T, D>(&o[0][0], pf[kk], desc_v + ((kk * 16 * 16) >> 4), 1);
 }
+// ... and that product waited for (v7's per tile, v8's last), with the operand fences around it.
+template <typename T, int D, int BC>
+__device__ __forceinline__ void pv_waited(float (*o)[4], uint32_t (*pf)[4], uint64_t desc_v) {
+  fence_operands<D / 2>(&o[0][0]);
+  fence_operands<BC / 4>(&pf[0][0]);
+  wgmma_fence();
+  issue_pv<T, D, BC>(o, pf, desc_v);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands<D / 2>(&o[0][0]);
+}
 
 template <typename T, int D, int BC>
 __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionParams p) {
@@ -669,14 +680,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
       o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
     }
 
-    // O += P V.
-    fence_operands<D / 2>(&o[0][0]);
-    fence_operands<BC / 4>(&pf[0][0]);
-    wgmma_fence();
-    issue_pv<T, D, BC>(o, pf, wgmma_desc(sV, 128, BC * 16));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands<D / 2>(&o[0][0]);
+    pv_waited<T, D, BC>(o, pf, wgmma_desc(sV, 128, BC * 16));  // O += P V
   }
   finish_forward_rows<T, D>(p, b, h, wrow0 + g, t, o, m, l);
 #elif defined(__CUDA_ARCH__)
@@ -783,13 +787,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
 
   // The last tile's P V (V_{n_tiles - 1} was issued at the last step).
   sync();
-  fence_operands<D / 2>(&o[0][0]);
-  fence_operands<BC / 4>(&pf[0][0]);
-  wgmma_fence();
-  issue_pv<T, D, BC>(o, pf, desc_v(n_tiles - 1));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands<D / 2>(&o[0][0]);
+  pv_waited<T, D, BC>(o, pf, desc_v(n_tiles - 1));
 
   finish_forward_rows<T, D>(p, b, h, wrow0 + g, t, o, m, l);
 #elif defined(__CUDA_ARCH__)
@@ -1135,9 +1133,11 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
   const int q_begin = p.causal ? (k0 / kBQ6) * kBQ6 : 0;  // earlier queries see none of the keys
   const int nq = (p.t_q - q_begin + kBQ6 - 1) / kBQ6;
   const int n_iter = group * nq;  // (query head of the group, query tile) pairs
-  // Tile `it`'s Q and dO copies (two cp.async groups) into buffer `buf`.
-  auto load_q_do = [&](int it, int buf) {
-    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
+  // Tile `it`: its query head and first query.
+  auto head_of = [&](int it) { return hk * group + it / nq; };
+  auto q0_of = [&](int it) { return q_begin + (it % nq) * kBQ6; };
+  // The Q and dO copies (two cp.async groups) of query head h's tile at q0 into buffer `buf`.
+  auto load_q_do = [&](int h, int q0, int buf) {
     load_tile<T, D, LD, 3, kBQ6, kThreads6>(
         sQ0 + buf * kBQ6 * LD, head_base<T>(p.q, p.q_stride, b, h) + q0 * p.q_stride[2],
         p.q_stride[2], p.t_q - q0);
@@ -1145,9 +1145,8 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
         sdO0 + buf * kBQ6 * LD, head_base<T>(p.dout, p.do_stride, b, h) + q0 * p.do_stride[2],
         p.do_stride[2], p.t_q - q0);
   };
-  // Tile `it`'s lse (log2 units; +inf past the end: P = 0) and delta for query i of the tile.
-  auto lse_delta = [&](int it, int i, float& lse, float& delta) {
-    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
+  // That tile's lse (log2 units; +inf past the end: P = 0) and delta for its query i.
+  auto lse_delta = [&](int h, int q0, int i, float& lse, float& delta) {
     const int64_t row = ((int64_t)b * p.heads_q + h) * p.t_q + q0 + i;
     const bool ok = q0 + i < p.t_q;
     lse = ok ? p.lse[row] * kLog2e : INFINITY;
@@ -1156,13 +1155,14 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
   float next_lse = 0.f, next_delta = 0.f;  // kPrefetch: the next tile's, for thread i < kBQ6
   if constexpr (kPrefetch) {
     if (n_iter > 0) {
-      load_q_do(0, 0);
-      if (threadIdx.x < kBQ6) lse_delta(0, threadIdx.x, sLse0[threadIdx.x], sDelta0[threadIdx.x]);
+      load_q_do(head_of(0), q_begin, 0);
+      if (threadIdx.x < kBQ6)
+        lse_delta(head_of(0), q_begin, threadIdx.x, sLse0[threadIdx.x], sDelta0[threadIdx.x]);
     }
   }
 
   for (int it = 0; it < n_iter; ++it) {
-    const int h = hk * group + it / nq, q0 = q_begin + (it % nq) * kBQ6;
+    const int h = head_of(it), q0 = q0_of(it);
     const int64_t bh = (int64_t)b * p.heads_q + h;
     const int buf = kPrefetch ? it & 1 : 0;
     T* sQ = sQ0 + buf * kBQ6 * LD;
@@ -1172,16 +1172,17 @@ __global__ void __launch_bounds__(kThreads6) attn_bwd_kernel_v6(AttentionParams 
     __syncthreads();  // every warp is done with the previous tile's sQ/sdO (dK/dV) and sdS (dQ)
     if constexpr (kPrefetch) {
       if (it + 1 < n_iter) {
-        load_q_do(it + 1, buf ^ 1);  // into the previous tile's buffers
-        if (threadIdx.x < kBQ6) lse_delta(it + 1, threadIdx.x, next_lse, next_delta);
+        const int h1 = head_of(it + 1), q1 = q0_of(it + 1);
+        load_q_do(h1, q1, buf ^ 1);  // into the previous tile's buffers
+        if (threadIdx.x < kBQ6) lse_delta(h1, q1, threadIdx.x, next_lse, next_delta);
       } else {
         cp_async_commit();  // empty groups keep the wait count below uniform
         cp_async_commit();
       }
       cp_async_wait<2>();  // all but the two newest groups (the next tile's): this tile landed
     } else {
-      load_q_do(it, 0);
-      for (int i = threadIdx.x; i < kBQ6; i += kThreads6) lse_delta(it, i, sLse[i], sDelta[i]);
+      load_q_do(h, q0, 0);
+      for (int i = threadIdx.x; i < kBQ6; i += kThreads6) lse_delta(h, q0, i, sLse[i], sDelta[i]);
       cp_async_wait<0>();
     }
     __syncthreads();  // Q, dO, lse, delta (and K, V on the first pass) visible
