@@ -64,19 +64,58 @@ def test_cpu_path_matches_reference(shape, causal):
     _compare(q, k, v, causal, 1e-5)
 
 
-@pytest.mark.parametrize("bad", ["dims", "heads", "device_dtype", "shape"])
-def test_bad_arguments(bad):
+@pytest.mark.parametrize("bad, error, message", [
+    ("dims", ValueError, r"must be 4-D .* got \(4, 8, 64\)"),
+    ("heads", ValueError, "query has 4 heads, key/value 3"),
+    ("device_dtype", TypeError, "dtypes differ"),
+    ("integer", TypeError, "must be floating point, got torch.int64"),
+    ("shape", ValueError, "incompatible shapes"),
+    ("dropout", ValueError, "dropout_p must be in"),
+    ("backend", ValueError, "backend must be"),
+])
+def test_bad_arguments(bad, error, message):
     q = k = v = torch.randn(1, 4, 8, 64)
+    kw = {"enable_gqa": bad == "heads"}
     if bad == "dims":
         q = torch.randn(4, 8, 64)
     elif bad == "heads":
         k = v = torch.randn(1, 3, 8, 64)
     elif bad == "device_dtype":
         k = torch.randn(1, 4, 8, 64, dtype=torch.float64)
+    elif bad == "integer":
+        q = k = v = torch.ones(1, 4, 8, 64, dtype=torch.long)
     elif bad == "shape":
         v = torch.randn(1, 4, 9, 64)
-    with pytest.raises((ValueError, TypeError)):
-        attention(q, k, v, enable_gqa=(bad == "heads"))
+    elif bad == "dropout":
+        kw["dropout_p"] = 1.5
+    elif bad == "backend":
+        kw["backend"] = "flash"
+    with pytest.raises(error, match=message):
+        attention(q, k, v, **kw)
+
+
+def test_sdpa_signature_mask_and_dropout():
+    """SDPA's signature (query, key, value, attn_mask, dropout_p, is_causal, *, scale,
+    enable_gqa); a mask or dropout goes to SDPA and gives its result."""
+    import torch.nn.functional as F
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 4, 11, 64, generator=gen)
+    k, v = torch.randn(2, 2, 11, 64, generator=gen), torch.randn(2, 2, 11, 64, generator=gen)
+    want = F.scaled_dot_product_attention(q, k, v, None, 0.0, True, scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(attention(q, k, v, None, 0.0, True, scale=0.3, enable_gqa=True),
+                               want)
+    torch.testing.assert_close(
+        attention(query=q, key=k, value=v, is_causal=True, scale=0.3, enable_gqa=True), want)
+    mask = torch.rand(2, 1, 11, 11, generator=gen) > 0.3
+    mask[..., 0] = True  # every query sees a key
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    got = attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, attention(q, k, v, enable_gqa=True))  # the mask is applied
+    torch.manual_seed(0)
+    want = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5, enable_gqa=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(attention(q, k, v, dropout_p=0.5, enable_gqa=True), want)
 
 
 # ----------------------------------------------------------------------------- CUDA

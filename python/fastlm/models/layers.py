@@ -84,7 +84,7 @@ class Attention(nn.Module):
                 kv_cache=None) -> torch.Tensor:
         """key_mask (B, T) bool, True = a real token others may attend to (padding is False), or a
         full (B, 1, T, T) bool mask (True = query may attend key; packed rows' block-causal mask);
-        fastlm.ops.attention takes no mask, so masked calls go to PyTorch's SDPA.
+        fastlm's attention kernel takes no mask, so masked calls go to PyTorch's SDPA.
         kv_cache: this layer's view of a `fastlm.models.generate.KVCache` (causal only): the new
         keys/values are written at the cache position and the queries attend to all cached ones."""
         B, T, _ = x.shape

@@ -118,36 +118,49 @@ def kernel_supports(q, k, v, is_causal: bool) -> bool:
             and (not is_causal or q.shape[2] == k.shape[2]))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
-              scale: Optional[float] = None, enable_gqa: bool = False,
-              backend: str = "auto") -> torch.Tensor:
-    """Scaled dot-product attention softmax(q k^T * scale) v, like
-    ``F.scaled_dot_product_attention(q, k, v, is_causal=..., scale=..., enable_gqa=...)``.
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+              is_causal: bool = False, *, scale: Optional[float] = None,
+              enable_gqa: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Scaled dot-product attention softmax(q k^T * scale) v, with the signature of
+    ``F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, *,
+    scale, enable_gqa)``.
 
-    q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D), Hkv == Hq unless ``enable_gqa`` (then Hq % Hkv
-    == 0). ``backend``: 'auto' (fastlm's CUDA kernel where supported, else SDPA) or 'torch'.
+    query: (B, Hq, Tq, D); key, value: (B, Hkv, Tk, D), Hkv == Hq unless ``enable_gqa`` (then
+    Hq % Hkv == 0). ``backend``: 'auto' (fastlm's CUDA kernel where supported, else SDPA) or
+    'torch'. The kernel takes no mask and no dropout: a call with ``attn_mask`` or
+    ``dropout_p > 0`` goes to SDPA, as does causal attention with Tq != Tk.
 
     >>> import torch
     >>> q = k = v = torch.randn(1, 2, 5, 64)
     >>> attention(q, k, v, is_causal=True).shape
     torch.Size([1, 2, 5, 64])
     """
+    q, k, v = query, key, value
     if backend not in ("auto", "torch"):
         raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must be 4-D (batch, heads, time, head_dim)")
+        raise ValueError("query, key, value must be 4-D (batch, heads, time, head_dim), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v on different devices: {q.device}, {k.device}, {v.device}")
+        raise ValueError(f"query, key, value on different devices: {q.device}, {k.device}, "
+                         f"{v.device}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"query, key, value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.is_floating_point():
+        raise TypeError(f"query, key, value must be floating point, got {q.dtype}")
     if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
+        raise ValueError(f"incompatible shapes query {tuple(q.shape)}, key {tuple(k.shape)}, "
+                         f"value {tuple(v.shape)}")
     if q.shape[1] != k.shape[1] and not (enable_gqa and q.shape[1] % k.shape[1] == 0):
-        raise ValueError(f"q has {q.shape[1]} heads, k/v {k.shape[1]}: pass enable_gqa=True "
-                         "with q heads a multiple of k/v heads")
-    if backend == "auto" and kernel_supports(q, k, v, is_causal):
+        raise ValueError(f"query has {q.shape[1]} heads, key/value {k.shape[1]}: pass "
+                         "enable_gqa=True with query heads a multiple of key/value heads")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+    if (backend == "auto" and attn_mask is None and dropout_p == 0.0
+            and kernel_supports(q, k, v, is_causal)):
         s = q.shape[-1] ** -0.5 if scale is None else float(scale)
         return _attn_fwd(q, k, v, bool(is_causal), s, kernel_version_for(q.shape[-1]))[0]
     kw = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
-    return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, **kw)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                          is_causal=is_causal, scale=scale, **kw)
