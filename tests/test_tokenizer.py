@@ -241,3 +241,25 @@ def test_native_backend_equals_python_reference(monkeypatch, pattern):
     assert _backend.describe(pattern) == "pretokenize=python bpe=python"
     assert native.tokens == python.tokens
     assert native.encode_batch(texts, num_threads=2) == python.encode_batch(texts)
+
+
+def test_decode_rejects_non_integer_and_out_of_range_ids():
+    tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={"<|bos|>": 256})
+    # ids past int64 used to raise OverflowError (a traceback from `fastlm tokenizer decode`), floats and
+    # strings were truncated / parsed silently
+    for ids in ([2**64 - 1], [10**30], [104, -(2**70)], np.array([2**63], dtype=np.uint64)):
+        with pytest.raises(ValueError, match="out of range"):
+            tok.decode(ids)
+    for ids in ([104.7], ["104"], [True]):
+        with pytest.raises(ValueError, match="must be integers"):
+            tok.decode(ids)
+    assert tok.decode(np.array([104, 256], dtype=np.uint64)) == "h<|bos|>"
+    assert tok.decode(np.array([], dtype=np.float32)) == ""
+
+
+def test_train_rejects_a_single_string_for_texts_or_special_tokens():
+    # a str is iterable: it used to train on its characters / make each character a special token
+    with pytest.raises(TypeError, match="special_tokens"):
+        Tokenizer.train_from_iterator(["ab ab"], 300, special_tokens="<|endoftext|>")
+    with pytest.raises(TypeError, match="single str"):
+        Tokenizer.train_from_iterator("ab ab ab", 300)

@@ -87,6 +87,8 @@ def test_encode_text_and_decode(tok_dir, capsys):
     assert capsys.readouterr().out == "Hello world\n"
     assert main(["tokenizer", "decode", "99999", "--tokenizer", tok_dir]) == 2
     assert "99999" in capsys.readouterr().err
+    assert main(["tokenizer", "decode", "99999999999999999999", "--tokenizer", tok_dir]) == 2  # was OverflowError
+    assert "99999999999999999999 is out of range" in capsys.readouterr().err
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path, capsys):
@@ -111,6 +113,51 @@ def test_shard_writer_uint32_and_read_shard(tmp_path):
         assert header["dtype"] == "uint32" and tokens.dtype == np.uint32
         got += [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
     assert got == docs
+
+
+def test_shard_writer_replaces_an_earlier_longer_run(tmp_path):
+    """Writing into a directory that holds more shards from an earlier run removes the extra ones
+    (a reader of the directory took them as part of the new data); other prefixes stay."""
+    from fastlm.train.data import TokenDataset
+    from fastlm.tokenizer.shards import TokenShardWriter
+
+    def write(docs, prefix="tokens"):
+        w = TokenShardWriter(str(tmp_path), vocab_size=300, tokenizer_sha256="x", prefix=prefix, shard_tokens=2)
+        for d in docs:
+            w.add(d)
+        return w.close()
+
+    write([[7, 7]], prefix="other")
+    assert len(write([[1, 2], [3, 4], [5, 6]])) == 3
+    assert len(write([[9, 9, 9]])) == 1
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted(f"{p}-00000.{e}" for p in ("tokens", "other") for e in ("json", "bin", "idx"))
+    ds = TokenDataset(os.path.join(tmp_path, "tokens-00000.json"))
+    assert ds.n_docs == 1 and ds.document(0).tolist() == [9, 9, 9]
+    assert TokenDataset(str(tmp_path)).n_docs == 2  # this run's document and the other prefix's
+
+
+def test_shard_writer_and_reader_reject_bad_input(tmp_path):
+    from fastlm.tokenizer.shards import TokenShardWriter, read_shard
+
+    with pytest.raises(ValueError, match="shard_tokens"):
+        TokenShardWriter(str(tmp_path), vocab_size=300, tokenizer_sha256="x", shard_tokens=0)
+    with pytest.raises(ValueError, match="vocab_size"):  # ids >= 2**32 would wrap in uint32
+        TokenShardWriter(str(tmp_path), vocab_size=2**32 + 1, tokenizer_sha256="x")
+    w = TokenShardWriter(str(tmp_path), vocab_size=300, tokenizer_sha256="x")
+    with pytest.raises(ValueError, match="integers"):
+        w.add(np.array([1.5, 2.7]))  # was written as [1, 2]
+    w.add([1, 2, 3])
+    (h,) = w.close()
+    with open(h.replace(".json", ".bin"), "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="tokens-00000.json: tokens-00000.bin holds 7 bytes"):
+        read_shard(h)
+    for text in ("{", json.dumps({"format": "fastlm-tokens"})):
+        with open(h, "w") as f:
+            f.write(text)  # raised JSONDecodeError / KeyError without the file
+        with pytest.raises(ValueError, match="tokens-00000.json: "):
+            read_shard(h)
 
 
 def test_tiktoken_file_given_to_from_file_gets_a_hint(tmp_path, tok_dir):

@@ -182,3 +182,35 @@ def test_from_hf_rejects_other_models(tmp_path):
 def test_bytes_to_unicode_is_a_bijection():
     m = bytes_to_unicode()
     assert sorted(m) == list(range(256)) and len(set(m.values())) == 256
+
+
+def test_non_utf8_and_unknown_pattern_name_name_the_file(tmp_path):
+    tok = Tokenizer.train_from_iterator(PYDOC_TEXTS[:5], 300)
+    path = tmp_path / "t.fastlm"
+    tok.save(str(path))
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:5] + [b"\xff\xfe 4"] + lines[6:]))  # used to raise a bare UnicodeDecodeError
+    assert _err(str(path)).startswith(f"{path}:6: not UTF-8")
+    ranks = tmp_path / "r.tiktoken"
+    ranks.write_bytes(b"\n".join(lines[1:3] + [b"\xc3"]))
+    with pytest.raises(TokenizerFileError, match=r"r\.tiktoken:3: not UTF-8"):
+        Tokenizer.from_tiktoken_file(str(ranks), pattern="gpt4")
+    header = json.loads(lines[0])
+    header["pattern"] = "gpt5"  # used to be taken as the regex "gpt5"
+    path.write_bytes(b"\n".join([json.dumps(header).encode()] + lines[1:]))
+    assert _err(str(path)).startswith(f"{path}:1: header pattern 'gpt5'")
+
+
+@pytest.mark.parametrize("doc", [
+    b"\xff\xfe", b"[]", b'{"model": [1]}',
+    b'{"model": {"type": "BPE", "vocab": {}}, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [1, 2]}}',
+    b'{"model": {"type": "BPE", "vocab": {}}, "pre_tokenizer": {"type": "ByteLevel"}, "added_tokens": [{"id": 3}]}',
+    b'{"model": {"type": "BPE", "vocab": {"a": "x"}}, "pre_tokenizer": {"type": "ByteLevel"}}',
+    b'{"model": {"type": "BPE", "vocab": {"a": 0}}, "pre_tokenizer": {"type": "ByteLevel"}}',
+])
+def test_from_hf_malformed_file_names_it(tmp_path, doc):
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(doc)  # these raised AttributeError / KeyError / messages without the file
+    with pytest.raises(ValueError) as info:
+        Tokenizer.from_hf(str(path))
+    assert type(info.value) is ValueError and str(info.value).startswith(f"{path}:")

@@ -1,6 +1,7 @@
 """The sentencepiece backend behind the Tokenizer interface: lossless round trips, ids equal to
 sentencepiece's own, special-token policy, save/load, CLI, and a clear error without the package."""
 
+import base64
 import sys
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from corpora import PYDOC, shakespeare_paragraphs
 from fastlm.cli.main import main
 from fastlm.data.io import MissingDependencyError
-from fastlm.tokenizer import Tokenizer, load
+from fastlm.tokenizer import Tokenizer, TokenizerFileError, load
 
 TEXTS = [PYDOC[k] for k in sorted(PYDOC)][:40] + shakespeare_paragraphs(300, files=2)
 
@@ -51,6 +52,15 @@ def test_save_load(tok, tmp_path):
     assert back.encode_batch(TEXTS[:30]) == tok.encode_batch(TEXTS[:30]) and back.model_type == tok.model_type
 
 
+def test_corrupt_model_names_the_file(tok, tmp_path):
+    path = tmp_path / "s.fastlm"
+    tok.save(str(path))
+    header = path.read_text().splitlines()[0]
+    path.write_text(header + "\n" + base64.b64encode(b"not a model").decode() + "\n")
+    with pytest.raises(TokenizerFileError, match=r"s\.fastlm:2: bad sentencepiece model"):  # was a RuntimeError
+        load(str(path))
+
+
 def test_cli_sentencepiece(tmp_path, capsys):
     out = str(tmp_path / "tok")
     assert main(["tokenizer", "train", "builtin:pydoc", "--vocab-size", "800", "-o", out, "--quiet",
@@ -63,3 +73,12 @@ def test_missing_package_is_clear(monkeypatch):
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
     with pytest.raises(MissingDependencyError, match="pip install sentencepiece"):
         Tokenizer.train_from_iterator(["x"], 300, backend="sentencepiece")
+
+
+def test_lone_surrogates_become_replacement_characters(tok):
+    # sentencepiece refuses them (RuntimeError, a traceback from `fastlm tokenizer encode-text`); the
+    # BPE backend's rule: U+FFFD
+    assert tok.encode("a\ud800b") == tok.encode("a\ufffdb")
+    assert tok.encode_batch(["\udc00<|bos|>"], allowed_special="all") == [tok.encode("\ufffd<|bos|>", allowed_special="all")]
+    small = Tokenizer.train_from_iterator(["ab\ud800cd ab"] * 20 + ["hello world"] * 20, 300, backend="sentencepiece")
+    assert small.decode(small.encode("ab\ud800")) == "ab\ufffd"

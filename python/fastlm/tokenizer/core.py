@@ -105,6 +105,10 @@ class Tokenizer:
         >>> [tok.id_to_token(i) for i in tok.encode("abab")]
         ['abab']
         """
+        if isinstance(texts, (str, bytes)):  # would train on its characters, one document each
+            raise TypeError("texts must be an iterable of documents, not a single str/bytes")
+        if isinstance(special_tokens, str):  # would make each character a special token
+            raise TypeError(f"special_tokens must be a collection of strings, not the string {special_tokens!r}")
         special_tokens = list(dict.fromkeys(special_tokens))
         if backend == "sentencepiece":
             from fastlm.tokenizer.spm import SentencePieceTokenizer
@@ -339,7 +343,16 @@ class Tokenizer:
         >>> Tokenizer([bytes([b]) for b in range(256)]).decode_bytes([104, 105])
         b'hi'
         """
-        ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64).ravel()
+        ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        if ids.size and ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"token id {int(ids.max())} is out of range (n_vocab {self.n_vocab})")
+        if ids.size and ids.dtype.kind not in "iu":  # floats, strings, Python ints past int64
+            for i in ids.ravel().tolist():
+                if not isinstance(i, int) or isinstance(i, bool):
+                    raise ValueError(f"token ids must be integers, got {i!r}")
+                if not 0 <= i < self.n_vocab:
+                    raise ValueError(f"token id {i} is out of range (n_vocab {self.n_vocab})")
+        ids = ids.astype(np.int64, copy=False).ravel()
         n = len(self._tokens)
         if ids.size == 0:
             return b""

@@ -18,6 +18,7 @@ import json
 import os
 
 from fastlm.data.io import atomic_write
+from fastlm.tokenizer.patterns import PATTERNS
 
 FORMAT_NAME = "fastlm-tokenizer"
 FORMAT_VERSION = 1
@@ -105,10 +106,19 @@ def _parse_ranks(lines, path: str, first_line: int) -> list[bytes]:
     return [by_rank[r] for r in range(n)]
 
 
+def _text_lines(f, path: str, first_line: int):
+    """The lines of a binary file as text; a line that is not UTF-8 is an error naming it."""
+    for lineno, raw in enumerate(f, first_line):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TokenizerFileError(path, lineno, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_ranks_file(path: str) -> list[bytes]:
     """Tokens by rank from a ``.tiktoken`` file (``base64 rank`` per line)."""
-    with open(path, encoding="utf-8") as f:
-        return _parse_ranks(f, path, 1)
+    with open(path, "rb") as f:
+        return _parse_ranks(_text_lines(f, path, 1), path, 1)
 
 
 def _header(line: str, path: str) -> dict:
@@ -136,25 +146,33 @@ def load(path: str):
         from fastlm.tokenizer import hf
 
         return hf.load_hf(path)
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-        header = _header(first, path)
+    with open(path, "rb") as f:
+        lines = _text_lines(f, path, 1)
+        header = _header(next(lines, ""), path)
         if header.get("backend", "bpe") == "sentencepiece":
             from fastlm.tokenizer.spm import SentencePieceTokenizer
 
-            line = f.readline()
+            line = next(lines, "")
             try:
                 proto = base64.b64decode(line.strip(), validate=True)
             except (binascii.Error, ValueError):
                 raise TokenizerFileError(path, 2, "bad base64 sentencepiece model") from None
-            return SentencePieceTokenizer.from_proto(proto, header)
+            try:
+                return SentencePieceTokenizer.from_proto(proto, header)
+            except (RuntimeError, ValueError) as e:  # sentencepiece's parse errors are RuntimeErrors
+                raise TokenizerFileError(path, 2, f"bad sentencepiece model: {e}") from None
         if header.get("backend", "bpe") != "bpe":
             raise TokenizerFileError(path, 1, f"unknown backend {header.get('backend')!r}")
-        tokens = _parse_ranks(f, path, 2)
+        tokens = _parse_ranks(lines, path, 2)
     if "n_mergeable" in header and header["n_mergeable"] != len(tokens):
-        raise TokenizerFileError(path, 1, f"header says {header['n_mergeable']} tokens, file has {len(tokens)}")
+        raise TokenizerFileError(path, 1, f"header says {header['n_mergeable']!r} tokens, file has {len(tokens)}")
+    name = header.get("pattern")
+    # a name we lack would otherwise be taken as a regex string
+    if name is not None and (not isinstance(name, str) or PATTERNS.get(name) != header["pat_str"]):
+        raise TokenizerFileError(path, 1, f"header pattern {name!r} is not a known pattern name with that pat_str "
+                                          f"(known: {', '.join(PATTERNS)}; use null for a custom pat_str)")
     try:
-        tok = Tokenizer(tokens, pattern=header.get("pattern") or header["pat_str"], special_tokens=header["special_tokens"])
+        tok = Tokenizer(tokens, pattern=name or header["pat_str"], special_tokens=header["special_tokens"])
     except ValueError as e:
         raise TokenizerFileError(path, 1, str(e)) from None
     if tok.n_vocab != header["n_vocab"]:

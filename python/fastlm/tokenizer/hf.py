@@ -110,15 +110,18 @@ def save_hf(tok, path: str) -> None:
 
 
 def _pattern_of(pre: Optional[dict], path: str) -> str:
-    if pre and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+    if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return GPT2_PATTERN  # HF's built-in GPT-2 regex; same pieces as r50k's pattern
-    if pre and pre.get("type") == "Sequence":
+    if isinstance(pre, dict) and pre.get("type") == "Sequence":
         steps = pre.get("pretokenizers") or []
         if (
-            len(steps) == 2
+            isinstance(steps, list)
+            and len(steps) == 2
+            and all(isinstance(step, dict) for step in steps)
             and steps[0].get("type") == "Split"
             and isinstance(steps[0].get("pattern"), dict)
             and "Regex" in steps[0]["pattern"]
+            and isinstance(steps[0]["pattern"]["Regex"], str)
             and steps[0].get("behavior") == "Isolated"
             and steps[1].get("type") == "ByteLevel"
             and not steps[1].get("use_regex", True)
@@ -143,22 +146,35 @@ def load_hf(path: str):
             doc = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a tokenizer.json document (a JSON {type(doc).__name__}, not an object)")
     model = doc.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise ValueError(f"{path}: model is not a BPE model with a vocab")
     pattern = _pattern_of(doc.get("pre_tokenizer"), path)
     inverse = {c: b for b, c in bytes_to_unicode().items()}
-    specials = {t["content"]: int(t["id"]) for t in doc.get("added_tokens") or []}
+    specials = {}
+    for t in doc.get("added_tokens") or []:
+        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and type(t.get("id")) is int):
+            raise ValueError(f"{path}: added_tokens entry {json.dumps(t)[:80]} lacks a string 'content' and an int 'id'")
+        specials[t["content"]] = t["id"]
     by_id: dict[int, bytes] = {}
     for s, i in model["vocab"].items():
         if s in specials:
             continue
+        if type(i) is not int:
+            raise ValueError(f"{path}: vocab entry {s!r} has id {i!r}, not an int")
         try:
-            by_id[int(i)] = bytes(inverse[c] for c in s)
+            by_id[i] = bytes(inverse[c] for c in s)
         except KeyError:
             raise ValueError(f"{path}: vocab entry {s!r} is not in the ByteLevel alphabet") from None
     n = len(by_id)
     holes = [i for i in range(n) if i not in by_id]
     if holes:
         raise ValueError(f"{path}: byte-level token ids are not 0..{n - 1} (id {holes[0]} is not a byte token)")
-    return Tokenizer([by_id[i] for i in range(n)], pattern=pattern, special_tokens=specials)
+    try:
+        return Tokenizer([by_id[i] for i in range(n)], pattern=pattern, special_tokens=specials)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Callable, Iterable, Literal, Optional
 
 import numpy as np
@@ -54,6 +55,10 @@ class TokenShardWriter:
 
     def __init__(self, out_dir: str, *, vocab_size: int, tokenizer_sha256: str, prefix: str = "tokens",
                  shard_tokens: int = 100_000_000):
+        if shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
+        if not 1 <= vocab_size <= 1 << 32:  # ids beyond uint32 would wrap silently
+            raise ValueError(f"vocab_size must be in [1, 2**32], got {vocab_size}")
         self.out_dir, self.prefix, self.shard_tokens = out_dir, prefix, shard_tokens
         self.vocab_size, self.sha = vocab_size, tokenizer_sha256
         self.dtype = token_dtype(vocab_size)
@@ -67,6 +72,8 @@ class TokenShardWriter:
 
     def add(self, ids) -> None:
         arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):  # floats would be truncated silently
+            raise ValueError(f"a document's ids must be a 1-D sequence of integers, got shape {arr.shape} {arr.dtype}")
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
             raise ValueError(f"token id out of range [0, {self.vocab_size})")
         self.parts.append(arr.astype(self.dtype, copy=False))
@@ -98,20 +105,41 @@ class TokenShardWriter:
         self.index += 1
 
     def close(self) -> list[str]:
-        """Write the last shard; returns the header paths."""
+        """Write the last shard and remove this prefix's shards left from an earlier, longer run in
+        the same directory (readers take every header there); returns the header paths."""
         self.flush()
+        stale = re.compile(re.escape(self.prefix) + r"-(\d{5,})\.json")
+        for name in sorted(os.listdir(self.out_dir)):
+            m = stale.fullmatch(name)
+            if m and int(m.group(1)) >= self.index:
+                stem = os.path.join(self.out_dir, name[:-len(".json")])
+                for ext in (".json", ".bin", ".idx"):  # the header first: no header, no shard
+                    if os.path.exists(stem + ext):
+                        os.remove(stem + ext)
         return self.written
 
 
 def read_shard(header_path: str) -> tuple[dict, np.ndarray, np.ndarray]:
     """``(header, tokens memmap, offsets)`` of one shard (by its ``.json`` header)."""
     with open(header_path, encoding="utf-8") as f:
-        header = json.load(f)
-    if header.get("format") != FORMAT_NAME:
+        try:
+            header = json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{header_path}: not a {FORMAT_NAME} header (not JSON: {e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"{header_path}: not a {FORMAT_NAME} header")
+    for key, kind in (("dtype", str), ("n_tokens", int), ("n_docs", int), ("bin", str), ("idx", str)):
+        if not isinstance(header.get(key), kind):
+            raise ValueError(f"{header_path}: header field {key!r} is missing or not a {kind.__name__}")
+    if header["dtype"] not in ("uint16", "uint32"):
+        raise ValueError(f"{header_path}: dtype {header['dtype']!r} is not uint16 or uint32")
     d = os.path.dirname(header_path)
-    tokens = np.memmap(os.path.join(d, header["bin"]), dtype=np.dtype(header["dtype"]).newbyteorder("<"), mode="r") \
-        if header["n_tokens"] else np.zeros(0, header["dtype"])
+    dtype = np.dtype(header["dtype"]).newbyteorder("<")
+    bin_path = os.path.join(d, header["bin"])
+    if header["n_tokens"] and os.path.getsize(bin_path) != header["n_tokens"] * dtype.itemsize:
+        raise ValueError(f"{header_path}: {header['bin']} holds {os.path.getsize(bin_path)} bytes, not "
+                         f"{header['n_tokens']} {header['dtype']} tokens")
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r") if header["n_tokens"] else np.zeros(0, dtype)
     offsets = np.fromfile(os.path.join(d, header["idx"]), dtype="<u8")
     if tokens.size != header["n_tokens"] or offsets.size != header["n_docs"] + 1:
         raise ValueError(f"{header_path}: sizes of .bin/.idx do not match the header")
@@ -142,6 +170,8 @@ def encode_to_shards(tok, texts: Iterable[str], out_dir: str, *, tokenizer_sha25
     >>> st.docs, st.tokens
     (2, 5)
     """
+    if batch_docs < 1:
+        raise ValueError(f"batch_docs must be >= 1, got {batch_docs}")
     writer = TokenShardWriter(out_dir, vocab_size=tok.n_vocab, tokenizer_sha256=tokenizer_sha256,
                               shard_tokens=shard_tokens)
     sep = None if separator_id is None else np.array([separator_id], dtype=writer.dtype)

@@ -16,6 +16,7 @@ from typing import AbstractSet, Collection, Iterable, Literal, Union
 import numpy as np
 
 from fastlm.data.io import MissingDependencyError
+from fastlm.tokenizer._backend import fix_surrogates
 from fastlm.tokenizer.core import Tokenizer
 
 
@@ -33,7 +34,7 @@ def _lines(texts: Iterable[str]):
     for t in texts:
         if not isinstance(t, str):
             raise ValueError(f"train_from_iterator expects str items, got {type(t).__name__}")
-        for line in t.splitlines():
+        for line in fix_surrogates(t).splitlines():
             if line.strip():
                 yield line
 
@@ -135,6 +136,7 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         # user-defined symbols always match inside sentencepiece: cut each special string after its
         # first character so that its text is encoded as ordinary pieces
+        text = fix_surrogates(text)  # lone surrogates -> U+FFFD, as the BPE backend (sentencepiece refuses them)
         if not self._specials:
             return self._sp.encode(text)
         out: list[int] = []
