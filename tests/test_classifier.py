@@ -407,6 +407,21 @@ def test_classify_cli(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["b.jsonl", "m.fastlm-cls", "scored.jsonl"]
 
 
+def test_classify_cli_refuses_field_that_overwrites_the_text(tmp_path, capsys):
+    # --field text used to replace every record's text with the probability dict, silently.
+    from fastlm.cli import main as cli_main
+
+    texts, labels = synthetic(40, 2, 5)
+    model = tmp_path / "m.fastlm-cls"
+    TextClassifier.train(texts, labels, buckets=2**10).save(model)
+    src = _write_jsonl(tmp_path / "b.jsonl", [{"body": t} for t in texts])
+    out = tmp_path / "scored.jsonl"
+    rc = cli_main.main(["data", "classify", src, "-m", str(model), "-o", str(out), "--text-field", "body",
+                        "--field", "body"])
+    assert rc == 2 and "--field 'body' would replace" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_train_classifier_cli_real_reader(tmp_path, capsys):
     from fastlm.cli import main as cli_main
 

@@ -180,6 +180,8 @@ def test_clean_builtin_pydoc(tmp_path):
     ("dedup.num_perm=0", "num_perm must be in [1, 65536]"),
     ("dedup.bands=[3, 100]", "dedup.bands=3 x rows=100"),
     ("dedup.near=simhash", None),
+    ("num_threads=-2", "num_threads must be >= 0"),  # was accepted (fastlm data dedup refuses --threads -2)
+    ("batch_size=0", "batch_size must be >= 1"),  # was accepted
 ])
 def test_clean_refuses_bad_dedup_parameters_before_reading(tmp_path, capsys, monkeypatch, override, message):
     def never(*a, **k):

@@ -275,3 +275,29 @@ def test_stage_bands_refuses_too_many_rows(tmp_path, shards, capsys):
                      "--num-perm", "32", "--quiet") == 0
     assert dedup_cli("--stage", "bands", tmp_path / "s.npz", "-o", tmp_path / "k", "--bands", "8", "--rows", "5") == 2
     assert "use at most num_perm=32" in capsys.readouterr().err
+
+
+def test_one_shot_odd_inputs_counted_never_a_traceback(tmp_path, capsys):
+    # A lone surrogate escape and a Parquet timestamp column each used to end the run with a bare
+    # UnicodeEncodeError / TypeError when the kept records were written; a truncated .gz input with
+    # an EOFError traceback.
+    import gzip
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "s.jsonl"
+    src.write_bytes(b'{"text": "lone \\ud800 surrogate"}\n{"text": "fine text one"}\n{"text": "Fine  text ONE"}\n')
+    pq.write_table(pa.table({"text": ["parquet row"], "ts": [datetime.datetime(2020, 1, 1)]}), str(tmp_path / "t.parquet"))
+    out = tmp_path / "out"
+    assert dedup_cli(src, tmp_path / "t.parquet", "-o", out, "--quiet") == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert (rep["documents_in"], rep["kept"], rep["removed"], rep["malformed"]) == (
+        4, 2, {"exact_dup": 1}, {"invalid_utf8": 1})
+    assert kept_records(glob.glob(str(out / "shard-*.jsonl"))) == [
+        {"text": "fine text one"}, {"text": "parquet row", "ts": "2020-01-01T00:00:00"}]
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(src.read_bytes())[:-12])
+    assert dedup_cli(tmp_path / "cut.jsonl.gz", "-o", tmp_path / "out2", "--quiet") == 2
+    assert "cut.jsonl.gz: corrupt or truncated gzip data" in capsys.readouterr().err
+    assert not glob.glob(str(tmp_path / "out2" / "*"))  # nothing written

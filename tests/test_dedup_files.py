@@ -70,6 +70,17 @@ def test_bad_files_refused(tmp_path, docs):
     assert df.read_header(tmp_path / "c.npz")["shards"] == [0, 1]
 
 
+def test_truncated_file_refused_with_its_name(tmp_path, docs):
+    # A .npz cut short (an interrupted copy) starts with the zip magic: np.load raised a bare
+    # zipfile.BadZipFile (a traceback in the CLI) instead of a ValueError naming the file.
+    stage(tmp_path, [docs[:10]], dedup.MinHasher())
+    whole = (tmp_path / "sig0.npz").read_bytes()
+    for cut in (100, len(whole) // 2, len(whole) - 10):
+        (tmp_path / "cut.npz").write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match="cut.npz: not a readable dedup file"):
+            df.write_band_keys(tmp_path / "k.npz", tmp_path / "cut.npz")
+
+
 def test_old_format_refused(tmp_path, docs):
     # Format 1 held signatures of 64-bit shingle hashes: not comparable with today's, refused.
     k = stage(tmp_path, [docs[:10]], dedup.MinHasher())

@@ -118,6 +118,45 @@ def test_parquet_rows_and_compressed_parquet(tmp_path):
     assert [r.data for r in read(gz)[0]] == [records[0], records[2]]
 
 
+@pytest.mark.parametrize("content", [b"", b"not parquet at all", "truncated"])
+def test_unreadable_parquet_is_an_error_naming_the_file(tmp_path, content):
+    # pyarrow's "Parquet file size is 0 bytes" / "magic bytes not found" named no file.
+    if content == "truncated":
+        pq.write_table(pa.Table.from_pylist([{"text": "a"}] * 100), str(tmp_path / "whole.parquet"))
+        content = (tmp_path / "whole.parquet").read_bytes()[:-30]
+    path = write(tmp_path / "bad.parquet", content)
+    with pytest.raises(ValueError, match=r"bad\.parquet: not a readable Parquet file"):
+        read(path)
+
+
+def test_parquet_values_json_cannot_hold_become_strings(tmp_path):
+    # A timestamp/decimal/binary column used to crash every JSONL writer (dedup, clean) with a
+    # TypeError traceback: "Object of type datetime is not JSON serializable".
+    import datetime
+    import decimal
+
+    path = str(tmp_path / "t.parquet")
+    pq.write_table(pa.table({
+        "text": ["a", "b"], "ts": [datetime.datetime(2020, 1, 2, 3, 4, 5), None],
+        "day": [datetime.date(2021, 5, 6), datetime.date(2021, 5, 7)],
+        "price": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2.00")]),
+        "raw": [b"utf8 bytes", b"\xff\x00"], "tags": [[b"x"], []], "n": [1, 2]}), path)
+    recs, log = read(path)
+    assert log.total == 0
+    assert [r.data for r in recs] == [
+        {"text": "a", "ts": "2020-01-02T03:04:05", "day": "2021-05-06", "price": "1.50", "raw": "utf8 bytes",
+         "tags": ["x"], "n": 1},
+        {"text": "b", "ts": None, "day": "2021-05-07", "price": "2.00", "raw": "/wA=", "tags": [], "n": 2}]
+    for r in recs:
+        json.dumps(r.data)  # every record can be written as JSON
+
+
+def test_empty_json_file_holds_no_records(tmp_path):
+    for name, content in (("e.json", b""), ("w.json", b" \n\n"), ("b.json", b"\xef\xbb\xbf\n")):
+        recs, log = read(write(tmp_path / name, content))
+        assert (recs, log.total) == ([], 0), name  # like an empty .jsonl, not one phantom bad_json record
+
+
 def test_format_from_name_and_explicit_format(tmp_path):
     assert format_from_name("x.JSONL.gz") == "jsonl" and format_from_name("x.ndjson") == "jsonl"
     assert format_from_name("x.pq") == "parquet" and format_from_name("a.txt.zstd") == "text"
@@ -193,6 +232,72 @@ def test_invalid_utf8_in_text_files(tmp_path):
     assert "column 5" in log.samples[0].detail
     recs, log = read(path)  # document mode: the whole file is the unit
     assert recs == [] and [(s.line, s.reason) for s in log.samples] == [(4, "invalid_utf8")]
+
+
+def test_lone_surrogate_escapes_are_invalid_utf8_with_file_and_line(tmp_path):
+    # "\ud800" parses to a str that cannot be written as UTF-8: it used to pass the reader and crash
+    # every writer (dedup/clean/convert) with a bare UnicodeEncodeError naming no file or line.
+    path = write(tmp_path / "s.jsonl", b'{"text": "a\\ud800b"}\n{"text": "pair \\ud83d\\ude00 ok"}\n'
+                 b'{"text": "k", "meta": ["\\uDC00"]}\n{"text": "not an escape \\\\ud800"}\n')
+    recs, log = read(path)
+    assert [(r.line, r.data["text"]) for r in recs] == [(2, "pair \U0001f600 ok"), (4, "not an escape \\ud800")]
+    assert [(s.line, s.reason) for s in log.samples] == [(1, "invalid_utf8"), (3, "invalid_utf8")]
+    assert "U+D800" in log.samples[0].detail and "U+DC00" in log.samples[1].detail
+    arr = write(tmp_path / "a.json", b'[{"text": "ok"}, {"text": "x\\udfff"}]')
+    recs, log = read(arr)
+    assert [r.data for r in recs] == [{"text": "ok"}] and [(s.line, s.reason) for s in log.samples] == [(2, "invalid_utf8")]
+
+
+def test_deeply_nested_json_is_bad_json_not_a_recursion_error(tmp_path):
+    # json.loads raised RecursionError (a traceback) on 100000 nested brackets; a record that just
+    # parsed (~985 levels) then failed later, in the pipeline's deeper stack. Both are bad_json now.
+    deep = "[" * 100000 + "]" * 100000
+    ok = '{"text": "a", "m": ' + "[" * 200 + "]" * 200 + "}"  # within MAX_DEPTH: kept
+    near_limit = '{"text": "b", "m": ' + "[" * 985 + "]" * 985 + "}"
+    path = write(tmp_path / "d.jsonl", f'{ok}\n{deep}\n{near_limit}\n{{"text": "c"}}\n'.encode())
+    recs, log = read(path)
+    assert [r.line for r in recs] == [1, 4]
+    assert [(s.line, s.reason, s.detail) for s in log.samples] == [
+        (2, "bad_json", "nested deeper than 256 levels"), (3, "bad_json", "nested deeper than 256 levels")]
+    over = '{"text": "b", "m": ' + "[" * 300 + "]" * 300 + "}"
+    arr = write(tmp_path / "d.json", f"[{ok}, {over}]".encode())
+    recs, log = read(arr)
+    assert [r.line for r in recs] == [1] and [(s.line, s.reason) for s in log.samples] == [(2, "bad_json")]
+    recs, log = read(write(tmp_path / "e.json", deep.encode()))
+    assert recs == [] and [(s.line, s.reason) for s in log.samples] == [(1, "bad_json")]
+
+
+def test_json_error_message_has_no_doubled_at(tmp_path):
+    path = write(tmp_path / "c.jsonl", b'{"text": "a\tb"}\n')
+    _, log = read(path)
+    assert log.samples[0].detail == "Invalid control character at column 12"
+
+
+@pytest.mark.parametrize("compression,cut", [("gz", "truncated"), ("gz", "flipped"), ("zst", "truncated"),
+                                             ("gz", "magic"), ("zst", "magic")])
+def test_corrupt_compressed_input_is_an_error_naming_the_file(tmp_path, compression, cut):
+    # A truncated .zst used to read as an empty file (records silently dropped); a corrupt .gz raised
+    # a bare EOFError / zlib.error traceback.
+    data = b"".join(b'{"text": "line %d with some words"}\n' % i for i in range(3000))
+    raw = bytearray(gzip.compress(data) if compression == "gz" else zstandard.ZstdCompressor().compress(data))
+    if cut == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif cut == "flipped":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raw = raw[:4]
+    path = write(tmp_path / f"c.jsonl.{compression}", bytes(raw))
+    with pytest.raises(ValueError, match=f"{path}: corrupt or truncated {'gzip' if compression == 'gz' else 'zstd'}"):
+        read(path)
+
+
+def test_concatenated_compressed_streams_read_as_one(tmp_path):
+    a, b = jsonl([{"text": "a"}]), jsonl([{"text": "b"}])
+    z = zstandard.ZstdCompressor()
+    path = write(tmp_path / "cat.jsonl.zst", z.compress(a) + z.compress(b))
+    assert [r.data["text"] for r in read(path)[0]] == ["a", "b"]
+    path = write(tmp_path / "cat.jsonl.gz", gzip.compress(a) + gzip.compress(b))
+    assert [r.data["text"] for r in read(path)[0]] == ["a", "b"]
 
 
 def test_bom_is_ignored(tmp_path):

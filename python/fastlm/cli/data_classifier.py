@@ -140,6 +140,9 @@ def run_classify(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.field == args.text_field:
+        raise ValueError(f"--field {args.field!r} would replace each record's text with its probabilities; "
+                         "choose another output field")
     model = TextClassifier.load(args.model)
     errors = ErrorLog(strict=args.strict)
     predicted: Counter = Counter()

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("minhash", "simhash", "exact"), help="near-dup method (default minhash; exact: exact copies only)")
     p.add_argument("--threshold", type=float, help="MinHash Jaccard threshold in (0, 1] (default 0.8)")
     p.add_argument("--num-perm", type=int, help="MinHash permutations (default 128)")
-    p.add_argument("--ngram", type=int, help="MinHash word n-gram size (default 5)")
+    p.add_argument("--ngram", type=int, help="word n-gram size (default 5; with --method simhash: 3)")
     p.add_argument("--seed", type=int, help="MinHash permutation seed (default 1)")
     p.add_argument("--hash", choices=("fast", "datasketch", "datasketch-legacy"),
                    help="MinHash hash (default fast; datasketch: its signatures bit for bit)")

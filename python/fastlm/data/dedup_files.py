@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -59,7 +60,7 @@ def _load(path: str, kind: str) -> tuple[dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated .npz is a BadZipFile
         raise ValueError(f"{path}: not a readable dedup file ({e})") from None
     if "header" not in arrays:
         raise ValueError(f"{path}: no header (not a fastlm dedup file)")

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import zlib
 from typing import IO, Any, Iterable, Iterator, Optional
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -67,17 +68,67 @@ def open_binary(path: str) -> IO[bytes]:
     reader = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
     head = reader.peek(4)[:4]  # type: ignore[union-attr]
     if head[:2] == GZIP_MAGIC:
-        gz = gzip.GzipFile(fileobj=reader, mode="rb")
-        if path != STDIN:
-            gz.myfileobj = reader  # type: ignore[attr-defined]  # close() then closes the file too, as gzip.open does
-        return gz  # type: ignore[return-value]
+        return io.BufferedReader(_Decompressed(reader, path, "gzip"))
     if head == ZSTD_MAGIC:
-        import zstandard
-
-        # read_across_frames: files written by several zstd streams (e.g. `cat a.zst b.zst`).
-        stream = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True, closefd=True)
-        return io.BufferedReader(stream)  # type: ignore[arg-type]
+        return io.BufferedReader(_Decompressed(reader, path, "zstd"))
     return reader
+
+
+class _Decompressed(io.RawIOBase):
+    """The decompressed bytes of a gzip or zstd stream (several concatenated members/frames read as
+    one, e.g. `cat a.zst b.zst`). Corrupt or truncated data raises ValueError naming the file, never
+    a bare EOFError/zlib.error/ZstdError; a zstd stream that ends inside a frame is an error (the
+    zstandard stream reader would silently return what it had)."""
+
+    def __init__(self, reader: IO[bytes], path: str, kind: str):
+        self._reader, self._name, self._kind = reader, source_name(path), kind
+        self._close_reader = path != STDIN  # never close the process's stdin
+        self._errors: tuple = (EOFError, gzip.BadGzipFile, zlib.error)
+        if kind == "gzip":
+            self._gz = gzip.GzipFile(fileobj=reader, mode="rb")
+        else:
+            import zstandard
+
+            self._errors += (zstandard.ZstdError,)
+            self._dctx = zstandard.ZstdDecompressor()
+            self._frame: Any = None  # decompressobj of the frame in progress
+            self._buf, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            return self._gz.readinto(b) if self._kind == "gzip" else self._zstd_readinto(b)
+        except self._errors as e:
+            raise ValueError(f"{self._name}: corrupt or truncated {self._kind} data ({e})") from e
+
+    def _zstd_readinto(self, b: Any) -> int:
+        while self._pos >= len(self._buf):
+            chunk = self._reader.read(1 << 16)
+            if not chunk:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("the stream ends inside a zstd frame")
+                return 0
+            out = []
+            while chunk:
+                if self._frame is None or self._frame.eof:
+                    self._frame = self._dctx.decompressobj()
+                out.append(self._frame.decompress(chunk))
+                chunk = self._frame.unused_data if self._frame.eof else b""
+            self._buf, self._pos = b"".join(out), 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._kind == "gzip":
+                self._gz.close()
+            if self._close_reader:
+                self._reader.close()
+        super().close()
 
 
 def open_text(path: str, *, encoding: str = "utf-8", errors: str = "strict") -> IO[str]:

@@ -252,6 +252,10 @@ def clean(
     unknown = sorted(set(cfg.steps) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; steps are {list(STEPS)}")
+    if cfg.num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0 (0 = all cores), got {cfg.num_threads}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     normalizer = _Normalizer(cfg.normalize, cfg.input.text_field, cfg.num_threads) if "normalize" in cfg.steps else None
     filtering = "filter" in cfg.steps
     doc_filters = build_doc_filters(cfg.filters, num_threads=cfg.num_threads) if filtering else []

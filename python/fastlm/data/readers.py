@@ -11,8 +11,15 @@ stdin are sniffed: a first non-blank byte ``{`` means JSONL, ``[`` a JSON array,
 - JSONL (.jsonl, .ndjson): one object per line; blank lines are skipped; line numbers are 1-based.
   Each line is decoded on its own, so invalid UTF-8 costs that line only.
 - JSON (.json): an array of objects (line = 1-based index), or a single object (line 1); a .json
-  file holding several objects line by line is read as JSONL.
-- Parquet (.parquet, .pq; needs pyarrow): one record per row, line = 1-based row index.
+  file holding several objects line by line is read as JSONL; an empty one holds no records.
+  A string with a lone surrogate escape (``"\\ud800"``, JSONL or JSON) is not valid Unicode and
+  cannot be written back as UTF-8: its record is malformed (``invalid_utf8``); one nested deeper
+  than MAX_DEPTH (256) levels is ``bad_json``.
+- Parquet (.parquet, .pq; needs pyarrow): one record per row, line = 1-based row index. Values JSON
+  cannot hold become strings (dates/times ISO 8601, decimals, bytes as UTF-8 or else base64;
+  durations: seconds), so every field survives a JSONL output. An unreadable file is a ValueError
+  naming it.
+- gzip/zstd input that is corrupt or truncated is a ValueError naming the file (fastlm.data.io).
 - ``builtin:NAME``: see ``fastlm.data.builtin``.
 
 A record is valid when ``text_field`` (a plain key, or a dotted path like ``meta.body`` when there
@@ -25,9 +32,13 @@ or a chat parse reason (``unknown_role``, ``empty_conversation``, ...), and read
 
 from __future__ import annotations
 
+import base64
+import datetime
+import decimal
 import io
 import json
 import os
+import re
 from typing import IO, Any, Iterable, Iterator, Optional
 
 from fastlm.data import chat
@@ -46,6 +57,8 @@ TEXT_MODES = ("document", "paragraphs")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 _TEXT_EXTENSIONS = {".txt", ".text", ".md", ".rst"}
 _BOM = b"\xef\xbb\xbf"
+MAX_DEPTH = 256  # deeper JSON (json's own limit depends on the stack) is bad_json, so every later step can write it
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \uD800-\uDFFF: pairs, or lone surrogates
 
 
 def format_from_name(path: str) -> Optional[str]:
@@ -81,6 +94,54 @@ def _utf8_error(data: bytes, e: UnicodeDecodeError, first_line: int) -> tuple[in
     line = first_line + data.count(b"\n", 0, e.start)
     col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
     return line, f"invalid UTF-8 byte 0x{data[e.start]:02x} at column {col}"
+
+
+def _json_error(e: json.JSONDecodeError) -> str:
+    """"Expecting value at column 3" (json's messages like "Invalid control character at" lose their "at")."""
+    msg = e.msg[: -len(" at")] if e.msg.endswith(" at") else e.msg
+    return f"{msg} at column {e.colno}"
+
+
+def _may_be_too_deep(text: str) -> bool:
+    """False when JSON ``text`` cannot nest deeper than MAX_DEPTH (too few brackets): skips the walk."""
+    return text.count("[") + text.count("{") > MAX_DEPTH
+
+
+def _too_deep(data: Any) -> Optional[str]:
+    """bad_json detail when parsed JSON ``data`` nests deeper than MAX_DEPTH, else None."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
+def _lone_surrogate(data: Any) -> Optional[str]:
+    """The first lone surrogate (from a JSON escape like ``\\ud800``) in any key or string of ``data``
+    as "U+D800", or None: such a string is not valid Unicode and cannot be written as UTF-8."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"U+{ord(data[e.start]):04X}"
+        return None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        bad = _lone_surrogate(key) or _lone_surrogate(value)
+        if bad:
+            return bad
+    return None
+
+
+def _surrogate_error(data: Any) -> Optional[str]:
+    """The invalid_utf8 detail when parsed JSON ``data`` holds a lone surrogate, else None."""
+    bad = _lone_surrogate(data)
+    return f"lone surrogate {bad} (a JSON \\u escape) is not valid Unicode" if bad else None
 
 
 def _check(data: Any, text_field: str) -> Optional[tuple[str, str]]:
@@ -125,7 +186,18 @@ def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLo
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            errors.add(source, lineno, "bad_json", f"{e.msg} at column {e.colno}")
+            errors.add(source, lineno, "bad_json", _json_error(e))
+            continue
+        except RecursionError:
+            errors.add(source, lineno, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
+            continue
+        deep = _too_deep(data) if _may_be_too_deep(text) else None
+        if deep:
+            errors.add(source, lineno, "bad_json", deep)
+            continue
+        bad = _surrogate_error(data) if _SURROGATE_ESCAPE.search(text) else None
+        if bad:
+            errors.add(source, lineno, "invalid_utf8", bad)
             continue
         record = _emit(data, source, lineno, text_field, errors)
         if record is not None:
@@ -142,13 +214,18 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
         line, detail = _utf8_error(raw, e, 1)
         errors.add(source, line, "invalid_utf8", detail)
         return
+    if not text.strip():  # an empty .json holds no records, like an empty .jsonl
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
             yield from _read_jsonl(io.BytesIO(raw), source, text_field, errors)
         else:
-            errors.add(source, e.lineno, "bad_json", f"{e.msg} at column {e.colno}")
+            errors.add(source, e.lineno, "bad_json", _json_error(e))
+        return
+    except RecursionError:
+        errors.add(source, 1, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
         return
     if isinstance(data, dict):
         items: list[Any] = [data]
@@ -157,25 +234,84 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
     else:
         errors.add(source, 1, "not_object", f"expected a JSON array or object, got {type(data).__name__}")
         return
+    check_surrogates = _SURROGATE_ESCAPE.search(text) is not None
+    check_depth = _may_be_too_deep(text)
     for index, item in enumerate(items, 1):
+        deep = _too_deep(item) if check_depth else None
+        if deep:
+            errors.add(source, index, "bad_json", deep)
+            continue
+        bad = _surrogate_error(item) if check_surrogates else None
+        if bad:
+            errors.add(source, index, "invalid_utf8", bad)
+            continue
         record = _emit(item, source, index, text_field, errors)
         if record is not None:
             yield record
 
 
+def _needs_json_conversion(pa: Any, t: Any) -> bool:
+    """True when Arrow type ``t`` gives Python values that JSON cannot hold (dates, decimals, bytes)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _needs_json_conversion(pa, t.value_type)
+    if pa.types.is_struct(t):
+        return any(_needs_json_conversion(pa, t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _needs_json_conversion(pa, t.key_type) or _needs_json_conversion(pa, t.item_type)
+    if pa.types.is_dictionary(t):
+        return _needs_json_conversion(pa, t.value_type)
+    return not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+                or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t))
+
+
+def _jsonable(value: Any) -> Any:
+    """A Parquet value as JSON can hold it, so that every field is kept in JSONL outputs: dates and
+    times -> ISO 8601 strings, durations -> seconds, decimals -> strings, bytes -> the UTF-8 string
+    (base64 when not UTF-8)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    return value
+
+
 def _read_parquet(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog) -> Iterator[Record]:
-    require_pyarrow()
+    pa = require_pyarrow()
     import pyarrow.parquet as pq
 
     if not (isinstance(stream, io.BufferedReader) and stream.seekable()) or source == "<stdin>":
         stream = io.BytesIO(stream.read())  # compressed or piped: Parquet needs random access
     row = 0
-    for batch in pq.ParquetFile(stream).iter_batches(batch_size=4096):
+    try:  # an empty, truncated or corrupt file fails here or at a later batch: name it
+        pf = pq.ParquetFile(stream)
+        convert = any(_needs_json_conversion(pa, t) for t in pf.schema_arrow.types)
+        batches = pf.iter_batches(batch_size=4096)
+        batch = next(batches, None)
+    except pa.ArrowException as e:
+        raise ValueError(f"{source}: not a readable Parquet file ({e})") from e
+    while batch is not None:
         for data in batch.to_pylist():
+            if convert:
+                data = _jsonable(data)
             row += 1
             record = _emit(data, source, row, text_field, errors)
             if record is not None:
                 yield record
+        try:
+            batch = next(batches, None)
+        except pa.ArrowException as e:
+            raise ValueError(f"{source}: not a readable Parquet file ({e})") from e
 
 
 def _text_record(data: bytes, first: int, source: str, text_field: str, errors: ErrorLog) -> Optional[Record]:
