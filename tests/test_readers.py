@@ -291,6 +291,24 @@ def test_corrupt_compressed_input_is_an_error_naming_the_file(tmp_path, compress
         read(path)
 
 
+def test_written_zstd_shards_carry_a_checksum(tmp_path):
+    # without zstd's content checksum a flipped byte decompressed to garbled records, no error
+    from fastlm.data.io import ShardWriter
+
+    with ShardWriter(str(tmp_path / "out"), compression="zst") as w:
+        for i in range(2000):
+            w.write({"text": f"record number {i} " * 5})
+    (path,) = w.paths
+    raw = open(path, "rb").read()
+    assert len(read(path)[0]) == 2000
+    for pos in range(len(raw) // 2, len(raw) // 2 + 40):  # several of these flips decode without a checksum
+        flipped = bytearray(raw)
+        flipped[pos] ^= 0x01
+        write(tmp_path / "flipped.jsonl.zst", bytes(flipped))
+        with pytest.raises(ValueError, match="flipped.jsonl.zst: corrupt or truncated zstd"):
+            read(str(tmp_path / "flipped.jsonl.zst"))
+
+
 def test_concatenated_compressed_streams_read_as_one(tmp_path):
     a, b = jsonl([{"text": "a"}]), jsonl([{"text": "b"}])
     z = zstandard.ZstdCompressor()

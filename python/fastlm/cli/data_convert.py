@@ -39,7 +39,7 @@ def _write(out: IO[bytes], lines, compression: str) -> int:
     elif compression == "zst":
         import zstandard
 
-        stream = zstandard.ZstdCompressor().stream_writer(out, closefd=False)
+        stream = zstandard.ZstdCompressor(write_checksum=True).stream_writer(out, closefd=False)
     else:
         stream = out
     n = 0

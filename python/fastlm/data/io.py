@@ -343,7 +343,7 @@ class ShardWriter:
             elif self.compression in ("zst", "zstd"):
                 import zstandard
 
-                data = zstandard.ZstdCompressor().compress(data)
+                data = zstandard.ZstdCompressor(write_checksum=True).compress(data)  # a flipped bit is an error on read
             with atomic_write(path, "wb") as f:
                 f.write(data)
         self.paths.append(path)
