@@ -438,3 +438,26 @@ def test_train_classifier_cli_real_reader(tmp_path, capsys):
     assert f"{src}:3: missing_label" in captured.err and f"{src}:5:" in captured.err
     assert "read 398 labeled records" in captured.out
     assert TextClassifier.load(out).labels == ["class0", "class1"]
+
+
+def test_train_classifier_cli_dotted_fields_and_a_one_class_training_split(tmp_path, capsys):
+    # dotted --text-field / --label-field (as the readers and `classify` take them) used to count
+    # every record as missing_field; a --valid-fraction that left one class to train on gave
+    # "need at least 2 distinct labels to train, got [...]"
+    from fastlm.cli import main as cli_main
+
+    texts, labels = synthetic(200, 2, 7)
+    rows = [{"meta": {"body": t, "y": y}} for t, y in zip(texts, labels)]
+    src = _write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "m.fastlm-cls"
+    rc = cli_main.main(["data", "train-classifier", src, "-o", str(out), "--buckets", "4096",
+                        "--text-field", "meta.body", "--label-field", "meta.y"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "read 200 labeled records" in captured.out
+    clf = TextClassifier.load(out)
+    assert clf.labels == ["class0", "class1"]
+    assert clf.evaluate(texts, labels)["accuracy"] > 0.9
+    src = _write_jsonl(tmp_path / "tiny.jsonl", [{"text": "a b", "label": "x"}, {"text": "c d", "label": "y"}])
+    rc = cli_main.main(["data", "train-classifier", src, "-o", str(out), "--valid-fraction", "0.5"])
+    assert rc == 2 and "the training split (1 of 2 records" in capsys.readouterr().err

@@ -63,18 +63,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_labeled(args, errors: ErrorLog):
-    from fastlm.data.readers import read_records
+    from fastlm.data.chat import ConversionError, get_field
+    from fastlm.data.readers import read_records, record_text
 
     texts, labels = [], []
     for rec in read_records(args.inputs, text_field=args.text_field, errors=errors):
-        text = rec.data.get(args.text_field)
-        if not isinstance(text, str):
+        try:  # the text `classify` scores: the field (a dotted path too) or the conversation's turns
+            text = record_text(rec.data, args.text_field)
+        except ConversionError:
             errors.add(rec.source, rec.line, "missing_field", f"no string field {args.text_field!r}")
             continue
-        if args.label_field not in rec.data or rec.data[args.label_field] is None:
+        label = get_field(rec.data, args.label_field)
+        if label is None:
             errors.add(rec.source, rec.line, "missing_label", f"no field {args.label_field!r}")
             continue
-        label = rec.data[args.label_field]
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             errors.add(rec.source, rec.line, "bad_label",
                        f"label must be a string or an integer, got {type(label).__name__}")
@@ -113,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
     random.Random(args.seed).shuffle(order)
     n_valid = int(round(len(order) * args.valid_fraction))
     valid, train = order[:n_valid], order[n_valid:]
+    train_classes = sorted({labels[i] for i in train})
+    if len(train_classes) < 2:
+        raise ValueError(f"the training split ({len(train)} of {len(labels)} records, --valid-fraction "
+                         f"{args.valid_fraction}) holds {len(train_classes)} distinct label(s) {train_classes!r}; "
+                         "lower --valid-fraction or add records")
     counts = {c: labels.count(c) for c in classes}
     print(f"read {len(texts)} labeled records ({', '.join(f'{c}: {n}' for c, n in counts.items())}); "
           f"train {len(train)}, valid {len(valid)}")
