@@ -320,6 +320,14 @@ CORRUPTIONS = {
                     STATE + ": 'files' does not list model\\.safetensors"),
     "path in files": (lambda p: _rewrite_state(p, lambda s: s["files"].update({"../x": {"sha256": "", "bytes": 0}})),
                       r"plain file names"),
+    # these three were Python tracebacks (AttributeError, ValueError) in load_checkpoint or Checkpoint.step
+    "tied list": (lambda p: _rewrite_state(p, lambda s: s.update(tied=["lm_head.weight"])),
+                  STATE + ": 'tied' must map key names"),
+    "step string": (lambda p: _rewrite_state(p, lambda s: s.update(step="x")), STATE + ": 'step' must be an integer"),
+    "optimizer number": (lambda p: _rewrite_state(p, lambda s: s.update(optimizer=5)),
+                         STATE + ": 'optimizer' must be an object or null"),
+    "model_config list": (lambda p: _rewrite_state(p, lambda s: s.update(model_config=[])),
+                          STATE + ": 'model_config' must be an object"),
 }
 
 

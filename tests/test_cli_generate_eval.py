@@ -67,6 +67,19 @@ def mlm_run(tmp_path_factory, tok_path):
     return str(root)
 
 
+def test_reward_model_checkpoints_are_refused(tmp_path, tok_path, capsys):
+    """A RewardModel is a GPT subclass: generate sampled from its unused head, eval raised a TypeError."""
+    from fastlm.models import RewardModel
+    torch.manual_seed(0)
+    model = RewardModel.from_gpt(GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, max_seq_len=32)))
+    _ckpt(tmp_path, tok_path, model, "reward")
+    files = _text_files(tmp_path, DOCS[:1])
+    for argv in (["generate", "--prompt", "x"], ["eval", files[0]], ["eval", "--task", "copy"]):
+        assert main(argv + ["--ckpt", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastlm: error: ") and "reward" in err and "Traceback" not in err
+
+
 def _shards(tmp_path, tok_path, docs, sha=None):
     tok = Tokenizer.from_file(tok_path)
     w = TokenShardWriter(str(tmp_path / "shards"), vocab_size=tok.n_vocab,
@@ -152,6 +165,8 @@ def test_generate_errors(mlm_run, clm_run, tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().err
     assert main(["generate", "--ckpt", clm_run, "--top-p", "0"]) == 2
     assert "--top-p" in capsys.readouterr().err
+    assert main(["generate", "--ckpt", clm_run, "--no-bos"]) == 2  # said "the tokenizer has no <|bos|>"
+    assert "the prompt is empty and --no-bos leaves no token" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- eval

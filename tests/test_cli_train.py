@@ -74,6 +74,9 @@ def test_fastlm_train_alias_has_the_same_help(capsys):
     (["--set", "max_steps"], "expected key=value"),
     (["--config", "/no/such/file.yaml"], "/no/such/file.yaml"),
     (["--run-name", "a/b"], "must be a plain name"),
+    (["--set", "optim.lr=nan"], "optim.lr=nan: must be a finite number"),  # NaN passed every range check
+    (["--set", "optim.lr=.inf"], "optim.lr=inf: must be a finite number"),  # trained on to NaN weights
+    (["--set", "post.beta=.nan"], "post.beta=nan: must be a finite number"),
 ])
 def test_config_errors_exit_2_with_one_line(fake_run, capsys, argv, message):
     assert cli.main(argv) == 2
@@ -130,6 +133,26 @@ def test_run_errors_are_one_line(fake_run, capsys, monkeypatch):
     monkeypatch.setenv("FASTLM_TRACEBACK", "1")
     with pytest.raises(RuntimeError):
         cli.main([])
+
+
+def test_infinite_max_time_and_spike_factor_mean_off(fake_run, capsys):
+    assert cli.main(["--set", "max_time=.inf", "spike_factor=.inf"]) == 0
+    assert fake_run.calls[0]["cfg"].max_time == float("inf")
+
+
+def test_resume_names_a_fault_of_the_checkpoints_own_config(fake_run, tmp_path, capsys):
+    import json
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    ckpt.mkdir(parents=True)
+    config = load_train_config(None, ["max_steps=2"]).to_dict()
+    (ckpt / "state.json").write_text(json.dumps({"train_config": {**config, "max_stepz": 3}}))
+    assert cli.main(["--resume", str(ckpt), "--set", "max_steps=4"]) == 2
+    err = capsys.readouterr().err  # was blamed on --set
+    assert f"--resume {ckpt}: the checkpoint's train_config: unknown key(s) ['max_stepz']" in err
+    config["optim"]["lr"] = -1.0  # a stored value that --set repairs is no fault
+    (ckpt / "state.json").write_text(json.dumps({"train_config": config}))
+    assert cli.main(["--resume", str(ckpt), "--set", "optim.lr=1e-3"]) == 0
+    assert fake_run.calls[-1]["cfg"].optim.lr == 1e-3
 
 
 def test_resume_without_a_checkpoint_is_refused(fake_run, tmp_path, capsys):

@@ -153,6 +153,10 @@ def test_weight_problems_refused(tmp_path):
     save_file({**sd, "model.extra.weight": torch.zeros(2)}, f)
     with pytest.raises(HFImportError, match="unexpected weight.*model.extra.weight"):
         load_hf(out, tokenizer=False)
+    with open(f, "r+b") as fh:  # truncated: was safetensors' own SafetensorError, a traceback in the CLI
+        fh.truncate(100)
+    with pytest.raises(HFImportError, match="model.safetensors: cannot read the weights"):
+        load_hf(out, tokenizer=False)
     os.remove(f)
     assert not is_hf_dir(out) and not is_hf_dir(str(tmp_path))
     with pytest.raises(HFImportError, match="no weights"):

@@ -162,6 +162,19 @@ def test_config_errors():
         GPT(tiny())(ids(1, 65))
     with pytest.raises(ValueError, match="kernels"):
         GPT(tiny())(ids(), kernels="cuda")
+    # wrong types / ranges from YAML overrides or a checkpoint's model_config: refused, naming the field
+    # (were TypeErrors deep in the model, a truthy "maybe", or NaN weights after the first steps)
+    for bad, match in [({"n_layer": 2.5}, "n_layer must be an integer"), ({"n_layer": "2"}, "n_layer must be"),
+                       ({"tie_embeddings": "maybe"}, "tie_embeddings must be true/false"),
+                       ({"bias": 2}, "bias must be true/false"), ({"rope_theta": "nan"}, "rope_theta must be"),
+                       ({"rope_theta": float("nan")}, "rope_theta must be a finite number"),
+                       ({"rope_theta": -1.0}, "rope_theta must be > 0"), ({"norm_eps": 0.0}, "norm_eps must be > 0"),
+                       ({"init_std": -1.0}, "init_std must be >= 0"), ({"mlp_multiple_of": 0}, "mlp_multiple_of")]:
+        with pytest.raises(ValueError, match=match):
+            tiny(**bad)
+        with pytest.raises(ValueError, match=match):
+            EncoderConfig.named("tiny", **bad)
+    assert tiny(rope_theta=500).rope_theta == 500 and tiny(n_kv_head=None).kv_heads == 4
     assert GPTConfig.named("small").mlp_hidden_size == 1024  # 8*384/3 = 1024
     assert tiny(d_model=96, n_head=4).mlp_hidden_size == 256  # 256 = ceil(256/64)*64
 

@@ -110,6 +110,13 @@ def test_parse_errors():
     with pytest.raises(ValueError, match="bad_response"):
         parse_pair({"prompt": CONVERSATIONAL["prompt"], "chosen": CONVERSATIONAL["prompt"],
                     "rejected": CONVERSATIONAL["rejected"]})
+    # chosen == rejected: no preference (DPO: a constant log 2, reward: a wrong accuracy); was kept
+    for same in ({"prompt": "q", "chosen": "a", "rejected": "a"},
+                 {"prompt": CONVERSATIONAL["prompt"], "chosen": CONVERSATIONAL["chosen"],
+                  "rejected": CONVERSATIONAL["chosen"]},
+                 {"chosen": IMPLICIT["chosen"], "rejected": IMPLICIT["chosen"]}):
+        with pytest.raises(ValueError, match="identical_responses"):
+            parse_pair(same)
 
 
 def test_split_is_seeded_and_disjoint():

@@ -177,6 +177,22 @@ def test_records_counted_with_file_and_line(tmp_path):
     assert "4 dropped" not in report.summary(4) and "1 instruct:duplicate_prompt" in report.summary(4)
 
 
+def test_assistant_turns_without_a_user_turn_are_dropped_and_counted(tmp_path):
+    """A Vicuna conversation in the wrong role order was kept and trained on (an answer to nothing)."""
+    p = write_jsonl(tmp_path / "d.jsonl", [
+        {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+        {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                           {"from": "gpt", "value": "b"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+    ])
+    report = SFTReport()
+    recs = read_chat_records([str(p)], report)
+    assert [w for _, w in recs] == [f"{p}:4"] and report.read == 4
+    assert report.dropped == {"not_chat:no_user_turn": 2, "not_chat:consecutive_assistant_turns": 1}
+    assert report.where[0].startswith(f"{p}:1: not_chat:no_user_turn")
+
+
 def test_too_long_truncated_or_dropped():
     long_answer = {"prompt": "p", "completion": "x" * 40}
     long_prompt = {"prompt": "p" * 40, "completion": "x"}
@@ -250,6 +266,15 @@ def test_init_from_auto_picks_the_clm_run_or_says_what_to_run(pretrained, tmp_pa
         resolve_init(sft_config(pretrained, str(tmp_path)))
     with pytest.raises(ValueError, match="fastlm-train --task sft"):
         resolve_init(tiny_config(pretrained["root"], pretrained["out"], task="dpo"))
+
+
+def test_init_from_a_reward_model_is_refused(pretrained, tmp_path):
+    """SFT from a reward checkpoint raised a TypeError in the loss (DPO and RL refused it already)."""
+    rw = run(sft_config(pretrained, str(tmp_path), task="reward", run_name="rw", max_steps=1,
+                        post={"init_from": pretrained["run"], "data": [], "tasks": ["copy"], "task_examples": 20,
+                              "eval_examples": 4}), console=False)
+    with pytest.raises(ValueError, match="SFT trains a causal LM .* got a RewardModel"):
+        run(sft_config(pretrained, str(tmp_path), post={"init_from": rw.checkpoint}), console=False)
 
 
 def test_init_from_hf_dir(pretrained, tmp_path):

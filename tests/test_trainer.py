@@ -168,6 +168,49 @@ def test_resume_refuses_corrupt_and_mismatched(data_root, tmp_path):
         run(cfg, resume=str(tmp_path / "nothing"), console=False)
 
 
+def test_resume_logs_the_same_interval_means(data_root, tmp_path):
+    """A checkpoint inside a log interval: the resumed run's logged mean covers the whole interval too."""
+    import shutil
+    over = dict(max_steps=8, ckpt_every=3, log_every=4, keep_last=5)
+    a = run(tiny_config(data_root, str(tmp_path / "a"), **over), console=False)
+    run_b = str(tmp_path / "b" / "run")
+    shutil.copytree(a.run_dir, run_b)
+    for name in ("step-00000006", "step-00000008"):  # as if killed after the step-3 checkpoint
+        shutil.rmtree(os.path.join(run_b, "checkpoints", name))
+    b = run(tiny_config(data_root, str(tmp_path / "b"), **over), resume=run_b, console=False)
+    assert b.step == 8 and all(torch.equal(weights(a.checkpoint)[k], v) for k, v in weights(b.checkpoint).items())
+    la = [(m["step"], m["train/loss"]) for m in metrics(a.run_dir) if "train/loss" in m]
+    lb = [(m["step"], m["train/loss"]) for m in metrics(run_b) if "train/loss" in m]
+    assert [s for s, _ in la] == [4, 8] and la == lb  # step 4 was the mean of step 4 alone
+
+
+def _edit_state(ckpt, fn):
+    p = os.path.join(ckpt, "state.json")
+    with open(p) as f:
+        s = json.load(f)
+    fn(s)
+    with open(p, "w") as f:
+        json.dump(s, f)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s.pop("loop"), "'loop' is missing"),  # KeyError tracebacks before
+    (lambda s: s.pop("data_state"), "'data_state' is missing"),
+    (lambda s: s.update(data_state=3), "'data_state' is missing or malformed"),
+    (lambda s: s.update(loop=[1]), "'loop' is missing or malformed"),  # TypeError
+    (lambda s: s["loop"].update(step="x"), "'loop' .* does not hold the numbers of step 2"),
+    (lambda s: s.update(tokens_per_step="x"), "'tokens_per_step' is missing or malformed"),
+    (lambda s: s.update(init_from=5), "'init_from' is missing or malformed"),
+    (lambda s: s.update(optimizer=None), "no optimizer state"),  # silently resumed with fresh AdamW moments
+])
+def test_resume_refuses_a_checkpoint_without_its_training_state(data_root, tmp_path, edit, match):
+    cfg = tiny_config(data_root, str(tmp_path), max_steps=2)
+    ckpt = run(cfg, console=False).checkpoint
+    _edit_state(ckpt, edit)
+    with pytest.raises(CheckpointError, match="state.json: " + match):
+        run(tiny_config(data_root, str(tmp_path), max_steps=3), resume=ckpt, console=False)
+
+
 def test_grad_accumulation_equals_big_batch(data_root, tmp_path):
     big = run(tiny_config(data_root, str(tmp_path / "big"), micro_batch=8, max_steps=3, eval_every=0),
               console=False)

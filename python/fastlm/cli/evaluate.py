@@ -174,6 +174,14 @@ def _write_json(path: str, result: dict) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def _refuse_reward_model(model, path: str) -> None:
+    from fastlm.models import RewardModel
+    if isinstance(model, RewardModel):
+        raise ValueError(f"{path} holds a reward model (a scalar score, no next-token head): evaluate a clm, "
+                         "mlm or post-trained policy checkpoint (reward models report held-out pair accuracy "
+                         "while they train)")
+
+
 def run_task_eval(args: argparse.Namespace) -> int:
     """`fastlm eval --task`: exact-match accuracy and mean reward per built-in task."""
     from fastlm.models import GPT
@@ -188,6 +196,7 @@ def run_task_eval(args: argparse.Namespace) -> int:
                          f"{args.examples}, {args.max_new_tokens}")
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
+    _refuse_reward_model(model, path)
     if not isinstance(model, GPT):
         raise ValueError(f"{path}: --task needs a causal LM that generates answers; this is a masked LM")
     batch = args.batch or 32  # prompts are short: more of them per forward than DATA rows
@@ -233,6 +242,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--batch must be >= 1 and --seq-len >= 0")
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
+    _refuse_reward_model(model, path)
     clm = isinstance(model, GPT)
     max_len = model.config.max_seq_len
     seq_len = args.seq_len or int(((meta.get("train_config") or {}).get("data") or {}).get("seq_len") or max_len)

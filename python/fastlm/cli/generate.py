@@ -102,7 +102,7 @@ def _stop_id(tok):
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from fastlm.models import GPT
+    from fastlm.models import GPT, RewardModel
     from fastlm.models.generate import generate, stream_text
 
     if args.max_tokens < 0:
@@ -115,7 +115,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
-    if not isinstance(model, GPT):
+    if not isinstance(model, GPT) or isinstance(model, RewardModel):  # a reward model scores, it does not write
         task = (meta.get("train_config") or {}).get("task", "mlm")
         raise ValueError(f"{path} holds a {type(model).__name__} ({task}) model: generation needs a "
                          "causal LM checkpoint (task clm); use `fastlm eval` for masked LMs")
@@ -123,7 +123,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if not args.no_bos and "<|bos|>" in tok.special_tokens:
         ids = [tok.special_tokens["<|bos|>"]] + ids
     if not ids:
-        raise ValueError("the prompt is empty and the tokenizer has no <|bos|>: pass --prompt TEXT")
+        why = "--no-bos leaves no token" if args.no_bos else "the tokenizer has no <|bos|>"
+        raise ValueError(f"the prompt is empty and {why}: pass --prompt TEXT")
     eos = None if args.ignore_eos else _stop_id(tok)
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     print(f"{path} (step {meta.get('step', '?')}, {model.num_params():,} params, {device})",

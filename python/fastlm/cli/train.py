@@ -186,13 +186,22 @@ def _resumed_config(path: str) -> dict[str, Any]:
 def resolve_config(args: argparse.Namespace):
     """The TrainConfig of parsed arguments: defaults (or, with --resume, the checkpoint's config) < --config
     < --set < flags."""
-    from fastlm.train.config import load_train_config
+    from fastlm.config import ConfigError, from_dict
+    from fastlm.train.config import TrainConfig, load_train_config
 
     flags = {"task": args.task, "out": args.out, "run_name": args.run_name, "device": args.device,
              "post.train_on_prompt": getattr(args, "train_on_prompt", None)}
     overrides = list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     base = _resumed_config(args.resume) if args.resume else None
-    return load_train_config(args.config, overrides, base=base)
+    try:
+        return load_train_config(args.config, overrides, base=base)
+    except ConfigError:
+        if base is not None:  # the fault may be the checkpoint's own config (an edited state.json): say so
+            try:
+                from_dict(TrainConfig, base, where="train_config")
+            except ConfigError as e:
+                raise ConfigError(f"--resume {args.resume}: the checkpoint's {e}") from None
+        raise
 
 
 def _summary(result: Any) -> list[str]:

@@ -1,7 +1,8 @@
 """Model configs: `GPTConfig` (decoder-only causal LM), `EncoderConfig` (BERT-style masked LM)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 
@@ -17,7 +18,24 @@ def _mlp_hidden(mlp: str, d_model: int, mlp_hidden: int, multiple_of: int) -> in
     return multiple_of * ((h + multiple_of - 1) // multiple_of)
 
 
+_TYPES = {"int": "an integer", "Optional[int]": "an integer", "float": "a finite number", "bool": "true/false",
+          "str": "a string"}
+
+
+def _type_ok(value, kind: str) -> bool:
+    if kind == "Optional[int]" and value is None:
+        return True
+    if kind in ("int", "Optional[int]"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"bool": bool, "str": str}.get(kind, object))
+
+
 def _check_common(c) -> None:
+    for f in fields(c):  # overrides and checkpoint configs come from YAML/JSON: refuse "2", 2.5, "nan"
+        if not _type_ok(getattr(c, f.name), f.type):
+            raise ValueError(f"{f.name} must be {_TYPES.get(f.type, f.type)}, got {getattr(c, f.name)!r}")
     if c.mlp not in ("swiglu", "gelu"):
         raise ValueError(f"mlp must be 'swiglu' or 'gelu', got {c.mlp!r}")
     for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
@@ -31,6 +49,14 @@ def _check_common(c) -> None:
         raise ValueError(f"n_head {c.n_head} must be a multiple of n_kv_head {c.n_kv_head}")
     if not 0.0 <= c.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
+    for name in ("rope_theta", "norm_eps"):
+        if getattr(c, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(c, name)}")
+    for name in ("mlp_hidden", "init_std"):
+        if getattr(c, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(c, name)}")
+    if c.mlp_multiple_of <= 0:
+        raise ValueError(f"mlp_multiple_of must be > 0, got {c.mlp_multiple_of}")
 
 
 class _Sizes:

@@ -129,9 +129,14 @@ def read_hf_weights(path: str) -> dict[str, torch.Tensor]:
 
     def load(name: str) -> dict[str, torch.Tensor]:
         f = os.path.join(path, name)
-        if name.endswith(".safetensors"):
-            return load_file(f)
-        return torch.load(f, map_location="cpu", weights_only=True)
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(f)
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' and pickle's own error types for truncated/garbled files
+            raise HFImportError(f"{f}: cannot read the weights ({type(e).__name__}: {e})") from None
 
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):

@@ -17,8 +17,9 @@ labels of `collate_pairs` are -100 everywhere except where the model produces th
 
 Too long: a pair whose prompt + response exceeds ``seq_len`` has the response cut at ``seq_len``
 (counted as ``truncated``); a prompt that leaves no room for a response token drops the pair (counted
-as ``too_long``). Malformed records are counted by reason with file:line in an ``ErrorLog`` (never
-dropped silently; `read_pairs` raises when none is usable).
+as ``too_long``). Malformed records (also a pair whose chosen and rejected responses are identical:
+``identical_responses``) are counted by reason with file:line in an ``ErrorLog`` (never dropped silently;
+`read_pairs` raises when none is usable).
 """
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def parse_pair(data: Any) -> tuple[list[Turn], list[Turn], list[Turn]]:
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
         if turns[0].role != "assistant":
             raise ConversionError("bad_response", f"{key!r} must start with an assistant turn, not {turns[0].role!r}")
+    if [(t.role, t.content) for t in chosen] == [(t.role, t.content) for t in rejected]:
+        raise ConversionError("identical_responses", "'chosen' and 'rejected' are the same: no preference in it")
     return prompt, chosen, rejected
 
 

@@ -74,7 +74,7 @@ from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
 from fastlm.train.trainer import (TrainResult, _grad_norm, _optimizer, _precision, _resolve_resume, _run_dir,
-                                  _write_config)
+                                  _write_config, check_resume_meta)
 
 KL_HORIZON = 10000  # adaptive KL controller horizon (Ziegler et al. / TRL default)
 
@@ -295,6 +295,9 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
     precision = _precision(cfg, device)
     resume_ckpt = _resolve_resume(resume) if resume else None
     state = ck.load_checkpoint(resume_ckpt) if resume_ckpt else None
+    if state is not None:
+        check_resume_meta(state.meta, resume_ckpt, {"generator": str, "kl_coef": (int, float), "init_from": str,
+                                                    **({"value_head": dict} if ppo else {})})
     if state is not None and state.meta.get("train_config", {}).get("task") != cfg.task:
         raise ck.CheckpointError(f"{resume_ckpt}: task {state.meta.get('train_config', {}).get('task')!r} differs "
                                  f"from {cfg.task!r} (resume with the checkpoint's own task)")

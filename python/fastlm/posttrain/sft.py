@@ -82,7 +82,7 @@ def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = Tr
         report.read += 1
         where = f"{rec.source}:{rec.line}"
         try:
-            parse(rec.data)
+            _check_turn_order(parse(rec.data))
         except ConversionError as e:
             report.drop(f"not_chat:{e.reason}", where)
             continue
@@ -96,6 +96,21 @@ def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = Tr
         report.dropped[f"malformed:{reason}"] = report.dropped.get(f"malformed:{reason}", 0) + n
     report.where.extend(str(b) for b in errors.samples[:max(0, 5 - len(report.where))])
     return out
+
+
+def _check_turn_order(chat) -> None:
+    """Every assistant turn answers a user turn: raise ConversionError (the data stage's reasons) for an
+    assistant turn with no user turn before it (e.g. a Vicuna conversation starting with "gpt") or one that
+    follows another assistant turn, rather than train on an answer to nothing."""
+    from fastlm.data.chat import ConversionError
+    seen_user = False
+    for i, turn in enumerate(chat.turns):
+        if turn.role == "assistant":
+            if not seen_user:
+                raise ConversionError("no_user_turn", f"assistant turn {i} has no user turn before it")
+            if chat.turns[i - 1].role == "assistant":
+                raise ConversionError("consecutive_assistant_turns", f"turn {i} follows another assistant turn")
+        seen_user = seen_user or turn.role == "user"
 
 
 def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int, train_on_prompt: bool,
@@ -231,6 +246,10 @@ class SFTObjective(Objective):
     def __init__(self, cfg: TrainConfig, info: DistInfo, *, run_dir: str, log: Callable[[str], None] = print):
         self.cfg, self.info = cfg, info
         init = load_init(cfg, tokenizer_dir=run_dir)
+        from fastlm.models import GPT, RewardModel
+        if not isinstance(init.model, GPT) or isinstance(init.model, RewardModel):
+            raise ValueError(f"post.init_from={init.source}: SFT trains a causal LM (a clm or sft model), "
+                             f"got a {type(init.model).__name__}")
         self.model, self.model_config, self.init_from = init.model, init.model_config, init.source
         self.tokenizer, self.tokenizer_path = init.tokenizer, init.tokenizer_path
         from fastlm.tokenizer.chat_template import CHAT_SPECIALS

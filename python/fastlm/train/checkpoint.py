@@ -354,6 +354,17 @@ def _read_state(ckpt: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: 'files' names must be plain file names, got {bad}")
     if MODEL_FILE not in files:
         raise CheckpointError(f"{path}: 'files' does not list {MODEL_FILE}")
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: 'step' must be an integer >= 0, got {step!r}")
+    if not isinstance(state["model_config"], dict):
+        raise CheckpointError(f"{path}: 'model_config' must be an object, got {type(state['model_config']).__name__}")
+    tied = state.get("tied")
+    if tied is not None and not (isinstance(tied, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tied.items())):
+        raise CheckpointError(f"{path}: 'tied' must map key names to key names, got {tied!r}")
+    if not isinstance(state.get("optimizer"), (dict, type(None))):
+        raise CheckpointError(f"{path}: 'optimizer' must be an object or null, got {type(state['optimizer']).__name__}")
     return state
 
 

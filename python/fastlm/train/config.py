@@ -8,6 +8,7 @@ LM on the built-in corpus that trains on a laptop CPU in a few minutes. No torch
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -136,7 +137,25 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _non_finite(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the float fields that are NaN (or infinite, except the ones where inf means 'off')."""
+    bad = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            bad += _non_finite(v, f"{prefix}{f.name}.")
+        elif isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and f.name not in _INF_OK)):
+            bad.append(f"{prefix}{f.name}={v}")
+    return bad
+
+
+_INF_OK = ("max_time", "spike_factor")  # inf: no time limit, no spike test
+
+
 def _check(c: TrainConfig) -> None:
+    bad = _non_finite(c)
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: must be a finite number")
     positive = {"micro_batch": c.micro_batch, "max_steps": c.max_steps, "data.seq_len": c.data.seq_len,
                 "data.vocab_size": c.data.vocab_size, "keep_last": c.keep_last, "log_every": c.log_every,
                 "sample_tokens": c.sample_tokens, "eval_tokens": c.eval_tokens}

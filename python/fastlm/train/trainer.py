@@ -122,6 +122,24 @@ def _resolve_resume(resume: str) -> str:
     return ckpt
 
 
+def check_resume_meta(meta: dict, ckpt: str, needed: dict) -> None:
+    """Refuse a checkpoint whose state.json lacks, or garbles, what a resume reads back: the loop state, data
+    position, RNG states, optimizer state (exact resume needs them all) and ``needed`` (key -> type; optional
+    when the types include NoneType)."""
+    from fastlm.train.checkpoint import STATE_FILE, CheckpointError
+    where = os.path.join(ckpt, STATE_FILE)
+    for key, kind in {"train_config": dict, "loop": dict, "data_state": dict, "rng": dict, **needed}.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CheckpointError(f"{where}: {key!r} is missing or malformed ({meta.get(key)!r:.60}): not a "
+                                  "checkpoint a training run can resume from")
+    bad = {k: v for k, v in meta["loop"].items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    if bad or meta["loop"].get("step") != meta["step"]:
+        raise CheckpointError(f"{where}: 'loop' {meta['loop']!r:.100} does not hold the numbers of step {meta['step']}")
+    if meta.get("optimizer") is None:
+        raise CheckpointError(f"{where}: no optimizer state, so the run cannot continue exactly (start a new "
+                              "run from its weights instead: post.init_from)")
+
+
 def _check_resume(cfg: TrainConfig, meta: dict, model_config: dict, tokenizer_path: str, ckpt: str) -> None:
     """Refuse a checkpoint whose model or tokenizer differs from this run's."""
     from fastlm.tokenizer.shards import file_sha256
@@ -176,6 +194,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     precision = _precision(cfg, device)
     resume_ckpt = _resolve_resume(resume) if resume else None
     state = ck.load_checkpoint(resume_ckpt) if resume_ckpt else None  # every rank reads it (CPU)
+    if state is not None:
+        check_resume_meta(state.meta, resume_ckpt, {"tokens_per_step": (int, type(None)),  # None: may be absent
+                                                    "world_size": (int, type(None)), "init_from": (str, type(None))})
     run_dir = _run_dir(cfg, info, resume_ckpt)
     say = print if (info.is_main and console) else (lambda *a, **k: None)
     if info.is_main:
@@ -246,7 +267,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     result = TrainResult(run_dir=run_dir, checkpoint=resume_ckpt, step=start_step)
     t_start = time.time()
     tokens_log, time_log, train_time = 0, 0.0, 0.0  # tokens/s over training time only (no eval, no saving)
-    loss_log, n_loss_log = 0.0, 0
+    loss_log, n_loss_log = loop.pop("loss_log", 0.0), loop.pop("n_loss_log", 0)  # the log interval so far
     step = start_step
     while True:
         last = step >= cfg.max_steps
@@ -271,7 +292,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             if info.is_main:
                 meta = {"model_config": objective.model_config, "train_config": cfg.to_dict(),
                         "data_state": objective.state_dict(), "rng": ck.rng_state(),
-                        "loop": dict(loop), "world_size": info.world_size, "tokens_per_step": tokens_per_step,
+                        "loop": {**loop, "loss_log": loss_log, "n_loss_log": n_loss_log},  # + the log interval
+                        "world_size": info.world_size, "tokens_per_step": tokens_per_step,
                         "val": result.val, "init_from": objective.init_from}
                 result.checkpoint = ck.save_checkpoint(
                     os.path.join(run_dir, "checkpoints"), step, model_state=model_state,
