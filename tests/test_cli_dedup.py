@@ -73,6 +73,24 @@ def test_one_shot_removes_copies_keeps_fields_and_counts_add_up(corpus, tmp_path
     assert "removed: exact_dup" in text and "removed: near_dup" in text and "kept" in text
 
 
+def test_output_folder_inside_the_input_folder_is_not_read_back(corpus, tmp_path):
+    # `dedup data/ -o data/out` run twice used to read the first run's shards as input the second time
+    path, rows = corpus
+    data = tmp_path / "data"
+    data.mkdir()
+    os.replace(path, data / "in.jsonl")
+    out = data / "out"
+    reports = []
+    for _ in range(2):
+        assert dedup_cli(data, "-o", out) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert reports[0]["documents_in"] == reports[1]["documents_in"] == len(rows) + 3
+    assert reports[1]["kept"] == reports[0]["kept"] and reports[1]["removed"] == reports[0]["removed"]
+    assert len(kept_records(glob.glob(str(out / "shard-*.jsonl")))) == reports[0]["kept"]
+    assert dedup_cli(out, "-o", out) == 0  # the output folder given as the input is read
+    assert json.loads((out / "report.json").read_text())["documents_in"] == reports[0]["kept"]
+
+
 def test_one_shot_strict_stops_at_file_line_and_writes_nothing(corpus, tmp_path, capsys):
     path, _ = corpus
     out = tmp_path / "out"

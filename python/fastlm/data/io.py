@@ -149,21 +149,25 @@ def is_report_file(name: str) -> bool:
     return name == "report.json" or name.endswith(".report.json")
 
 
-def _walk(directory: str) -> list[str]:
-    """All non-hidden data files under a directory, recursively, in sorted order (stage reports skipped)."""
+def _walk(directory: str, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """All non-hidden data files under a directory, recursively, in sorted order (stage reports
+    skipped), leaving out the folders in ``exclude`` (real paths)."""
     out = []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(root, d)) not in exclude)
         out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and not is_report_file(f))
     return sorted(out)
 
 
-def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
+def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -> list[str]:
     """Expand files, directories (recursive, sorted; hidden files and stage reports skipped), globs,
     ``-`` and ``builtin:NAME``.
 
     Each path is listed once, in the order first given. An input that matches nothing raises
-    FileNotFoundError naming it.
+    FileNotFoundError naming it. Folders in ``exclude`` (a stage's own output folder inside an input
+    folder, so that a re-run does not read its earlier outputs) are not walked into; an input that
+    is such a folder itself, and files named or matched by a glob, are read.
 
     >>> expand_inputs(["builtin:pydoc", "-"])
     ['builtin:pydoc', '-']
@@ -172,6 +176,7 @@ def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
         inputs = [inputs]
     out: list[str] = []
     seen: set[str] = set()
+    skip = frozenset(os.path.realpath(d) for d in exclude)
 
     def add(path: str) -> None:
         if path not in seen:
@@ -190,7 +195,7 @@ def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
                 raise FileNotFoundError(f"unknown built-in corpus {item!r} (known: {known})")
             add(item)
         elif os.path.isdir(item):
-            files = _walk(item)
+            files = _walk(item, skip)
             if not files:
                 raise FileNotFoundError(f"input directory {item!r} contains no (non-hidden) files")
             for f in files:
@@ -201,7 +206,7 @@ def expand_inputs(inputs: Iterable[str] | str) -> list[str]:
             matches = sorted(glob.glob(item, recursive=True))
             files = []
             for m in matches:
-                files.extend(_walk(m) if os.path.isdir(m) else [m])
+                files.extend(_walk(m, skip) if os.path.isdir(m) else [m])
             if not files:
                 raise FileNotFoundError(f"input {item!r} matches no file or directory")
             for f in files:

@@ -281,6 +281,7 @@ def clean(
                 text_mode=cfg.input.text_mode,
                 fmt=cfg.input.format,
                 errors=errors,
+                exclude=(out_dir,),  # -o inside an input folder: never read our own earlier shards
             )
             for batch in _batches(records, cfg.batch_size):
                 report.documents_in += len(batch)

@@ -364,12 +364,14 @@ def read_records(
     fmt: str = "auto",
     errors: Optional[ErrorLog] = None,
     formats: Optional[dict[str, str]] = None,
+    exclude: Iterable[str] = (),
 ) -> Iterator[Record]:
     """Yield the valid records of every input (files, dirs, globs, ``-``, ``builtin:NAME``), in order.
 
     Malformed records are passed to ``errors`` (an ErrorLog; default: a strict one, so that nothing
     is ever dropped uncounted) with their file and line. ``formats``, when given, is filled with
-    ``{source: format}`` as each input is opened (for reports).
+    ``{source: format}`` as each input is opened (for reports). ``exclude``: folders not read when a
+    directory or glob input reaches them (``expand_inputs``).
 
     >>> log = ErrorLog()
     >>> recs = list(read_records("builtin:pydoc", errors=log))
@@ -382,7 +384,7 @@ def read_records(
         raise ValueError(f"text_mode must be one of {', '.join(TEXT_MODES)}, got {text_mode!r}")
     if errors is None:
         errors = ErrorLog(strict=True)
-    for path in expand_inputs(inputs):
+    for path in expand_inputs(inputs, exclude=exclude):
         if path.startswith(BUILTIN_PREFIX):
             from fastlm.data.builtin import iter_builtin
 
