@@ -93,6 +93,20 @@ def test_config_file_errors_name_the_file(fake_run, tmp_path, capsys):
     assert str(path) in err and "betas" in err
 
 
+@pytest.mark.parametrize("text, message", [
+    ("a: [1,\n", "bad.yaml:2:1: invalid YAML: "),
+    ("optim:\n  lr: 1e-3\n  lr: 2e-3\n", "bad.yaml:3:3: invalid YAML: duplicate key 'lr'"),
+])
+def test_bad_yaml_is_one_line_naming_file_and_line(fake_run, tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert cli.main(["--config", str(path), "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("fastlm-train: error: ") and message in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert "lr" not in captured.out and fake_run.calls == []
+
+
 def test_defaults_config_set_and_flags_in_that_order(fake_run, tmp_path, capsys):
     path = tmp_path / "cfg.yaml"
     path.write_text("task: clm\nmax_steps: 10\nout: from-file\noptim:\n  lr: 3e-4\nmodel:\n  size: small\n")

@@ -348,3 +348,30 @@ def test_cli_errors(tok, tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
     with pytest.raises(SystemExit):
         main(["export", "--ckpt", run, "--to", "onnx", str(tmp_path / "hf")])
+
+
+def test_reward_model_refused_plainly_before_any_work(tok, tmp_path, capsys, monkeypatch):
+    """A reward checkpoint failed inside the weight mapping with "no Hugging Face name for parameter(s)
+    ['score.bias', 'score.weight']"; it is now refused from state.json, before any weights are loaded or
+    OUT is created, naming the checkpoint and the format."""
+    from fastlm.cli.main import main
+    from fastlm.models import RewardModel
+    from fastlm.train import checkpoint
+    rm = RewardModel.from_gpt(GPT(GPTConfig.named("tiny", vocab_size=tok.n_vocab, n_layer=1, d_model=32)))
+    run = _checkpoint(tmp_path, rm, tok)
+    ckpt = checkpoint.latest_checkpoint(run)
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights loaded before the refusal")
+    monkeypatch.setattr(checkpoint, "load_model", no_loading)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", no_loading)
+    out = tmp_path / "hf"
+    assert main(["export", "--ckpt", run, "--to", "hf", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "score.bias" not in err, err
+    assert f"{ckpt} is a reward model" in err and "reward models cannot be exported to the Hugging Face format" in err
+    assert "(--to hf)" in err and not out.exists()
+    with pytest.raises(ExportError, match="reward models cannot be exported to the Hugging Face format"):
+        export_hf(rm, None, str(out))  # the library call refuses it too, before writing
+    assert not out.exists()
+

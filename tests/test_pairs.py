@@ -87,6 +87,18 @@ def test_malformed_records_counted_with_file_and_line(tmp_path):
         read_pairs([str(bad)], TOK, seq_len=64, errors=ErrorLog())
 
 
+def test_no_usable_pairs_message_counts_reasons_and_names_records(tmp_path):
+    """Under --quiet the skipped-records report is not printed: the error itself gives the counts by reason
+    and the first records (file:line), on one line."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{not json\n{"prompt": "p", "chosen": "a"}\n{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
+    with pytest.raises(ValueError) as e:
+        read_pairs([str(bad)], TOK, seq_len=64, errors=ErrorLog())
+    msg = str(e.value)
+    assert "\n" not in msg and "(parsed 2, malformed 3, 1 bad_json, 1 identical_responses, 1 missing_field," in msg
+    assert f"e.g. {bad}:1: bad_json" in msg and f"e.g. {bad}:2: missing_field" in msg
+
+
 def test_json_array_and_parquet(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([STANDARD, CONVERSATIONAL]))
     assert len(read_pairs([str(tmp_path / "a.json")], TOK, seq_len=64, errors=ErrorLog(strict=True))) == 2

@@ -127,6 +127,21 @@ def test_text_input_errors(tmp_path, corpus):
         prep.prepare_data(from_dict(TrainConfig, {"out": str(tmp_path), "data": {"text": []}}))
 
 
+def test_unusable_text_is_refused_with_counts_by_reason(tmp_path):
+    """Data with no usable document failed at the tokenizer step with "input directory .../cache/<key>/text
+    contains no (non-hidden) files" (the cleaning report above it hidden by --quiet), and that empty folder
+    was cached; now the cleaning step says what happened to the documents, on one line, and caches nothing."""
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('not json\n{"text": ""}\n')
+    lines = []
+    with pytest.raises(ValueError) as e:
+        prep.prepare_data(config(tmp_path, str(junk)), log=lines.append)
+    msg = str(e.value)
+    assert msg.startswith(f"data.text ['{junk}']: no usable documents: 2 read, 0 kept; ") and "\n" not in msg
+    assert "removed 1 empty" in msg and "malformed 1 bad_json" in msg and f"e.g. {junk}:1: bad_json" in msg
+    assert not list((tmp_path / "runs" / "cache").glob("*/text"))  # nothing cached: the next run cleans again
+
+
 # ---- given token shards ---------------------------------------------------------------------------
 
 @pytest.fixture()

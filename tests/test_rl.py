@@ -289,6 +289,44 @@ def test_errors_are_clear(sft_model, tmp_path):
         run_rl(_cfg(str(tmp_path), ckpt, "grpo", 1, f"post.data=[{prompts}]"), console=False)
 
 
+@pytest.mark.parametrize("line, message", [
+    ({"prompt": "Repeat these words exactly.\n\n" + " ".join(["one two"] * 60), "task": "copy", "answer": "one"},
+     r"prompts\.jsonl:2: prompt of \d+ tokens \+ post\.max_new_tokens 16 > the model's max_seq_len 96"),
+    ({"prompt": "Repeat these words exactly.\n\none two", "task": "copy_words", "answer": "one two"},
+     r"prompts\.jsonl:2: unknown task 'copy_words' in an RL prompt record \(built-in tasks: copy, "),
+    ({"prompt": "Repeat these words exactly.\n\none two", "task": "copy", "answer": ["one", "two"]},
+     r"prompts\.jsonl:2: the 'answer' of an RL prompt record must be a string"),
+    ({"prompt": "Repeat these words exactly.\n\none two", "task": "copy"},
+     r"prompts\.jsonl:2: post\.reward_model=task needs prompts with a task and an answer"),
+])
+@pytest.mark.parametrize("where", ["data", "val_data"])
+def test_bad_prompt_records_are_refused_when_read_with_file_line(sft_model, tmp_path, line, message, where):
+    """A prompt too long for the model or an unknown task used to fail only once sampling or scoring reached
+    that record (possibly many steps in), with no file:line; now the record is refused before the first step,
+    like a malformed line (`read_records` is strict)."""
+    d, ckpt, _ = sft_model
+    if where == "val_data" and "answer" not in line:
+        pytest.skip("held-out records are not scored by the task reward unless they have task and answer")
+    good = {"prompt": "Repeat these words exactly.\n\none two", "task": "copy", "answer": "one two"}
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps(good) + "\n" + json.dumps(line) + "\n")
+    files = ([f"post.data=[{prompts}]"] if where == "data" else
+             [f"post.data=[{d}/train.jsonl]", f"post.val_data=[{prompts}]"])
+    with pytest.raises(ValueError, match=message):
+        run_rl(_cfg(str(tmp_path), ckpt, "grpo", 3, "post.prompts_per_step=2", "post.eval_examples=4", *files),
+               console=False)
+    assert not list(tmp_path.glob("*/metrics.jsonl"))  # refused before the first step
+
+
+def test_integer_answers_and_known_tasks_are_kept(sft_model, tmp_path):
+    from fastlm.posttrain.rl import _read_prompts
+    _, _, tok = sft_model
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Add: 1 + 2", "task": "add", "answer": 3}) + "\n")
+    ((ids, meta, ex),) = _read_prompts([str(prompts)], tok, max_seq_len=96, max_new_tokens=16, need_task=True)
+    assert meta == {"task": "add", "answer": "3"} and ex.answer == "3"
+
+
 def test_reward_model_scores_rollouts(sft_model, tmp_path):
     """post.reward_model = a reward checkpoint (and "auto" finds the newest reward run in out): the logged
     mean reward is the reward model's score of prompt + response + <|assistant_end|>."""

@@ -257,6 +257,24 @@ def test_cli_sft_from_init_checkpoint(pretrained, tmp_path, capsys):
     assert meta["init_from"] == latest_checkpoint(pretrained["run"])
 
 
+def test_no_usable_records_message_is_self_contained_under_quiet(pretrained, tmp_path, capsys):
+    """The error said "see the data report above", but --quiet hides that report: it now carries the counts
+    by reason and names the first records itself, on one line."""
+    from fastlm.cli import train as cli
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{not json", {"text": "plain text, not a chat"},
+                                                {"instruction": "Empty", "output": " "}])
+    rc = cli.main(["--task", "sft", "--quiet", "--out", str(tmp_path), "--run-name", "s", "--set",
+                   f"post.init_from={pretrained['run']}", f"post.data=[{bad}]", "max_steps=2", "data.seq_len=32",
+                   "plot=false"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "sft data:" not in captured.out  # quiet: no report was printed
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err and "above" not in err, err
+    assert f"no SFT training examples in post.data ['{bad}']: 3 records -> 0 examples" in err
+    for part in ("1 malformed:bad_json", "1 not_chat:not_chat", "1 instruct:empty_response", f"e.g. {bad}:"):
+        assert part in err, (part, err)
+
+
 def test_init_from_auto_picks_the_clm_run_or_says_what_to_run(pretrained, tmp_path):
     from fastlm.posttrain.objective import resolve_init
     from fastlm.train.checkpoint import latest_checkpoint

@@ -39,16 +39,22 @@ def load_config_file(path: str) -> dict[str, Any]:
         except ModuleNotFoundError:  # pragma: no cover - Python 3.10
             import tomli as tomllib
         try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte {e.start})") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(_toml_error(path, e, text)) from None
     elif ext in (".yaml", ".yml"):
         import yaml
 
         try:
-            data = yaml.safe_load(raw.decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+            data = yaml.load(raw.decode("utf-8"), Loader=_unique_key_loader())
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: invalid YAML: not UTF-8 (byte {e.start})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(_yaml_error(path, e)) from None
     else:
         raise ConfigError(f"{path}: unknown config format {ext!r} (use .yaml, .yml or .toml)")
     if data is None:
@@ -56,6 +62,76 @@ def load_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _yaml_error(path: str, e: Exception) -> str:
+    """``path:line:column: invalid YAML: reason`` on one line (PyYAML's own text spans several)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None)
+    context = getattr(e, "context", None)
+    reason = "; ".join(_one_line(t) for t in (context, problem) if t) or _one_line(str(e).split("\n")[0])
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    return f"{where}: invalid YAML: {reason}"
+
+
+def _toml_error(path: str, e: Exception, text: str) -> str:
+    """``path:line:column: invalid TOML: reason`` on one line; a key given twice is named."""
+    import re
+
+    msg = _one_line(str(e))
+    lines = text.splitlines()
+    where = path
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+    if m:
+        where, line = f"{path}:{m.group(1)}:{m.group(2)}", int(m.group(1))
+        msg = msg[:m.start()]
+    elif msg.endswith("(at end of document)"):
+        line = len(lines)
+        where, msg = f"{path}:{line}", msg[: -len("(at end of document)")].rstrip()
+    else:
+        line = 0
+    if msg == "Cannot overwrite a value" and 0 < line <= len(lines) and "=" in lines[line - 1]:
+        key = lines[line - 1].split("=", 1)[0].strip()
+        msg = f"duplicate key {key!r} (or a key that overwrites a value)"
+    return f"{where}: invalid TOML: {msg}"
+
+
+_LOADER = None
+
+
+def _unique_key_loader():
+    """A yaml SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, Any] = {}
+                for key_node, _ in node.value:  # before `<<` merges, whose keys may be overridden
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        hash(key)
+                    except TypeError:
+                        continue  # the base class refuses unhashable keys with its own message
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None,
+                            f"duplicate key {key!r} (first given on line {seen[key].line + 1})",
+                            key_node.start_mark)
+                    seen[key] = key_node.start_mark
+            return super().construct_mapping(node, deep=deep)
+
+    _LOADER = UniqueKeyLoader
+    return _LOADER
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:

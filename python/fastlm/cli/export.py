@@ -30,9 +30,33 @@ def run_export(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.ckpt):
         raise ValueError(f"--ckpt {args.ckpt}: no such checkpoint or run directory")
+    _refuse_early(args)
     model, tokenizer, meta = load_model(args.ckpt, device="cpu")
     arch = hf_architecture(model.config)
     export_hf(model, tokenizer, args.out, dtype=args.dtype, force=args.force)
     step = meta.get("step", "?") if isinstance(meta, dict) else "?"
     print(f"exported {args.ckpt} (step {step}) as {arch} to {args.out}", file=sys.stderr)
     return 0
+
+
+def _refuse_early(args: argparse.Namespace) -> None:
+    """Refuse a model that cannot be exported from its state.json alone, before loading any weights or
+    touching OUT: a reward model (its scalar ``score`` head has no transformers equivalent here) or an
+    encoder without an exact equivalent. A checkpoint that is not readable is left to `load_model`."""
+    from fastlm.models import RewardConfig, config_from_dict
+    from fastlm.models.export import ExportError, hf_architecture
+    from fastlm.train.checkpoint import _read_state, _resolve
+
+    ckpt = _resolve(args.ckpt)
+    try:
+        config = config_from_dict(_read_state(ckpt)["model_config"])
+    except (KeyError, TypeError, ValueError):
+        return  # load_model names what is wrong with the checkpoint
+    if isinstance(config, RewardConfig):
+        raise ExportError(f"--ckpt {args.ckpt}: {ckpt} is a reward model (task=reward); reward models cannot be "
+                          f"exported to the Hugging Face format (--to {args.to}): only causal LMs and masked LMs "
+                          "can; export the SFT checkpoint it was trained from instead")
+    try:
+        hf_architecture(config)
+    except ExportError as e:
+        raise ExportError(f"--ckpt {args.ckpt}: {e}") from None

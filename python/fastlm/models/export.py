@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from fastlm.models.config import EncoderConfig, GPTConfig, config_to_dict
+from fastlm.models.config import EncoderConfig, GPTConfig, RewardConfig, config_to_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,6 +55,9 @@ def hf_architecture(config) -> str:
     >>> hf_architecture(GPTConfig.named("gpt2-124m"))
     'ArceeForCausalLM'
     """
+    if isinstance(config, RewardConfig):  # a GPTConfig subclass: its `score` head has no Llama/Arcee name
+        raise ExportError("reward models cannot be exported to the Hugging Face format: only causal LMs "
+                          "(LlamaForCausalLM / ArceeForCausalLM) and masked LMs are; export the SFT model instead")
     if isinstance(config, GPTConfig):
         return "LlamaForCausalLM" if config.mlp == "swiglu" else "ArceeForCausalLM"
     if not isinstance(config, EncoderConfig):

@@ -203,10 +203,12 @@ def read_pairs(inputs: Iterable[str] | str, tokenizer, *, seq_len: int, errors: 
                 counts[why] = counts.get(why, 0) + 1
             if pair is not None:
                 pairs.append(pair)
-    if not pairs:
+    if not pairs:  # self-contained (under --quiet no report is printed): counts by reason, first records named
+        by_reason = "".join(f", {n} {r}" for r, n in sorted(errors.counts.items()))
+        shown = "".join(f"; e.g. {' '.join(str(b).split())}" for b in errors.samples[:2])
         raise ValueError(f"no usable preference pairs in {list(inputs) if not isinstance(inputs, str) else inputs}"
-                         f" (read {counts.get('read', 0)}, malformed {errors.total}, "
-                         f"too long for seq_len={seq_len}: {counts.get('too_long', 0)})")
+                         f" (parsed {counts.get('read', 0)}, malformed {errors.total}{by_reason}, "
+                         f"too long for seq_len={seq_len}: {counts.get('too_long', 0)}{shown})")
     return pairs
 
 
@@ -290,7 +292,8 @@ def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[li
         log(f"preference data: {counts.get('truncated', 0)} pair(s) cut to seq_len={seq_len}, "
             f"{counts.get('too_long', 0)} dropped (prompt alone >= seq_len)")
     if not train:
-        raise ValueError(f"no training pairs left ({where})")
+        raise ValueError(f"no training pairs left ({where}; {counts.get('too_long', 0)} dropped as too long for "
+                         f"seq_len={seq_len}, {len(val)} held out)")
     log(f"preference data: {len(train)} train / {len(val)} val pairs from {where}")
     summary = {"data/train_pairs": len(train), "data/val_pairs": len(val), "data/malformed": malformed,
                "data/truncated": counts.get("truncated", 0), "data/too_long": counts.get("too_long", 0)}

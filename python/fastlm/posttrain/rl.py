@@ -150,40 +150,69 @@ def _user_prompt(tok, text: str) -> list[int]:
     return render_prompt(tok, {"messages": [{"role": "user", "content": text}]})
 
 
-def _read_prompts(paths: list[str], tok) -> list[tuple[list[int], dict, Any]]:
+def _read_prompts(paths: list[str], tok, *, max_seq_len: Optional[int] = None, max_new_tokens: int = 0,
+                  need_task: bool = False) -> list[tuple[list[int], dict, Any]]:
     """(prompt ids, reward meta, Example or None) per record of ``paths``: a record ``{"prompt": str}`` is one
     user turn, any chat record (messages, Alpaca, ShareGPT...) is rendered up to its last assistant reply;
     ``task`` + ``answer`` fields are the meta of the task reward, and make a plain prompt an `Example` that
-    the held-out exact match can score."""
+    the held-out exact match can score.
+
+    Like a malformed line, a record that cannot be used is refused when read (a ValueError naming its
+    file:line), not when the run first samples or scores it: one that is no prompt, a ``task`` that is not
+    a built-in task, an ``answer`` that is not a string or integer, a prompt that leaves no room for
+    ``max_new_tokens`` within ``max_seq_len`` (when given), and (``need_task``: the task reward) one
+    without ``task`` and ``answer``."""
     from fastlm.data.readers import read_records
-    from fastlm.posttrain.tasks import Example
+    from fastlm.posttrain.tasks import TASKS, Example
     from fastlm.tokenizer.chat_template import render_prompt
     items = []
     for rec in read_records(paths, text_field="prompt"):  # strict: a malformed record names its file:line
-        d = rec.data
+        d, where = rec.data, f"{rec.source}:{rec.line}"
         meta = {k: d[k] for k in ("task", "answer") if k in d}
         plain = isinstance(d.get("prompt"), str) and not any(k in d for k in ("completion", "chosen", "messages"))
         try:
             ids = _user_prompt(tok, d["prompt"]) if plain else render_prompt(tok, d)
         except Exception as e:  # a record that is no prompt: name it
-            raise ValueError(f"{rec.source}:{rec.line}: not an RL prompt record ({e})") from None
-        ex = Example(d["prompt"], str(meta["answer"]), meta) if plain and len(meta) == 2 else None
+            raise ValueError(f"{where}: not an RL prompt record ({e})") from None
+        if "task" in meta and (not isinstance(meta["task"], str) or meta["task"] not in TASKS):
+            raise ValueError(f"{where}: unknown task {meta['task']!r} in an RL prompt record "
+                             f"(built-in tasks: {', '.join(TASKS)})")
+        if "answer" in meta:
+            if isinstance(meta["answer"], bool) or not isinstance(meta["answer"], (str, int)):
+                raise ValueError(f"{where}: the 'answer' of an RL prompt record must be a string, got "
+                                 f"{type(meta['answer']).__name__} {meta['answer']!r}")
+            meta["answer"] = str(meta["answer"])
+        if need_task and len(meta) < 2:
+            raise ValueError(f"{where}: post.reward_model=task needs prompts with a task and an answer (this "
+                             f"record has no {'answer' if 'task' in meta else 'task'!r} field); give a reward "
+                             "model, or add 'task' and 'answer' fields")
+        if max_seq_len is not None and len(ids) + max_new_tokens > max_seq_len:
+            raise ValueError(f"{where}: prompt of {len(ids)} tokens + post.max_new_tokens {max_new_tokens} > the "
+                             f"model's max_seq_len {max_seq_len}: shorten the prompt or lower post.max_new_tokens")
+        ex = Example(d["prompt"], meta["answer"], meta) if plain and len(meta) == 2 else None
         items.append((ids, meta, ex))
     return items
 
 
-def _prompts(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], dict]], list]:
+def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None,
+             task_reward: bool = False) -> tuple[list[tuple[list[int], dict]], list]:
     """``(train items (prompt ids, reward meta), held-out Examples)``: the built-in tasks' train and val
-    splits; or ``post.data`` (held out: ``post.val_data``, else a seeded ``data.val_fraction`` of it)."""
+    splits; or ``post.data`` (held out: ``post.val_data``, else a seeded ``data.val_fraction`` of it).
+    ``max_seq_len`` (the policy's) and ``task_reward`` check every record when it is read (`_read_prompts`)."""
     p = cfg.post
     if not p.data:
         from fastlm.posttrain.tasks import examples_for
         train = [(_user_prompt(tok, ex.prompt), ex.meta)
                  for ex in examples_for(list(p.tasks), "train", p.task_examples, cfg.seed)]
+        longest = max((len(ids) for ids, _ in train), default=0)
+        if max_seq_len is not None and longest + p.max_new_tokens > max_seq_len:
+            raise ValueError(f"post.tasks: a built-in task prompt of {longest} tokens + post.max_new_tokens "
+                             f"{p.max_new_tokens} > the model's max_seq_len {max_seq_len}: lower post.max_new_tokens")
         return train, examples_for(list(p.tasks), "val", p.eval_examples, cfg.seed) if p.tasks else []
-    items = _read_prompts(list(p.data), tok)
+    check = dict(max_seq_len=max_seq_len, max_new_tokens=p.max_new_tokens)
+    items = _read_prompts(list(p.data), tok, need_task=task_reward, **check)
     if p.val_data:
-        val = _read_prompts(list(p.val_data), tok)
+        val = _read_prompts(list(p.val_data), tok, **check)
     else:
         order = list(range(len(items)))
         random.Random(cfg.seed).shuffle(order)
@@ -326,7 +355,8 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
         f"reward: {reward_fn.source}")
 
     # ---- prompts, evaluation set, optimizer, generator (sampling and minibatch order)
-    train_items, val_examples = _prompts(cfg, tok)
+    train_items, val_examples = _prompts(cfg, tok, max_seq_len=policy.config.max_seq_len,
+                                         task_reward=reward_fn.model is None)
     source = PromptSource(train_items, cfg.seed)
     optimizer = _optimizer(trainable, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -53,12 +53,15 @@ class SFTReport:
         if where and len(self.where) < 5:
             self.where.append(f"{where}: {reason}")
 
-    def summary(self, kept: int) -> str:
+    def summary(self, kept: int, *, one_line: bool = False) -> str:
+        """The counts, then the first few records named (one per line; ``one_line``: the first two, inline)."""
         parts = [f"{self.read} records -> {kept} examples"]
         if self.dropped:
             parts.append("dropped " + ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items())))
         if self.truncated:
             parts.append(f"{self.truncated} truncated to seq_len")
+        if one_line:
+            return "; ".join(parts + [f"e.g. {' '.join(w.split())}" for w in self.where[:2]])
         return "; ".join(parts) + ("".join(f"\n  e.g. {w}" for w in self.where))
 
 
@@ -166,7 +169,7 @@ class SFTRows:
     def __init__(self, examples: list[Example], *, seq_len: int, pad_id: int, packing: bool, seed: int,
                  shuffle: bool = True, group: int = 1):
         if not examples:
-            raise ValueError("no SFT training examples (see the data report above)")
+            raise ValueError("no SFT training examples")
         self.examples, self.seq_len, self.pad_id = examples, seq_len, pad_id
         self.packing, self.seed, self.shuffle = packing, seed, shuffle
         self.epoch, self.pos = 0, 0
@@ -266,6 +269,11 @@ class SFTObjective(Objective):
         train_ex = render_examples(self.tokenizer, train, **render)
         val_ex = render_examples(self.tokenizer, val, **render)
         log(f"sft data: {report.summary(len(train_ex) + len(val_ex))}")
+        if not train_ex:  # self-contained: under --quiet the report above was not printed
+            src = (f"post.data {list(cfg.post.data)}" if cfg.post.data else
+                   f"the built-in tasks post.tasks={list(cfg.post.tasks)}")
+            raise ValueError(f"no SFT training examples in {src}: "
+                             f"{report.summary(len(train_ex) + len(val_ex), one_line=True)}")
         self.rows = SFTRows(train_ex, seq_len=T, pad_id=self.pad_id, packing=cfg.post.packing, seed=cfg.seed,
                             group=cfg.micro_batch)
         self.sample_record = (val or train)[0][0]

@@ -169,6 +169,17 @@ def _publish(tmp: str, final: str) -> bool:
         raise
 
 
+def _clean_counts(rep) -> str:
+    """One line: documents read, removed and malformed by reason, the first malformed records named."""
+    parts = [f"{rep.documents_in} read, {rep.kept} kept"]
+    for what, counts in (("removed", rep.removed), ("malformed", rep.malformed)):
+        if counts:
+            parts.append(f"{what} " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items())))
+    for b in rep.malformed_samples[:2]:
+        parts.append(" ".join(f"e.g. {b.get('source')}:{b.get('line')}: {b.get('reason')}: {b.get('detail')}".split()))
+    return "; ".join(parts)
+
+
 def _step_dir(key_dir: str, name: str) -> str:
     return tempfile.mkdtemp(prefix=f".{name}-", dir=key_dir)
 
@@ -196,6 +207,9 @@ def _prepare_text(cfg: TrainConfig, log: Callable[[str], Any]) -> PreparedData:
         log(f"data: cleaning {', '.join(cfg.data.text)} ...")
         tmp = _step_dir(key_dir, "text")
         rep = clean(list(cfg.data.text), tmp)
+        if rep.kept == 0:  # say why here (the report may not have been printed: --quiet), not at the tokenizer
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ValueError(f"data.text {list(cfg.data.text)}: no usable documents: {_clean_counts(rep)}")
         _publish(tmp, text_dir)
         stats["clean"] = {"docs_in": rep.documents_in, "docs": rep.kept, "bytes": rep.bytes_out, "seconds": rep.seconds}
         log(f"data: cleaned {rep.documents_in:,} documents -> {rep.kept:,} kept ({rep.bytes_out / 1e6:.2f} MB) "
