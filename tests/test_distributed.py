@@ -1,5 +1,6 @@
 """Multi-process training on CPU (gloo, 2 processes under torch.distributed.run): DDP and FSDP give the loss
 curve of one process with the same global batch; a 2-process checkpoint resumes in 1 process."""
+import dataclasses
 import json
 import os
 
@@ -73,8 +74,10 @@ def test_two_processes_match_one(data_root, tmp_path, mode):
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
 
-    # the 2-process checkpoint of step 3 resumes in 1 process and lands where the 1-process run did
-    resumed = run(cfg2, resume=os.path.join(two_dir, "checkpoints", "step-00000003"), console=False)
+    # the 2-process checkpoint of step 3 resumes in 1 process (a branch: the run has step 6 already) and
+    # lands where the 1-process run did
+    resumed = run(dataclasses.replace(cfg2, run_name="branch"),
+                  resume=os.path.join(two_dir, "checkpoints", "step-00000003"), console=False)
     assert resumed.step == 6
     w3 = load_checkpoint(resumed.checkpoint).model_state
     for k in w1:

@@ -142,6 +142,36 @@ def test_exact_resume_after_sigkill(data_root, tmp_path):
     assert b.val["loss"] == a.val["loss"] and b.sample == a.sample
 
 
+def test_resume_an_older_checkpoint_branches_under_a_new_run_name(data_root, tmp_path):
+    """Continuing an older checkpoint in place (later ones exist) is refused: pruning would mix two histories;
+    with another run_name (--run-name) the run branches into a new directory, its log starting with the run's
+    history, exactly as the run went on; the original run is left as it was."""
+    import dataclasses
+    from fastlm.train.checkpoint import list_checkpoints
+    cfg = tiny_config(data_root, str(tmp_path), max_steps=6, ckpt_every=2, keep_last=5, log_every=1)
+    a = run(cfg, console=False)
+    names = [os.path.basename(c) for c in list_checkpoints(a.run_dir)]
+    assert names == ["step-00000002", "step-00000004", "step-00000006"]
+    before = {n: weights(os.path.join(a.run_dir, "checkpoints", n)) for n in names}
+    older = os.path.join(a.run_dir, "checkpoints", "step-00000004")
+    with pytest.raises(CheckpointError, match=r"later checkpoints \(step-00000006\).*--run-name"):
+        run(cfg, resume=older, console=False)
+    b = run(dataclasses.replace(cfg, run_name="branch"), resume=older, console=False)
+    assert b.run_dir == os.path.join(str(tmp_path), "branch") and b.step == 6
+    assert [os.path.basename(c) for c in list_checkpoints(b.run_dir)] == ["step-00000006"]
+    assert all(torch.equal(v, weights(a.checkpoint)[k]) for k, v in weights(b.checkpoint).items())
+    la = [(m["step"], m["train/loss"]) for m in metrics(a.run_dir) if "train/loss" in m]
+    lb = [(m["step"], m["train/loss"]) for m in metrics(b.run_dir) if "train/loss" in m]
+    assert [s for s, _ in lb] == [1, 2, 3, 4, 5, 6] and la == lb
+    assert [os.path.basename(c) for c in list_checkpoints(a.run_dir)] == names  # the original run is untouched
+    for n in names:
+        assert all(torch.equal(v, before[n][k]) for k, v in weights(os.path.join(a.run_dir, "checkpoints", n)).items())
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        run(dataclasses.replace(cfg, run_name="branch"), resume=older, console=False)
+    c = run(dataclasses.replace(cfg, run_name="other", max_steps=8), resume=a.run_dir, console=False)
+    assert c.step == 8 and c.run_dir == os.path.join(str(tmp_path), "other")  # the latest one may branch too
+
+
 def test_resume_refuses_corrupt_and_mismatched(data_root, tmp_path):
     cfg = tiny_config(data_root, str(tmp_path), max_steps=2, ckpt_every=1, keep_last=3)
     r = run(cfg, console=False)

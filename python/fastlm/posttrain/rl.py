@@ -330,7 +330,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
     if state is not None and state.meta.get("train_config", {}).get("task") != cfg.task:
         raise ck.CheckpointError(f"{resume_ckpt}: task {state.meta.get('train_config', {}).get('task')!r} differs "
                                  f"from {cfg.task!r} (resume with the checkpoint's own task)")
-    run_dir = _run_dir(cfg, info, resume_ckpt)
+    run_dir = _run_dir(cfg, info, resume_ckpt, state.meta if state is not None else None)
     say = print if console else (lambda *a, **k: None)
     os.makedirs(run_dir, exist_ok=True)
     _write_config(cfg, run_dir)

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -76,9 +77,35 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
     return ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
 
 
-def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str]) -> str:
+def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str], resumed: Optional[dict] = None) -> str:
+    """The run directory: ``<out>/<run_name>`` for a new run. A resume (``resumed``: the checkpoint's meta)
+    continues the checkpoint's own run in place, unless ``run_name`` or ``out`` differ from the checkpoint's
+    config: then the run branches into a new ``<out>/<run_name>`` (which must hold no checkpoints). Continuing
+    an older checkpoint in place while later ones exist is refused: pruning would mix the two histories."""
+    from fastlm.train.checkpoint import CheckpointError, list_checkpoints
     if resume_ckpt is not None:  # <run_dir>/checkpoints/step-XXXXXXXX
-        return os.path.dirname(os.path.dirname(os.path.abspath(resume_ckpt)))
+        own = os.path.dirname(os.path.dirname(os.path.abspath(resume_ckpt)))
+        stored = (resumed or {}).get("train_config") or {}
+        if cfg.run_name != stored.get("run_name") or cfg.out != stored.get("out"):
+            run_dir = os.path.abspath(os.path.join(cfg.out, cfg.run_name or os.path.basename(own)))
+            if run_dir != own:
+                if list_checkpoints(run_dir):
+                    raise CheckpointError(f"{run_dir} already holds checkpoints: branch the run from {resume_ckpt} "
+                                          "under another --run-name (or --out)")
+                history = os.path.join(own, "metrics.jsonl")  # the branch's log starts with the run's history
+                if info.is_main and os.path.isfile(history) and not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+                    import shutil
+                    os.makedirs(run_dir, exist_ok=True)
+                    shutil.copyfile(history, os.path.join(run_dir, "metrics.jsonl"))  # cut at the step by the logger
+                return run_dir
+        step = (resumed or {}).get("step")
+        later = [os.path.basename(c) for c in list_checkpoints(own)
+                 if isinstance(step, int) and int(re.match(r"step-(\d+)", os.path.basename(c)).group(1)) > step]
+        if later:
+            raise CheckpointError(f"--resume {resume_ckpt}: its run {own} has later checkpoints ({', '.join(later)}); "
+                                  "continuing it in place would mix two histories: branch it into a new run with "
+                                  "--run-name NAME (or resume the run's latest checkpoint)")
+        return own
     name = cfg.run_name or f"{cfg.task}-{cfg.model.size}-{time.strftime('%Y%m%d-%H%M%S')}"
     return os.path.abspath(os.path.join(cfg.out, broadcast_object(name, info)))
 
@@ -197,7 +224,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     if state is not None:
         check_resume_meta(state.meta, resume_ckpt, {"tokens_per_step": (int, type(None)),  # None: may be absent
                                                     "world_size": (int, type(None)), "init_from": (str, type(None))})
-    run_dir = _run_dir(cfg, info, resume_ckpt)
+    run_dir = _run_dir(cfg, info, resume_ckpt, state.meta if state is not None else None)
     say = print if (info.is_main and console) else (lambda *a, **k: None)
     if info.is_main:
         os.makedirs(run_dir, exist_ok=True)
