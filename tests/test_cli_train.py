@@ -51,6 +51,8 @@ def test_help_lists_every_option_and_config_key(argv, capsys):
                 "data.text = [builtin:pydoc, builtin:shakespeare]"):
         assert key in out
     assert "optimizer steps" in out and "auto|fp32|bf16" in out  # comments and choices
+    # a comment continued on the next source line is shown whole (the auto rule was cut off)
+    assert "auto: newest reward run in <out>, else \"task\"" in " ".join(out.split())
     for f in TrainConfig.__dataclass_fields__:
         assert f"  {f} = " in out or f"[{f}]" in out
 

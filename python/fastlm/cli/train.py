@@ -99,7 +99,8 @@ def build_parser(prog: str = "fastlm-train") -> argparse.ArgumentParser:
 
 def register(groups: argparse._SubParsersAction) -> None:
     """`fastlm train ...`: the same command as `fastlm-train`."""
-    p = groups.add_parser("train", help="pretrain a causal or masked LM (same as fastlm-train)", add_help=False,
+    p = groups.add_parser("train", help="pretrain a causal or masked LM, or post-train it: sft, reward, dpo, ppo, "
+                          "grpo, rloo (same as fastlm-train)", add_help=False,
                           description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=lambda args: run_args(args, prog="fastlm train"))
@@ -108,6 +109,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 # ---- the config listing of --help ---------------------------------------------------------------------
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+_MORE = re.compile(r"^\s+#\s*(.*)$")  # a comment line under a field's: its comment goes on
 
 
 def _comments(cls) -> dict[str, str]:
@@ -115,11 +117,19 @@ def _comments(cls) -> dict[str, str]:
         source = inspect.getsource(cls)
     except (OSError, TypeError):  # no source shipped: the listing goes without comments
         return {}
-    out = {}
+    out: dict[str, str] = {}
+    last = None  # the field whose comment a comment-only line continues
     for line in source.splitlines():
         m = _FIELD.match(line)
-        if m and m.group(2):
-            out[m.group(1)] = m.group(2).strip()
+        more = _MORE.match(line)
+        if m:
+            last = m.group(1) if m.group(2) else None
+            if last:
+                out[last] = m.group(2).strip()
+        elif more and last:
+            out[last] += " " + more.group(1).strip()
+        else:
+            last = None
     return out
 
 
