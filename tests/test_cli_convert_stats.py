@@ -121,3 +121,20 @@ def test_stats_table_with_chat_and_text(tmp_path, capsys):
     assert "documents 7" in out and "malformed 0" in out
     assert "jsonl 5" in out and "text 2" in out
     assert "alpaca 1, messages 2, sharegpt 1, text 3" in out
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    # `fastlm data convert ... -o - | head` used to end with "fastlm: error: [Errno 32] Broken pipe"
+    import os
+    import subprocess
+
+    src = tmp_path / "chat.jsonl"
+    src.write_text("".join(json.dumps({"instruction": f"say {i} " + "word " * 50, "output": "ok"}) + "\n"
+                           for i in range(20000)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "fastlm.cli.main", "data", "convert", str(src), "--to",
+                             "messages", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert json.loads(proc.stdout.readline())["messages"][0]["role"] == "user"
+    proc.stdout.close()  # the reader leaves, as `head` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""

@@ -245,6 +245,10 @@ def run_args(args: argparse.Namespace, *, prog: str = "fastlm-train") -> int:
 
         # the trainer says where the outputs go as it starts (it names the run, one name for all ranks)
         result = trainer.run(cfg, resume=args.resume, console=not args.quiet)
+    except BrokenPipeError:  # `fastlm-train | head`: the reader left; stop quietly
+        from fastlm.cli.main import _silence_stdout
+        _silence_stdout()
+        return 141
     except (ValueError, OSError) as e:  # ConfigError, missing inputs, refused checkpoints: the message says it all
         if os.environ.get("FASTLM_TRACEBACK"):
             raise
