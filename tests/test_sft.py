@@ -286,6 +286,23 @@ def test_init_from_auto_picks_the_clm_run_or_says_what_to_run(pretrained, tmp_pa
         resolve_init(tiny_config(pretrained["root"], pretrained["out"], task="dpo"))
 
 
+def test_a_refused_start_leaves_no_run_directory(pretrained, tmp_path):
+    """init_from=auto with no clm run under out: refused, and the run directory it made (config.yaml only) is
+    removed, for SFT and for RL; a directory that existed before is kept."""
+    from fastlm.posttrain.rl import run_rl
+    out = tmp_path / "empty"
+    with pytest.raises(ValueError, match="fastlm-train --task clm"):
+        run(sft_config(pretrained, str(out)), console=False)
+    with pytest.raises(ValueError, match="fastlm-train --task sft"):
+        run_rl(sft_config(pretrained, str(out), task="grpo", post={"reward_model": "task"}), console=False)
+    assert os.listdir(out) == []
+    kept = out / "mine"
+    kept.mkdir()
+    with pytest.raises(ValueError, match="fastlm-train --task clm"):
+        run(sft_config(pretrained, str(out), run_name="mine"), console=False)
+    assert os.listdir(out) == ["mine"]
+
+
 def test_init_from_a_reward_model_is_refused(pretrained, tmp_path):
     """SFT from a reward checkpoint raised a TypeError in the loss (DPO and RL refused it already)."""
     rw = run(sft_config(pretrained, str(tmp_path), task="reward", run_name="rw", max_steps=1,

@@ -74,7 +74,7 @@ from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
 from fastlm.train.trainer import (TrainResult, _grad_norm, _optimizer, _precision, _resolve_resume, _run_dir,
-                                  _write_config, check_resume_meta)
+                                  _write_config, check_resume_meta, discard_if_unstarted)
 
 KL_HORIZON = 10000  # adaptive KL controller horizon (Ziegler et al. / TRL default)
 
@@ -305,13 +305,16 @@ def run_rl(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = Tr
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(f"task={cfg.task} runs in one process (RL is not distributed yet): run it without torchrun")
     info = init_distributed(cfg.device)
+    created: list[str] = []
     try:
-        return _train_rl(cfg, info, resume, console)
+        with discard_if_unstarted(created):
+            return _train_rl(cfg, info, resume, console, created)
     finally:
         cleanup(info)
 
 
-def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> TrainResult:
+def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
+              created: Optional[list[str]] = None) -> TrainResult:
     from fastlm.posttrain.objective import load_init
     from fastlm.posttrain.tasks import exact_match
     from fastlm.train import checkpoint as ck
@@ -332,6 +335,8 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool) -> T
                                  f"from {cfg.task!r} (resume with the checkpoint's own task)")
     run_dir = _run_dir(cfg, info, resume_ckpt, state.meta if state is not None else None)
     say = print if console else (lambda *a, **k: None)
+    if created is not None and not os.path.exists(run_dir):
+        created.append(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     _write_config(cfg, run_dir)
     say(f"fastlm-train: {cfg.task} run in {run_dir} (device {device}, {precision})")

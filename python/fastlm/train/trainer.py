@@ -202,8 +202,10 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True)
         return run_rl(cfg, resume=resume, console=console)
     started_pg = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
+    created: list[str] = []
     try:
-        result = _train(cfg, info, resume, console)
+        with discard_if_unstarted(created):
+            result = _train(cfg, info, resume, console, created)
         if started_pg:
             barrier(info)  # every rank leaves together (rank 0 may still be plotting): then tear down
         return result
@@ -212,7 +214,24 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True)
             cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: bool) -> TrainResult:
+@contextlib.contextmanager
+def discard_if_unstarted(created: list[str]):
+    """A run that fails before it logs a step or writes a checkpoint (a refused init_from, data, prompts) removes
+    the run directory it created (``created``: filled by the run), so a failed start leaves no empty run
+    behind; one that got further keeps its logs."""
+    from fastlm.train.checkpoint import list_checkpoints
+    try:
+        yield
+    except BaseException:
+        for d in created:
+            if not os.path.exists(os.path.join(d, "metrics.jsonl")) and not list_checkpoints(d):
+                import shutil
+                shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: bool,
+           created: Optional[list[str]] = None) -> TrainResult:
     from fastlm.train import checkpoint as ck
     from fastlm.train.metrics import MetricsLogger, plot_losses
 
@@ -227,6 +246,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     run_dir = _run_dir(cfg, info, resume_ckpt, state.meta if state is not None else None)
     say = print if (info.is_main and console) else (lambda *a, **k: None)
     if info.is_main:
+        if created is not None and not os.path.exists(run_dir):
+            created.append(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         _write_config(cfg, run_dir)
     say(f"fastlm-train: {cfg.task} run in {run_dir} (device {device}, {precision}, world {info.world_size})")
