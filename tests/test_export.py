@@ -155,8 +155,14 @@ def test_bfloat16_export(tmp_path):
         torch.testing.assert_close(hf(input_ids=x).logits.float(), ref, rtol=0.05, atol=0.05)
 
 
-def test_to_hf_model_in_memory():
-    model = perturb(GPT(GPTConfig.named("tiny", vocab_size=V, n_layer=1, n_kv_head=2)))
+@pytest.mark.parametrize("name", ["gpt"] + list(ENCODER_CASES))
+def test_to_hf_model_in_memory(name):
+    # a tied ModernBERT was refused ('missing decoder.weight': transformers ties it to the embedding)
+    if name == "gpt":
+        model = perturb(GPT(GPTConfig.named("tiny", vocab_size=V, n_layer=1, n_kv_head=2)))
+    else:
+        model = perturb(Encoder(EncoderConfig(**{**dict(vocab_size=V, n_layer=2, n_head=4, d_model=64,
+                                                         max_seq_len=64), **ENCODER_CASES[name]})))
     hf = to_hf_model(model)
     x = ids()
     with torch.no_grad():
@@ -348,6 +354,10 @@ def test_cli_errors(tok, tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
     with pytest.raises(SystemExit):
         main(["export", "--ckpt", run, "--to", "onnx", str(tmp_path / "hf")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # the help named MegatronBERT only, not the rotary encoders' ModernBERT
+        main(["export", "--help"])
+    assert "ModernBertForMaskedLM" in " ".join(capsys.readouterr().out.split())
 
 
 def test_reward_model_refused_plainly_before_any_work(tok, tmp_path, capsys, monkeypatch):

@@ -171,6 +171,18 @@ def test_eos_stops_and_errors():
     assert model.training is True  # restored
 
 
+def test_prompt_ids_must_be_integers():
+    """Float ids were truncated (1.5 -> 1, a float tensor accepted) and bools read as 0/1."""
+    model = model_for()
+    for bad in ([1.5, 2], [5.0, 6.0], torch.tensor([5.0, 6.0]), torch.tensor([True, False]), [True, 6],
+                torch.tensor([[5, 6]]), [[5, 6]]):
+        with pytest.raises(ValueError, match="prompt_ids must be"):
+            list(generate(model, bad, max_new_tokens=2, temperature=0))
+    ref = list(generate(model, [5, 6], max_new_tokens=2, temperature=0))
+    for ok in (torch.tensor([5, 6], dtype=torch.int32), (5, 6), torch.tensor([5, 6]).numpy()):
+        assert list(generate(model, ok, max_new_tokens=2, temperature=0)) == ref
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(n_kv_head=2, tie_embeddings=False)])
 def test_greedy_matches_transformers_generate(kw):
     from test_models import _llama_from  # same weight mapping as the logits parity test

@@ -179,6 +179,37 @@ def test_config_errors():
     assert tiny(d_model=96, n_head=4).mlp_hidden_size == 256  # 256 = ceil(256/64)*64
 
 
+def test_max_seq_len_holds_with_position_ids_and_kv_cache():
+    """max_seq_len is the longest context with explicit position_ids or a longer KVCache too (both
+    used to accept any length: only the default-positions path was checked)."""
+    from fastlm.models.generate import KVCache
+    model = GPT(tiny(max_seq_len=8, n_layer=1)).eval()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(ids(1, 9), position_ids=torch.arange(9))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="max_seq_len"):
+            model(ids(1, 9), kv_cache=KVCache(max_len=32))
+        cache = KVCache(max_len=32)
+        model(ids(1, 6), kv_cache=cache)
+        model(ids(1, 2), kv_cache=cache)  # 8 tokens: exactly the context
+        with pytest.raises(ValueError, match="8 cached \\+ 1 new tokens > max_seq_len 8"):
+            model(ids(1, 1), kv_cache=cache)
+    assert model(ids(1, 8), position_ids=torch.arange(8)).shape == (1, 8, V)
+
+
+def test_reward_model_input_checks():
+    """Float lengths were truncated (2.7 -> 2) and a 1-D idx failed with 'not enough values to unpack'."""
+    from fastlm.models import RewardModel
+    rm = RewardModel(tiny(n_layer=1)).eval()
+    x = ids(2, 5)
+    with pytest.raises(ValueError, match="lengths must be integers"):
+        rm(x, lengths=torch.tensor([2.7, 5.0]))
+    with pytest.raises(ValueError, match=r"idx must be \(batch, time\)"):
+        rm(x[0], lengths=torch.tensor([5]))
+    assert rm(x, lengths=torch.tensor([2, 5], dtype=torch.int32)).shape == (2,)
+    assert rm(x, lengths=[2, 5]).shape == (2,)
+
+
 @pytest.mark.parametrize("positions", ["learned", "rotary"])
 def test_encoder_bidirectional_and_mlm_loss(positions):
     torch.manual_seed(0)

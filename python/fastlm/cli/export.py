@@ -13,7 +13,8 @@ def register(groups: argparse._SubParsersAction) -> None:
         description="Write a checkpoint as a Hugging Face transformers directory: config.json, "
                     "model.safetensors, tokenizer files (and generation_config.json for causal LMs). "
                     "Causal LMs become LlamaForCausalLM (SwiGLU) or ArceeForCausalLM (GELU MLP); "
-                    "masked LMs MegatronBertForMaskedLM. Load with transformers' "
+                    "masked LMs MegatronBertForMaskedLM (learned positions) or ModernBertForMaskedLM (rotary). "
+                    "Load with transformers' "
                     "AutoModelForCausalLM / AutoModelForMaskedLM and AutoTokenizer.from_pretrained(OUT).")
     p.add_argument("out", metavar="OUT", help="output directory (created; must be empty or absent unless --force)")
     p.add_argument("--ckpt", required=True, help="checkpoint directory, or a run directory (its latest checkpoint)")

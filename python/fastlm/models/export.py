@@ -290,7 +290,8 @@ def to_hf_model(model, tokenizer=None):
     hf = getattr(transformers, arch)(hf_cfg).eval()
     sd = hf_state_dict(model)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
-    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+            "decoder.weight"} if model.config.tie_embeddings else set()  # decoder.weight: ModernBERT's
     if unexpected or set(missing) - tied:
         raise ExportError(f"{arch}: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
     return hf

@@ -11,6 +11,7 @@ length; it stops after ``max_new_tokens`` ids or at ``eos_id``.
 from __future__ import annotations
 
 import codecs
+import numbers
 import warnings
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -170,7 +171,15 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
 
 
 def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
-    ids = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    if torch.is_tensor(prompt_ids) and (prompt_ids.dim() != 1 or prompt_ids.dtype.is_floating_point
+                                        or prompt_ids.dtype.is_complex or prompt_ids.dtype == torch.bool):
+        raise ValueError(f"prompt_ids must be a 1-D integer tensor, got {prompt_ids.dtype} of shape "
+                         f"{tuple(prompt_ids.shape)}")
+    raw = prompt_ids.tolist() if torch.is_tensor(prompt_ids) else list(prompt_ids)
+    bad = [t for t in raw if not isinstance(t, numbers.Integral) or isinstance(t, bool)]
+    if bad:  # int(1.5) would silently become 1
+        raise ValueError(f"prompt_ids must be integer token ids, got {bad[0]!r}")
+    ids = [int(t) for t in raw]
     if not ids:
         raise ValueError("prompt_ids is empty: pass at least one token (e.g. the tokenizer's "
                          "<|bos|> id)")

@@ -72,9 +72,9 @@ class GPT(nn.Module):
             if doc_ids is not None:
                 raise ValueError("doc_ids (packed rows) cannot be combined with kv_cache")
             return self._cached_hidden_states(idx, backend, position_ids, kv_cache)
+        if T > self.config.max_seq_len:  # with or without position_ids
+            raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")
         if position_ids is None:
-            if T > self.config.max_seq_len:
-                raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")
             position_ids = torch.arange(T, device=idx.device)
         elif position_ids.shape[-1] != T:
             raise ValueError(f"position_ids {tuple(position_ids.shape)} do not match idx "
@@ -93,6 +93,9 @@ class GPT(nn.Module):
 
     def _cached_hidden_states(self, idx, backend, position_ids, cache) -> torch.Tensor:
         T = idx.shape[1]
+        if cache.pos + T > self.config.max_seq_len:  # a KVCache may be longer than the model's context
+            raise ValueError(f"sequence length {cache.pos} cached + {T} new tokens > max_seq_len "
+                             f"{self.config.max_seq_len}")
         cache.check(idx.shape[0], T, len(self.blocks))
         if position_ids is None:
             position_ids = torch.arange(cache.pos, cache.pos + T, device=idx.device)

@@ -30,6 +30,8 @@ def lengths_from(ids: torch.Tensor, lengths: Optional[torch.Tensor],
     >>> lengths_from(torch.zeros(2, 4, dtype=torch.long), None, torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])).tolist()
     [2, 4]
     """
+    if ids.dim() != 2:
+        raise ValueError(f"idx must be (batch, time), got shape {tuple(ids.shape)}")
     B, T = ids.shape
     if lengths is not None and attention_mask is not None:
         raise ValueError("give lengths or attention_mask, not both")
@@ -43,6 +45,9 @@ def lengths_from(ids: torch.Tensor, lengths: Optional[torch.Tensor],
             raise ValueError("attention_mask must be right-padded: 1s then 0s in every row")
     if lengths is None:
         return torch.full((B,), T, dtype=torch.long, device=ids.device)
+    lengths = torch.as_tensor(lengths)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers, got {lengths.dtype}")  # 2.7 would become 2
     lengths = lengths.to(device=ids.device, dtype=torch.long).view(-1)
     if lengths.shape[0] != B:
         raise ValueError(f"lengths has {lengths.shape[0]} entries for {B} rows")
