@@ -66,6 +66,9 @@ def main():
     ap.add_argument("--json", default="")
     ap.add_argument("--versions", default="", help="comma list of kernel versions also timed")
     a = ap.parse_args()
+    if not torch.cuda.is_available():  # the kernels and the SDPA flash backend are CUDA-only
+        print("bench_attention: skipped, no CUDA device (CUDA-only benchmark)")
+        return
     dt = getattr(torch, a.dtype)
     seqs = [1024, 4096] if a.quick else [1024, 2048, 4096, 8192]
     name = torch.cuda.get_device_name()

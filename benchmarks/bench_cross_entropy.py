@@ -135,6 +135,9 @@ def main():
         r = run_one(name, int(n), int(d), int(v), a.dtype, a.device, a.reps)
         print(json.dumps(r))
         return
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("bench_cross_entropy: --device cuda skipped, no CUDA device (use --device cpu)")
+        return
     if a.sizes:
         sizes = [tuple(int(s) for s in z.split("x")) for z in a.sizes.split(",")]
     elif a.device == "cuda":

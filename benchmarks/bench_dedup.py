@@ -94,13 +94,16 @@ def simhash_package(docs, args):
 
 
 def _child(fn, docs, args, extra, q):
-    start = _rss_mb()
-    times, cluster = [], None
-    for _ in range(args.repeats if fn.__name__.startswith("fastlm") else args.peer_repeats):
-        t = time.perf_counter()
-        cluster = fn(docs, args, *extra)
-        times.append(time.perf_counter() - t)
-    q.put((times, list(map(int, cluster)), _rss_mb() - start))
+    try:
+        start = _rss_mb()
+        times, cluster = [], None
+        for _ in range(args.repeats if fn.__name__.startswith("fastlm") else args.peer_repeats):
+            t = time.perf_counter()
+            cluster = fn(docs, args, *extra)
+            times.append(time.perf_counter() - t)
+        q.put((times, list(map(int, cluster)), _rss_mb() - start))
+    except Exception as e:  # e.g. a peer package not installed: reported, never a hang in q.get()
+        q.put(f"{type(e).__name__}: {e}")
 
 
 def run(fn, docs, args, *extra):
@@ -140,7 +143,13 @@ def main() -> None:
 
     rows = []
 
+    failed = []
+
     def add(name, n, size_mb, res, truth_set, note=""):
+        if isinstance(res, str):  # the contender raised (a missing peer package: pip install it)
+            failed.append((name, res))
+            print(f"  not run: {name} ({res})", file=sys.stderr)
+            return
         times, cluster, rss = res
         sec = statistics.median(times)
         r, p = ref.recall_precision(cluster, truth_set)
@@ -161,7 +170,7 @@ def main() -> None:
     print(f"\n{'contender':28s} {'docs':>6s} {'MB':>6s} {'sec':>7s} {'docs/s':>9s} {'MB/s':>8s} "
           f"{'x peer':>7s} {'peak MB':>8s} {'recall':>7s} {'prec':>6s}  note")
     for name, n, size, sec, dps, mbps, rss, r, p, note in rows:
-        ratio = f"{mbps / mbs[peers[name]]:.0f}x" if name in peers else "1x"
+        ratio = (f"{mbps / mbs[peers[name]]:.0f}x" if peers[name] in mbs else "n/a") if name in peers else "1x"
         print(f"{name:28s} {n:6d} {size:6.1f} {sec:7.3f} {dps:9.0f} {mbps:8.1f} {ratio:>7s} "
               f"{rss:8.1f} {r:7.3f} {p:6.3f}  {note}")
     print(f"median of {args.repeats} (fastlm) / {args.peer_repeats} (peers) runs; load average now "
@@ -169,6 +178,10 @@ def main() -> None:
           "than the 1-thread peers)")
     print("recall/precision: same-cluster pairs vs exact 5-gram Jaccard >= 0.8 (SimHash k=3 targets "
           "closer copies, so its recall at J >= 0.8 is low by design)")
+    for name, why in failed:
+        print(f"not run: {name}: {why}")
+    if any(name.startswith("fastlm") for name, _ in failed):
+        raise SystemExit("a fastlm contender failed")
 
 
 if __name__ == "__main__":
