@@ -1,7 +1,8 @@
 """Benchmark: fastlm flash attention vs F.scaled_dot_product_attention (flash backend), CUDA.
 
 Each configuration is validated against SDPA before timing; reports median forward+backward
-time (CUDA events), TFLOP/s (4*B*H*T^2*D fwd, x2.5 for bwd, halved when causal) and the ratio.
+time (CUDA events), TFLOP/s (4*B*H*T^2*D fwd, x2.5 for bwd, halved when causal), the ratio, and
+the peak memory of one forward+backward above the inputs (torch.cuda.max_memory_allocated).
     python benchmarks/bench_attention.py --quick
 """
 import argparse
@@ -48,10 +49,27 @@ def time_fb(fn, q, k, v, g, reps, backward=True):
     return statistics.median(ts)
 
 
+def peak_mb(fn, q, k, v, g):
+    """Peak CUDA memory of one forward+backward above what the inputs hold (MB; q/k/v gradients
+    included: both contenders make the same three)."""
+    for x in (q, k, v):
+        x.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn(q, k, v).backward(g)
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    for x in (q, k, v):
+        x.grad = None
+    return peak
+
+
 def print_row(r):
     print(f"{r['D']:>4} {r['T']:>5} {str(r['causal']):>6} {r['ms']:10.3f} {r['tflops']:8.1f} "
           f"{r['sdpa_ms']:8.3f} {r['sdpa_tflops']:8.1f} {r['ratio']:9.2f}x "
-          f"{r['fwd_ms']:7.3f} {r['sdpa_fwd_ms']:8.3f}  "
+          f"{r['fwd_ms']:7.3f} {r['sdpa_fwd_ms']:8.3f} {r['mem_mb']:8.1f} {r['sdpa_mem_mb']:8.1f} "
+          f"{r['mem_ratio']:6.2f}  "
           + " ".join(f"v{k}={v['ms']:.3f} (fwd {v['fwd_ms']:.3f})"
                      for k, v in r["versions_ms"].items()), flush=True)
 
@@ -77,7 +95,8 @@ def main():
     print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel {label}), {a.tokens} tokens, "
           f"{a.heads} heads ({name}), median of {a.reps}")
     print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
-          f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8}  other versions ms")
+          f"{'TFLOP/s':>8} {'speed/sdpa':>10} {'fwd ms':>7} {'sdpa fwd':>8} {'peak MB':>8} {'sdpa MB':>8} "
+          f"{'mem/sdpa':>6}  other versions ms")
     rows = []
     for d in (64, 128):
         for t in seqs:
@@ -97,6 +116,7 @@ def main():
                 flops = 4 * b * a.heads * t * t * d * 3.5 * (0.5 if causal else 1.0)
                 t_ours = time_fb(ours, q, k, v, g, a.reps)
                 t_ref = time_fb(ref, q, k, v, g, a.reps)
+                m_ours, m_ref = peak_mb(ours, q, k, v, g), peak_mb(ref, q, k, v, g)
                 with torch.no_grad():
                     f_ours = time_fb(ours, q, k, v, g, a.reps, backward=False)
                     f_ref = time_fb(ref, q, k, v, g, a.reps, backward=False)
@@ -117,6 +137,7 @@ def main():
                 rows.append(dict(D=d, T=t, B=b, causal=causal, ms=t_ours, sdpa_ms=t_ref,
                                  tflops=flops / t_ours / 1e9, sdpa_tflops=flops / t_ref / 1e9,
                                  ratio=t_ref / t_ours, err=err, fwd_ms=f_ours, sdpa_fwd_ms=f_ref,
+                                 mem_mb=m_ours, sdpa_mem_mb=m_ref, mem_ratio=m_ours / max(m_ref, 1e-9),
                                  versions_ms=vers, version=attn_mod.kernel_version_for(d)))
                 print_row(rows[-1])
                 del q, k, v, g
