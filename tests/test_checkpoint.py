@@ -18,6 +18,7 @@ from fastlm.train import checkpoint as ck  # noqa: E402
 from fastlm.train.checkpoint import (CheckpointError, check_model_state, latest_checkpoint,  # noqa: E402
                                      load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state)
 from fastlm.train.config import TrainConfig  # noqa: E402
+from train_fixtures import edit_state  # noqa: E402
 
 V = 61
 OPTS = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -271,15 +272,6 @@ def test_kill_at_every_point_of_a_save(tmp_path, tok_path, scenario):
     assert k > 10  # every operation was a crash point once
 
 
-def _rewrite_state(path, fn):
-    p = os.path.join(path, "state.json")
-    with open(p) as f:
-        s = json.load(f)
-    fn(s)
-    with open(p, "w") as f:
-        json.dump(s, f)
-
-
 def _flip_byte(p):
     with open(p, "r+b") as f:
         f.seek(os.path.getsize(p) - 1)
@@ -293,7 +285,7 @@ def _truncate_consistently(path):
     p = os.path.join(path, "model.safetensors")
     with open(p, "r+b") as f:
         f.truncate(os.path.getsize(p) // 2)
-    _rewrite_state(path, lambda s: s["files"]["model.safetensors"].update(bytes=os.path.getsize(p),
+    edit_state(path, lambda s: s["files"]["model.safetensors"].update(bytes=os.path.getsize(p),
                                                                           sha256=ck._sha256(p)))
 
 
@@ -311,22 +303,22 @@ CORRUPTIONS = {
     "truncated safetensors": (_truncate_consistently, r"model\.safetensors: cannot read safetensors"),
     "bad json": (lambda p: _write(os.path.join(p, "state.json"), "{not json"), STATE + ": not valid JSON"),
     "no state.json": (lambda p: os.remove(os.path.join(p, "state.json")), STATE + ": missing"),
-    "format": (lambda p: _rewrite_state(p, lambda s: s.update(format="x")), STATE + ": not a fastlm checkpoint"),
-    "version": (lambda p: _rewrite_state(p, lambda s: s.update(version=99)),
+    "format": (lambda p: edit_state(p, lambda s: s.update(format="x")), STATE + ": not a fastlm checkpoint"),
+    "version": (lambda p: edit_state(p, lambda s: s.update(version=99)),
                 STATE + ": unsupported checkpoint version 99"),
-    "missing key": (lambda p: _rewrite_state(p, lambda s: s.pop("model_config")),
+    "missing key": (lambda p: edit_state(p, lambda s: s.pop("model_config")),
                     STATE + ": missing key.*model_config"),
-    "files entry": (lambda p: _rewrite_state(p, lambda s: s["files"].pop("model.safetensors")),
+    "files entry": (lambda p: edit_state(p, lambda s: s["files"].pop("model.safetensors")),
                     STATE + ": 'files' does not list model\\.safetensors"),
-    "path in files": (lambda p: _rewrite_state(p, lambda s: s["files"].update({"../x": {"sha256": "", "bytes": 0}})),
+    "path in files": (lambda p: edit_state(p, lambda s: s["files"].update({"../x": {"sha256": "", "bytes": 0}})),
                       r"plain file names"),
     # these three were Python tracebacks (AttributeError, ValueError) in load_checkpoint or Checkpoint.step
-    "tied list": (lambda p: _rewrite_state(p, lambda s: s.update(tied=["lm_head.weight"])),
+    "tied list": (lambda p: edit_state(p, lambda s: s.update(tied=["lm_head.weight"])),
                   STATE + ": 'tied' must map key names"),
-    "step string": (lambda p: _rewrite_state(p, lambda s: s.update(step="x")), STATE + ": 'step' must be an integer"),
-    "optimizer number": (lambda p: _rewrite_state(p, lambda s: s.update(optimizer=5)),
+    "step string": (lambda p: edit_state(p, lambda s: s.update(step="x")), STATE + ": 'step' must be an integer"),
+    "optimizer number": (lambda p: edit_state(p, lambda s: s.update(optimizer=5)),
                          STATE + ": 'optimizer' must be an object or null"),
-    "model_config list": (lambda p: _rewrite_state(p, lambda s: s.update(model_config=[])),
+    "model_config list": (lambda p: edit_state(p, lambda s: s.update(model_config=[])),
                           STATE + ": 'model_config' must be an object"),
 }
 
@@ -406,7 +398,7 @@ def test_other_shape_refused(tmp_path):
                            meta=meta_of(big), tokenizer_path=None)
     with pytest.raises(CheckpointError, match=r"step-00000001 does not fit GPT.*shape mismatch"):
         load_model(path)
-    _rewrite_state(path, lambda s: s["model_config"].update(kind="rnn"))
+    edit_state(path, lambda s: s["model_config"].update(kind="rnn"))
     with pytest.raises(CheckpointError, match=r"state\.json: model_config: .*kind"):
         load_model(path)
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from train_fixtures import TINY_GPT, make_shards, tiny_config
+from train_fixtures import TINY_GPT, edit_state, make_shards, tiny_config
 
 from fastlm.models import GPT, Encoder, EncoderConfig, GPTConfig
 from fastlm.train import trainer as trainer_mod
@@ -214,15 +214,6 @@ def test_resume_logs_the_same_interval_means(data_root, tmp_path):
     assert [s for s, _ in la] == [4, 8] and la == lb  # step 4 was the mean of step 4 alone
 
 
-def _edit_state(ckpt, fn):
-    p = os.path.join(ckpt, "state.json")
-    with open(p) as f:
-        s = json.load(f)
-    fn(s)
-    with open(p, "w") as f:
-        json.dump(s, f)
-
-
 @pytest.mark.parametrize("edit, match", [
     (lambda s: s.pop("loop"), "'loop' is missing"),  # KeyError tracebacks before
     (lambda s: s.pop("data_state"), "'data_state' is missing"),
@@ -236,7 +227,7 @@ def _edit_state(ckpt, fn):
 def test_resume_refuses_a_checkpoint_without_its_training_state(data_root, tmp_path, edit, match):
     cfg = tiny_config(data_root, str(tmp_path), max_steps=2)
     ckpt = run(cfg, console=False).checkpoint
-    _edit_state(ckpt, edit)
+    edit_state(ckpt, edit)
     with pytest.raises(CheckpointError, match="state.json: " + match):
         run(tiny_config(data_root, str(tmp_path), max_steps=3), resume=ckpt, console=False)
 

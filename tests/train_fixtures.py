@@ -1,4 +1,5 @@
 """Shared helpers for the trainer tests: a small tokenizer + token shards from pydoc topics, tiny configs."""
+import json
 import os
 
 from corpora import PYDOC
@@ -9,6 +10,16 @@ from fastlm.tokenizer.shards import encode_to_shards, file_sha256
 from fastlm.train.config import TrainConfig
 
 TINY_GPT = {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 64}
+
+
+def edit_state(ckpt: str, fn) -> None:
+    """Apply ``fn`` to a checkpoint's parsed state.json and write it back (a hand edit, for refusal tests)."""
+    p = os.path.join(ckpt, "state.json")
+    with open(p) as f:
+        s = json.load(f)
+    fn(s)
+    with open(p, "w") as f:
+        json.dump(s, f)
 
 
 def make_shards(root: str, *, n_docs: int = 60, vocab_size: int = 320, specials=None) -> tuple[str, str]:
