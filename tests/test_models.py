@@ -197,6 +197,25 @@ def test_max_seq_len_holds_with_position_ids_and_kv_cache():
     assert model(ids(1, 8), position_ids=torch.arange(8)).shape == (1, 8, V)
 
 
+@pytest.mark.parametrize("make", [lambda: GPT(tiny(n_layer=1)), lambda: Encoder(EncoderConfig.named("tiny", n_layer=1,
+                                                                                       vocab_size=V))])
+def test_token_ids_outside_the_vocabulary_are_refused_naming_it(make):
+    """An id >= vocab_size or < 0 raised the embedding's bare IndexError; float ids a dtype error."""
+    model = make().eval()
+    good = ids(2, 5)
+    for bad_id in (V, -1, V + 1000):
+        x = good.clone()
+        x[1, 3] = bad_id
+        with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary \\[0, {V}\\)"):
+            model(x)
+    with pytest.raises(ValueError, match="integer token ids, got torch.float32"):
+        model(good.float())
+    with pytest.raises(ValueError, match="idx must be \\(batch, time\\)"):
+        model(good[0])
+    good[0, 0], good[1, 4] = 0, V - 1  # the ends of the range are fine
+    assert model(good) is not None
+
+
 def test_reward_model_input_checks():
     """Float lengths were truncated (2.7 -> 2) and a 1-D idx failed with 'not enough values to unpack'."""
     from fastlm.models import RewardModel

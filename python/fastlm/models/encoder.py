@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fastlm.models.config import EncoderConfig
 from fastlm.models.gpt import head_loss
-from fastlm.models.layers import (Block, Rotary, check_kernels, count_params, init_weights,
+from fastlm.models.layers import (Block, Rotary, check_ids, check_kernels, count_params, init_weights,
                                   make_norm)
 
 
@@ -62,8 +62,7 @@ class Encoder(nn.Module):
                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, d_model) encoder outputs (after the final norm)."""
         backend = check_kernels(kernels)
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
+        check_ids(idx, self.config.vocab_size)
         T = idx.shape[1]
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastlm.models.config import GPTConfig
-from fastlm.models.layers import (Block, RMSNorm, Rotary, check_kernels, count_params,
+from fastlm.models.layers import (Block, RMSNorm, Rotary, check_ids, check_kernels, count_params,
                                   init_weights)
 from fastlm.ops import linear_cross_entropy
 
@@ -65,8 +65,7 @@ class GPT(nn.Module):
         attention block-diagonal causal (a token sees earlier tokens of its own document only;
         -1 = padding, sees itself); pass ``position_ids`` restarting per document with it."""
         backend = check_kernels(kernels)
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
+        check_ids(idx, self.config.vocab_size)
         T = idx.shape[1]
         if kv_cache is not None:
             if doc_ids is not None:

@@ -166,6 +166,20 @@ def check_kernels(kernels: str) -> str:
     return "auto" if kernels == "fastlm" else "torch"
 
 
+def check_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """(B, T) integer token ids; on the CPU also within [0, vocab_size) (the embedding's own
+    IndexError names no vocabulary). Not on a GPU, where reading the range back would stall every
+    step (an id out of range is the embedding's device assert there), nor under torch.compile."""
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"idx must hold integer token ids, got {idx.dtype}")
+    if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab_size})")
+
+
 def count_params(model: nn.Module) -> int:
     """Unique parameters (a tied weight counts once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
