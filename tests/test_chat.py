@@ -7,6 +7,7 @@ from fastlm.data.chat import (
     convert,
     convert_records,
     detect_format,
+    map_contents,
     parse,
     record_text,
     render_turns,
@@ -132,6 +133,20 @@ def test_field_conflict_is_reported():
     assert e.value.reason == "field_conflict"
 
 
+def test_system_field_becomes_the_alpaca_system_prompt_only_as_a_string():
+    # a top-level "system" of a ShareGPT record (its system prompt) is the Alpaca record's system prompt;
+    # not a string, it made the Alpaca output unreadable
+    data = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "Be terse."}
+    assert [t.role for t in parse(data).turns] == ["user", "assistant"]
+    (out,) = convert(data, "alpaca")
+    assert out == {"system": "Be terse.", "instruction": "q", "input": "", "output": "a"}
+    assert [t.role for t in parse(out).turns] == ["system", "user", "assistant"]
+    with pytest.raises(ConversionError) as e:
+        convert({**data, "system": 3}, "alpaca")
+    assert e.value.reason == "wrong_type"
+    assert convert({**data, "system": 3}, "messages")[0]["system"] == 3  # the other targets keep it as a field
+
+
 def test_round_trips():
     for data in (SHAREGPT, MULTI):
         msgs = convert(data, "messages")[0]
@@ -153,6 +168,27 @@ def test_turn_extras_kept():
     out = convert(data, "sharegpt")[0]["conversations"]
     assert out == [{"from": "human", "value": "q", "name": "bob"}, {"from": "gpt", "value": "a", "weight": 0}]
     assert convert(convert(data, "sharegpt")[0], "messages")[0] == data
+
+
+def test_turn_extra_never_overwrites_role_or_content():
+    # a ShareGPT turn that also carries "role": kept as an extra, it would replace the converted role
+    data = {"conversations": [{"from": "human", "value": "q", "role": "moderator"}, {"from": "gpt", "value": "a"}]}
+    with pytest.raises(ConversionError) as e:
+        convert(data, "messages")
+    assert e.value.reason == "field_conflict" and "turn 0" in str(e.value)
+    assert convert(data, "sharegpt")[0] == data  # no clash there: the extra stays on its turn
+
+
+def test_map_contents_maps_content_parts_and_the_parsed_key():
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": " a "}, {"type": "text", "text": "b "}]},
+                          {"role": "assistant", "content": " c "}]}
+    out = map_contents(parts, str.strip)
+    assert out["messages"][0]["content"] == [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert parse(out).turns[0].content == "ab" and out["messages"][1]["content"] == "c"
+    assert parts["messages"][0]["content"][0]["text"] == " a "  # the input is not changed
+    # "conversations" that is not a list is an ordinary field (parse reads "conversation"): kept as it is
+    both = {"conversations": "ab", "conversation": [{"from": "human", "value": " x "}]}
+    assert map_contents(both, str.strip) == {"conversations": "ab", "conversation": [{"from": "human", "value": "x"}]}
 
 
 def test_record_text_and_render():

@@ -59,6 +59,16 @@ def test_repeats_prompt_per_turn_and_threshold():
         RepeatsPrompt(overlap=0)
 
 
+@pytest.mark.parametrize("overlap,expected", [(0.56, True), (0.28, True), (0.57, False)])
+def test_repeats_prompt_ratio_exactly_at_threshold(overlap, expected):
+    # 7 prompt words all repeated in an 18-word response: ratio 2 * 7 / 25 = 0.56 (and 14 / 50 for 0.28, with
+    # 32 more words); "at least repeat_overlap" must flag it, even where overlap * 25 rounds above 14 in floats
+    prompt = " ".join(f"w{i}" for i in range(7))
+    extra = 43 - 7 if overlap == 0.28 else 11
+    response = prompt + " " + " ".join(f"x{i}" for i in range(extra))
+    assert RepeatsPrompt(overlap=overlap).repeats(prompt, response) is expected
+
+
 def test_too_long():
     data = chat("one two three", "four five")  # rendered "one two three\n\nfour five": 24 chars, 5 words
     assert TooLong(max_words=5).check_record(data) is None

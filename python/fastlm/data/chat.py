@@ -23,10 +23,13 @@ Conversion layouts:
   alpaca -> messages -> alpaca moves ``input`` into ``instruction``; alpaca -> alpaca is exact.
 - to ``messages``: ``{"messages": [{"role", "content"}, ...]}``; to ``sharegpt``:
   ``{"conversations": [{"from": "system"|"human"|"gpt", "value"}, ...]}``. Extra keys of each turn
-  (``name``, ``weight``...) are kept on that turn.
+  (``name``, ``weight``...) are kept on that turn; one that would overwrite the turn's role or content
+  key (a ShareGPT turn that also has ``role``) raises ConversionError("field_conflict").
 
 Every other field of the record (ids, metadata, ``text``) is copied into every output record; an
-output key that would overwrite one raises ConversionError("field_conflict").
+output key that would overwrite one raises ConversionError("field_conflict"). A ``system`` field of a
+non-Alpaca record (ShareGPT's top-level system prompt) becomes the Alpaca record's system prompt; one that
+is not a string raises ConversionError("wrong_type").
 """
 
 from __future__ import annotations
@@ -100,13 +103,17 @@ def detect_format(data: Any) -> Optional[str]:
     return None
 
 
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+
+
 def _content(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):  # OpenAI content parts
         parts = []
         for part in value:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            if _is_text_part(part):
                 parts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
@@ -196,6 +203,10 @@ def _with_fields(out: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
     if chat.alpaca is not None:  # alpaca -> alpaca: exact, keeps the instruction/input split
         return [_with_fields(dict(chat.alpaca), chat.fields)]
+    system = chat.fields.get("system")  # e.g. ShareGPT's top-level "system": Alpaca reads it as the system prompt,
+    if system is not None and not isinstance(system, str):  # which it is meant to be; not a string, unreadable
+        raise ConversionError("wrong_type", f"record field 'system' is {type(system).__name__}; as the Alpaca "
+                                            "system prompt it must be a string")
     out = []
     for i, turn in enumerate(chat.turns):
         if turn.role != "assistant":
@@ -239,10 +250,20 @@ def convert(data: Any, to: str) -> list[dict[str, Any]]:
     if to == "alpaca":
         return _to_alpaca(chat)
     if to == "messages":
-        turns = [{"role": t.role, "content": t.content, **t.extra} for t in chat.turns]
+        turns = [_turn_with_extra({"role": t.role, "content": t.content}, t, i) for i, t in enumerate(chat.turns)]
         return [_with_fields({"messages": turns}, chat.fields)]
-    turns = [{"from": SHAREGPT_ROLES[t.role], "value": t.content, **t.extra} for t in chat.turns]
+    turns = [_turn_with_extra({"from": SHAREGPT_ROLES[t.role], "value": t.content}, t, i)
+             for i, t in enumerate(chat.turns)]
     return [_with_fields({"conversations": turns}, chat.fields)]
+
+
+def _turn_with_extra(out: dict[str, Any], turn: Turn, i: int) -> dict[str, Any]:
+    """An output turn plus the turn's extra keys; an extra key that would overwrite the role or content
+    (e.g. a ShareGPT turn with both ``from`` and ``role``) raises ConversionError("field_conflict")."""
+    clash = sorted(set(out) & set(turn.extra))
+    if clash:
+        raise ConversionError("field_conflict", f"turn {i}: key(s) {clash} collide with the output format's keys")
+    return {**out, **turn.extra}
 
 
 def get_field(data: dict[str, Any], field: str) -> Any:
@@ -283,8 +304,9 @@ def record_text(data: dict[str, Any], text_field: str = "text") -> str:
 def map_contents(data: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
     """A copy of a chat/instruction record with ``fn`` applied to every text it holds, layout kept.
 
-    Used by normalization, which must not change a record's format: message/turn contents,
-    Alpaca instruction/input/output/system and prompt/completion are mapped; other fields are not.
+    Used by normalization, which must not change a record's format: message/turn contents (the text
+    of ``{"type": "text"}`` content parts too), Alpaca instruction/input/output/system and
+    prompt/completion are mapped; other fields are not.
 
     >>> map_contents({"id": 1, "messages": [{"role": "user", "content": " hi "}]}, str.strip)
     {'id': 1, 'messages': [{'role': 'user', 'content': 'hi'}]}
@@ -292,7 +314,8 @@ def map_contents(data: dict[str, Any], fn: Callable[[str], str]) -> dict[str, An
     fmt = detect_format(data)
     out = dict(data)
     if fmt in ("messages", "sharegpt"):
-        key = "messages" if fmt == "messages" else ("conversations" if "conversations" in data else "conversation")
+        key = "messages" if fmt == "messages" else (
+            "conversations" if isinstance(data.get("conversations"), list) else "conversation")  # as parse picks
         turns = []
         for turn in data[key]:
             turn = dict(turn) if isinstance(turn, dict) else turn
@@ -300,6 +323,8 @@ def map_contents(data: dict[str, Any], fn: Callable[[str], str]) -> dict[str, An
                 for field in ("content", "value"):
                     if isinstance(turn.get(field), str):
                         turn[field] = fn(turn[field])
+                    elif isinstance(turn.get(field), list):  # OpenAI content parts: map their text
+                        turn[field] = [{**p, "text": fn(p["text"])} if _is_text_part(p) else p for p in turn[field]]
             turns.append(turn)
         out[key] = turns
     elif fmt is not None:

@@ -103,7 +103,8 @@ class RepeatsPrompt(InstructFilter):
             return False
         if p == r:
             return True
-        if 2 * min(len(p), len(r)) < self.overlap * (len(p) + len(r)):
+        # the bound is computed as difflib computes ratio(), so a ratio exactly at the threshold is not skipped
+        if 2.0 * min(len(p), len(r)) / (len(p) + len(r)) < self.overlap:
             return False  # the ratio below cannot reach the threshold: skip the O(n*m) matcher
         return difflib.SequenceMatcher(None, p, r, autojunk=False).ratio() >= self.overlap
 
