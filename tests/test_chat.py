@@ -117,6 +117,7 @@ def test_consecutive_user_turns_stay_in_context():
     ([("user", "q")], "no_assistant_turn"),
     ([("system", "s"), ("assistant", "a")], "no_user_turn"),
     ([("user", "q"), ("assistant", "a"), ("assistant", "b")], "consecutive_assistant_turns"),
+    ([("user", "q"), ("system", "s"), ("assistant", "a")], "system_before_answer"),  # was named consecutive_...
 ])
 def test_alpaca_refuses_to_lose_text(turns, reason):
     data = {"messages": [{"role": r, "content": c} for r, c in turns]}

@@ -216,8 +216,11 @@ def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
             j -= 1
         if j < 0:
             raise ConversionError("no_user_turn", f"assistant turn {i} has no user turn before it")
-        if j != i - 1:  # e.g. user, assistant, assistant: the second answer would lose its place
+        if j != i - 1 and chat.turns[i - 1].role == "assistant":  # user, assistant, assistant: the second
             raise ConversionError("consecutive_assistant_turns", f"turn {i} follows another assistant turn")
+        if j != i - 1:  # user, system, assistant: the system turn would lose its place
+            raise ConversionError("system_before_answer",
+                                  f"assistant turn {i} follows a {chat.turns[i - 1].role} turn, not the user's")
         prev = i - 1
         out.append(
             _with_fields(
