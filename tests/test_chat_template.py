@@ -54,6 +54,23 @@ def test_messages_layout_and_mask(tok):
     assert sum(mask) == n_assistant
 
 
+def test_sharegpt_weight_zero_turns_are_context_not_targets(tok):
+    # a ShareGPT turn's "weight": 0 (axolotl's per-turn flag) was ignored: the turn was trained on
+    rec = {"conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Old answer.", "weight": 0},
+        {"from": "human", "value": "Again"}, {"from": "gpt", "value": "Good answer.", "weight": 1},
+    ]}
+    ids, mask = render_conversation(tok, rec)
+    segs = segments(tok, ids, mask)
+    assert ("Old answer.", {0}) in segs and ("Good answer.", {1}) in segs
+    assert sum(mask) == len(tok.encode("Good answer.")) + 1  # its content and its <|assistant_end|>
+    plain = {"conversations": [{k: v for k, v in t.items() if k != "weight"} for t in rec["conversations"]]}
+    ids2, mask2 = render_conversation(tok, plain)
+    assert ids2 == ids and sum(mask2) == sum(mask) + len(tok.encode("Old answer.")) + 1
+    all_zero = {"conversations": [dict(t, weight=0) if t["from"] == "gpt" else t for t in rec["conversations"]]}
+    assert sum(render_conversation(tok, all_zero)[1]) == 0
+
+
 def test_alpaca_and_sharegpt_equal_messages(tok):
     alpaca = {"instruction": "Summarize", "input": "some text", "output": "short"}
     share = {"conversations": [{"from": "human", "value": "Summarize\n\nsome text"}, {"from": "gpt", "value": "short"}]}

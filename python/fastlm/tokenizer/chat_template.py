@@ -10,7 +10,8 @@ user writing "<|assistant_start|>" gets the characters, never the control token)
     ... (more user / assistant turns)
 
 The loss mask is 1 on assistant content tokens and their ``<|assistant_end|>`` (what the model
-must learn to produce, including when to stop), 0 elsewhere. ``render_prompt`` renders the turns
+must learn to produce, including when to stop), 0 elsewhere and on an assistant turn marked
+``"weight": 0`` (ShareGPT datasets' per-turn flag: context, not a target). ``render_prompt`` renders the turns
 before the last assistant reply and ends with ``<|assistant_start|>`` for generation.
 """
 
@@ -38,13 +39,19 @@ def _ids(tokenizer) -> dict[str, int]:
     return {name: tokenizer.special_id(name) for name in CHAT_SPECIALS}
 
 
+def _weight_zero(turn: Turn) -> bool:
+    """A turn marked not to be trained on: ShareGPT's per-turn ``"weight": 0`` (axolotl's convention)."""
+    w = turn.extra.get("weight")
+    return w is not None and not isinstance(w, str) and w == 0
+
+
 def _render(tokenizer, turns: list[Turn]) -> tuple[list[int], list[int]]:
     sp = _ids(tokenizer)
     ids, mask = [sp[BOS]], [0]
     for turn in turns:
         start, end = ROLE_TOKENS[turn.role]
         body = tokenizer.encode_ordinary(turn.content)
-        learn = 1 if turn.role == "assistant" else 0
+        learn = 1 if turn.role == "assistant" and not _weight_zero(turn) else 0
         ids.append(sp[start])
         mask.append(0)
         ids.extend(body)
