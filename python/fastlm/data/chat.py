@@ -200,6 +200,21 @@ def _with_fields(out: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, **out}
 
 
+def check_answers(chat: Chat) -> None:
+    """Every assistant turn answers a user turn: ConversionError("no_user_turn") for an assistant turn
+    with no user turn before it (a Vicuna conversation starting with "gpt"),
+    ConversionError("consecutive_assistant_turns") for one right after another assistant turn.
+    Used by SFT (no training on an answer to nothing) and by the Alpaca conversion."""
+    seen_user = False
+    for i, turn in enumerate(chat.turns):
+        if turn.role == "assistant":
+            if not seen_user:
+                raise ConversionError("no_user_turn", f"assistant turn {i} has no user turn before it")
+            if chat.turns[i - 1].role == "assistant":
+                raise ConversionError("consecutive_assistant_turns", f"turn {i} follows another assistant turn")
+        seen_user = seen_user or turn.role == "user"
+
+
 def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
     if chat.alpaca is not None:  # alpaca -> alpaca: exact, keeps the instruction/input split
         return [_with_fields(dict(chat.alpaca), chat.fields)]
@@ -207,18 +222,12 @@ def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
     if system is not None and not isinstance(system, str):  # which it is meant to be; not a string, unreadable
         raise ConversionError("wrong_type", f"record field 'system' is {type(system).__name__}; as the Alpaca "
                                             "system prompt it must be a string")
+    check_answers(chat)
     out = []
     for i, turn in enumerate(chat.turns):
         if turn.role != "assistant":
             continue
-        j = i - 1
-        while j >= 0 and chat.turns[j].role != "user":
-            j -= 1
-        if j < 0:
-            raise ConversionError("no_user_turn", f"assistant turn {i} has no user turn before it")
-        if j != i - 1 and chat.turns[i - 1].role == "assistant":  # user, assistant, assistant: the second
-            raise ConversionError("consecutive_assistant_turns", f"turn {i} follows another assistant turn")
-        if j != i - 1:  # user, system, assistant: the system turn would lose its place
+        if chat.turns[i - 1].role != "user":  # user, system, assistant: the system turn would lose its place
             raise ConversionError("system_before_answer",
                                   f"assistant turn {i} follows a {chat.turns[i - 1].role} turn, not the user's")
         prev = i - 1

@@ -138,10 +138,14 @@ def _lone_surrogate(data: Any) -> Optional[str]:
     return None
 
 
-def _surrogate_error(data: Any) -> Optional[str]:
-    """The invalid_utf8 detail when parsed JSON ``data`` holds a lone surrogate, else None."""
-    bad = _lone_surrogate(data)
-    return f"lone surrogate {bad} (a JSON \\u escape) is not valid Unicode" if bad else None
+def _structure_error(data: Any, deep: bool, surrogates: bool) -> Optional[tuple[str, str]]:
+    """(reason, detail) when parsed JSON ``data`` nests deeper than MAX_DEPTH (``deep``: its text has
+    enough brackets to) or holds a lone surrogate (``surrogates``: its text has a ``\\uD8..`` escape)."""
+    too_deep = _too_deep(data) if deep else None
+    if too_deep:
+        return "bad_json", too_deep
+    bad = _lone_surrogate(data) if surrogates else None
+    return ("invalid_utf8", f"lone surrogate {bad} (a JSON \\u escape) is not valid Unicode") if bad else None
 
 
 def _check(data: Any, text_field: str) -> Optional[tuple[str, str]]:
@@ -191,13 +195,9 @@ def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLo
         except RecursionError:
             errors.add(source, lineno, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
             continue
-        deep = _too_deep(data) if _may_be_too_deep(text) else None
-        if deep:
-            errors.add(source, lineno, "bad_json", deep)
-            continue
-        bad = _surrogate_error(data) if _SURROGATE_ESCAPE.search(text) else None
+        bad = _structure_error(data, _may_be_too_deep(text), _SURROGATE_ESCAPE.search(text) is not None)
         if bad:
-            errors.add(source, lineno, "invalid_utf8", bad)
+            errors.add(source, lineno, *bad)
             continue
         record = _emit(data, source, lineno, text_field, errors)
         if record is not None:
@@ -234,16 +234,11 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
     else:
         errors.add(source, 1, "not_object", f"expected a JSON array or object, got {type(data).__name__}")
         return
-    check_surrogates = _SURROGATE_ESCAPE.search(text) is not None
-    check_depth = _may_be_too_deep(text)
+    deep, surrogates = _may_be_too_deep(text), _SURROGATE_ESCAPE.search(text) is not None
     for index, item in enumerate(items, 1):
-        deep = _too_deep(item) if check_depth else None
-        if deep:
-            errors.add(source, index, "bad_json", deep)
-            continue
-        bad = _surrogate_error(item) if check_surrogates else None
+        bad = _structure_error(item, deep, surrogates)
         if bad:
-            errors.add(source, index, "invalid_utf8", bad)
+            errors.add(source, index, *bad)
             continue
         record = _emit(item, source, index, text_field, errors)
         if record is not None:

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 
 from fastlm.models.config import GPTConfig
+from fastlm.models.layers import is_integer_dtype
 
 class _LayerView:
     """One layer's slice of a `KVCache`, as `Attention.forward` uses it."""
@@ -171,8 +172,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
 
 
 def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
-    if torch.is_tensor(prompt_ids) and (prompt_ids.dim() != 1 or prompt_ids.dtype.is_floating_point
-                                        or prompt_ids.dtype.is_complex or prompt_ids.dtype == torch.bool):
+    if torch.is_tensor(prompt_ids) and (prompt_ids.dim() != 1 or not is_integer_dtype(prompt_ids.dtype)):
         raise ValueError(f"prompt_ids must be a 1-D integer tensor, got {prompt_ids.dtype} of shape "
                          f"{tuple(prompt_ids.shape)}")
     raw = prompt_ids.tolist() if torch.is_tensor(prompt_ids) else list(prompt_ids)

@@ -166,13 +166,18 @@ def check_kernels(kernels: str) -> str:
     return "auto" if kernels == "fastlm" else "torch"
 
 
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Integer ids or lengths (not float, complex or bool: 1.5 or True would be taken silently)."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
 def check_ids(idx: torch.Tensor, vocab_size: int) -> None:
     """(B, T) integer token ids; on the CPU also within [0, vocab_size) (the embedding's own
     IndexError names no vocabulary). Not on a GPU, where reading the range back would stall every
     step (an id out of range is the embedding's device assert there), nor under torch.compile."""
     if idx.dim() != 2:
         raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+    if not is_integer_dtype(idx.dtype):
         raise ValueError(f"idx must hold integer token ids, got {idx.dtype}")
     if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
         lo, hi = int(idx.min()), int(idx.max())

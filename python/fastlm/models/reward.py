@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from fastlm.models.config import GPTConfig, RewardConfig
 from fastlm.models.gpt import GPT
+from fastlm.models.layers import is_integer_dtype
 
 
 def lengths_from(ids: torch.Tensor, lengths: Optional[torch.Tensor],
@@ -46,7 +47,7 @@ def lengths_from(ids: torch.Tensor, lengths: Optional[torch.Tensor],
     if lengths is None:
         return torch.full((B,), T, dtype=torch.long, device=ids.device)
     lengths = torch.as_tensor(lengths)
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+    if not is_integer_dtype(lengths.dtype):
         raise ValueError(f"lengths must be integers, got {lengths.dtype}")  # 2.7 would become 2
     lengths = lengths.to(device=ids.device, dtype=torch.long).view(-1)
     if lengths.shape[0] != B:

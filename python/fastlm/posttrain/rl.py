@@ -74,7 +74,7 @@ from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
 from fastlm.train.trainer import (TrainResult, _grad_norm, _optimizer, _precision, _resolve_resume, _run_dir,
-                                  _write_config, check_resume_meta, discard_if_unstarted)
+                                  _open_run_dir, check_resume_meta, discard_if_unstarted)
 
 KL_HORIZON = 10000  # adaptive KL controller horizon (Ziegler et al. / TRL default)
 
@@ -335,10 +335,7 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
                                  f"from {cfg.task!r} (resume with the checkpoint's own task)")
     run_dir = _run_dir(cfg, info, resume_ckpt, state.meta if state is not None else None)
     say = print if console else (lambda *a, **k: None)
-    if created is not None and not os.path.exists(run_dir):
-        created.append(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    _write_config(cfg, run_dir)
+    _open_run_dir(cfg, run_dir, created)
     say(f"fastlm-train: {cfg.task} run in {run_dir} (device {device}, {precision})")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())

@@ -74,7 +74,7 @@ def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = Tr
     >>> r = SFTReport(); [rec for rec, _ in read_chat_records([p], r)], r.read
     ([{'instruction': 'a', 'output': 'b'}], 1)
     """
-    from fastlm.data.chat import ConversionError, parse
+    from fastlm.data.chat import ConversionError, check_answers, parse
     from fastlm.data.instruct import build_instruct_filters, check_instruct
     from fastlm.data.readers import read_records
     from fastlm.data.records import ErrorLog
@@ -85,7 +85,7 @@ def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = Tr
         report.read += 1
         where = f"{rec.source}:{rec.line}"
         try:
-            _check_turn_order(parse(rec.data))
+            check_answers(parse(rec.data))  # no training on an answer to nothing
         except ConversionError as e:
             report.drop(f"not_chat:{e.reason}", where)
             continue
@@ -99,21 +99,6 @@ def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = Tr
         report.dropped[f"malformed:{reason}"] = report.dropped.get(f"malformed:{reason}", 0) + n
     report.where.extend(str(b) for b in errors.samples[:max(0, 5 - len(report.where))])
     return out
-
-
-def _check_turn_order(chat) -> None:
-    """Every assistant turn answers a user turn: raise ConversionError (the data stage's reasons) for an
-    assistant turn with no user turn before it (e.g. a Vicuna conversation starting with "gpt") or one that
-    follows another assistant turn, rather than train on an answer to nothing."""
-    from fastlm.data.chat import ConversionError
-    seen_user = False
-    for i, turn in enumerate(chat.turns):
-        if turn.role == "assistant":
-            if not seen_user:
-                raise ConversionError("no_user_turn", f"assistant turn {i} has no user turn before it")
-            if chat.turns[i - 1].role == "assistant":
-                raise ConversionError("consecutive_assistant_turns", f"turn {i} follows another assistant turn")
-        seen_user = seen_user or turn.role == "user"
 
 
 def render_examples(tokenizer, records: list[tuple[dict, str]], *, seq_len: int, train_on_prompt: bool,

@@ -413,6 +413,18 @@ def list_checkpoints(path: str) -> list[str]:
     return [best[k] for k in sorted(best)]
 
 
+def checkpoint_step(ckpt: str) -> int:
+    """The step of a checkpoint directory from its name (``step-N``, or a crash's ``step-N.old-<pid>``).
+
+    >>> checkpoint_step("runs/x/checkpoints/step-00000300")
+    300
+    """
+    m = _NAME.match(os.path.basename(ckpt)) or _OLD.match(os.path.basename(ckpt))
+    if m is None:
+        raise CheckpointError(f"{ckpt}: not a step-N checkpoint directory name")
+    return int(m.group(1))
+
+
 def latest_checkpoint(path: str) -> Optional[str]:
     """The newest complete checkpoint under ``path`` (a run dir, its ``checkpoints/`` dir, or a checkpoint
     dir itself, returned as is); None when there is none (see `list_checkpoints`).

@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -82,7 +81,7 @@ def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str], resum
     continues the checkpoint's own run in place, unless ``run_name`` or ``out`` differ from the checkpoint's
     config: then the run branches into a new ``<out>/<run_name>`` (which must hold no checkpoints). Continuing
     an older checkpoint in place while later ones exist is refused: pruning would mix the two histories."""
-    from fastlm.train.checkpoint import CheckpointError, list_checkpoints
+    from fastlm.train.checkpoint import CheckpointError, checkpoint_step, list_checkpoints
     if resume_ckpt is not None:  # <run_dir>/checkpoints/step-XXXXXXXX
         own = os.path.dirname(os.path.dirname(os.path.abspath(resume_ckpt)))
         stored = (resumed or {}).get("train_config") or {}
@@ -100,7 +99,7 @@ def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str], resum
                 return run_dir
         step = (resumed or {}).get("step")
         later = [os.path.basename(c) for c in list_checkpoints(own)
-                 if isinstance(step, int) and int(re.match(r"step-(\d+)", os.path.basename(c)).group(1)) > step]
+                 if isinstance(step, int) and checkpoint_step(c) > step]
         if later:
             raise CheckpointError(f"--resume {resume_ckpt}: its run {own} has later checkpoints ({', '.join(later)}); "
                                   "continuing it in place would mix two histories: branch it into a new run with "
@@ -110,9 +109,14 @@ def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str], resum
     return os.path.abspath(os.path.join(cfg.out, broadcast_object(name, info)))
 
 
-def _write_config(cfg: TrainConfig, run_dir: str) -> None:
+def _open_run_dir(cfg: TrainConfig, run_dir: str, created: Optional[list[str]]) -> None:
+    """Make the run directory (noted in ``created`` when this run makes it: `discard_if_unstarted`) and
+    write its config.yaml."""
     import yaml
     from fastlm.data.io import atomic_write
+    if created is not None and not os.path.exists(run_dir):
+        created.append(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
     with atomic_write(os.path.join(run_dir, "config.yaml")) as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
 
@@ -246,10 +250,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     run_dir = _run_dir(cfg, info, resume_ckpt, state.meta if state is not None else None)
     say = print if (info.is_main and console) else (lambda *a, **k: None)
     if info.is_main:
-        if created is not None and not os.path.exists(run_dir):
-            created.append(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
-        _write_config(cfg, run_dir)
+        _open_run_dir(cfg, run_dir, created)
     say(f"fastlm-train: {cfg.task} run in {run_dir} (device {device}, {precision}, world {info.world_size})")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
