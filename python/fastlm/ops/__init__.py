@@ -5,6 +5,7 @@ the native CPU kernel in ``fastlm._C`` for CPU tensors, and plain PyTorch otherw
 unsupported options. Importing this package imports torch.
 """
 from fastlm.ops.attention import attention
-from fastlm.ops.cross_entropy import LinearCrossEntropy, linear_cross_entropy
+from fastlm.ops.cross_entropy import (LinearCrossEntropy, LinearCrossEntropyLoss,
+                                      linear_cross_entropy)
 
-__all__ = ["LinearCrossEntropy", "attention", "linear_cross_entropy"]
+__all__ = ["LinearCrossEntropy", "LinearCrossEntropyLoss", "attention", "linear_cross_entropy"]

@@ -333,24 +333,33 @@ _lce_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _reference(x, w, b, target, weight, reduction, ignore_index, label_smoothing, z_loss,
                softcap):
-    """Plain PyTorch path (full logits): the fallback for cases the kernels do not cover."""
-    logits = F.linear(x, w, b)
+    """Plain PyTorch path (full logits): the fallback for cases the kernels do not cover.
+
+    x is (N, d) (or (d,) with K = 0); w is (V, d) or (V, d_1, ..., d_K, d) (K-dimensional loss);
+    target holds class indices shaped like the logits without their class dim, or class
+    probabilities shaped like the logits (floating point). The class dim of the logits is 1
+    (0 for an unbatched input), as F.cross_entropy expects."""
+    out_features = tuple(w.shape[1:-1])
+    logits = F.linear(x, w.reshape(-1, w.shape[-1]), None if b is None else b.reshape(-1))
+    logits = logits.reshape(*x.shape[:-1], w.shape[0], *out_features)
     if softcap > 0:
         logits = softcap * torch.tanh(logits / softcap)
-    loss = F.cross_entropy(logits, target, weight=weight, reduction="none",
-                           ignore_index=ignore_index, label_smoothing=label_smoothing)
-    if z_loss > 0:
-        lse = torch.logsumexp(logits.float(), dim=-1)
-        loss = loss + (z_loss * lse * lse * (target != ignore_index)).to(loss.dtype)
+    probabilities = target.is_floating_point()
+    smooth = dict(label_smoothing=label_smoothing, weight=weight)
+    if not probabilities:
+        smooth["ignore_index"] = ignore_index
+    if z_loss == 0:
+        return F.cross_entropy(logits, target, reduction=reduction, **smooth)
+    class_dim = 1 if x.dim() > 1 else 0
+    lse = torch.logsumexp(logits.float(), dim=class_dim)
+    counted = (torch.ones_like(lse, dtype=torch.bool) if probabilities
+               else (target != ignore_index))
+    zl = (z_loss * lse * lse * counted).to(logits.dtype)
     if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if weight is not None:
-        denom = (weight[target.clamp(min=0)] * (target != ignore_index)).sum()
-    else:
-        denom = (target != ignore_index).sum()
-    return loss.sum() / denom
+        return F.cross_entropy(logits, target, reduction="none", **smooth) + zl
+    ce = F.cross_entropy(logits, target, reduction=reduction, **smooth)
+    # the z-loss is averaged over the counted tokens (class weights scale only the CE term)
+    return ce + (zl.sum() if reduction == "sum" else zl.sum() / counted.sum())
 
 
 def _native_ok(x: torch.Tensor) -> bool:
@@ -364,17 +373,25 @@ def _native_ok(x: torch.Tensor) -> bool:
 def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
                          *, linear_bias: Optional[torch.Tensor] = None,
                          weight: Optional[torch.Tensor] = None, reduction: str = "mean",
-                         ignore_index: int = -100, label_smoothing: float = 0.0,
-                         z_loss: float = 0.0, softcap: float = 0.0, chunk_size: int = 0,
-                         backend: str = "auto") -> torch.Tensor:
+                         ignore_index: Optional[int] = None, label_smoothing: float = 0.0,
+                         options=None, z_loss: float = 0.0, softcap: float = 0.0,
+                         chunk_size: int = 0, backend: str = "auto") -> torch.Tensor:
     """Cross-entropy of ``input @ linear_weight.T (+ linear_bias)`` against ``target``, fused.
 
-    Same semantics as ``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target)``
-    (class-index targets), plus ``z_loss`` (adds ``z_loss * logsumexp^2`` per token) and
-    ``softcap`` (logits become ``softcap * tanh(logits / softcap)`` first). ``input`` is
-    (..., d), ``linear_weight`` (V, d), ``target`` (...) int64; ``reduction='none'`` returns
-    per-token losses shaped like ``target`` (ignored tokens give 0). ``chunk_size`` rows per
-    chunk (0 = automatic); ``backend`` is 'auto' (native kernel when available) or 'torch'.
+    A drop-in for ``torch.nn.functional.linear_cross_entropy`` (same arguments and results:
+    ``ignore_index=None`` means -100 for class-index targets; class-probability targets and
+    K-dimensional weights ``(V, d_1, ..., d_K, d)`` are accepted), which is
+    ``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)``. Added:
+    ``z_loss`` (adds ``z_loss * logsumexp^2`` per counted token) and ``softcap`` (logits become
+    ``softcap * tanh(logits / softcap)`` first). ``input`` may also be (..., d) with ``target``
+    (...); ``reduction='none'`` returns per-token losses shaped like ``target`` (ignored tokens
+    give 0).
+
+    The native path (class-index targets, 2-D weight, no class ``weight``; float32, bfloat16 or
+    float16 on CPU or CUDA) never holds the whole logits: it works in chunks of ``chunk_size``
+    rows (0 = automatic; torch's ``options`` is accepted, and its ``batch_chunk_size`` is used
+    when ``chunk_size`` is 0). Every other case, and ``backend='torch'``, runs the plain PyTorch
+    computation.
 
     >>> import torch
     >>> x, w = torch.randn(8, 16, requires_grad=True), torch.randn(41, 16, requires_grad=True)
@@ -391,16 +408,39 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         raise ValueError("z_loss and softcap must be >= 0")
     if int(chunk_size) != chunk_size or chunk_size < 0:
         raise ValueError(f"chunk_size must be an integer >= 0 (0 = automatic), got {chunk_size!r}")
-    if not isinstance(input, torch.Tensor) or not input.is_floating_point() or input.dim() < 1:
+    if chunk_size == 0 and getattr(options, "batch_chunk_size", None):
+        chunk_size = int(options.batch_chunk_size)
+    for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if not input.is_floating_point() or input.dim() < 1:
         raise TypeError("input must be a floating-point tensor of shape (..., d)")
-    if linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
-        raise ValueError(f"linear_weight must be (V, {input.shape[-1]}), "
+    if linear_weight.dim() < 2 or linear_weight.shape[-1] != input.shape[-1]:
+        raise ValueError(f"linear_weight must be (V, {input.shape[-1]}) (or (V, d_1, ..., d_K, "
+                         f"{input.shape[-1]}) for a K-dimensional loss), "
                          f"got {tuple(linear_weight.shape)}")
-    if target.dtype != torch.int64:
-        raise TypeError(f"target must be int64 class indices, got {target.dtype}")
-    if tuple(target.shape) != tuple(input.shape[:-1]):
-        raise ValueError(f"target shape {tuple(target.shape)} does not match input "
-                         f"{tuple(input.shape)} without its last dim")
+    v, out_features = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if out_features and input.dim() != 2:
+        raise ValueError(f"a K-dimensional linear_weight {tuple(linear_weight.shape)} needs "
+                         f"input (N, {input.shape[-1]}), got {tuple(input.shape)}")
+    logits_shape = (*input.shape[:-1], v, *out_features)
+    probabilities = target.is_floating_point()
+    if probabilities:
+        if tuple(target.shape) != logits_shape:
+            raise ValueError(f"class-probability target must be shaped like the logits "
+                             f"{logits_shape}, got {tuple(target.shape)}")
+        if ignore_index is not None:
+            raise ValueError("ignore_index cannot be given with class-probability targets")
+    elif target.dtype != torch.int64:
+        raise TypeError(f"target must be int64 class indices or floating-point class "
+                        f"probabilities, got {target.dtype}")
+    else:
+        want = (input.shape[0], *out_features) if out_features else tuple(input.shape[:-1])
+        if tuple(target.shape) != tuple(want):
+            raise ValueError(f"target shape {tuple(target.shape)} does not match input "
+                             f"{tuple(input.shape)} without its last dim"
+                             + (f" and the weight's {out_features}" if out_features else ""))
+    ignore_index = -100 if ignore_index is None else int(ignore_index)
     for name, t in (("linear_weight", linear_weight), ("target", target),
                     ("linear_bias", linear_bias), ("weight", weight)):
         if t is not None and t.device != input.device:
@@ -408,10 +448,17 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
         if t is not None and t.dtype != input.dtype:
             raise TypeError(f"{name} dtype {t.dtype} differs from input dtype {input.dtype}")
-    if linear_bias is not None and tuple(linear_bias.shape) != (linear_weight.shape[0],):
-        raise ValueError(f"linear_bias must be ({linear_weight.shape[0]},)")
-    if not torch.compiler.is_compiling():  # data-dependent: the op checks again when compiled
-        _check_targets(target, linear_weight.shape[0], ignore_index)
+    if linear_bias is not None and tuple(linear_bias.shape) != (v, *out_features):
+        raise ValueError(f"linear_bias must be {(v, *out_features)}, "
+                         f"got {tuple(linear_bias.shape)}")
+    if weight is not None and tuple(weight.shape) != (v,):
+        raise ValueError(f"weight (per-class) must be ({v},), got {tuple(weight.shape)}")
+    if not probabilities and not torch.compiler.is_compiling():
+        # data-dependent: the op checks again when compiled
+        _check_targets(target, v, ignore_index)
+    if probabilities or out_features:
+        return _reference(input, linear_weight, linear_bias, target, weight, reduction,
+                          ignore_index, label_smoothing, z_loss, softcap)
     x2 = input.reshape(-1, input.shape[-1])
     t1 = target.reshape(-1)
     if backend == "torch" or weight is not None or not _native_ok(input):
@@ -423,14 +470,15 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
             or (linear_bias is not None and linear_bias.requires_grad))
         out = _lce_op(x2.contiguous(), linear_weight.contiguous(),
                       None if linear_bias is None else linear_bias.contiguous(),
-                      t1.contiguous(), int(ignore_index), reduction, float(label_smoothing),
+                      t1.contiguous(), ignore_index, reduction, float(label_smoothing),
                       float(z_loss), float(softcap), bool(compute_grad), int(chunk_size),
                       bool(linear_weight.requires_grad), bool(input.requires_grad))[0]
     return out.reshape(target.shape) if reduction == "none" else out
 
 
 class LinearCrossEntropy(torch.nn.Module):
-    """Module form of :func:`linear_cross_entropy` (options fixed at construction).
+    """Module form of :func:`linear_cross_entropy` (options fixed at construction; the weight
+    comes with each call). :class:`LinearCrossEntropyLoss` is the form that owns its weight.
 
     >>> import torch
     >>> crit = LinearCrossEntropy(ignore_index=-100, z_loss=1e-4)
@@ -449,3 +497,58 @@ class LinearCrossEntropy(torch.nn.Module):
     def forward(self, input, linear_weight, target, linear_bias=None):
         return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
                                     **self.options)
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.LinearCrossEntropyLoss``: the criterion owns its projection.
+
+    Same constructor and state dict as torch's (``linear``, an ``nn.Linear(in_features,
+    num_classes * prod(out_features))``, and the per-class ``weight`` buffer), so a state dict
+    saved from one loads into the other; ``forward(input, target)`` runs
+    :func:`linear_cross_entropy`, which also takes ``z_loss``, ``softcap``, ``chunk_size`` and
+    ``backend`` here.
+
+    >>> import torch
+    >>> crit = LinearCrossEntropyLoss(8, 10)
+    >>> crit(torch.randn(4, 8), torch.tensor([1, 2, -100, 3])).shape
+    torch.Size([])
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, out_features: tuple = (),
+                 bias: bool = False, device=None, dtype=None, reduction: str = "mean",
+                 weight: Optional[torch.Tensor] = None, ignore_index: Optional[int] = None,
+                 label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
+                 softcap: float = 0.0, chunk_size: int = 0, backend: str = "auto"):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if weight is not None and tuple(weight.shape) != (num_classes,):
+            raise ValueError(f"weight must be ({num_classes},), got {tuple(weight.shape)}")
+        if not (0.0 <= label_smoothing <= 1.0):
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.register_buffer("weight", weight)
+        self.num_classes, self.out_features = num_classes, tuple(out_features)
+        self.reduction, self.ignore_index = reduction, ignore_index
+        self.label_smoothing, self.options = label_smoothing, options
+        self.extra = dict(z_loss=z_loss, softcap=softcap, chunk_size=chunk_size, backend=backend)
+        n_out = num_classes
+        for k in self.out_features:
+            n_out *= k
+        self.linear = torch.nn.Linear(in_features, n_out, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shape = (self.num_classes, *self.out_features)
+        bias = self.linear.bias
+        return linear_cross_entropy(
+            input, self.linear.weight.reshape(*shape, self.linear.in_features), target,
+            linear_bias=None if bias is None else bias.reshape(shape), weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, options=self.options, **self.extra)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+                f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
+                f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
+                f"label_smoothing={self.label_smoothing}, "
+                + ", ".join(f"{k}={v}" for k, v in self.extra.items()))
+
