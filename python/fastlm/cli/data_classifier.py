@@ -4,13 +4,12 @@ classifier on labeled records, and score records with it."""
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
 from collections import Counter
 
-from fastlm.data.io import atomic_write
+from fastlm.data.io import atomic_write, json_line
 from fastlm.data.records import ErrorLog
 
 
@@ -67,7 +66,7 @@ def _read_labeled(args, errors: ErrorLog):
     from fastlm.data.readers import read_records, record_text
 
     texts, labels = [], []
-    for rec in read_records(args.inputs, text_field=args.text_field, errors=errors):
+    for rec in read_records(args.inputs, text_field=args.text_field, errors=errors, exclude=(args.output,)):
         try:  # the text `classify` scores: the field (a dotted path too) or the conversation's turns
             text = record_text(rec.data, args.text_field)
         except ConversionError:
@@ -165,11 +164,11 @@ def run_classify(args: argparse.Namespace) -> int:
             for rec, p in zip(batch, proba):
                 rec.data[args.field] = {str(label): round(float(x), 6) for label, x in zip(model.labels, p)}
                 predicted[model.labels[int(p.argmax())]] += 1
-                out.write(json.dumps(rec.data, ensure_ascii=False) + "\n")
+                out.write(json_line(rec.data) + "\n")
             written += len(batch)
             batch.clear()
 
-        for rec in read_records(args.inputs, text_field=args.text_field, errors=errors):
+        for rec in read_records(args.inputs, text_field=args.text_field, errors=errors, exclude=(args.output,)):
             batch.append(rec)
             if len(batch) >= args.batch_size:
                 flush()

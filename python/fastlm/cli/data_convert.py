@@ -10,7 +10,7 @@ import sys
 from typing import IO
 
 from fastlm.data.chat import TARGETS, convert_records
-from fastlm.data.io import atomic_write
+from fastlm.data.io import atomic_write, json_line
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records
 from fastlm.data.records import ErrorLog
 
@@ -45,7 +45,7 @@ def _write(out: IO[bytes], lines, compression: str) -> int:
     n = 0
     text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n", write_through=True)
     for record in lines:
-        text.write(json.dumps(record, ensure_ascii=False) + "\n")
+        text.write(json_line(record) + "\n")
         n += 1
     text.flush()
     text.detach()
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             yield r
 
     records = read_records(args.inputs, text_field=args.text_field, text_mode=args.text_mode, fmt=args.fmt,
-                           errors=malformed)
+                           errors=malformed, exclude=() if args.output == "-" else (args.output,))
     converted = convert_records(counted(records), args.to, errors=failed)
     if args.output == "-":
         sys.stdout.flush()
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if buffer is None:  # a text-only stdout (e.g. replaced in tests)
             n_out = 0
             for record in converted:
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sys.stdout.write(json_line(record) + "\n")
                 n_out += 1
         else:
             n_out = _write(buffer, converted, "")

@@ -166,10 +166,11 @@ def dedup_config(args: argparse.Namespace):
 
 
 def _read(inputs: list[str], args: argparse.Namespace, errors) -> Iterable:
+    """The records of the inputs; the command's own output (-o) is never read back from a folder or glob."""
     from fastlm.data.readers import read_records
 
     return read_records(inputs, text_field=_opt(args, "text_field"), text_mode=_opt(args, "text_mode"),
-                        fmt=_opt(args, "fmt"), errors=errors)
+                        fmt=_opt(args, "fmt"), errors=errors, exclude=(args.out,))
 
 
 def _utf8_len(text: str) -> int:
@@ -241,7 +242,7 @@ def stage_bands(inputs: list[str], out: str, args: argparse.Namespace) -> str:
     from fastlm.data.dedup_files import write_band_keys
     from fastlm.data.io import expand_inputs
 
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, exclude=(out,))
     names = [os.path.basename(f) for f in files]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
@@ -262,7 +263,7 @@ def stage_cluster(inputs: list[str], out: str, args: argparse.Namespace) -> str:
 
     if os.path.dirname(os.path.abspath(out)):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    r = cluster_files(out, expand_inputs(inputs), threshold=args.threshold, exact=not args.no_exact,
+    r = cluster_files(out, expand_inputs(inputs, exclude=(out,)), threshold=args.threshold, exact=not args.no_exact,
                       keep=_opt(args, "keep"), num_threads=args.threads)
     exact = r.stats["exact_removed"]
     return (f"{len(r.cluster):,} documents: {exact:,} exact_dup, {r.counts['removed'] - exact:,} near_dup "

@@ -149,15 +149,55 @@ def is_report_file(name: str) -> bool:
     return name == "report.json" or name.endswith(".report.json")
 
 
-def _walk(directory: str, exclude: frozenset[str] = frozenset()) -> list[str]:
+def _inside(path: str, folder: str) -> bool:
+    """True when real path ``path`` is ``folder`` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _outputs_below(named: str, outputs: frozenset[str]) -> frozenset[str]:
+    """The outputs (real paths) that expanding an input must not reach: all but those that the
+    folder the input names (``named``) is, or lies in, since an input named there is read."""
+    real = os.path.realpath(named)
+    return frozenset(o for o in outputs if not _inside(real, o))
+
+
+def _is_output(real_path: str, outputs: frozenset[str]) -> bool:
+    """True when ``real_path`` is one of ``outputs`` or lies in one of them."""
+    return any(_inside(real_path, o) for o in outputs)
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob pattern names before its first wildcard: ``in`` for ``in/**/*.jsonl``."""
+    root = pattern
+    while glob.has_magic(root):
+        root = os.path.dirname(root)
+    return root or os.curdir
+
+
+def _walk(directory: str, outputs: frozenset[str] = frozenset()) -> list[str]:
     """All non-hidden data files under a directory, recursively, in sorted order (stage reports
-    skipped), leaving out the folders in ``exclude`` (real paths)."""
+    skipped), leaving out the ``outputs`` below it (real paths; see ``expand_inputs``)."""
+    outputs = _outputs_below(directory, outputs)
     out = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and os.path.realpath(os.path.join(root, d)) not in exclude)
-        out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and not is_report_file(f))
+    for root, dirs, files in os.walk(directory):  # symlinked folders are not walked into
+        real_root = os.path.realpath(root)
+        dirs[:] = sorted(d for d in dirs
+                         if not d.startswith(".") and not _is_output(os.path.join(real_root, d), outputs))
+        out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and not is_report_file(f)
+                   and not _is_output(os.path.join(real_root, f), outputs))
     return sorted(out)
+
+
+def _glob(pattern: str, outputs: frozenset[str] = frozenset()) -> list[str]:
+    """The files a glob pattern matches (``**`` recursive; a matched directory is walked), leaving
+    out the ``outputs`` below its fixed leading folder, exactly as a walk of that folder would."""
+    outputs = _outputs_below(_glob_root(pattern), outputs)
+    files = []
+    for m in sorted(glob.glob(pattern, recursive=True)):
+        if outputs and _is_output(os.path.realpath(m), outputs):
+            continue
+        files.extend(_walk(m, outputs) if os.path.isdir(m) else [m])
+    return files
 
 
 def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -> list[str]:
@@ -165,9 +205,11 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
     ``-`` and ``builtin:NAME``.
 
     Each path is listed once, in the order first given. An input that matches nothing raises
-    FileNotFoundError naming it. Folders in ``exclude`` (a stage's own output folder inside an input
-    folder, so that a re-run does not read its earlier outputs) are not walked into; an input that
-    is such a folder itself, and files named or matched by a glob, are read.
+    FileNotFoundError naming it. ``exclude`` holds the command's own outputs (folders or files),
+    so that a re-run with ``-o`` inside an input never reads its earlier outputs: a directory walk
+    or a glob leaves out the outputs below the folder its input names (the directory itself, or
+    the glob's fixed leading folder: ``in`` for ``in/**/*.jsonl``). An input that names an output
+    or lies inside one (``out``, ``out/*.jsonl`` with ``-o out``) is read, as is a file named as such.
 
     >>> expand_inputs(["builtin:pydoc", "-"])
     ['builtin:pydoc', '-']
@@ -176,7 +218,7 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
         inputs = [inputs]
     out: list[str] = []
     seen: set[str] = set()
-    skip = frozenset(os.path.realpath(d) for d in exclude)
+    outputs = frozenset(os.path.realpath(d) for d in exclude)
 
     def add(path: str) -> None:
         if path not in seen:
@@ -195,7 +237,7 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
                 raise FileNotFoundError(f"unknown built-in corpus {item!r} (known: {known})")
             add(item)
         elif os.path.isdir(item):
-            files = _walk(item, skip)
+            files = _walk(item, outputs)
             if not files:
                 raise FileNotFoundError(f"input directory {item!r} contains no (non-hidden) files")
             for f in files:
@@ -203,15 +245,23 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
         elif os.path.exists(item):
             add(item)
         else:
-            matches = sorted(glob.glob(item, recursive=True))
-            files = []
-            for m in matches:
-                files.extend(_walk(m, skip) if os.path.isdir(m) else [m])
+            files = _glob(item, outputs)
             if not files:
                 raise FileNotFoundError(f"input {item!r} matches no file or directory")
             for f in files:
                 add(f)
     return out
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """A record as one line of strict JSON (no newline; UTF-8 text unescaped), as every data-stage
+    JSONL output writes it. NaN and infinities are refused with a ValueError instead of written as
+    ``NaN``/``Infinity``, which no strict JSON reader (orjson, jq, JavaScript) accepts; the readers
+    never produce them (``fastlm.data.readers``)."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"a record cannot be written as strict JSON: {e}") from None
 
 
 def _umask() -> int:
@@ -324,7 +374,7 @@ class ShardWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Add one record; closes the current shard when it is full."""
-        line = json.dumps(record, ensure_ascii=False)
+        line = json_line(record)
         size = len(line.encode("utf-8")) + 1
         if self.max_bytes is not None and self._rows and self._rows_bytes + size > self.max_bytes:
             self.flush_shard()  # a shard exceeds max_bytes only when one record alone does

@@ -242,7 +242,7 @@ def clean(
     True
     """
     from fastlm.data.instruct import InstructConfig, build_instruct_filters, check_instruct
-    from fastlm.data.io import ShardWriter, publish_shards
+    from fastlm.data.io import ShardWriter, json_line, publish_shards
     from fastlm.data.readers import read_records
 
     cfg = config or CleanConfig()
@@ -306,7 +306,7 @@ def clean(
                     if why is not None:
                         report.removed[why] += 1
                         continue
-                    stage.write(json.dumps(r.data, ensure_ascii=False) + "\n")
+                    stage.write(json_line(r.data) + "\n")
                     kept_texts.append(t)
                     origins.append(f"{r.source}:{r.line}")
                 survivors += len(kept_texts)

@@ -14,11 +14,13 @@ stdin are sniffed: a first non-blank byte ``{`` means JSONL, ``[`` a JSON array,
   file holding several objects line by line is read as JSONL; an empty one holds no records.
   A string with a lone surrogate escape (``"\\ud800"``, JSONL or JSON) is not valid Unicode and
   cannot be written back as UTF-8: its record is malformed (``invalid_utf8``); one nested deeper
-  than MAX_DEPTH (256) levels is ``bad_json``.
+  than MAX_DEPTH (256) levels is ``bad_json``, and so is one holding ``NaN``, ``Infinity`` or
+  ``-Infinity`` (Python's json accepts them; they are not JSON, and strict readers such as orjson,
+  jq or JavaScript refuse them) or a number beyond the float range (``1e400``, read as infinity).
 - Parquet (.parquet, .pq; needs pyarrow): one record per row, line = 1-based row index. Values JSON
   cannot hold become strings (dates/times ISO 8601, decimals, bytes as UTF-8 or else base64;
-  durations: seconds), so every field survives a JSONL output. An unreadable file is a ValueError
-  naming it.
+  durations: seconds), so every field survives a JSONL output; float NaN and infinities (which
+  JSON has no value for) become null. An unreadable file is a ValueError naming it.
 - gzip/zstd input that is corrupt or truncated is a ValueError naming the file (fastlm.data.io).
 - ``builtin:NAME``: see ``fastlm.data.builtin``.
 
@@ -37,6 +39,7 @@ import datetime
 import decimal
 import io
 import json
+import math
 import os
 import re
 from typing import IO, Any, Iterable, Iterator, Optional
@@ -96,6 +99,46 @@ def _utf8_error(data: bytes, e: UnicodeDecodeError, first_line: int) -> tuple[in
     return line, f"invalid UTF-8 byte 0x{data[e.start]:02x} at column {col}"
 
 
+class _NonStandard:
+    """Left by ``_Decoder`` in parsed JSON where strict JSON has no value; ``detail`` says why."""
+
+    __slots__ = ("detail",)
+
+    def __init__(self, detail: str):
+        self.detail = detail
+
+
+class _Decoder:
+    """json.loads for the records of one input, leaving a ``_NonStandard`` marker where strict JSON
+    has no value: NaN, Infinity and -Infinity (Python's json accepts them) and numbers beyond the
+    float range (it reads them as infinity). Written back, they would be ``NaN``/``Infinity``, which
+    strict readers (orjson, jq, JavaScript) refuse. One decoder is built per input, not per line."""
+
+    def __init__(self) -> None:
+        self._json = json.JSONDecoder(parse_constant=self._constant, parse_float=self._float)
+        self._marked = 0
+
+    def loads(self, text: str) -> tuple[Any, bool]:
+        """The parsed ``text`` and whether it holds a ``_NonStandard`` marker (JSONDecodeError or
+        RecursionError as json.loads raises them)."""
+        before = self._marked
+        data = self._json.decode(text)
+        return data, self._marked != before
+
+    def _mark(self, detail: str) -> _NonStandard:
+        self._marked += 1
+        return _NonStandard(detail)
+
+    def _constant(self, name: str) -> _NonStandard:
+        return self._mark(f"{name} is not valid JSON (a non-standard constant)")
+
+    def _float(self, text: str) -> Any:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+        return self._mark(f"number {text if len(text) <= 40 else text[:37] + '...'} is beyond the float range")
+
+
 def _json_error(e: json.JSONDecodeError) -> str:
     """"Expecting value at column 3" (json's messages like "Invalid control character at" lose their "at")."""
     msg = e.msg[: -len(" at")] if e.msg.endswith(" at") else e.msg
@@ -121,29 +164,43 @@ def _too_deep(data: Any) -> Optional[str]:
     return None
 
 
+def _scalars(data: Any) -> Iterator[Any]:
+    """Every key and every non-container value of parsed JSON ``data``, in order (it recurses: only
+    for data no deeper than MAX_DEPTH)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield key
+            yield from _scalars(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _scalars(value)
+    else:
+        yield data
+
+
 def _lone_surrogate(data: Any) -> Optional[str]:
     """The first lone surrogate (from a JSON escape like ``\\ud800``) in any key or string of ``data``
     as "U+D800", or None: such a string is not valid Unicode and cannot be written as UTF-8."""
-    if isinstance(data, str):
-        try:
-            data.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"U+{ord(data[e.start]):04X}"
-        return None
-    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
-    for key, value in items:
-        bad = _lone_surrogate(key) or _lone_surrogate(value)
-        if bad:
-            return bad
+    for s in _scalars(data):
+        if isinstance(s, str):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"U+{ord(s[e.start]):04X}"
     return None
 
 
-def _structure_error(data: Any, deep: bool, surrogates: bool) -> Optional[tuple[str, str]]:
+def _structure_error(data: Any, deep: bool, nonstandard: bool, surrogates: bool) -> Optional[tuple[str, str]]:
     """(reason, detail) when parsed JSON ``data`` nests deeper than MAX_DEPTH (``deep``: its text has
-    enough brackets to) or holds a lone surrogate (``surrogates``: its text has a ``\\uD8..`` escape)."""
+    enough brackets to), holds a ``_NonStandard`` marker (``nonstandard``: ``_Decoder`` left some in
+    the text it came from) or a lone surrogate (``surrogates``: its text has a ``\\uD8..`` escape)."""
     too_deep = _too_deep(data) if deep else None
     if too_deep:
         return "bad_json", too_deep
+    if nonstandard:
+        marker = next((s for s in _scalars(data) if isinstance(s, _NonStandard)), None)
+        if marker is not None:
+            return "bad_json", marker.detail
     bad = _lone_surrogate(data) if surrogates else None
     return ("invalid_utf8", f"lone surrogate {bad} (a JSON \\u escape) is not valid Unicode") if bad else None
 
@@ -177,6 +234,7 @@ def _emit(data: Any, source: str, line: int, text_field: str, errors: ErrorLog) 
 
 
 def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog) -> Iterator[Record]:
+    decoder = _Decoder()
     for lineno, raw in enumerate(stream, 1):
         if lineno == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
@@ -188,14 +246,17 @@ def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLo
             errors.add(source, lineno, "invalid_utf8", _utf8_error(raw, e, lineno)[1])
             continue
         try:
-            data = json.loads(text)
+            data, nonstandard = decoder.loads(text)
         except json.JSONDecodeError as e:
             errors.add(source, lineno, "bad_json", _json_error(e))
             continue
         except RecursionError:
             errors.add(source, lineno, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
             continue
-        bad = _structure_error(data, _may_be_too_deep(text), _SURROGATE_ESCAPE.search(text) is not None)
+        except ValueError as e:  # an integer past Python's digit limit (sys.get_int_max_str_digits)
+            errors.add(source, lineno, "bad_json", str(e))
+            continue
+        bad = _structure_error(data, _may_be_too_deep(text), nonstandard, _SURROGATE_ESCAPE.search(text) is not None)
         if bad:
             errors.add(source, lineno, *bad)
             continue
@@ -217,7 +278,7 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
     if not text.strip():  # an empty .json holds no records, like an empty .jsonl
         return
     try:
-        data = json.loads(text)
+        data, nonstandard = _Decoder().loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
             yield from _read_jsonl(io.BytesIO(raw), source, text_field, errors)
@@ -226,6 +287,9 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
         return
     except RecursionError:
         errors.add(source, 1, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
+        return
+    except ValueError as e:  # an integer past Python's digit limit
+        errors.add(source, 1, "bad_json", str(e))
         return
     if isinstance(data, dict):
         items: list[Any] = [data]
@@ -236,7 +300,7 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
         return
     deep, surrogates = _may_be_too_deep(text), _SURROGATE_ESCAPE.search(text) is not None
     for index, item in enumerate(items, 1):
-        bad = _structure_error(item, deep, surrogates)
+        bad = _structure_error(item, deep, nonstandard, surrogates)
         if bad:
             errors.add(source, index, *bad)
             continue
@@ -246,7 +310,8 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
 
 
 def _needs_json_conversion(pa: Any, t: Any) -> bool:
-    """True when Arrow type ``t`` gives Python values that JSON cannot hold (dates, decimals, bytes)."""
+    """True when Arrow type ``t`` gives Python values that JSON cannot hold (dates, decimals, bytes,
+    and floats: NaN, infinities)."""
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return _needs_json_conversion(pa, t.value_type)
     if pa.types.is_struct(t):
@@ -256,13 +321,15 @@ def _needs_json_conversion(pa: Any, t: Any) -> bool:
     if pa.types.is_dictionary(t):
         return _needs_json_conversion(pa, t.value_type)
     return not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
-                or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t))
+                or pa.types.is_boolean(t) or pa.types.is_null(t))
 
 
 def _jsonable(value: Any) -> Any:
     """A Parquet value as JSON can hold it, so that every field is kept in JSONL outputs: dates and
     times -> ISO 8601 strings, durations -> seconds, decimals -> strings, bytes -> the UTF-8 string
-    (base64 when not UTF-8)."""
+    (base64 when not UTF-8), float NaN and infinities -> None (JSON null; JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
