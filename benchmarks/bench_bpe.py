@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import multiprocessing as mp
 import os
 import resource
 import statistics
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import regex  # noqa: E402
 
 import reference_bpe as ref  # noqa: E402
+from _child import run_forked  # noqa: E402
 from fastlm import _C  # noqa: E402
 
 
@@ -52,29 +52,22 @@ def corpus() -> str:
     return "\n".join(parts)
 
 
-def measure(fn, repeats: int):
-    """(median seconds, peak RSS growth MiB, result) of fn() run `repeats` times in a forked child."""
-    def child(q):
-        try:
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            times, out = [], None
-            for _ in range(repeats):
-                t = time.perf_counter()
-                out = fn()
-                times.append(time.perf_counter() - t)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            q.put((statistics.median(times), (peak - base) / 1024, out))
-        except Exception as e:  # re-raised in the parent (a missing peer: ImportError), never a hang
-            q.put(e)
+def _timed(fn, repeats: int):
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return statistics.median(times), (peak - base) / 1024, out
 
-    q = mp.get_context("fork").Queue()
-    p = mp.get_context("fork").Process(target=child, args=(q,))
-    p.start()
-    res = q.get()
-    p.join()
-    if isinstance(res, Exception):
-        raise res
-    return res
+
+def measure(name: str, fn, repeats: int):
+    """(median seconds, peak RSS growth MiB, result) of fn() run `repeats` times in a forked child.
+
+    ChildError naming contender `name` if fn raises (with its traceback) or the child dies: never a hang."""
+    return run_forked(_timed, f"contender {name!r}", fn, repeats)
 
 
 def hf_train(pieces, counts, merges):
@@ -119,16 +112,21 @@ def main() -> None:
           f"{'s/fastlm':>9s}")
     rows = []
     for m in (args.ref_merges, args.merges):
-        s, mem, out = measure(lambda m=m: _C.bpe_train(pieces, counts, 256 + m, 0), args.repeats)
+        s, mem, out = measure(f"fastlm bpe_train, {m} merges", lambda m=m: _C.bpe_train(pieces, counts, 256 + m, 0),
+                              args.repeats)
         rows.append((f"fastlm bpe_train", m, s, mem))
         if m == args.ref_merges:
             native_small = [tuple(x) for x in out.tolist()]
-    s, mem, out = measure(lambda: ref.train(pieces, counts.tolist(), 256 + args.ref_merges, 0), 1)
+    s, mem, out = measure(f"python reference, {args.ref_merges} merges",
+                          lambda: ref.train(pieces, counts.tolist(), 256 + args.ref_merges, 0), 1)
     rows.append(("python reference", args.ref_merges, s, mem))
     same = out == native_small
     try:
+        import tokenizers  # noqa: F401  (here, so a missing package is "not run"; the child imports it again)
+
         for m in (args.ref_merges, args.merges):
-            s, mem, _ = measure(lambda m=m: hf_train(pieces, counts, m), args.repeats)
+            s, mem, _ = measure(f"HF tokenizers BpeTrainer, {m} merges", lambda m=m: hf_train(pieces, counts, m),
+                                args.repeats)
             rows.append(("HF tokenizers BpeTrainer", m, s, mem))
     except ImportError as e:
         print(f"HF tokenizers not run: {e}")
@@ -143,28 +141,29 @@ def main() -> None:
     enc = _C.BpeEncoder(tokens)
     all_pieces = [p.encode("utf-8") for p in found]
     rows = []
-    s, mem, ours = measure(lambda: enc.encode_pieces(all_pieces), args.repeats)
+    s, mem, ours = measure("fastlm encode_pieces", lambda: enc.encode_pieces(all_pieces), args.repeats)
     rows.append(("fastlm encode_pieces (pre-split)", mb, s, mem))
-    s2, mem, _ = measure(lambda: enc.encode_pieces_batch([all_pieces[i:i + 1000] for i in
-                                                          range(0, len(all_pieces), 1000)], 1), args.repeats)
+    s2, mem, _ = measure("fastlm encode_pieces_batch", lambda: enc.encode_pieces_batch(
+        [all_pieces[i:i + 1000] for i in range(0, len(all_pieces), 1000)], 1), args.repeats)
     rows.append(("fastlm encode_pieces_batch (1 thr)", mb, s2, mem))
     try:
         import tiktoken
 
         tk = tiktoken.Encoding("bench", pat_str=ref.GPT4_PAT,
                                mergeable_ranks={t: r for r, t in enumerate(tokens)}, special_tokens={})
-        st, mem, theirs = measure(lambda: tk.encode_ordinary(text), args.repeats)
+        st, mem, theirs = measure("tiktoken encode_ordinary", lambda: tk.encode_ordinary(text), args.repeats)
         rows.append(("tiktoken encode_ordinary (+split)", mb, st, mem))
         same = ours.tolist() == theirs
         patho = "a" * 20_000
-        sp, _, _ = measure(lambda: tk.encode_ordinary(patho), 1)
+        sp, _, _ = measure("tiktoken encode_ordinary, 'a'*20k", lambda: tk.encode_ordinary(patho), 1)
         rows.append(("tiktoken 'a'*20k (one piece)", 0.02, sp, 0.0))
     except ImportError as e:
         print(f"tiktoken not run: {e}")
         same = None
-    so, _, _ = measure(lambda: enc.encode_pieces([b"a" * 20_000]), args.repeats)
+    so, _, _ = measure("fastlm encode_pieces, 'a'*20k", lambda: enc.encode_pieces([b"a" * 20_000]), args.repeats)
     rows.append(("fastlm 'a'*20k (one piece)", 0.02, so, 0.0))
-    so, _, _ = measure(lambda: enc.encode_pieces([b"a" * 1_000_000]), args.repeats)
+    so, _, _ = measure("fastlm encode_pieces, 'a'*1M", lambda: enc.encode_pieces([b"a" * 1_000_000]),
+                       args.repeats)
     rows.append(("fastlm 'a'*1M (one piece)", 1.0, so, 0.0))
     print(f"{'contender':36s} {'MB':>6s} {'median s':>9s} {'MB/s':>8s} {'peak MiB':>9s} {'s/fastlm':>9s}")
     fastlm_s = {}  # the first fastlm row of each input size is the ratio's base

@@ -3,6 +3,9 @@
 Each contender runs in its own subprocess (peak memory = rise of the peak RSS over the RSS after
 loading the corpus, the peak being reset there through /proc/self/clear_refs)
 on the same documents (pydoc topics + Shakespeare paragraphs); times are medians of --repeats.
+Before timing, the native predict_proba (1 thread and all) and lexicon counts are checked against
+tests/reference_classifier.py on the corpus's first CHECK_BYTES (the reference is pure Python); a
+mismatch stops the run.
 Contenders:
   predict   native  TextClassifier.predict_proba (featurize + predict, C++), 1 thread and all
             python  same features hashed with Python's hash() + NumPy predict (a fast Python baseline)
@@ -22,12 +25,16 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
+import unicodedata
+
+from _child import run_script_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "tests")]
+CHECK_BYTES = 200_000  # corpus prefix checked against the pure-Python reference (~1 s)
+PROBA_TOL = dict(rtol=1e-5, atol=1e-6)  # native float32 sums vs the reference's float64
 
 
 def corpus(mb: float) -> tuple[list[str], list[str]]:
@@ -71,6 +78,51 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def bench_model(texts: list[str], labels: list[str]):
+    """The model the predict contenders time (and the check checks)."""
+    from fastlm.data.classifier import TextClassifier
+
+    return TextClassifier.train(texts[:2000], labels[:2000], epochs=1)
+
+
+def check_native(texts: list[str], labels: list[str]) -> None:
+    """Native predict_proba (1 thread and all) and lexicon counts == tests/reference_classifier.py
+    (probabilities within PROBA_TOL, counts exactly) on the corpus's first CHECK_BYTES; SystemExit if not."""
+    import numpy as np
+
+    import reference_classifier as ref
+    from fastlm.data.lexicon import LexiconFilter
+
+    sub, size = [], 0
+    for t in texts:
+        if size >= CHECK_BYTES:
+            break
+        sub.append(t)
+        size += len(t.encode())
+    model = bench_model(texts, labels)
+    c = model.config
+    ids = [ref.featurize(t, c.buckets, c.word_ngrams, *c.char_range) for t in sub]
+    want = ref.predict_proba(ids, model.weights, model.bias)
+    for threads in (1, 0):
+        got = model.predict_proba(sub, num_threads=threads)
+        if got.shape != want.shape or not np.allclose(got, want, **PROBA_TOL):
+            detail = (f"shape {got.shape} vs {want.shape}" if got.shape != want.shape else
+                      f"max |diff| {np.abs(got - want).max():.3g} at doc {np.abs(got - want).max(1).argmax()}")
+            raise SystemExit(f"check failed: native predict_proba(num_threads={threads}) != reference (tolerance "
+                             f"{PROBA_TOL}) on the first {len(sub)} docs: {detail}")
+    nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731  (the native lexicon matches NFC text)
+    got = list(zip(*LexiconFilter.from_words(LEXICON, num_threads=1).count(sub)))
+    want = [ref.lexicon_count([nfc(w) for w in LEXICON], nfc(t)) for t in sub]
+    if got != want:
+        bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+        detail = (f"{len(bad)} docs differ, first doc {bad[0]}: {got[bad[0]]} vs {want[bad[0]]}" if bad
+                  else f"{len(got)} results for {len(sub)} docs")
+        raise SystemExit(f"check failed: native lexicon (hits, words) != reference on the first {len(sub)} "
+                         f"docs: {detail}")
+    print(f"check: native predict_proba (within {PROBA_TOL}) and lexicon counts == reference on the first "
+          f"{len(sub)} docs ({size / 1e3:.0f} kB)")
+
+
 def run_one(name: str, mb: float, repeats: int) -> dict:
     import numpy as np
 
@@ -79,7 +131,7 @@ def run_one(name: str, mb: float, repeats: int) -> dict:
 
     texts, labels = corpus(mb)
     nbytes = sum(len(t.encode()) for t in texts)
-    model = TextClassifier.train(texts[:2000], labels[:2000], epochs=1)
+    model = bench_model(texts, labels)
     base = rss_kb("VmRSS")
     try:  # reset the peak (VmHWM) to the current RSS, so the delta is this contender's own
         with open("/proc/self/clear_refs", "w") as f:
@@ -168,6 +220,12 @@ def ref_tokenize(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", text.lower())
 
 
+def run_contender(name: str, mb: float, repeats: int) -> dict:
+    """run_one(name, ...) in its own process; ChildError (with the child's stderr tail) if it fails."""
+    return run_script_json([sys.executable, __file__, "--one", name, "--mb", str(mb),
+                            "--repeats", str(repeats)], f"contender {name!r} (--mb {mb}, --repeats {repeats})")
+
+
 CONTENDERS = [
     ("predict", ["predict-native-1t", "predict-native-all", "predict-python", "predict-ref"]),
     ("train", ["train-native-1t", "train-native-hogwild"]),
@@ -185,13 +243,12 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.mb, args.repeats)))
         return
     print(f"corpus: {args.mb} MB of pydoc + Shakespeare paragraphs, {os.cpu_count()} CPUs, median of {args.repeats}")
+    check_native(*corpus(args.mb))
     print(f"{'task':<8} {'contender':<22} {'seconds':>8} {'MB/s':>9} {'x slowest':>9} {'peak MB':>8}  notes")
     for task, names in CONTENDERS:
         rows = []
         for name in names:
-            out = subprocess.run([sys.executable, __file__, "--one", name, "--mb", str(args.mb),
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout))
+            rows.append(run_contender(name, args.mb, args.repeats))
         slowest = min(r["mb_s"] for r in rows)
         for r in rows:
             notes = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"

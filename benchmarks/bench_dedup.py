@@ -1,4 +1,4 @@
-"""Benchmark: fastlm MinHash+LSH vs datasketch, fastlm SimHash vs the simhash package (one run).
+r"""Benchmark: fastlm MinHash+LSH vs datasketch, fastlm SimHash vs the simhash package (one run).
 
 Measured 2026-11-27 06:19 UTC on the 2-core AVX-512 (IFMA) dev box, load average ~1.2-1.3 from
 other jobs, 13 MB, kernel avx512ifma:
@@ -25,7 +25,6 @@ Peers shingle with a plain Python tokenizer (``\w+`` words, lowercased), as a da
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import re
 import resource
@@ -36,6 +35,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import reference_dedup as ref  # noqa: E402
+from _child import ChildError, run_forked  # noqa: E402
 from fastlm import _C  # noqa: E402
 from fastlm.data import dedup  # noqa: E402
 
@@ -93,26 +93,23 @@ def simhash_package(docs, args):
     return _union_find_clusters(len(docs), pairs)
 
 
-def _child(fn, docs, args, extra, q):
+def _measure(fn, docs, args, extra):
+    start = _rss_mb()
+    times, cluster = [], None
+    for _ in range(args.repeats if fn.__name__.startswith("fastlm") else args.peer_repeats):
+        t = time.perf_counter()
+        cluster = fn(docs, args, *extra)
+        times.append(time.perf_counter() - t)
+    return times, list(map(int, cluster)), _rss_mb() - start
+
+
+def run(name, fn, docs, args, *extra):
+    """(times, cluster, peak MB) of contender `name` run in a forked process, or the error (a str) if it
+    raised (e.g. a peer package not installed), died (segfault, OOM kill) or exited non-zero: never a hang."""
     try:
-        start = _rss_mb()
-        times, cluster = [], None
-        for _ in range(args.repeats if fn.__name__.startswith("fastlm") else args.peer_repeats):
-            t = time.perf_counter()
-            cluster = fn(docs, args, *extra)
-            times.append(time.perf_counter() - t)
-        q.put((times, list(map(int, cluster)), _rss_mb() - start))
-    except Exception as e:  # e.g. a peer package not installed: reported, never a hang in q.get()
-        q.put(f"{type(e).__name__}: {e}")
-
-
-def run(fn, docs, args, *extra):
-    q = mp.get_context("fork").Queue()
-    p = mp.get_context("fork").Process(target=_child, args=(fn, docs, args, extra, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+        return run_forked(_measure, f"contender {name!r} ({len(docs)} docs)", fn, docs, args, extra)
+    except ChildError as e:
+        return str(e)
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -145,23 +142,25 @@ def main() -> None:
 
     failed = []
 
-    def add(name, n, size_mb, res, truth_set, note=""):
-        if isinstance(res, str):  # the contender raised (a missing peer package: pip install it)
+    def add(name, fn, docs, size_mb, truth_set, *extra, note=""):
+        res = run(name, fn, docs, args, *extra)
+        if isinstance(res, str):  # the contender failed (a missing peer package: pip install it)
             failed.append((name, res))
-            print(f"  not run: {name} ({res})", file=sys.stderr)
+            print(f"  not run: {res}", file=sys.stderr)
             return
         times, cluster, rss = res
         sec = statistics.median(times)
         r, p = ref.recall_precision(cluster, truth_set)
+        n = len(docs)
         rows.append([name, n, size_mb, sec, n / sec, size_mb / sec, rss, r, p, note])
         print(f"  done: {name} ({sec:.2f}s)", file=sys.stderr)
 
-    add("fastlm minhash (auto)", len(docs), mb, run(fastlm_minhash, docs, args), truth)
-    add("fastlm minhash (signature)", len(docs), mb, run(fastlm_minhash, docs, args, "signature"), truth)
+    add("fastlm minhash (auto)", fastlm_minhash, docs, mb, truth)
+    add("fastlm minhash (signature)", fastlm_minhash, docs, mb, truth, "signature")
     subset = f"first {len(peer)} docs, rate extrapolated" if len(peer) < len(docs) else ""
-    add("datasketch MinHash+LSH", len(peer), peer_mb, run(datasketch_minhash, peer, args), peer_truth, subset)
-    add("fastlm simhash", len(docs), mb, run(fastlm_simhash, docs, args), truth)
-    add("simhash package", len(peer), peer_mb, run(simhash_package, peer, args), peer_truth, subset)
+    add("datasketch MinHash+LSH", datasketch_minhash, peer, peer_mb, peer_truth, note=subset)
+    add("fastlm simhash", fastlm_simhash, docs, mb, truth)
+    add("simhash package", simhash_package, peer, peer_mb, peer_truth, note=subset)
 
     peers = {"fastlm minhash (auto)": "datasketch MinHash+LSH",
              "fastlm minhash (signature)": "datasketch MinHash+LSH",
@@ -179,9 +178,10 @@ def main() -> None:
     print("recall/precision: same-cluster pairs vs exact 5-gram Jaccard >= 0.8 (SimHash k=3 targets "
           "closer copies, so its recall at J >= 0.8 is low by design)")
     for name, why in failed:
-        print(f"not run: {name}: {why}")
-    if any(name.startswith("fastlm") for name, _ in failed):
-        raise SystemExit("a fastlm contender failed")
+        print(f"not run: {why.splitlines()[0]}")
+    fastlm_failed = [why for name, why in failed if name.startswith("fastlm")]
+    if fastlm_failed:
+        raise SystemExit("a fastlm contender failed:\n" + "\n".join(fastlm_failed))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from _child import run_script_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
@@ -115,10 +116,10 @@ def child(args) -> None:
 
 
 def run(corpus_name: str, contender: str, repeats: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--corpus", corpus_name, "--contender", contender,
-           "--repeats", str(repeats), "--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    """One contender in its own process; ChildError (with the child's stderr tail) if it fails."""
+    cmd = [sys.executable, __file__, "--child", "--corpus", corpus_name, "--contender",
+           contender, "--repeats", str(repeats), "--threads", str(threads)]
+    return run_script_json(cmd, f"contender {contender!r} on corpus {corpus_name!r}")
 
 
 def main() -> None:

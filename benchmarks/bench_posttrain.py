@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -52,6 +51,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+from _child import run_forked  # noqa: E402
 WARMUP_LOGS = 2  # logged intervals dropped before a median (allocator warmup, first-step caches)
 
 PRESETS = {  # quick: minutes on 2 CPU cores; full: the README's fuller run
@@ -162,10 +162,11 @@ def evaluate_models(a_dict: dict, checkpoints: dict[str, str], threads: int) -> 
     return out
 
 
-def in_child(fn, *args):
-    """``fn(*args)`` in a fresh spawned process (its own peak memory, no state carried between stages)."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+def in_child(what: str, fn, *args):
+    """``fn(*args)`` in a fresh spawned process (its own peak memory, no state carried between stages).
+
+    ChildError naming `what` if it raises (with its traceback) or the process dies: never a hang."""
+    return run_forked(fn, what, *args, method="spawn")
 
 
 def make_tokenizer(path: str) -> None:
@@ -306,18 +307,18 @@ def main(argv=None) -> int:
         stages, raw = {}, {}
         for name, cfg in stage_configs(a).items():
             print(f"[{time.time() - t_all:6.1f}s] {name} ...", flush=True)
-            raw[name] = in_child(run_stage, cfg, a.threads)
+            raw[name] = in_child(f"stage {name!r}", run_stage, cfg, a.threads)
             stages[name] = summarize(name, raw[name])
         sft_ckpt = raw["sft-packed"]["checkpoint"]
         for name, cfg in stage_configs(a, sft_ckpt).items():
             if name in stages:
                 continue
             print(f"[{time.time() - t_all:6.1f}s] {name} ...", flush=True)
-            raw[name] = in_child(run_stage, cfg, a.threads)
+            raw[name] = in_child(f"stage {name!r}", run_stage, cfg, a.threads)
             stages[name] = summarize(name, raw[name])
         print(f"[{time.time() - t_all:6.1f}s] held-out exact match ...", flush=True)
         ckpts = {n: raw[n]["checkpoint"] for n in ("sft-packed", "sft-padded", "dpo", *a.rl_algos) if n in raw}
-        ev = in_child(evaluate_models, vars(a), ckpts, a.threads)
+        ev = in_child("held-out exact match", evaluate_models, vars(a), ckpts, a.threads)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -17,9 +17,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from _child import run_script_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
@@ -103,9 +104,9 @@ def main() -> int:
     for pattern in args.patterns.split(","):
         ref = {}
         for contender in CONTENDERS:
-            cmd = [sys.executable, __file__, "--child", "--contender", contender, "--pattern", pattern,
-                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
-            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            cmd = [sys.executable, __file__, "--child", "--contender", contender,
+                   "--pattern", pattern, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            r = run_script_json(cmd, f"contender {contender!r}, pattern {pattern!r}")
             kind = "counts" if "ount" in contender else "pieces"
             ref.setdefault(kind, r)
             base = ref[kind]

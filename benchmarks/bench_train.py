@@ -25,9 +25,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from _child import run_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
@@ -291,7 +292,10 @@ def _run_child(name: str, spec: dict, out: str, threads: int) -> dict:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--spec", spec_path, "--result", path]
     t0 = time.time()
-    subprocess.run(cmd, check=True, env=env)
+    cfg = spec["cfg"]
+    what = (f"contender {name!r} (model {cfg['model']['size']}, {cfg['micro_batch']} x "
+            f"{cfg['data']['seq_len']} tokens/step)")
+    run_script(cmd, what, env=env, stream=True)  # its logs stream; ChildError with its stderr tail if it fails
     print(f"  {name}: {time.time() - t0:.1f} s (process)", file=sys.stderr)
     with open(path) as f:
         return json.load(f)
