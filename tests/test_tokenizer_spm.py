@@ -31,7 +31,7 @@ def test_round_trip_and_peer_ids(tok):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",))))
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",))))  # U+2581 included
 def test_round_trip_hypothesis(tok, text):
     assert tok.decode(tok.encode_ordinary(text)) == text
 

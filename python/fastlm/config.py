@@ -39,7 +39,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         except ModuleNotFoundError:  # pragma: no cover - Python 3.10
             import tomli as tomllib
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a leading BOM (Windows editors write one) is not TOML
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte {e.start})") from None
         try:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 
-from fastlm.data.io import atomic_write, json_line
+from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
 from fastlm.data.records import ErrorLog
 
 
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.valid_fraction < 1:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    refuse_input_as_output(args.output, args.inputs)
     errors = ErrorLog(strict=args.strict)
     texts, labels = _read_labeled(args, errors)
     if errors.total:
@@ -149,6 +150,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.field == args.text_field:
         raise ValueError(f"--field {args.field!r} would replace each record's text with its probabilities; "
                          "choose another output field")
+    refuse_input_as_output(args.output, args.inputs)
     model = TextClassifier.load(args.model)
     errors = ErrorLog(strict=args.strict)
     predicted: Counter = Counter()

@@ -10,7 +10,7 @@ import sys
 from typing import IO
 
 from fastlm.data.chat import TARGETS, convert_records
-from fastlm.data.io import atomic_write, json_line
+from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records
 from fastlm.data.records import ErrorLog
 
@@ -55,6 +55,7 @@ def _write(out: IO[bytes], lines, compression: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_input_as_output(args.output, args.inputs)
     malformed = ErrorLog(strict=args.strict)
     failed = ErrorLog(strict=args.strict)
     counter = {"read": 0}

@@ -204,7 +204,8 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
     """Expand files, directories (recursive, sorted; hidden files and stage reports skipped), globs,
     ``-`` and ``builtin:NAME``.
 
-    Each path is listed once, in the order first given. An input that matches nothing raises
+    Each file is listed once, in the order and spelling first given (two paths to the same file,
+    symlinks included, are one file). An input that matches nothing raises
     FileNotFoundError naming it. ``exclude`` holds the command's own outputs (folders or files),
     so that a re-run with ``-o`` inside an input never reads its earlier outputs: a directory walk
     or a glob leaves out the outputs below the folder its input names (the directory itself, or
@@ -221,8 +222,10 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
     outputs = frozenset(os.path.realpath(d) for d in exclude)
 
     def add(path: str) -> None:
-        if path not in seen:
-            seen.add(path)
+        # one file named in two spellings (a.jsonl, ./a.jsonl, its folder, a symlink) is read once
+        key = path if path == STDIN or path.startswith(BUILTIN_PREFIX) else os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
             out.append(path)
 
     for item in inputs:
@@ -251,6 +254,18 @@ def expand_inputs(inputs: Iterable[str] | str, *, exclude: Iterable[str] = ()) -
             for f in files:
                 add(f)
     return out
+
+
+def refuse_input_as_output(output: str, inputs: Iterable[str] | str, *, flag: str = "-o") -> None:
+    """Raise ValueError when the output file ``output`` is one of the files that ``inputs`` name:
+    replacing it would lose the input's records that do not reach the output (malformed, not
+    converted). Inputs are expanded as the command reads them (``exclude=(output,)``)."""
+    if output == STDIN or not os.path.isfile(output):
+        return
+    for path in expand_inputs(inputs, exclude=(output,)):
+        if path != STDIN and not path.startswith(BUILTIN_PREFIX) and os.path.samefile(path, output):
+            raise ValueError(f"{flag} {output!r} is also an input ({path!r}): writing it would replace that "
+                             "input; choose another output file")
 
 
 def json_line(record: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ from fastlm.data.io import MissingDependencyError
 from fastlm.tokenizer._backend import fix_surrogates
 from fastlm.tokenizer.core import Tokenizer
 
+_META = "\u2581"  # sentencepiece's whitespace symbol: U+2581 in a piece stands for a space
+
 
 def _require():
     try:
@@ -72,6 +74,10 @@ class SentencePieceTokenizer(Tokenizer):
                 raise ValueError(f"sentencepiece model lacks the special token {s!r}")
         self._special_by_id = {i: s.encode("utf-8") for s, i in self._specials.items()}
         self._special_re_cache = {}
+        # a literal U+2581 in text is encoded as its UTF-8 byte pieces (sentencepiece reads it as a space)
+        self._meta_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode("utf-8")]
+        if not all(self._sp.is_byte(i) for i in self._meta_ids):
+            self._meta_ids = None  # a model without byte fallback: such text cannot round-trip
 
     @classmethod
     def train_from_iterator(cls, texts: Iterable[str], vocab_size: int, *, special_tokens: Collection[str] = (),
@@ -124,11 +130,11 @@ class SentencePieceTokenizer(Tokenizer):
             return bytes([int(self._sp.id_to_piece(token_id)[1:-1], 16)])
         if token_id in self._special_by_id:
             return self._special_by_id[token_id]
-        return self._sp.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8")
+        return self._sp.id_to_piece(token_id).replace(_META, " ").encode("utf-8")
 
     def token_to_id(self, token: Union[str, bytes]) -> int:
         piece = token.decode("utf-8") if isinstance(token, bytes) else token
-        i = self._sp.piece_to_id(piece.replace(" ", "\u2581"))
+        i = self._sp.piece_to_id(piece.replace(" ", _META))
         if i == self._sp.unk_id() and piece != self._sp.id_to_piece(i):
             raise KeyError(token)
         return i
@@ -138,13 +144,28 @@ class SentencePieceTokenizer(Tokenizer):
         # first character so that its text is encoded as ordinary pieces
         text = fix_surrogates(text)  # lone surrogates -> U+FFFD, as the BPE backend (sentencepiece refuses them)
         if not self._specials:
-            return self._sp.encode(text)
+            return self._sp_encode(text)
         out: list[int] = []
         start = 0
         for m in self._special_regex(set(self._specials)).finditer(text):
-            out.extend(self._sp.encode(text[start : m.start() + 1]))
+            out.extend(self._sp_encode(text[start : m.start() + 1]))
             start = m.start() + 1
-        out.extend(self._sp.encode(text[start:]))
+        out.extend(self._sp_encode(text[start:]))
+        return out
+
+    def _sp_encode(self, text: str) -> list[int]:
+        """sentencepiece's ids of ``text``, except that each literal U+2581 (which sentencepiece takes
+        for its whitespace symbol and would decode as a space) becomes its three byte pieces."""
+        if _META not in text:
+            return self._sp.encode(text)
+        if self._meta_ids is None:
+            raise ValueError("this sentencepiece model has no byte pieces, so it cannot encode U+2581 losslessly")
+        out: list[int] = []
+        for i, part in enumerate(text.split(_META)):
+            if i:
+                out.extend(self._meta_ids)
+            if part:
+                out.extend(self._sp.encode(part))
         return out
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 0,
