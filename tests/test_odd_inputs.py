@@ -103,3 +103,68 @@ def test_config_file_with_a_utf8_bom(tmp_path, name, body):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
     assert load_config_file(str(path)) == {"dedup": {"threshold": 0.7}}
+
+
+# ---- text files in paragraph mode: old Mac line ends, Unicode blank lines ---------------------------
+
+def test_paragraphs_split_at_lone_cr_and_unicode_blank_lines(tmp_path):
+    from fastlm.data.readers import read_records
+    from fastlm.data.records import ErrorLog
+
+    cases = {
+        b"mac one\rmac two\r\rmac three\r": ["mac one\nmac two", "mac three"],  # old Mac: \r alone
+        b"one\n\xc2\xa0\ntwo\n\xe2\x80\xa8\nthree\n": ["one", "two", "three"],  # NBSP, U+2028 lines
+        b"keep\n\xff\nbad byte alone\n": None,  # a line of one invalid byte is not blank: reported
+    }
+    for i, (body, want) in enumerate(cases.items()):
+        path = tmp_path / f"p{i}.txt"
+        path.write_bytes(body)
+        log = ErrorLog()
+        got = [r.data["text"] for r in read_records(str(path), text_mode="paragraphs", errors=log)]
+        if want is None:
+            assert got == [] and [s.reason for s in log.samples] == ["invalid_utf8"]
+        else:
+            assert got == want and log.total == 0
+
+
+def test_jsonl_bom_at_the_start_of_a_later_line_is_ignored(tmp_path):
+    # `cat a.jsonl b.jsonl` of files that each start with a BOM: b's first record was bad_json
+    from fastlm.data.readers import read_records
+    from fastlm.data.records import ErrorLog
+
+    bom = "\ufeff".encode()
+    path = tmp_path / "cat.jsonl"
+    path.write_bytes(bom + b'{"text": "a"}\n' + bom + b'{"text": "b"}\n')
+    log = ErrorLog()
+    assert [r.data["text"] for r in read_records(str(path), errors=log)] == ["a", "b"]
+    assert log.total == 0
+
+
+def test_python_dash_m_fastlm_is_the_fastlm_command():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(
+        __import__("fastlm").__file__))))
+    r = subprocess.run([sys.executable, "-m", "fastlm", "--help"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "usage: fastlm" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("backend", ["native", "sentencepiece"])
+def test_tokenizer_train_without_text_is_a_clear_error(tmp_path, backend):
+    # native BPE wrote a bytes-only tokenizer "on 0 documents"; sentencepiece failed with its
+    # internal check "[!sentences_.empty()]"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n{}\n")
+    out = tmp_path / "tok"
+    rc, text = cli("tokenizer", "train", str(bad), "--vocab-size", "300", "-o", out, "--quiet",
+                   "--backend", backend)
+    assert rc == 2 and "no text to train on" in text and "malformed" in text, text
+    assert not out.exists()
+
+
+def test_tokenizer_train_says_when_the_data_supports_fewer_ids(tmp_path):
+    path = write_jsonl(tmp_path / "tiny.jsonl", [{"text": "ab ab ab"}] * 3)
+    rc, text = cli("tokenizer", "train", path, "--vocab-size", "5000", "-o", tmp_path / "tok", "--quiet")
+    assert rc == 0 and "fewer than --vocab-size 5000" in text, text

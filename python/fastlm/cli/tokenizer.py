@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -84,8 +85,13 @@ def run_train(args: argparse.Namespace) -> int:
     backend = "bpe" if args.backend == "native" else "sentencepiece"
     engine = _backend.describe(args.pattern) if backend == "bpe" else "sentencepiece"
     t0 = time.perf_counter()
+    texts = training_texts()
+    first = next(texts, None)
+    if first is None:  # a bytes-only tokenizer (native) or sentencepiece's internal error otherwise
+        raise ValueError(f"no text to train on: the inputs gave no usable records"
+                         + (f" ({log.total} malformed: {dict(log.counts)})" if log.total else ""))
     tok = Tokenizer.train_from_iterator(
-        training_texts(), args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency,
+        itertools.chain([first], texts), args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency,
         num_threads=args.threads, progress=not args.quiet, backend=backend, model_type=args.model_type,
     )
     seconds = time.perf_counter() - t0
@@ -95,6 +101,9 @@ def run_train(args: argparse.Namespace) -> int:
         tok.save_hf(os.path.join(args.output, "tokenizer.json"))
     print(f"trained {tok.n_vocab} ids ({engine}) on {stats['docs']:,} documents, {stats['bytes'] / 1e6:.2f} MB "
           f"in {seconds:.2f} s ({stats['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s)")
+    if tok.n_vocab < args.vocab_size:
+        print(f"note: the data supports {tok.n_vocab} ids, fewer than --vocab-size {args.vocab_size} "
+              "(no pair is left to merge)", file=sys.stderr)
     if held_out:
         ids = tok.encode_batch(held_out, num_threads=args.threads, disallowed_special=())
         nbytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in held_out)

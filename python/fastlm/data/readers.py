@@ -8,7 +8,8 @@ stdin are sniffed: a first non-blank byte ``{`` means JSONL, ``[`` a JSON array,
   line endings become ``\\n``). Invalid UTF-8 makes the unit that holds it (the file, or the
   paragraph) malformed: it is reported at the line of the first bad byte and skipped, exactly like
   a bad JSONL line; the rest of the file is still read. Records are ``{text_field: text}``.
-- JSONL (.jsonl, .ndjson): one object per line; blank lines are skipped; line numbers are 1-based.
+- JSONL (.jsonl, .ndjson): one object per line; blank lines are skipped; line numbers are 1-based;
+  a UTF-8 BOM is ignored at the start of any line (files that each began with one, concatenated).
   Each line is decoded on its own, so invalid UTF-8 costs that line only.
 - JSON (.json): an array of objects (line = 1-based index), or a single object (line 1); a .json
   file holding several objects line by line is read as JSONL; an empty one holds no records.
@@ -236,7 +237,7 @@ def _emit(data: Any, source: str, line: int, text_field: str, errors: ErrorLog) 
 def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog) -> Iterator[Record]:
     decoder = _Decoder()
     for lineno, raw in enumerate(stream, 1):
-        if lineno == 1 and raw.startswith(_BOM):
+        if raw.startswith(_BOM):  # line 1's, or one where BOM-prefixed files were concatenated
             raw = raw[len(_BOM) :]
         if not raw.strip():
             continue
@@ -386,6 +387,11 @@ def _text_record(data: bytes, first: int, source: str, text_field: str, errors: 
     return Record({text_field: text}, source, first)
 
 
+def _blank(line: bytes) -> bool:
+    """True when a text line holds only whitespace, Unicode's included (a no-break space, U+2028)."""
+    return not line.strip() or (not line.isascii() and not line.decode("utf-8", "replace").strip())
+
+
 def _read_text(
     stream: IO[bytes], source: str, text_field: str, text_mode: str, errors: ErrorLog
 ) -> Iterator[Record]:
@@ -402,16 +408,17 @@ def _read_text(
     for lineno, raw in enumerate(stream, 1):
         if lineno == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
-        body = raw.rstrip(b"\r\n")
-        if body.strip():
-            if not para:
-                first = lineno
-            para.append(body)
-        elif para:
-            record = _text_record(b"\n".join(para), first, source, text_field, errors)
-            if record is not None:
-                yield record
-            para = []
+        # \n, \r\n and a lone \r (old Mac files) end a line; a lone \r's lines share the \n line's number
+        for body in raw.rstrip(b"\r\n").split(b"\r"):
+            if not _blank(body):
+                if not para:
+                    first = lineno
+                para.append(body)
+            elif para:
+                record = _text_record(b"\n".join(para), first, source, text_field, errors)
+                if record is not None:
+                    yield record
+                para = []
     if para:
         record = _text_record(b"\n".join(para), first, source, text_field, errors)
         if record is not None:
