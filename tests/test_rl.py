@@ -303,7 +303,7 @@ def test_errors_are_clear(sft_model, tmp_path):
 def test_bad_prompt_records_are_refused_when_read_with_file_line(sft_model, tmp_path, line, message, where):
     """A prompt too long for the model or an unknown task used to fail only once sampling or scoring reached
     that record (possibly many steps in), with no file:line; now the record is refused before the first step,
-    like a malformed line (`read_records` is strict)."""
+    as malformed lines are (all counted, then refused with file:line)."""
     d, ckpt, _ = sft_model
     if where == "val_data" and "answer" not in line:
         pytest.skip("held-out records are not scored by the task reward unless they have task and answer")

@@ -104,7 +104,10 @@ def _stream_from_text(inputs: list[str], tok, text_field: str, limit: int):
 
     bos = tok.special_tokens.get("<|bos|>")
     parts, n = [], 0
-    for rec in read_records(inputs, text_field=text_field, errors=ErrorLog(strict=True)):
+    errors = ErrorLog(keep=2)
+    for rec in read_records(inputs, text_field=text_field, errors=errors):
+        if errors.total:  # refused below: the rest is only read, to count its malformed records too
+            continue
         ids = tok.encode_ordinary(record_text(rec, text_field))
         if bos is not None:
             ids = [bos] + ids
@@ -112,6 +115,9 @@ def _stream_from_text(inputs: list[str], tok, text_field: str, limit: int):
         n += len(ids)
         if limit and n > limit:
             break
+    if errors.total:  # figures that silently leave records out would not be the data's
+        raise ValueError(f"DATA: {errors.summary()}: fix or remove them "
+                         "(--text-field names the text field of JSON records)")
     if not parts:
         raise ValueError(f"no text records in {inputs}")
     stream = np.concatenate(parts)
@@ -174,6 +180,24 @@ def _write_json(path: str, result: dict) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def _check_json_out(args: argparse.Namespace) -> None:
+    """Refuse a --json OUT that cannot take the figures, before any work: a directory, a path under a
+    file, or one of the DATA files (writing it would replace that input)."""
+    from fastlm.data.io import refuse_input_as_output
+
+    if not args.json_out:
+        return
+    if os.path.isdir(args.json_out):
+        raise ValueError(f"--json {args.json_out}: is a directory; name the JSON file to write")
+    parent = os.path.dirname(os.path.abspath(args.json_out))
+    while not os.path.exists(parent):  # folders that do not exist yet are made when it is written
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--json {args.json_out}: {parent} is a file, not a directory")
+    if args.data:
+        refuse_input_as_output(args.json_out, args.data, flag="--json")
+
+
 def _refuse_reward_model(model, path: str) -> None:
     from fastlm.models import RewardModel
     if isinstance(model, RewardModel):
@@ -194,6 +218,7 @@ def run_task_eval(args: argparse.Namespace) -> int:
     if args.batch < 0 or args.examples < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch must be >= 0, --examples and --max-new-tokens >= 1; got {args.batch}, "
                          f"{args.examples}, {args.max_new_tokens}")
+    _check_json_out(args)
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
     _refuse_reward_model(model, path)
@@ -240,6 +265,7 @@ def run_eval(args: argparse.Namespace) -> int:
     args.batch = args.batch or 8
     if args.batch < 1 or args.seq_len < 0:
         raise ValueError("--batch must be >= 1 and --seq-len >= 0")
+    _check_json_out(args)
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
     _refuse_reward_model(model, path)

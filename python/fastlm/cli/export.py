@@ -41,14 +41,21 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _refuse_early(args: argparse.Namespace) -> None:
-    """Refuse a model that cannot be exported from its state.json alone, before loading any weights or
-    touching OUT: a reward model (its scalar ``score`` head has no transformers equivalent here) or an
+    """Refuse, before loading any weights or touching OUT: an OUT that is or holds the checkpoint (or the
+    --ckpt directory), which writing the export would replace; a model that cannot be exported from its
+    state.json alone: a reward model (its scalar ``score`` head has no transformers equivalent here) or an
     encoder without an exact equivalent. A checkpoint that is not readable is left to `load_model`."""
     from fastlm.models import RewardConfig, config_from_dict
     from fastlm.models.export import ExportError, hf_architecture
     from fastlm.train.checkpoint import _read_state, _resolve
 
     ckpt = _resolve(args.ckpt)
+    out = os.path.realpath(args.out)
+    for path in (ckpt, args.ckpt):  # OUT is replaced as a whole (--force): never by an export of itself
+        inside = os.path.realpath(path)
+        if inside == out or inside.startswith(out.rstrip(os.sep) + os.sep):
+            raise ExportError(f"OUT {args.out} holds the checkpoint {ckpt} (--ckpt {args.ckpt}): exporting there "
+                              "would replace the checkpoint; choose another output directory")
     try:
         config = config_from_dict(_read_state(ckpt)["model_config"])
     except (KeyError, TypeError, ValueError):

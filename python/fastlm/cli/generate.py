@@ -99,6 +99,17 @@ def _stop_id(tok):
     return None
 
 
+def _check_utf8(prompt: str) -> None:
+    """Refuse a prompt that is not Unicode text: bytes of the command line that are not UTF-8 (Python
+    keeps them as U+DC80..U+DCFF) or a lone surrogate; the tokenizer would silently encode U+FFFD."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(prompt[e.start])
+        what = f"the byte 0x{c - 0xDC00:02x}, not UTF-8" if 0xDC80 <= c <= 0xDCFF else f"a lone surrogate U+{c:04X}"
+        raise ValueError(f"--prompt: character {e.start + 1} is {what}: pass the prompt as UTF-8 text") from None
+
+
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -107,8 +118,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
-    if args.temperature < 0:
+    if not args.temperature >= 0:  # NaN too
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    _check_utf8(args.prompt)
     if args.top_k < 0:
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
     if not 0.0 < args.top_p <= 1.0:

@@ -54,7 +54,7 @@ from fastlm.data.io import (
     require_pyarrow,
     source_name,
 )
-from fastlm.data.records import ErrorLog, Record
+from fastlm.data.records import DataError, ErrorLog, Record
 
 FORMATS = ("auto", "jsonl", "json", "text", "parquet")
 TEXT_MODES = ("document", "paragraphs")
@@ -226,8 +226,14 @@ def _check(data: Any, text_field: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def _emit(data: Any, source: str, line: int, text_field: str, errors: ErrorLog) -> Optional[Record]:
-    problem = _check(data, text_field)
+def _emit(data: Any, source: str, line: int, text_field: Optional[str], errors: ErrorLog) -> Optional[Record]:
+    """The record of a parsed object, or None (counted in ``errors``) when it is not one: without a
+    ``text_field`` (None) any JSON object is a record."""
+    if text_field is None:
+        problem = (None if isinstance(data, dict) else
+                   ("not_object", f"expected a JSON object, got {type(data).__name__}"))
+    else:
+        problem = _check(data, text_field)
     if problem is not None:
         errors.add(source, line, *problem)
         return None
@@ -428,7 +434,7 @@ def _read_text(
 def read_records(
     inputs: Iterable[str] | str,
     *,
-    text_field: str = "text",
+    text_field: Optional[str] = "text",
     text_mode: str = "document",
     fmt: str = "auto",
     errors: Optional[ErrorLog] = None,
@@ -440,7 +446,9 @@ def read_records(
     Malformed records are passed to ``errors`` (an ErrorLog; default: a strict one, so that nothing
     is ever dropped uncounted) with their file and line. ``formats``, when given, is filled with
     ``{source: format}`` as each input is opened (for reports). ``exclude``: folders not read when a
-    directory or glob input reaches them (``expand_inputs``).
+    directory or glob input reaches them (``expand_inputs``). ``text_field=None``: every JSON object
+    is a record, with no text field asked for (preference pairs, prompts with their own fields); the
+    inputs must then be JSON, JSONL or Parquet (a text file or a built-in corpus is a DataError).
 
     >>> log = ErrorLog()
     >>> recs = list(read_records("builtin:pydoc", errors=log))
@@ -456,6 +464,9 @@ def read_records(
     for path in expand_inputs(inputs, exclude=exclude):
         if path.startswith(BUILTIN_PREFIX):
             from fastlm.data.builtin import iter_builtin
+
+            if text_field is None:
+                raise DataError(path, 1, "a built-in corpus holds text, not the JSON objects asked for")
 
             if formats is not None:
                 formats[path] = "builtin"
@@ -475,6 +486,8 @@ def read_records(
                 yield from _read_json(stream, source, text_field, errors)
             elif kind == "parquet":
                 yield from _read_parquet(stream, source, text_field, errors)
+            elif text_field is None:
+                raise DataError(source, 1, f"expected JSON, JSONL or Parquet records, got a {kind} file")
             else:
                 yield from _read_text(stream, source, text_field, text_mode, errors)
         finally:

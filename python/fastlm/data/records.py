@@ -70,6 +70,19 @@ class ErrorLog:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def summary(self, what: str = "record") -> str:
+        """"3 malformed record(s) (bad_json 1, missing_field 2); e.g. a.jsonl:2: bad_json: ..." (the
+        kept samples), for an error that refuses the input after counting all of it.
+
+        >>> log = ErrorLog(keep=1)
+        >>> log.add("a.jsonl", 2, "bad_json", "Expecting value"); log.add("a.jsonl", 5, "bad_json", "x")
+        >>> log.summary()
+        '2 malformed record(s) (bad_json 2); e.g. a.jsonl:2: bad_json: Expecting value'
+        """
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(self.counts.items()))
+        return (f"{self.total} malformed {what}(s) ({by_reason})"
+                + "".join(f"; e.g. {b}" for b in self.samples))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,

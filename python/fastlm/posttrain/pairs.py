@@ -17,21 +17,21 @@ labels of `collate_pairs` are -100 everywhere except where the model produces th
 
 Too long: a pair whose prompt + response exceeds ``seq_len`` has the response cut at ``seq_len``
 (counted as ``truncated``); a prompt that leaves no room for a response token drops the pair (counted
-as ``too_long``). Malformed records (also a pair whose chosen and rejected responses are identical:
+as ``too_long``), and so do responses that differ only past ``seq_len`` (``identical_when_cut``: the cut pair
+holds no preference). Malformed records (also a pair whose chosen and rejected responses are identical:
 ``identical_responses``) are counted by reason with file:line in an ``ErrorLog`` (never dropped silently;
 `read_pairs` raises when none is usable).
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
 from fastlm.data.chat import ConversionError, Turn, _parse_turns
-from fastlm.data.records import DataError, ErrorLog
+from fastlm.data.records import ErrorLog
 from fastlm.tokenizer.chat_template import ROLE_TOKENS, _render
 
 IGNORE_INDEX = -100
@@ -128,57 +128,26 @@ def render_pair(tokenizer, data: Any, *, where: str = "") -> Pair:
 
 def fit_pair(pair: Pair, seq_len: int) -> tuple[Optional[Pair], str]:
     """``(pair, "")`` when it fits ``seq_len``; ``(cut pair, "truncated")`` with responses cut;
-    ``(None, "too_long")`` when the prompt leaves no room for a response token.
+    ``(None, "too_long")`` when the prompt leaves no room for a response token; ``(None, "identical_when_cut")``
+    when the responses differ only past ``seq_len`` (the cut chosen and rejected rows would be the same).
 
-    >>> fit_pair(Pair([1, 2, 3], [1, 2], [0, 1, 1], [0, 1], 1), 2)[1]
+    >>> fit_pair(Pair([1, 2, 3], [1, 4], [0, 1, 1], [0, 1], 1), 2)[1]
     'truncated'
+    >>> fit_pair(Pair([1, 2, 3], [1, 2, 4], [0, 1, 1], [0, 1, 1], 1), 2)[1]
+    'identical_when_cut'
     """
     if pair.prompt_len + 1 > seq_len:
         return None, "too_long"
     if len(pair.chosen) <= seq_len and len(pair.rejected) <= seq_len:
         return pair, ""
-    return Pair(pair.chosen[:seq_len], pair.rejected[:seq_len], pair.chosen_mask[:seq_len],
-                pair.rejected_mask[:seq_len], pair.prompt_len, pair.where), "truncated"
+    cut = Pair(pair.chosen[:seq_len], pair.rejected[:seq_len], pair.chosen_mask[:seq_len],
+               pair.rejected_mask[:seq_len], pair.prompt_len, pair.where)
+    if cut.chosen == cut.rejected and cut.chosen_mask == cut.rejected_mask:
+        return None, "identical_when_cut"
+    return cut, "truncated"
 
 
 # --------------------------------------------------------------------------------------------- reading
-
-def _objects(path: str, errors: ErrorLog) -> Iterator[tuple[str, int, Any]]:
-    """(source, line, parsed object) of a JSONL / JSON array / Parquet file; bad lines go to ``errors``."""
-    from fastlm.data.io import open_binary, require_pyarrow, source_name
-    from fastlm.data.readers import format_from_name
-    source = source_name(path)
-    kind = format_from_name(path)
-    with open_binary(path) as f:
-        if kind == "parquet":
-            require_pyarrow()
-            import io
-            import pyarrow.parquet as pq
-            for i, data in enumerate(pq.read_table(io.BytesIO(f.read())).to_pylist(), 1):
-                yield source, i, data
-            return
-        raw = f.read()
-    if kind == "json" and raw.lstrip(b"\xef\xbb\xbf").lstrip().startswith(b"["):
-        try:
-            items = json.loads(raw.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            errors.add(source, getattr(e, "lineno", 1), "bad_json", str(e))
-            return
-        for i, data in enumerate(items, 1):
-            yield source, i, data
-        return
-    if kind not in ("json", "jsonl", None):
-        raise DataError(source, 1, f"preference data must be JSONL, JSON or Parquet, got a {kind} file")
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            yield source, lineno, json.loads(line.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-        except UnicodeDecodeError as e:
-            errors.add(source, lineno, "invalid_utf8", str(e))
-        except json.JSONDecodeError as e:
-            errors.add(source, lineno, "bad_json", f"{e.msg} at column {e.colno}")
-
 
 def read_pairs(inputs: Iterable[str] | str, tokenizer, *, seq_len: int, errors: ErrorLog,
                counts: Optional[dict[str, int]] = None) -> list[Pair]:
@@ -187,28 +156,28 @@ def read_pairs(inputs: Iterable[str] | str, tokenizer, *, seq_len: int, errors: 
 
     >>> # read_pairs(["prefs.jsonl"], tok, seq_len=256, errors=ErrorLog())
     """
-    from fastlm.data.io import expand_inputs
+    from fastlm.data.readers import read_records
     counts = counts if counts is not None else {}
     pairs = []
-    for path in expand_inputs(inputs):
-        for source, line, data in _objects(path, errors):
-            counts["read"] = counts.get("read", 0) + 1
-            try:
-                pair = render_pair(tokenizer, data, where=f"{source}:{line}")
-            except ConversionError as e:
-                errors.add(source, line, e.reason, e.detail)
-                continue
-            pair, why = fit_pair(pair, seq_len)
-            if why:
-                counts[why] = counts.get(why, 0) + 1
-            if pair is not None:
-                pairs.append(pair)
+    for rec in read_records(inputs, text_field=None, errors=errors):  # JSON, JSONL or Parquet objects
+        counts["read"] = counts.get("read", 0) + 1
+        try:
+            pair = render_pair(tokenizer, rec.data, where=f"{rec.source}:{rec.line}")
+        except ConversionError as e:
+            errors.add(rec.source, rec.line, e.reason, e.detail)
+            continue
+        pair, why = fit_pair(pair, seq_len)
+        if why:
+            counts[why] = counts.get(why, 0) + 1
+        if pair is not None:
+            pairs.append(pair)
     if not pairs:  # self-contained (under --quiet no report is printed): counts by reason, first records named
         by_reason = "".join(f", {n} {r}" for r, n in sorted(errors.counts.items()))
         shown = "".join(f"; e.g. {' '.join(str(b).split())}" for b in errors.samples[:2])
         raise ValueError(f"no usable preference pairs in {list(inputs) if not isinstance(inputs, str) else inputs}"
                          f" (parsed {counts.get('read', 0)}, malformed {errors.total}{by_reason}, "
-                         f"too long for seq_len={seq_len}: {counts.get('too_long', 0)}{shown})")
+                         f"too long for seq_len={seq_len}: {counts.get('too_long', 0)}, the same within "
+                         f"seq_len: {counts.get('identical_when_cut', 0)}{shown})")
     return pairs
 
 
@@ -264,7 +233,8 @@ def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[li
     ``data.val_fraction`` hold-out), or without data the built-in ``post.tasks`` (``task_examples`` train
     and ``eval_examples`` val examples per task, from the tasks' disjoint splits). Prints what was read,
     truncated and skipped (malformed records with file:line); ``summary`` holds those counts
-    (``data/train_pairs``, ``data/val_pairs``, ``data/malformed``, ``data/truncated``, ``data/too_long``).
+    (``data/train_pairs``, ``data/val_pairs``, ``data/malformed``, ``data/truncated``, ``data/too_long``,
+    ``data/identical_when_cut``).
 
     >>> # train, val = load_preference_data(TrainConfig(task="dpo"), tok, seq_len=128)
     """
@@ -288,15 +258,18 @@ def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[li
         train = task_pairs(p.tasks, "train", p.task_examples, cfg.seed, tokenizer, seq_len=seq_len, counts=counts)
         val = task_pairs(p.tasks, "val", p.eval_examples, cfg.seed, tokenizer, seq_len=seq_len, counts=counts)
         where = f"built-in tasks {','.join(p.tasks)} ({p.task_examples} train / {p.eval_examples} val each)"
-    if counts.get("truncated") or counts.get("too_long"):
+    if counts.get("truncated") or counts.get("too_long") or counts.get("identical_when_cut"):
         log(f"preference data: {counts.get('truncated', 0)} pair(s) cut to seq_len={seq_len}, "
-            f"{counts.get('too_long', 0)} dropped (prompt alone >= seq_len)")
+            f"{counts.get('too_long', 0)} dropped (prompt alone >= seq_len), {counts.get('identical_when_cut', 0)} "
+            "dropped (chosen and rejected differ only past seq_len)")
     if not train:
         raise ValueError(f"no training pairs left ({where}; {counts.get('too_long', 0)} dropped as too long for "
-                         f"seq_len={seq_len}, {len(val)} held out)")
+                         f"seq_len={seq_len}, {counts.get('identical_when_cut', 0)} as the same within it, "
+                         f"{len(val)} held out)")
     log(f"preference data: {len(train)} train / {len(val)} val pairs from {where}")
     summary = {"data/train_pairs": len(train), "data/val_pairs": len(val), "data/malformed": malformed,
-               "data/truncated": counts.get("truncated", 0), "data/too_long": counts.get("too_long", 0)}
+               "data/truncated": counts.get("truncated", 0), "data/too_long": counts.get("too_long", 0),
+               "data/identical_when_cut": counts.get("identical_when_cut", 0)}
     return train, val, summary
 
 

@@ -163,10 +163,12 @@ def _read_prompts(paths: list[str], tok, *, max_seq_len: Optional[int] = None, m
     ``max_new_tokens`` within ``max_seq_len`` (when given), and (``need_task``: the task reward) one
     without ``task`` and ``answer``."""
     from fastlm.data.readers import read_records
+    from fastlm.data.records import ErrorLog
     from fastlm.posttrain.tasks import TASKS, Example
     from fastlm.tokenizer.chat_template import render_prompt
     items = []
-    for rec in read_records(paths, text_field="prompt"):  # strict: a malformed record names its file:line
+    errors = ErrorLog(keep=2)  # malformed lines: all counted, then refused with file:line (below)
+    for rec in read_records(paths, text_field="prompt", errors=errors):
         d, where = rec.data, f"{rec.source}:{rec.line}"
         meta = {k: d[k] for k in ("task", "answer") if k in d}
         plain = isinstance(d.get("prompt"), str) and not any(k in d for k in ("completion", "chosen", "messages"))
@@ -191,13 +193,16 @@ def _read_prompts(paths: list[str], tok, *, max_seq_len: Optional[int] = None, m
                              f"model's max_seq_len {max_seq_len}: shorten the prompt or lower post.max_new_tokens")
         ex = Example(d["prompt"], meta["answer"], meta) if plain and len(meta) == 2 else None
         items.append((ids, meta, ex))
+    if errors.total:
+        raise ValueError(f"{list(paths)}: {errors.summary('RL prompt record')}: fix or remove them")
     return items
 
 
 def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None,
              task_reward: bool = False) -> tuple[list[tuple[list[int], dict]], list]:
     """``(train items (prompt ids, reward meta), held-out Examples)``: the built-in tasks' train and val
-    splits; or ``post.data`` (held out: ``post.val_data``, else a seeded ``data.val_fraction`` of it).
+    splits; or ``post.data`` (held out: ``post.val_data``, else a seeded ``data.val_fraction`` of its records
+    that have a task and an answer, at least one record left to train on).
     ``max_seq_len`` (the policy's) and ``task_reward`` check every record when it is read (`_read_prompts`)."""
     p = cfg.post
     if not p.data:
@@ -213,10 +218,11 @@ def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None,
     items = _read_prompts(list(p.data), tok, need_task=task_reward, **check)
     if p.val_data:
         val = _read_prompts(list(p.val_data), tok, **check)
-    else:
-        order = list(range(len(items)))
+    else:  # held out: only records the exact match can score (task + answer; the others would go unused),
+        # and never every record (data.val_fraction 1 keeps one to train on, as the other stages do)
+        order = [i for i, (_, _, ex) in enumerate(items) if ex is not None]
         random.Random(cfg.seed).shuffle(order)
-        n_val = math.ceil(cfg.data.val_fraction * len(items)) if len(items) > 1 else 0
+        n_val = min(math.ceil(cfg.data.val_fraction * len(order)), len(items) - 1) if len(items) > 1 else 0
         held = set(order[:n_val])
         val = [it for i, it in enumerate(items) if i in held]
         items = [it for i, it in enumerate(items) if i not in held]
