@@ -51,8 +51,10 @@ def _tail(text: str, what: str) -> str:
     return f"\nlast {len(lines)} lines of {what}:\n" + "\n".join("  " + line for line in lines)
 
 
-def run_script(cmd: list[str], what: str, *, env: dict | None = None, stream: bool = False) -> str | None:
-    """Run `cmd` and return its stdout; raise ChildError naming `what` if it exits non-zero or is killed.
+def run_script(cmd: list[str], what: str, *, env: dict | None = None, stream: bool = False,
+               timeout: float | None = None) -> str | None:
+    """Run `cmd` and return its stdout; raise ChildError naming `what` if it exits non-zero, is killed or
+    runs past `timeout` seconds (then it is killed).
 
     `what` says which contender (and size) the child runs, e.g. "contender 'native 1 thread', pattern gpt2".
     stream=False: stdout is captured (returned) and stderr kept only for the error message. stream=True:
@@ -73,18 +75,32 @@ def run_script(cmd: list[str], what: str, *, env: dict | None = None, stream: bo
 
         pump = threading.Thread(target=pump_stderr, daemon=True)
         pump.start()
-        out = None if stream else proc.stdout.read().decode("utf-8", "replace")
-        proc.wait()
-        pump.join()
+        chunks: list[bytes] = []
+        reader = None
+        if not stream:  # read stdout on a thread too, so that the timeout below applies
+            reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+            reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise ChildError(f"{what}: child ran past {timeout:g} s and was killed\ncommand: {shlex.join(cmd)}"
+                             + _tail(tail.decode("utf-8", "replace"), "its stderr")) from None
+        finally:
+            pump.join()
+            if reader is not None:
+                reader.join()
+        out = None if stream else b"".join(chunks).decode("utf-8", "replace")
     if proc.returncode != 0:
         raise ChildError(f"{what}: child {describe_exit(proc.returncode)}\ncommand: {shlex.join(cmd)}"
                          + _tail(tail.decode("utf-8", "replace"), "its stderr"))
     return out
 
 
-def run_script_json(cmd: list[str], what: str, *, env: dict | None = None):
+def run_script_json(cmd: list[str], what: str, *, env: dict | None = None, timeout: float | None = None):
     """run_script, then the JSON value the child printed as the last line of its stdout."""
-    out = run_script(cmd, what, env=env)
+    out = run_script(cmd, what, env=env, timeout=timeout)
     try:
         return json.loads(out.strip().splitlines()[-1])
     except (IndexError, ValueError):

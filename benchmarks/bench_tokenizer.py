@@ -14,9 +14,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from _child import ChildError, run_script_json
 
 try:  # an installed fastlm with the tokenizer wins; else the source tree
     import fastlm.tokenizer  # noqa: F401
@@ -133,16 +134,21 @@ def patho_worker(who: str, kind: str, nbytes: int, vocab: int, repeats: int, tmp
 
 # ---- driver ----------------------------------------------------------------------------------
 
+FAILED: list[str] = []  # the fastlm contenders that failed: the run exits non-zero after its table
+
+
 def spawn(args: argparse.Namespace, *worker: str, timeout: float) -> dict:
+    """The worker's result, run in its own process; on failure a row with the error (the child's
+    stderr tail goes to stderr, and a failed fastlm contender makes the run exit non-zero)."""
     cmd = [sys.executable, __file__, "--mb", str(args.mb), "--repeats", str(args.repeats), "--tmp", args.tmp,
            "--worker", *worker]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
-    except subprocess.TimeoutExpired:
-        return {"seconds": float("nan"), "error": f"timeout {timeout:.0f}s"}
-    except subprocess.CalledProcessError as e:
-        return {"seconds": float("nan"), "error": e.stderr.strip().splitlines()[-1][:80]}
-    return json.loads(out.strip().splitlines()[-1])
+        return run_script_json(cmd, f"contender {' '.join(worker)}", timeout=timeout)
+    except ChildError as e:
+        print(e, file=sys.stderr)
+        if worker[1].startswith("fastlm"):
+            FAILED.append(str(e).splitlines()[0])
+        return {"seconds": float("nan"), "error": str(e).splitlines()[0][:100]}
 
 
 def main() -> None:
@@ -211,6 +217,8 @@ def main() -> None:
             r = spawn(args, "patho", "tiktoken", kind, str(args.patho_bytes), str(vocab), timeout=args.timeout)
             row(f"{kind} {pmb:g} MB tiktoken", r, ours["seconds"], f"round_trip={r.get('round_trip')}")
         mb = mb_saved
+    if FAILED:
+        raise SystemExit("fastlm contender(s) failed:\n" + "\n".join(FAILED))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,25 @@ def test_run_script_ok_and_json():
         run_script_json(py("print('no json')"), "contender 'x'")
 
 
+def test_run_script_timeout_kills_the_child_and_says_so():
+    code = "import sys, time; print('started', file=sys.stderr, flush=True); time.sleep(60)"
+    with pytest.raises(ChildError) as e:
+        run_script(py(code), "contender 'slow'", timeout=1)
+    assert "contender 'slow': child ran past 1 s and was killed" in str(e.value) and "started" in str(e.value)
+    assert run_script_json(py("print('{\"s\": 2}')"), "x", timeout=30) == {"s": 2}
+
+
+def test_tokenizer_child_error_is_quoted_and_a_failed_fastlm_contender_fails_the_run(capsys):
+    import bench_tokenizer
+
+    args = argparse.Namespace(mb=0.01, repeats=1, tmp="/nonexistent-dir")
+    r = bench_tokenizer.spawn(args, "train", "fastlm-nosuch", "300", timeout=60)
+    assert r["seconds"] != r["seconds"] and "contender train fastlm-nosuch 300" in r["error"]
+    assert "Traceback" in capsys.readouterr().err  # the child's error, not only a status
+    assert bench_tokenizer.FAILED and "fastlm-nosuch" in bench_tokenizer.FAILED[-1]
+    bench_tokenizer.FAILED.clear()
+
+
 def test_run_script_stream_shows_the_output_and_keeps_the_tail(capfd):
     code = "import sys; print('to stdout'); print('progress', file=sys.stderr); raise KeyError('nope')"
     with pytest.raises(ChildError) as e:
