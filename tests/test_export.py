@@ -146,6 +146,7 @@ def test_output_dir_refusals_and_force(tmp_path):
 
 
 def test_bfloat16_export(tmp_path):
+    torch.manual_seed(0)  # the init draws from the global RNG: the same model whatever ran before
     model = perturb(GPT(GPTConfig.named("tiny", vocab_size=V, n_layer=1)))
     hf = load_hf(export_hf(model, None, str(tmp_path / "hf"), dtype="bfloat16"))
     assert hf.model.embed_tokens.weight.dtype == torch.bfloat16
@@ -158,6 +159,7 @@ def test_bfloat16_export(tmp_path):
 @pytest.mark.parametrize("name", ["gpt"] + list(ENCODER_CASES))
 def test_to_hf_model_in_memory(name):
     # a tied ModernBERT was refused ('missing decoder.weight': transformers ties it to the embedding)
+    torch.manual_seed(0)  # the init draws from the global RNG (perturb is seeded on its own)
     if name == "gpt":
         model = perturb(GPT(GPTConfig.named("tiny", vocab_size=V, n_layer=1, n_kv_head=2)))
     else:

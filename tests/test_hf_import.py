@@ -93,6 +93,7 @@ def test_transformers_model_imports_with_same_logits(arch, kw, tmp_path):
 
 
 def test_zero_biases_dropped(tmp_path):
+    torch.manual_seed(0)  # transformers' init draws from the global RNG
     hf_cfg = transformers.AutoConfig.for_model("llama", **LLAMA, attention_bias=True, mlp_bias=True)
     hf = transformers.LlamaForCausalLM(hf_cfg)
     with torch.no_grad():
