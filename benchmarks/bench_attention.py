@@ -7,17 +7,13 @@ the peak memory of one forward+backward above the inputs (torch.cuda.max_memory_
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
-try:  # an installed fastlm (with its CUDA module) wins over the source tree
-    import fastlm.ops  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package)
 from fastlm.ops import attention  # noqa: E402
 attn_mod = sys.modules["fastlm.ops.attention"]  # the module (fastlm.ops.attention is the function)
 

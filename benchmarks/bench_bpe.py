@@ -19,14 +19,11 @@ import glob
 import os
 import resource
 import statistics
-import sys
 import time
 from collections import Counter
 
 os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package; tests/)
 
 import numpy as np  # noqa: E402
 import regex  # noqa: E402
@@ -114,7 +111,7 @@ def main() -> None:
     for m in (args.ref_merges, args.merges):
         s, mem, out = measure(f"fastlm bpe_train, {m} merges", lambda m=m: _C.bpe_train(pieces, counts, 256 + m, 0),
                               args.repeats)
-        rows.append((f"fastlm bpe_train", m, s, mem))
+        rows.append(("fastlm bpe_train", m, s, mem))
         if m == args.ref_merges:
             native_small = [tuple(x) for x in out.tolist()]
     s, mem, out = measure(f"python reference, {args.ref_merges} merges",

@@ -31,8 +31,7 @@ import unicodedata
 
 from _child import run_script_json
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "tests")]
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package; tests/)
 CHECK_BYTES = 200_000  # corpus prefix checked against the pure-Python reference (~1 s)
 PROBA_TOL = dict(rtol=1e-5, atol=1e-6)  # native float32 sums vs the reference's float64
 

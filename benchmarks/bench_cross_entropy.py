@@ -19,10 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-try:  # an installed fastlm (with its CUDA module) wins over the source tree
-    import fastlm.ops  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package)
 from fastlm.ops import linear_cross_entropy  # noqa: E402
 
 CONTENDERS = ["eager", "torch_lce", "torch_lce_chunked", "fastlm"]

@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package; tests/)
 
 import reference_dedup as ref  # noqa: E402
 from _child import ChildError, run_forked  # noqa: E402

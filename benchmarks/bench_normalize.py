@@ -23,9 +23,7 @@ import time
 
 from _child import run_script_json
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package; tests/)
 
 
 def corpus(name: str) -> list:

@@ -49,8 +49,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package)
 from _child import run_forked  # noqa: E402
 WARMUP_LOGS = 2  # logged intervals dropped before a median (allocator warmup, first-step caches)
 

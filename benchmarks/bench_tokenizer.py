@@ -19,12 +19,7 @@ import time
 
 from _child import ChildError, run_script_json
 
-try:  # an installed fastlm with the tokenizer wins; else the source tree
-    import fastlm.tokenizer  # noqa: F401
-except ImportError:
-    for name in [m for m in sys.modules if m == "fastlm" or m.startswith("fastlm.")]:
-        del sys.modules[name]
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import _setup  # noqa: F401  (fastlm: the built checkout, else the installed package)
 
 
 def corpus(mb: float) -> list[str]:

@@ -31,8 +31,8 @@ import time
 from _child import run_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 sys.path.insert(0, HERE)
+import _setup  # noqa: E402,F401  (fastlm: the built checkout, else the installed package)
 WARMUP_LOGS = 2  # logged intervals dropped before the tokens/s median (allocator, caches, autotuning)
 
 

@@ -21,6 +21,14 @@ HANG_S = 60  # far above what any test here needs: a blocked parent fails instea
 
 
 @pytest.fixture(autouse=True)
+def keep_sys_path():
+    """Importing a benchmark may put paths on sys.path; other tests hand sys.path to child processes."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
+
+
+@pytest.fixture(autouse=True)
 def no_hang():
     def on_alarm(signum, frame):
         raise TimeoutError(f"hung: the parent still waited for its child after {HANG_S} s")
