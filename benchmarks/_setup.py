@@ -5,7 +5,7 @@ the CMake dev build or `pip install -e .`), else the installed package (`pip ins
 the GPU machine, where the checkout is not built). tests/: the references the benchmarks check against
 (reference_dedup, reference_classifier, corpora, ...).
 """
-import glob
+import importlib.machinery
 import os
 import sys
 
@@ -18,7 +18,13 @@ def _on_path(folder: str) -> bool:
     return any(os.path.realpath(p or os.curdir) == os.path.realpath(folder) for p in sys.path)
 
 
-if glob.glob(os.path.join(SOURCE, "fastlm", "_C*")) and not _on_path(SOURCE):
+def _built_in_place() -> bool:
+    """True when python/fastlm holds the compiled `_C` (not only its `_C.pyi` stub)."""
+    return any(os.path.exists(os.path.join(SOURCE, "fastlm", "_C" + suffix))
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+if _built_in_place() and not _on_path(SOURCE):
     sys.path.insert(0, SOURCE)
 if not _on_path(TESTS):
     sys.path.insert(0, TESTS)
