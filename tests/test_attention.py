@@ -67,8 +67,31 @@ def test_cpu_path_matches_reference(shape, causal):
     _compare(q, k, v, causal, 1e-5)
 
 
+@pytest.mark.parametrize("case", ["2d", "3d", "5d", "value_dim", "broadcast_heads", "broadcast_batch",
+                                  "gqa", "cross_causal"])
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+def test_every_shape_sdpa_takes(case, device):
+    """Shapes F.scaled_dot_product_attention accepts (any batch dims, value head dim != query's,
+    broadcast heads / batch): the same result (SDPA's own path where the kernel does not apply)."""
+    gen = torch.Generator().manual_seed(len(case))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    shapes = {"2d": ((5, 64), (6, 64), (6, 64)), "3d": ((2, 5, 64), (2, 6, 64), (2, 6, 64)),
+              "5d": ((2, 3, 2, 5, 64),) * 3, "value_dim": ((1, 2, 5, 64), (1, 2, 6, 64), (1, 2, 6, 32)),
+              "broadcast_heads": ((2, 4, 5, 64), (2, 1, 5, 64), (2, 1, 5, 64)),
+              "broadcast_batch": ((2, 4, 5, 64), (1, 4, 5, 64), (1, 4, 5, 64)),
+              "gqa": ((2, 4, 9, 64), (2, 2, 9, 64), (2, 2, 9, 64)),
+              "cross_causal": ((1, 2, 3, 64), (1, 2, 7, 64), (1, 2, 7, 64))}[case]
+    q, k, v = (torch.randn(s, generator=gen).to(device, dtype) for s in shapes)
+    kw = {"enable_gqa": True} if case == "gqa" else {}
+    for causal in (False, True):
+        ours = attention(q, k, v, is_causal=causal, **kw)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, **kw)
+        assert ours.shape == ref.shape
+        assert torch.allclose(ours.float(), ref.float(), atol=2e-2 if device == "cuda" else 1e-6)
+
+
 @pytest.mark.parametrize("bad, error, message", [
-    ("dims", ValueError, r"must be 4-D .* got \(4, 8, 64\)"),
+    ("dims", ValueError, r"must be at least 2-D .* got query \(64,\)"),
     ("heads", ValueError, "query has 4 heads, key/value 3"),
     ("device_dtype", TypeError, "dtypes differ"),
     ("integer", TypeError, "must be floating point, got torch.int64"),
@@ -80,7 +103,7 @@ def test_bad_arguments(bad, error, message):
     q = k = v = torch.randn(1, 4, 8, 64)
     kw = {"enable_gqa": bad == "heads"}
     if bad == "dims":
-        q = torch.randn(4, 8, 64)
+        q = torch.randn(64)
     elif bad == "heads":
         k = v = torch.randn(1, 3, 8, 64)
     elif bad == "device_dtype":

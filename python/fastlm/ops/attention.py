@@ -122,14 +122,14 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
               is_causal: bool = False, *, scale: Optional[float] = None,
               enable_gqa: bool = False, backend: str = "auto") -> torch.Tensor:
-    """Scaled dot-product attention softmax(q k^T * scale) v, with the signature of
+    """Scaled dot-product attention softmax(q k^T * scale) v: a drop-in for
     ``F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, *,
-    scale, enable_gqa)``.
-
-    query: (B, Hq, Tq, D); key, value: (B, Hkv, Tk, D), Hkv == Hq unless ``enable_gqa`` (then
-    Hq % Hkv == 0). ``backend``: 'auto' (fastlm's CUDA kernel where supported, else SDPA) or
-    'torch'. The kernel takes no mask and no dropout: a call with ``attn_mask`` or
-    ``dropout_p > 0`` goes to SDPA, as does causal attention with Tq != Tk.
+    scale, enable_gqa)``, with the same shapes: query (..., Hq, L, E), key (..., H, S, E),
+    value (..., H, S, Ev), Hq == H unless ``enable_gqa`` (then Hq % H == 0), batch dims
+    broadcast. ``backend``: 'auto' (fastlm's CUDA kernel where it applies, else SDPA) or
+    'torch'. The kernel takes 4-D (B, Hq, T, D) bf16 / fp16 inputs with D = 64 or 128, Ev == E
+    and equal batch sizes, no mask and no dropout: every other call goes to SDPA, as does
+    causal attention with L != S.
 
     >>> import torch
     >>> q = k = v = torch.randn(1, 2, 5, 64)
@@ -139,9 +139,9 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     q, k, v = query, key, value
     if backend not in ("auto", "torch"):
         raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("query, key, value must be 4-D (batch, heads, time, head_dim), got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    shapes = f"query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}"
+    if min(q.dim(), k.dim(), v.dim()) < 2:
+        raise ValueError(f"query, key, value must be at least 2-D (..., time, head_dim), got {shapes}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"query, key, value on different devices: {q.device}, {k.device}, "
                          f"{v.device}")
@@ -149,11 +149,12 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         raise TypeError(f"query, key, value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.is_floating_point():
         raise TypeError(f"query, key, value must be floating point, got {q.dtype}")
-    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"incompatible shapes query {tuple(q.shape)}, key {tuple(k.shape)}, "
-                         f"value {tuple(v.shape)}")
-    if q.shape[1] != k.shape[1] and not (enable_gqa and q.shape[1] % k.shape[1] == 0):
-        raise ValueError(f"query has {q.shape[1]} heads, key/value {k.shape[1]}: pass "
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"incompatible shapes {shapes}: query and key need the same head_dim, "
+                         "key and value the same time")
+    hq, hkv = (q.shape[-3], k.shape[-3]) if min(q.dim(), k.dim()) >= 3 else (1, 1)
+    if hq != hkv and hkv != 1 and not (enable_gqa and hq % hkv == 0):
+        raise ValueError(f"query has {hq} heads, key/value {hkv}: pass "
                          "enable_gqa=True with query heads a multiple of key/value heads")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
@@ -161,6 +162,6 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             and kernel_supports(q, k, v, is_causal)):
         s = q.shape[-1] ** -0.5 if scale is None else float(scale)
         return _attn_fwd(q, k, v, bool(is_causal), s, kernel_version_for(q.shape[-1]))[0]
-    kw = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    kw = {"enable_gqa": True} if enable_gqa else {}
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                           is_causal=is_causal, scale=scale, **kw)
