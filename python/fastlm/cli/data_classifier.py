@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 
+from fastlm.cli.checks import check_threads
 from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
 from fastlm.data.records import ErrorLog
 
@@ -92,10 +93,14 @@ def _print_eval(name: str, ev: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastlm.data.classifier import TextClassifier
+    from fastlm.data.classifier import ClassifierConfig, TextClassifier
 
     if not 0 <= args.valid_fraction < 1:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    check_threads(args.threads)
+    # the training options' own checks, before any record is read or anything is printed
+    ClassifierConfig(buckets=args.buckets, word_ngrams=args.word_ngrams, char_ngrams=args.char_ngrams,
+                     epochs=args.epochs, lr=args.lr, l2=args.l2, seed=args.seed).validate()
     refuse_input_as_output(args.output, args.inputs)
     errors = ErrorLog(strict=args.strict)
     texts, labels = _read_labeled(args, errors)
@@ -147,6 +152,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_threads(args.threads)
     if args.field == args.text_field:
         raise ValueError(f"--field {args.field!r} would replace each record's text with its probabilities; "
                          "choose another output field")

@@ -29,6 +29,7 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable
 
+from fastlm.cli.checks import check_threads
 from fastlm.cli.progress import DocProgress
 
 STAGES = ("signatures", "bands", "cluster", "filter")
@@ -141,8 +142,9 @@ def check_args(args: argparse.Namespace) -> None:
         if mode is None and args.bands * args.rows > num_perm:  # bands stage: checked against the files
             raise ValueError(f"--bands {args.bands} x --rows {args.rows} = {args.bands * args.rows} "
                              f"exceeds --num-perm {num_perm}")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.seed is not None and _opt(args, "hash") == "fast" and not 0 <= args.seed < 1 << 64:
+        raise ValueError(f"--seed must be in [0, 2**64), got {args.seed}")
+    check_threads(args.threads)
 
 
 def dedup_config(args: argparse.Namespace):

@@ -27,6 +27,9 @@ import time
 
 from fastlm.cli.generate import add_ckpt_args, autocast_for, kernels_of, load_checkpoint_model, pick_device
 
+# Most held-out problems per task `eval --task` draws (the smallest task has ~1,000).
+MAX_TASK_EXAMPLES = 100_000
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     p = groups.add_parser(
@@ -218,6 +221,8 @@ def run_task_eval(args: argparse.Namespace) -> int:
     if args.batch < 0 or args.examples < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch must be >= 0, --examples and --max-new-tokens >= 1; got {args.batch}, "
                          f"{args.examples}, {args.max_new_tokens}")
+    if args.examples > MAX_TASK_EXAMPLES:  # drawing that many distinct problems would not end
+        raise ValueError(f"--examples must be <= {MAX_TASK_EXAMPLES}, got {args.examples}")
     _check_json_out(args)
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)

@@ -118,8 +118,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
-    if not args.temperature >= 0:  # NaN too
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.temperature < float("inf"):  # NaN too
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.seed is not None and not 0 <= args.seed < 1 << 64:
+        raise ValueError(f"--seed must be in [0, 2**64), got {args.seed}")
     _check_utf8(args.prompt)
     if args.top_k < 0:
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")

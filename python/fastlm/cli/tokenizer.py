@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from fastlm.cli.checks import check_threads
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records, record_text
 from fastlm.data.records import ErrorLog
 
@@ -69,6 +70,7 @@ def _texts(args, log: ErrorLog):
 def run_train(args: argparse.Namespace) -> int:
     from fastlm.tokenizer import Tokenizer, _backend, formats
 
+    check_threads(args.threads)
     log = ErrorLog(strict=args.strict)
     held_out: list[str] = []
     stats = {"docs": 0, "bytes": 0}
@@ -136,6 +138,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from fastlm.tokenizer import formats, load
     from fastlm.tokenizer.shards import encode_to_shards, file_sha256
 
+    check_threads(args.threads)
     tok_path = formats.resolve_path(args.tokenizer)
     tok = load(tok_path)
     sep = _separator_id(tok, args.separator)

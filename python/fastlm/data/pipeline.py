@@ -25,7 +25,7 @@ import numpy as np
 
 from fastlm.data import chat
 from fastlm.data.filter_base import DocFilter
-from fastlm.data.records import ErrorLog, Record
+from fastlm.data.records import MAX_THREADS, ErrorLog, Record
 from fastlm.data.report import StageReport
 
 
@@ -252,8 +252,8 @@ def clean(
     unknown = sorted(set(cfg.steps) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; steps are {list(STEPS)}")
-    if cfg.num_threads < 0:
-        raise ValueError(f"num_threads must be >= 0 (0 = all cores), got {cfg.num_threads}")
+    if not 0 <= cfg.num_threads <= MAX_THREADS:
+        raise ValueError(f"num_threads must be >= 0 (0 = all cores) and <= {MAX_THREADS}, got {cfg.num_threads}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     normalizer = _Normalizer(cfg.normalize, cfg.input.text_field, cfg.num_threads) if "normalize" in cfg.steps else None

@@ -12,6 +12,10 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
+# Most native threads a command may ask for: native code takes a C int and starts up to that many
+# threads; far more than any machine's cores is a typo (and above 2**31 - 1 never reaches it).
+MAX_THREADS = 4096
+
 
 class DataError(ValueError):
     """Malformed input, with the file and line it came from in the message."""
