@@ -196,7 +196,7 @@ def test_generate_refuses_nan_temperature_before_any_output(clm_run, capsys):
     # "temperature must be >= 0, got nan" (not naming the flag)
     assert main(["generate", "--ckpt", clm_run, "--prompt", "x", "--temperature", "nan"]) == 2
     out = capsys.readouterr()
-    assert out.out == "" and out.err == "fastlm: error: --temperature must be >= 0, got nan\n"
+    assert out.out == "" and out.err == "fastlm: error: --temperature must be a finite number >= 0, got nan\n"
 
 
 def test_rl_malformed_prompt_lines_are_all_counted_and_the_hint_fits_fastlm_train(tmp_path):
