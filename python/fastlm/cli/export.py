@@ -45,6 +45,7 @@ def _refuse_early(args: argparse.Namespace) -> None:
     --ckpt directory), which writing the export would replace; a model that cannot be exported from its
     state.json alone: a reward model (its scalar ``score`` head has no transformers equivalent here) or an
     encoder without an exact equivalent. A checkpoint that is not readable is left to `load_model`."""
+    from fastlm.data.io import path_within
     from fastlm.models import RewardConfig, config_from_dict
     from fastlm.models.export import ExportError, hf_architecture
     from fastlm.train.checkpoint import _read_state, _resolve
@@ -52,8 +53,7 @@ def _refuse_early(args: argparse.Namespace) -> None:
     ckpt = _resolve(args.ckpt)
     out = os.path.realpath(args.out)
     for path in (ckpt, args.ckpt):  # OUT is replaced as a whole (--force): never by an export of itself
-        inside = os.path.realpath(path)
-        if inside == out or inside.startswith(out.rstrip(os.sep) + os.sep):
+        if path_within(os.path.realpath(path), out):
             raise ExportError(f"OUT {args.out} holds the checkpoint {ckpt} (--ckpt {args.ckpt}): exporting there "
                               "would replace the checkpoint; choose another output directory")
     try:

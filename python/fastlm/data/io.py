@@ -149,8 +149,8 @@ def is_report_file(name: str) -> bool:
     return name == "report.json" or name.endswith(".report.json")
 
 
-def _inside(path: str, folder: str) -> bool:
-    """True when real path ``path`` is ``folder`` or lies under it."""
+def path_within(path: str, folder: str) -> bool:
+    """True when real path ``path`` is ``folder`` or lies under it (both real paths)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
@@ -158,12 +158,12 @@ def _outputs_below(named: str, outputs: frozenset[str]) -> frozenset[str]:
     """The outputs (real paths) that expanding an input must not reach: all but those that the
     folder the input names (``named``) is, or lies in, since an input named there is read."""
     real = os.path.realpath(named)
-    return frozenset(o for o in outputs if not _inside(real, o))
+    return frozenset(o for o in outputs if not path_within(real, o))
 
 
 def _is_output(real_path: str, outputs: frozenset[str]) -> bool:
     """True when ``real_path`` is one of ``outputs`` or lies in one of them."""
-    return any(_inside(real_path, o) for o in outputs)
+    return any(path_within(real_path, o) for o in outputs)
 
 
 def _glob_root(pattern: str) -> str:

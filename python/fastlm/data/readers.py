@@ -109,6 +109,15 @@ class _NonStandard:
         self.detail = detail
 
 
+class _BadJSON(ValueError):
+    """Text the readers do not take as JSON: ``detail`` for the report, ``line`` within the text,
+    ``extra_data``: a whole value followed by more (JSON Lines read as one document)."""
+
+    def __init__(self, detail: str, line: int = 1, *, extra_data: bool = False):
+        super().__init__(detail)
+        self.detail, self.line, self.extra_data = detail, line, extra_data
+
+
 class _Decoder:
     """json.loads for the records of one input, leaving a ``_NonStandard`` marker where strict JSON
     has no value: NaN, Infinity and -Infinity (Python's json accepts them) and numbers beyond the
@@ -120,10 +129,18 @@ class _Decoder:
         self._marked = 0
 
     def loads(self, text: str) -> tuple[Any, bool]:
-        """The parsed ``text`` and whether it holds a ``_NonStandard`` marker (JSONDecodeError or
-        RecursionError as json.loads raises them)."""
+        """The parsed ``text`` and whether it holds a ``_NonStandard`` marker; ``_BadJSON`` when it
+        is not JSON, nests past what the parser can follow, or holds an integer past Python's digit
+        limit (``sys.get_int_max_str_digits``)."""
         before = self._marked
-        data = self._json.decode(text)
+        try:
+            data = self._json.decode(text)
+        except json.JSONDecodeError as e:
+            raise _BadJSON(_json_error(e), e.lineno, extra_data=e.msg == "Extra data") from None
+        except RecursionError:
+            raise _BadJSON(f"nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError as e:  # the digit limit
+            raise _BadJSON(str(e)) from None
         return data, self._marked != before
 
     def _mark(self, detail: str) -> _NonStandard:
@@ -254,14 +271,8 @@ def _read_jsonl(stream: IO[bytes], source: str, text_field: str, errors: ErrorLo
             continue
         try:
             data, nonstandard = decoder.loads(text)
-        except json.JSONDecodeError as e:
-            errors.add(source, lineno, "bad_json", _json_error(e))
-            continue
-        except RecursionError:
-            errors.add(source, lineno, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
-            continue
-        except ValueError as e:  # an integer past Python's digit limit (sys.get_int_max_str_digits)
-            errors.add(source, lineno, "bad_json", str(e))
+        except _BadJSON as e:
+            errors.add(source, lineno, "bad_json", e.detail)
             continue
         bad = _structure_error(data, _may_be_too_deep(text), nonstandard, _SURROGATE_ESCAPE.search(text) is not None)
         if bad:
@@ -286,17 +297,11 @@ def _read_json(stream: IO[bytes], source: str, text_field: str, errors: ErrorLog
         return
     try:
         data, nonstandard = _Decoder().loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
+    except _BadJSON as e:
+        if e.extra_data and text.lstrip().startswith("{"):  # JSON Lines in a .json file
             yield from _read_jsonl(io.BytesIO(raw), source, text_field, errors)
         else:
-            errors.add(source, e.lineno, "bad_json", _json_error(e))
-        return
-    except RecursionError:
-        errors.add(source, 1, "bad_json", f"nested deeper than {MAX_DEPTH} levels")
-        return
-    except ValueError as e:  # an integer past Python's digit limit
-        errors.add(source, 1, "bad_json", str(e))
+            errors.add(source, e.line, "bad_json", e.detail)
         return
     if isinstance(data, dict):
         items: list[Any] = [data]
