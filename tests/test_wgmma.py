@@ -7,7 +7,9 @@ apart from any attention code) and in the CPU emulator (the emulated wgmma reads
 the same way), so that a GPU failure of v7 can be told apart from a layout mistake. Modes 3-5 are
 0-2 with each descriptor's two byte offsets (LBO, SBO) swapped: in the emulator they must not
 match (so they are a real alternative), on a GPU a failing mode reports whether its swapped twin
-matches the hardware (then wgmma.cuh has the offsets the wrong way round for that form)."""
+matches the hardware (then wgmma.cuh has the offsets the wrong way round for that form) and the
+FASTLM_WGMMA_SWAP mask under which v7 / v8 read them the hardware's way without a rebuild; the
+emulator, set to read one form the other way round, checks that diagnosis."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -45,6 +47,31 @@ def _rel_err(d, ref):
     return float((d - ref).abs().max()) / float(ref.abs().max())
 
 
+def _matches(d, ref):
+    return bool(torch.isfinite(d).all()) and _rel_err(d, ref) < 1e-4
+
+
+def _swap_bit(mode):
+    """The FASTLM_WGMMA_SWAP bit of a probe mode's descriptors (a mask value): mode 0 has
+    K-major operands (1), modes 1 and 2 MN-major ones (2)."""
+    return 1 if mode % 3 == 0 else 2
+
+
+def _swap_mask(module, device):
+    """The FASTLM_WGMMA_SWAP mask under which `module`'s wgmma reads every operand form the way
+    the hardware (or the emulator's set reading) does: 0 when wgmma.cuh is right, None when some
+    failing mode is not fixed by swapping its offsets either."""
+    mask = 0
+    for n, mode, dtype in CASES:
+        d, ref = _probe(module, device, n, mode, dtype, seed=n + mode)
+        if not _matches(d, ref):
+            d2, _ = _probe(module, device, n, mode + 3, dtype, seed=n + mode)
+            if not _matches(d2, ref):
+                return None
+            mask |= _swap_bit(mode)
+    return mask
+
+
 @pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
 @pytest.mark.parametrize("n, mode, dtype", CASES)
 def test_emulated_wgmma_matches_matmul(n, mode, dtype):
@@ -73,7 +100,38 @@ def test_gpu_wgmma_matches_matmul(n, mode, dtype):
         err2 = _rel_err(d2, ref) if torch.isfinite(d2).all() else float("nan")
         pytest.fail(f"mode {mode}: max error {err:.2e} of the largest value; with LBO and SBO "
                     f"swapped (mode {mode + 3}): {err2:.2e}"
-                    + (" -> swap them in wgmma.cuh for this form" if err2 < 1e-4 else ""))
+                    + (f" -> swap them in wgmma.cuh for this form (until then, v7 / v8 run with "
+                       f"FASTLM_WGMMA_SWAP={_swap_bit(mode)} for this form)" if err2 < 1e-4
+                       else ""))
+
+
+@pytest.fixture
+def emu_reading():
+    """Resets the emulated wgmma's reading and the modules' swap mask after the test."""
+    yield
+    emu.set_wgmma_reading("isa")
+    emu.set_wgmma_swap(0)
+
+
+@pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
+@pytest.mark.parametrize("reading, mask", [("isa", 0), ("swapped-k-major", 1),
+                                           ("swapped-mn-major", 2), ("swapped", 3)])
+def test_probe_names_the_mask_that_fixes_the_hardware(emu_reading, reading, mask):
+    """Emulated hardware that reads one form's offsets the other way round: the probe's
+    diagnosis (what the GPU test reports and tools/gpu_check.sh then sets) is that form's bit."""
+    emu.set_wgmma_reading(reading)
+    assert _swap_mask(emu, "cpu") == mask
+
+
+@pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")
+def test_set_wgmma_swap_checks_its_arguments(emu_reading):
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="mask must be 0 to 3"):
+            emu.set_wgmma_swap(bad)
+    emu.set_wgmma_swap(3)
+    assert emu.wgmma_swap() == 3
+    with pytest.raises(ValueError, match="wgmma reading must be isa"):
+        emu.set_wgmma_reading("sideways")
 
 
 @pytest.mark.skipif(emu is None, reason="no emulator build (needs glibc ucontext)")

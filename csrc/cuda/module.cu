@@ -28,6 +28,16 @@ T* ptr(uintptr_t p) {
 }
 cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
+// Attention v7 / v8's wgmma descriptor fallback (csrc/kernels/wgmma.cuh, desc_k_major): set once
+// from FASTLM_WGMMA_SWAP by fastlm.ops.attention, copied into every launch's parameters.
+int g_wgmma_swap = 0;
+
+void set_wgmma_swap(int mask) {
+  if (mask < 0 || mask > 3)
+    throw py::value_error("set_wgmma_swap: mask must be 0 to 3 (bit 0: K-major, bit 1: MN-major)");
+  g_wgmma_swap = mask;
+}
+
 void cross_entropy_chunk(uintptr_t logits, int dtype, int64_t rows, int64_t vocab, int64_t ld,
                          uintptr_t target, uintptr_t loss, uintptr_t lse, uintptr_t grad_scale,
                          float grad_scale_scalar, int64_t ignore_index, float label_smoothing,
@@ -73,6 +83,7 @@ AttentionParams make_params(py::tuple sizes, py::tuple strides, float scale, boo
   p.causal = causal;
   p.dtype = dtype;
   p.version = version;
+  p.wgmma_swap = g_wgmma_swap;
   return p;
 }
 
@@ -146,6 +157,10 @@ PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
         "the emulator's float -> fp16 conversion (round to nearest even), as bits");
   m.def("half_bits_to_float", &fastlm::emu::half_to_float, py::arg("bits"));
   m.def("float_to_bf16_bits", &fastlm::emu::float_to_bf16, py::arg("x"));
+  m.def("set_wgmma_reading", &fastlm::emu::set_wgmma_reading, py::arg("mode"),
+        "how the emulated wgmma reads a descriptor's two byte offsets: 'isa' (wgmma.cuh's "
+        "reading), or the other way round: 'swapped' (every operand), 'swapped-k-major', "
+        "'swapped-mn-major'");
   m.def("selftest", &fastlm::emu::selftest, py::arg("name"),
         "runs a deliberately broken kernel (or its '_good' twin): 'ok', 'wrong' or the error");
 #endif
@@ -157,6 +172,10 @@ PYBIND11_MODULE(FASTLM_CUDA_MODULE, m) {
   m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("o"), py::arg("lse"), py::arg("sizes"), py::arg("strides"), py::arg("scale"),
         py::arg("causal"), py::arg("dtype"), py::arg("version"), py::arg("stream"));
+  m.def("set_wgmma_swap", &set_wgmma_swap, py::arg("mask"),
+        "attention v7 / v8: swap the two byte offsets of the wgmma descriptors of the K-major "
+        "(bit 0) and MN-major (bit 1) operands (a GPU that reads them the other way round)");
+  m.def("wgmma_swap", [] { return g_wgmma_swap; });
   m.def("wgmma_supported", &fastlm::cuda::wgmma_supported,
         "whether attention version 7 (wgmma) runs here: an sm_90 GPU and a build for sm_90a");
   m.def("wgmma_probe", &wgmma_probe, py::arg("a"), py::arg("b"), py::arg("d"), py::arg("n"),

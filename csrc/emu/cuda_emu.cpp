@@ -99,6 +99,7 @@ struct State {
   const char* barrier_file = nullptr;  // the __syncthreads the block's waiting threads are at
   int barrier_line = 0;
   enum class Copies { kLazy, kEager, kMixed } copies = Copies::kMixed;
+  bool swapped_k = false, swapped_mn = false;  // set_wgmma_reading
   std::mt19937_64 rng;
   bool progress = false, abort = false;
   std::string error;
@@ -521,8 +522,10 @@ namespace {
 // (mn % 8) * 2 + (mn / 8) * SBO + (k % 8) * 16 + (k / 8) * LBO.
 float desc_element(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
   const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
-  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
-  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  const uint32_t field16 = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t field32 = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  const bool swapped = mn_major ? st().swapped_mn : st().swapped_k;
+  const uint32_t lbo = swapped ? field32 : field16, sbo = swapped ? field16 : field32;
   if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0)
     fail("wgmma descriptor with a swizzle or base offset (the emulator models no-swizzle only)");
   const uint32_t mn_off = mn_major ? (mn % 8) * 2 + (mn / 8) * sbo : (mn % 8) * 16 + (mn / 8) * sbo;
@@ -753,6 +756,15 @@ void set_copy_timing(const std::string& mode) {
     s.copies = State::Copies::kMixed;
   else
     throw std::invalid_argument("copy timing must be lazy, eager or mixed, got '" + mode + "'");
+}
+
+void set_wgmma_reading(const std::string& mode) {
+  if (mode != "isa" && mode != "swapped" && mode != "swapped-k-major" && mode != "swapped-mn-major")
+    throw std::invalid_argument(
+        "wgmma reading must be isa, swapped, swapped-k-major or swapped-mn-major, got '" + mode +
+        "'");
+  st().swapped_k = mode == "swapped" || mode == "swapped-k-major";
+  st().swapped_mn = mode == "swapped" || mode == "swapped-mn-major";
 }
 
 void misaligned(const char* file, unsigned line, unsigned alignment, uintptr_t address) {

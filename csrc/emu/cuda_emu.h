@@ -186,6 +186,11 @@ void set_seed(uint64_t seed);
 // before the wait), "eager" (at issue: catches copies over data other warps still read) or
 // "mixed" (default: a seeded coin per copy, both kinds of hazard in one run).
 void set_copy_timing(const std::string& mode);
+// How wgmma reads a descriptor's leading and stride byte offsets: "isa" (wgmma.cuh's reading, the
+// default) or the other way round for every operand ("swapped"), the K-major ones only
+// ("swapped-k-major") or the MN-major ones only ("swapped-mn-major"): a stand-in for hardware
+// that disagrees with wgmma.cuh, for tests of the FASTLM_WGMMA_SWAP fallback.
+void set_wgmma_reading(const std::string& mode);
 // Kernels with deliberate bugs (csrc/emu/selftest.cpp): "ok", "wrong" or the launch error.
 std::string selftest(const std::string& name);
 

@@ -646,7 +646,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
   const float sl2 = p.scale * kLog2e;
   const int wrow0 = q0 + warp * 16;  // this warp's first row; the thread's: wrow0 + g, + 8
   // Q's 64 rows of this warpgroup, K-major: next 8 columns at kBr7 * 16 bytes, next 8 rows at 128.
-  const uint64_t desc_q = wgmma_desc(sQ + wg * 64 * 8, kBr7 * 16, 128);
+  const uint64_t desc_q = desc_k_major(sQ + wg * 64 * 8, kBr7, p.wgmma_swap);
 
   for (int j = 0; j < n_tiles; ++j) {
     const int k0 = j * BC;
@@ -658,7 +658,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
 
     // S = Q K^T; the next tile's copies (into tile j-1's buffer) issued while it runs.
     wgmma_fence();
-    issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
+    issue_qk<T, D, BC>(s, desc_q, desc_k_major(sK, BC, p.wgmma_swap));
     wgmma_commit();
     if (j + 1 < n_tiles) {
       T* nK = sKV + ((j + 1) & 1) * 2 * BC * D;
@@ -680,7 +680,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v7(AttentionPara
       o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
     }
 
-    pv_waited<T, D, BC>(o, pf, wgmma_desc(sV, 128, BC * 16));  // O += P V
+    pv_waited<T, D, BC>(o, pf, desc_mn_major(sV, BC, p.wgmma_swap));  // O += P V
   }
   finish_forward_rows<T, D>(p, b, h, wrow0 + g, t, o, m, l);
 #elif defined(__CUDA_ARCH__)
@@ -733,7 +733,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
       load_tile_planar<T, D, BC, kThreads7>(sV + (j & 1) * BC * D, blk.V + k0 * p.v_stride[2],
                                             p.v_stride[2], p.t_k - k0);
   };
-  auto desc_v = [&](int j) { return wgmma_desc(sV + (j & 1) * BC * D, 128, BC * 16); };
+  auto desc_v = [&](int j) { return desc_mn_major(sV + (j & 1) * BC * D, BC, p.wgmma_swap); };
 
   load_tile_planar<T, D, kBr7, kThreads7>(sQ, Q + q0 * p.q_stride[2], p.q_stride[2], p.t_q - q0);
   load_tile_planar<T, D, BC, kThreads7>(sK, K, p.k_stride[2], p.t_k);
@@ -744,13 +744,13 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
   const float sl2 = p.scale * kLog2e;
   const int wrow0 = q0 + warp * 16;  // this warp's first row; the thread's: wrow0 + g, + 8
-  const uint64_t desc_q = wgmma_desc(sQ + wg * 64 * 8, kBr7 * 16, 128);  // as v7's
+  const uint64_t desc_q = desc_k_major(sQ + wg * 64 * 8, kBr7, p.wgmma_swap);  // as v7's
   uint32_t pf[BC / 16][4];  // P of the previous tile (A of the P V product in flight)
 
   // Tile 0: S_0 and its softmax (O is still 0).
   sync();
   wgmma_fence();
-  issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK, BC * 16, 128));
+  issue_qk<T, D, BC>(s, desc_q, desc_k_major(sK, BC, p.wgmma_swap));
   wgmma_commit();
   loads(0);
   wgmma_wait<0>();
@@ -762,7 +762,7 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_fwd_kernel_v8(AttentionPara
     fence_operands<D / 2>(&o[0][0]);
     fence_operands<BC / 4>(&pf[0][0]);
     wgmma_fence();
-    issue_qk<T, D, BC>(s, desc_q, wgmma_desc(sK + (j & 1) * BC * D, BC * 16, 128));
+    issue_qk<T, D, BC>(s, desc_q, desc_k_major(sK + (j & 1) * BC * D, BC, p.wgmma_swap));
     wgmma_commit();
     issue_pv<T, D, BC>(o, pf, desc_v(j - 1));
     wgmma_commit();
@@ -1361,10 +1361,10 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
   const float sl2 = p.scale * kLog2e;
   // K and V as A of S^T / dP^T (this warpgroup's 64 keys, K-major over D); K as B of dQ (MN-major:
   // keys x this warpgroup's D/2 columns); dS^T as A of dQ (MN-major: queries x keys).
-  const uint64_t desc_ka = wgmma_desc(sK + wg * 64 * 8, kKB7 * 16, 128);
-  const uint64_t desc_va = wgmma_desc(sV + wg * 64 * 8, kKB7 * 16, 128);
-  const uint64_t desc_kb = wgmma_desc(sK + wg * (D / 16) * kKB7 * 8, 128, kKB7 * 16);
-  const uint64_t desc_ds = wgmma_desc(sdS, 128, kKB7 * 16);
+  const uint64_t desc_ka = desc_k_major(sK + wg * 64 * 8, kKB7, p.wgmma_swap);
+  const uint64_t desc_va = desc_k_major(sV + wg * 64 * 8, kKB7, p.wgmma_swap);
+  const uint64_t desc_kb = desc_mn_major(sK + wg * (D / 16) * kKB7 * 8, kKB7, p.wgmma_swap);
+  const uint64_t desc_ds = desc_mn_major(sdS, kKB7, p.wgmma_swap);
 
   for (int it = 0; it < n_iter; ++it) {
     const int buf = it & 1;
@@ -1381,8 +1381,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
     // S^T = K Q^T, dP^T = V dO^T (64 keys x 64 queries per warpgroup, k-steps over D). At D=64
     // two commit groups, so that P^T's exponentials run while dP^T is still on the tensor cores.
     float st[kBQ7 / 8][4], dpt[kBQ7 / 8][4];
-    const uint64_t desc_q = wgmma_desc(sQ, kBQ7 * 16, 128);
-    const uint64_t desc_do = wgmma_desc(sdO, kBQ7 * 16, 128);
+    const uint64_t desc_q = desc_k_major(sQ, kBQ7, p.wgmma_swap);
+    const uint64_t desc_do = desc_k_major(sdO, kBQ7, p.wgmma_swap);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
@@ -1435,8 +1435,8 @@ __global__ void __launch_bounds__(kThreads7, 1) attn_bwd_kernel_v7(AttentionPara
       }
 
     // dV += P^T dO, dK += dS^T Q (k-steps over the 64 queries; B = dO / Q, MN-major).
-    const uint64_t desc_dob = wgmma_desc(sdO, 128, kBQ7 * 16);
-    const uint64_t desc_qb = wgmma_desc(sQ, 128, kBQ7 * 16);
+    const uint64_t desc_dob = desc_mn_major(sdO, kBQ7, p.wgmma_swap);
+    const uint64_t desc_qb = desc_mn_major(sQ, kBQ7, p.wgmma_swap);
     fence_operands<D / 2>(&dv[0][0]);
     fence_operands<D / 2>(&dk[0][0]);
     fence_operands<kBQ7 / 4>(&pf[0][0]);

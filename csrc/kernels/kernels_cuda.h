@@ -44,7 +44,8 @@ struct AttentionParams {
   float scale = 1.f;
   bool causal = false;
   int dtype = 1;    // kBFloat16 or kFloat16
-  int version = 2;  // kernel version, 1-8 (attention.cu header)
+  int version = 2;  // kernel version, 1-9 (attention.cu header)
+  int wgmma_swap = 0;  // v7 / v8: descriptor offsets swapped (wgmma.cuh, desc_k_major)
 };
 
 void attention_forward(const AttentionParams& p, cudaStream_t stream);

@@ -49,6 +49,18 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo, uint
          (static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32);
 }
 
+// Descriptors of a chunk-planar tile of `rows` rows in the two forms above. `swap` is a fallback
+// for a GPU that reads the two offsets the other way round (AttentionParams::wgmma_swap, from
+// FASTLM_WGMMA_SWAP; 0 otherwise): bit 0 swaps them in the K-major form, bit 1 in the MN-major
+// form. tests/test_wgmma.py says which bit a failing GPU needs, and tools/gpu_check.sh then runs
+// v7 / v8 with it, so that a wrong reading costs no rebuild.
+__device__ __forceinline__ uint64_t desc_k_major(const void* p, int rows, int swap) {
+  return (swap & 1) ? wgmma_desc(p, 128, rows * 16) : wgmma_desc(p, rows * 16, 128);
+}
+__device__ __forceinline__ uint64_t desc_mn_major(const void* p, int rows, int swap) {
+  return (swap & 2) ? wgmma_desc(p, rows * 16, 128) : wgmma_desc(p, 128, rows * 16);
+}
+
 #ifdef FASTLM_CUDA_EMU
 inline void wgmma_fence() { ::fastlm::emu::wgmma_fence(); }
 inline void wgmma_commit() { ::fastlm::emu::wgmma_commit(); }

@@ -18,24 +18,22 @@ namespace fastlm {
 namespace cuda {
 namespace {
 
-// Shared memory of the swapped modes: their reads reach past the tiles (up to ~40 KB at N = 128),
-// so the block gets 48 KB, zeroed first, and no read leaves it.
-constexpr int kSwapSmem = 48 * 1024;
+// Shared memory: a reading of the offsets other than the descriptors' (a swapped mode, or hardware
+// that reads them the other way round) reaches past the tiles (up to ~40 KB at N = 128), so every
+// mode gets 48 KB, zeroed first: no read leaves the block (an out-of-range read would be a sticky
+// CUDA error that ends the diagnosis) and none reads uninitialized memory.
+constexpr int kProbeSmem = 48 * 1024;
 
 template <typename T, int N, int MODE, bool SWAP>
 __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b, float* d) {
 #if defined(FASTLM_CUDA_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  auto desc = [](const T* p, uint32_t lbo, uint32_t sbo) {
-    return SWAP ? wgmma_desc(p, sbo, lbo) : wgmma_desc(p, lbo, sbo);
-  };
+  constexpr int swap = SWAP ? 3 : 0;  // every descriptor's two offsets swapped (wgmma.cuh)
   FASTLM_DYNAMIC_SMEM(smem_raw);
   T* sA = reinterpret_cast<T*>(smem_raw);  // 64 x 32, chunk-planar
   T* sB = sA + 64 * 32;                    // mode 0: B^T (N x 32); modes 1, 2: B (32 x N)
-  if constexpr (SWAP) {
-    for (int i = threadIdx.x; i < kSwapSmem / 16; i += 128)
-      store_for_wgmma(reinterpret_cast<uint4*>(smem_raw) + i, make_uint4(0, 0, 0, 0));
-    __syncthreads();
-  }
+  for (int i = threadIdx.x; i < kProbeSmem / 16; i += 128)
+    store_for_wgmma(reinterpret_cast<uint4*>(smem_raw) + i, make_uint4(0, 0, 0, 0));
+  __syncthreads();
   for (int i = threadIdx.x; i < 64 * 32; i += 128)  // mode 2: A^T (32 x 64)
     store_for_wgmma(sA + (MODE == 2 ? planar(i % 32, i / 32, 32) : planar(i / 32, i % 32, 64)),
                     a[i]);
@@ -58,17 +56,17 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b
   float acc[N / 2];
   wgmma_fence();
   if constexpr (MODE == 0) {
-    const uint64_t da = desc(sA, 64 * 16, 128), db = desc(sB, N * 16, 128);
+    const uint64_t da = desc_k_major(sA, 64, swap), db = desc_k_major(sB, N, swap);
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk)
       wgmma_ss<T, N>(acc, da + ((kk * 2 * 64 * 16) >> 4), db + ((kk * 2 * N * 16) >> 4), kk > 0);
   } else if constexpr (MODE == 1) {
-    const uint64_t db = desc(sB, 128, 32 * 16);
+    const uint64_t db = desc_mn_major(sB, 32, swap);
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk)
       wgmma_rs_tb<T, N>(acc, af[kk], db + ((kk * 16 * 16) >> 4), kk > 0);
   } else {
-    const uint64_t da = desc(sA, 128, 32 * 16), db = desc(sB, 128, 32 * 16);
+    const uint64_t da = desc_mn_major(sA, 32, swap), db = desc_mn_major(sB, 32, swap);
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk)
       wgmma_ss_tab<T, N>(acc, da + ((kk * 16 * 16) >> 4), db + ((kk * 16 * 16) >> 4), kk > 0);
@@ -86,10 +84,9 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b
 
 template <typename T, int N, int MODE>
 void probe(const void* a, const void* b, float* d, bool swap, cudaStream_t stream) {
-  const size_t smem = swap ? kSwapSmem : (64 * 32 + 32 * N) * sizeof(T);
   auto kernel = swap ? wgmma_probe_kernel<T, N, MODE, true> : wgmma_probe_kernel<T, N, MODE, false>;
-  FASTLM_LAUNCH(kernel, 1, 128, smem, stream)(static_cast<const T*>(a), static_cast<const T*>(b),
-                                              d);
+  FASTLM_LAUNCH(kernel, 1, 128, kProbeSmem, stream)(static_cast<const T*>(a),
+                                                    static_cast<const T*>(b), d);
   FASTLM_LAUNCH_CHECK();
 }
 

@@ -38,14 +38,16 @@ def cuda_module():
     return _CUDA
 
 
-def kernel_version(env: str, default: Optional[int], versions: range) -> Optional[int]:
-    """A kernel version from the environment variable `env` (unset: `default`); anything that is
-    not one of `versions` is refused with a message naming the variable."""
+def kernel_version(env: str, default: Optional[int], versions: range,
+                   what: str = "kernel version") -> Optional[int]:
+    """A kernel version (or other small integer setting, named by `what`) from the environment
+    variable `env` (unset: `default`); anything that is not one of `versions` is refused with a
+    message naming the variable."""
     raw = os.environ.get(env, "").strip()
     if not raw:
         return default
     if not raw.isdigit() or int(raw) not in versions:
-        raise ValueError(f"{env}={raw!r}: kernel version must be one of "
+        raise ValueError(f"{env}={raw!r}: {what} must be one of "
                          f"{', '.join(str(v) for v in versions)}")
     return int(raw)
 

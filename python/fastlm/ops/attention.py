@@ -20,6 +20,12 @@ from fastlm.ops import _dispatch
 # forces one.
 KERNEL_VERSION: Optional[int] = _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 10))
 DEFAULT_VERSION_BY_HEAD_DIM = {64: 5, 128: 6}
+# v7 / v8 only, a fallback for a GPU that reads wgmma's descriptor offsets the other way round
+# (csrc/kernels/wgmma.cuh, desc_k_major): bit 0 swaps them for the K-major operands, bit 1 for the
+# MN-major ones. tests/test_wgmma.py says which bit a failing GPU needs; unset: 0.
+WGMMA_SWAP: int = _dispatch.kernel_version("FASTLM_WGMMA_SWAP", 0, range(4), "a bit mask")
+if WGMMA_SWAP and _dispatch.cuda_module() is not None:
+    _dispatch.cuda_module().set_wgmma_swap(WGMMA_SWAP)
 
 
 def kernel_version_for(head_dim: int) -> int:
