@@ -264,7 +264,7 @@ def test_staged_filter_rerun_replaces_only_its_part(tmp_path, shards):
     (["--bands", "20", "--rows", "7"], "exceeds --num-perm 128"),
     (["--bands", "20"], "--bands and --rows go together"),
     (["--num-perm", "0"], "--num-perm must be in"),
-    (["--ngram", "0"], "--ngram must be >= 1"),
+    (["--ngram", "0"], "--ngram must be in [1, 1024]"),
     (["--method", "simhash", "--simhash-k", "64"], "--simhash-k must be in [0, 63]"),
     (["--method", "simhash", "--threshold", "0.7"], "--threshold applies to --method minhash only"),
     (["--simhash-k", "2"], "--simhash-k applies to --method simhash only"),

@@ -16,23 +16,28 @@ Parameters travel in the files (a flag that the files already fix is refused), a
 with different parameters are refused by fastlm.data.dedup_files. The staged result equals the
 one-shot result with ``--verify signature``: the same kept records, removal counts and clusters.
 The filter stage writes ``part-K-NNNNN.jsonl`` and ``part-K.report.json`` into OUT, so all
-shards can share one OUT.
+shards can share one OUT. A folder or glob input of the signatures and filter stages leaves out the
+pipeline's outputs below it (dedup files, folders holding a filter report), as it leaves out -o.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from typing import Any, Callable, Iterable
 
-from fastlm.cli.checks import check_threads
+from fastlm.cli.checks import check_output, check_range, check_threads
 from fastlm.cli.progress import DocProgress
 
 STAGES = ("signatures", "bands", "cluster", "filter")
+MAX_NGRAM = 1024  # longer than a document's word count is one shingle, the whole document
+_FILTER_SHARD = re.compile(r"(part-\d{5,})-\d{5,}\.(?:jsonl|parquet)")  # the filter stage's shard names
 # Flags with a default of None, the defaults used when they apply and were not given.
 DEFAULTS = {"method": "minhash", "threshold": 0.8, "num_perm": 128, "ngram": 5, "seed": 1,
             "hash": "fast", "verify": "auto", "simhash_k": 3, "keep": "first", "text_field": "text",
@@ -67,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("minhash", "simhash", "exact"), help="near-dup method (default minhash; exact: exact copies only)")
     p.add_argument("--threshold", type=float, help="MinHash Jaccard threshold in (0, 1] (default 0.8)")
     p.add_argument("--num-perm", type=int, help="MinHash permutations (default 128)")
-    p.add_argument("--ngram", type=int, help="word n-gram size (default 5; with --method simhash: 3)")
+    p.add_argument("--ngram", type=int,
+                   help=f"word n-gram size in [1, {MAX_NGRAM}] (default 5; with --method simhash: 3)")
     p.add_argument("--seed", type=int, help="MinHash permutation seed (default 1)")
     p.add_argument("--hash", choices=("fast", "datasketch", "datasketch-legacy"),
                    help="MinHash hash (default fast; datasketch: its signatures bit for bit)")
@@ -130,8 +136,7 @@ def check_args(args: argparse.Namespace) -> None:
     num_perm = _opt(args, "num_perm")
     if not 1 <= num_perm <= 1 << 16:
         raise ValueError(f"--num-perm must be in [1, 65536], got {num_perm}")
-    if _opt(args, "ngram") < 1:
-        raise ValueError(f"--ngram must be >= 1, got {args.ngram}")
+    check_range(_opt(args, "ngram"), "--ngram", 1, MAX_NGRAM)
     if args.simhash_k is not None and not 0 <= args.simhash_k < 64:
         raise ValueError(f"--simhash-k must be in [0, 63], got {args.simhash_k}")
     if (args.bands is None) != (args.rows is None):
@@ -145,6 +150,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.seed is not None and _opt(args, "hash") == "fast" and not 0 <= args.seed < 1 << 64:
         raise ValueError(f"--seed must be in [0, 2**64), got {args.seed}")
     check_threads(args.threads)
+    check_output(args.out, "-o", folder=mode not in ("signatures", "cluster"))
 
 
 def dedup_config(args: argparse.Namespace):
@@ -168,11 +174,44 @@ def dedup_config(args: argparse.Namespace):
 
 
 def _read(inputs: list[str], args: argparse.Namespace, errors) -> Iterable:
-    """The records of the inputs; the command's own output (-o) is never read back from a folder or glob."""
+    """The records of the inputs; the command's own output (-o) is never read back from a folder or
+    glob, nor, in the staged pipeline, any stage's output (`_stage_outputs`)."""
+    from fastlm.data.io import expand_inputs
     from fastlm.data.readers import read_records
 
+    exclude = [args.out]
+    if args.stage:
+        exclude += _stage_outputs(expand_inputs(inputs, exclude=exclude))
     return read_records(inputs, text_field=_opt(args, "text_field"), text_mode=_opt(args, "text_mode"),
-                        fmt=_opt(args, "fmt"), errors=errors, exclude=(args.out,))
+                        fmt=_opt(args, "fmt"), errors=errors, exclude=exclude)
+
+
+def _stage_outputs(files: list[str]) -> list[str]:
+    """The staged pipeline's outputs among the files an input expands to: dedup files (signatures,
+    band keys, clusters) and the folders holding a filter stage's shards (with its part-K.report.json).
+
+    The signatures and filter stages leave them out as they leave out their own -o: when a folder or
+    glob reaches them, e.g. ``in/`` with ``-o in/sigs/part-0.npz`` and filter's ``-o in/out``, so a
+    re-run never reads the last run's outputs as documents; an input that names one is read."""
+    from fastlm.data.dedup_files import is_dedup_file
+
+    found: set[str] = set()
+    for f in files:
+        m = _FILTER_SHARD.fullmatch(os.path.basename(f))
+        if m and _is_filter_report(os.path.join(os.path.dirname(f), m.group(1) + ".report.json")):
+            found.add(os.path.dirname(f) or os.curdir)
+        elif os.path.isfile(f) and is_dedup_file(f):
+            found.add(f)
+    return sorted(found)
+
+
+def _is_filter_report(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = json.load(f).get("params")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(params, dict) and "clusters" in params and "shard" in params
 
 
 def _utf8_len(text: str) -> int:
@@ -225,9 +264,11 @@ def stage_signatures(inputs: list[str], out: str, args: argparse.Namespace) -> s
     """Stage 1: one input shard's MinHash signatures (and exact hashes) into `out`."""
     from fastlm.data.dedup import MinHasher
     from fastlm.data.dedup_files import write_signatures
+    from fastlm.data.io import refuse_input_as_output
     from fastlm.data.readers import record_text
     from fastlm.data.records import ErrorLog
 
+    refuse_input_as_output(out, inputs)
     mh = MinHasher(num_perm=_opt(args, "num_perm"), ngram=_opt(args, "ngram"), seed=_opt(args, "seed"),
                    hash=_opt(args, "hash"))
     errors = ErrorLog(strict=bool(args.strict))
@@ -249,6 +290,11 @@ def stage_bands(inputs: list[str], out: str, args: argparse.Namespace) -> str:
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise ValueError(f"signature files with the same name would overwrite each other's keys: {dups[0]}")
+    for f in files:
+        keys = os.path.join(out, os.path.basename(f))
+        if os.path.isfile(keys) and os.path.samefile(keys, f):
+            raise ValueError(f"-o {out!r} holds the signature file {f!r}: its band keys would replace it; "
+                             "choose another output folder")
     os.makedirs(out, exist_ok=True)
     bands = (args.bands, args.rows) if args.bands is not None else None
     threshold = _opt(args, "threshold")
@@ -261,8 +307,9 @@ def stage_bands(inputs: list[str], out: str, args: argparse.Namespace) -> str:
 def stage_cluster(inputs: list[str], out: str, args: argparse.Namespace) -> str:
     """Stage 3: merge every shard's band keys into one cluster file."""
     from fastlm.data.dedup_files import cluster_files
-    from fastlm.data.io import expand_inputs
+    from fastlm.data.io import expand_inputs, refuse_input_as_output
 
+    refuse_input_as_output(out, inputs)
     if os.path.dirname(os.path.abspath(out)):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     r = cluster_files(out, expand_inputs(inputs, exclude=(out,)), threshold=args.threshold, exact=not args.no_exact,

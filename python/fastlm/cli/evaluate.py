@@ -25,10 +25,11 @@ import os
 import sys
 import time
 
+from fastlm.cli.checks import check_output, check_range
 from fastlm.cli.generate import add_ckpt_args, autocast_for, kernels_of, load_checkpoint_model, pick_device
 
-# Most held-out problems per task `eval --task` draws (the smallest task has ~1,000).
-MAX_TASK_EXAMPLES = 100_000
+MAX_BATCH = 4096  # rows (or prompts) per forward; more is one giant allocation, not a faster eval
+MAX_SEED = 2**32 - 1  # MLM rows are seeded with seed * 1_000_003 + row, which must fit torch's 64 bits
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -41,18 +42,19 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--task", metavar="NAME[,NAME]",
                    help="instead of DATA: exact-match accuracy on built-in tasks (copy, reverse, sort, add)")
     p.add_argument("--examples", type=int, default=200,
-                   help="--task: held-out problems per task (default: 200)")
+                   help="--task: held-out problems per task, at most the task's (add: 993) (default: 200)")
     p.add_argument("--max-new-tokens", type=int, default=24,
                    help="--task: longest answer generated, in tokens (default: 24)")
     p.add_argument("--max-tokens", type=int, default=0,
                    help="evaluate at most this many target tokens (default: 0 = all)")
     p.add_argument("--batch", type=int, default=0,
-                   help="rows per forward (default: 8; --task: prompts per batch, default 32)")
+                   help=f"rows per forward, at most {MAX_BATCH} (default: 8; --task: prompts per batch, "
+                        "default 32)")
     p.add_argument("--seq-len", type=int, default=0,
                    help="tokens per row (default: 0 = the run's data.seq_len, else max_seq_len)")
     p.add_argument("--text-field", default="text", help="text field of JSON records (default: text)")
     p.add_argument("--seed", type=int, default=0,
-                   help="MLM masking seed; --task: which held-out problems (default: 0)")
+                   help="MLM masking seed; --task: which held-out problems; in [0, 2**32) (default: 0)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the figures to this JSON file")
     p.set_defaults(func=run_eval)
 
@@ -190,13 +192,7 @@ def _check_json_out(args: argparse.Namespace) -> None:
 
     if not args.json_out:
         return
-    if os.path.isdir(args.json_out):
-        raise ValueError(f"--json {args.json_out}: is a directory; name the JSON file to write")
-    parent = os.path.dirname(os.path.abspath(args.json_out))
-    while not os.path.exists(parent):  # folders that do not exist yet are made when it is written
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--json {args.json_out}: {parent} is a file, not a directory")
+    check_output(args.json_out, "--json", folder=False)
     if args.data:
         refuse_input_as_output(args.json_out, args.data, flag="--json")
 
@@ -218,11 +214,14 @@ def run_task_eval(args: argparse.Namespace) -> int:
     if not names:
         raise ValueError("--task: name at least one task (copy, reverse, sort, add)")
     tasks = [get_task(n) for n in names]  # unknown names refused before loading anything
-    if args.batch < 0 or args.examples < 1 or args.max_new_tokens < 1:
-        raise ValueError(f"--batch must be >= 0, --examples and --max-new-tokens >= 1; got {args.batch}, "
-                         f"{args.examples}, {args.max_new_tokens}")
-    if args.examples > MAX_TASK_EXAMPLES:  # drawing that many distinct problems would not end
-        raise ValueError(f"--examples must be <= {MAX_TASK_EXAMPLES}, got {args.examples}")
+    if args.examples < 1 or args.max_new_tokens < 1:
+        raise ValueError(f"--examples and --max-new-tokens must be >= 1; got {args.examples}, {args.max_new_tokens}")
+    for task in tasks:  # a task has only so many distinct held-out problems
+        if args.examples > task.size("val"):
+            raise ValueError(f"--examples must be <= {task.size('val')} with --task {task.name} (its distinct "
+                             f"held-out problems), got {args.examples}")
+    check_range(args.batch, "--batch", 0, MAX_BATCH, " (0 = 32 prompts)")
+    check_range(args.seed, "--seed", 0, MAX_SEED)
     _check_json_out(args)
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
@@ -267,9 +266,11 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("nothing to evaluate: pass DATA (token shards or text) or --task NAME")
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    check_range(args.batch, "--batch", 0, MAX_BATCH, " (0 = 8 rows)")
     args.batch = args.batch or 8
-    if args.batch < 1 or args.seq_len < 0:
-        raise ValueError("--batch must be >= 1 and --seq-len >= 0")
+    if args.seq_len < 0:
+        raise ValueError(f"--seq-len must be >= 0, got {args.seq_len}")
+    check_range(args.seed, "--seed", 0, MAX_SEED)
     _check_json_out(args)
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from fastlm.cli.checks import check_output
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     p = groups.add_parser(
@@ -31,6 +33,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.ckpt):
         raise ValueError(f"--ckpt {args.ckpt}: no such checkpoint or run directory")
+    check_output(args.out, "OUT", folder=True)
     _refuse_early(args)
     model, tokenizer, meta = load_model(args.ckpt, device="cpu")
     arch = hf_architecture(model.config)

@@ -8,11 +8,15 @@ import os
 import sys
 import time
 
-from fastlm.cli.checks import check_threads
+from fastlm.cli.checks import check_output, check_range, check_threads
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records, record_text
 from fastlm.data.records import ErrorLog
 
 HELD_OUT_EVERY = 50  # every 50th document (2%) is held out from training to measure compression
+MAX_VOCAB_SIZE = 2**31 - 1  # sentencepiece's int32 and the native trainer's 2**31 merges
+MAX_MIN_FREQUENCY = 2**63 - 1  # pair counts are int64
+MAX_SHARD_TOKENS = 2**32  # the shard in progress is held in memory: up to 16 GiB of uint32 ids
+MAX_BATCH_DOCS = 2**20  # a batch's texts and ids are held in memory at once
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -32,12 +36,13 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("train", help="train a byte-level BPE (or sentencepiece) tokenizer")
     _add_input_args(p)
-    p.add_argument("--vocab-size", type=int, required=True, help="ids in total: 256 bytes + merges + specials")
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="ids in total: 256 bytes + merges + specials, at most 2**31 - 1")
     p.add_argument("-o", "--output", required=True, help="output directory (tokenizer.fastlm, tokenizer.json)")
     p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4, o200k or a custom regex (default: gpt4)")
     p.add_argument("--backend", default="native", choices=("native", "sentencepiece"), help="default: native BPE")
     p.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"), help="sentencepiece model type")
-    p.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count (default: 2)")
+    p.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count, >= 1 (default: 2)")
     p.set_defaults(func=run_train)
 
     p = commands.add_parser("encode", help="encode documents into token shards (.bin/.idx/.json)")
@@ -46,8 +51,10 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output directory for the shards")
     p.add_argument("--separator", default="bos", choices=("bos", "eos", "none"),
                    help="bos: prepend <|bos|> to each document (default); eos: append <|endoftext|>/<|eos|>")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default: 1e8)")
-    p.add_argument("--batch-docs", type=int, default=256, help="documents encoded per parallel batch")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000,
+                   help="tokens per shard, at most 2**32 (default: 1e8)")
+    p.add_argument("--batch-docs", type=int, default=256,
+                   help="documents encoded per parallel batch, at most 2**20 (default: 256)")
     p.set_defaults(func=run_encode)
 
     p = commands.add_parser("encode-text", help="encode one text and show its ids and tokens")
@@ -71,6 +78,9 @@ def run_train(args: argparse.Namespace) -> int:
     from fastlm.tokenizer import Tokenizer, _backend, formats
 
     check_threads(args.threads)
+    check_range(args.vocab_size, "--vocab-size", 256, MAX_VOCAB_SIZE)
+    check_range(args.min_frequency, "--min-frequency", 1, MAX_MIN_FREQUENCY)
+    check_output(args.output, "-o", folder=True)
     log = ErrorLog(strict=args.strict)
     held_out: list[str] = []
     stats = {"docs": 0, "bytes": 0}
@@ -139,6 +149,9 @@ def run_encode(args: argparse.Namespace) -> int:
     from fastlm.tokenizer.shards import encode_to_shards, file_sha256
 
     check_threads(args.threads)
+    check_range(args.shard_tokens, "--shard-tokens", 1, MAX_SHARD_TOKENS)
+    check_range(args.batch_docs, "--batch-docs", 1, MAX_BATCH_DOCS)
+    check_output(args.output, "-o", folder=True)
     tok_path = formats.resolve_path(args.tokenizer)
     tok = load(tok_path)
     sep = _separator_id(tok, args.separator)

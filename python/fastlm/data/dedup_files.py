@@ -43,11 +43,12 @@ from fastlm.data.dedup import (DedupResult, MinHasher, _clusters_from_groups, _k
                                _texts, exact_hashes, recall_bands)
 
 __all__ = ["write_signatures", "write_band_keys", "cluster_files", "shard_keep_mask", "shard_result",
-           "ShardResult", "read_header"]
+           "ShardResult", "read_header", "is_dedup_file"]
 
 FORMAT_VERSION = 2  # 2: fast-mode MinHash hashes shingles to 32 bits (format-1 signatures differ)
 _PARAMS = ("method", "num_perm", "ngram", "seed", "hash", "normalization")
 _KEY_PARAMS = _PARAMS + ("bands", "rows", "threshold")
+_KINDS = ("minhash-signatures", "minhash-band-keys", "minhash-clusters")
 
 
 def _save(path: str, header: dict, **arrays: np.ndarray) -> None:
@@ -76,6 +77,17 @@ def read_header(path: str) -> dict:
     """The JSON header of a dedup file (any stage)."""
     with np.load(path, allow_pickle=False) as z:
         return json.loads(z["header"].tobytes().decode())
+
+
+def is_dedup_file(path: str) -> bool:
+    """True for a file that a dedup stage wrote (signatures, band keys or clusters), whatever its name."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        header = read_header(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+    return isinstance(header, dict) and header.get("kind") in _KINDS
 
 
 def _check_same(files: Sequence[tuple[str, dict]], fields: Sequence[str]) -> None:
