@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="convert chat/instruction records (alpaca, sharegpt, messages, prompt/completion)",
         description="Convert chat/instruction records to one format. A multi-turn chat converted to "
-        "alpaca gives one record per assistant turn, earlier turns as context in 'input'.",
+        "alpaca gives one record per assistant turn, earlier turns as context in 'input'; a turn's keys "
+        "other than role/content (name, weight...) have no place there: such records are converted and "
+        "counted as turn_keys_dropped.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs, '-' or builtin:NAME")
     p.add_argument("--to", required=True, choices=TARGETS, help="output format")
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_input_as_output(args.output, args.inputs)
     malformed = ErrorLog(strict=args.strict)
     failed = ErrorLog(strict=args.strict)
+    dropped = ErrorLog()  # converted, but turn keys the target cannot hold were left out
     counter = {"read": 0}
 
     def counted(records):
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     records = read_records(args.inputs, text_field=args.text_field, text_mode=args.text_mode, fmt=args.fmt,
                            errors=malformed, exclude=() if args.output == "-" else (args.output,))
-    converted = convert_records(counted(records), args.to, errors=failed)
+    converted = convert_records(counted(records), args.to, errors=failed, dropped=dropped)
     if args.output == "-":
         sys.stdout.flush()
         buffer = getattr(sys.stdout, "buffer", None)
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "failed": failed.to_dict(),
         "output_records": n_out,
         "malformed": malformed.to_dict(),
+        "turn_keys_dropped": dropped.to_dict(),
         "to": args.to,
         "output": args.output,
     }
@@ -98,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, f, indent=2)
     log = sys.stderr if args.output == "-" else sys.stdout
     print(f"read {report['read']} records ({malformed.total} malformed, skipped)", file=log)
-    print(f"converted {report['converted']}, failed {failed.total}; wrote {n_out} {args.to} records to {args.output}",
-          file=log)
-    for title, errlog in (("malformed", malformed), ("not converted", failed)):
+    lost = f" ({dropped.total} with turn keys dropped)" if dropped.total else ""
+    print(f"converted {report['converted']}{lost}, failed {failed.total}; wrote {n_out} {args.to} records to "
+          f"{args.output}", file=log)
+    for title, errlog in (("malformed", malformed), ("not converted", failed), ("keys dropped", dropped)):
         for reason, count in sorted(errlog.counts.items(), key=lambda kv: (-kv[1], kv[0])):
             print(f"  {title:<14} {reason:<28} {count:>8}", file=log)
         for sample in errlog.samples[:3]:

@@ -20,7 +20,9 @@ Conversion layouts:
   Assistant: ..."`` (empty when there are none), ``output`` is the assistant turn. A chat whose last
   user turn has no answer, or an assistant turn with no user turn before it, raises ConversionError
   instead of losing text. An Alpaca record's user turn is ``instruction + "\\n\\n" + input``, so
-  alpaca -> messages -> alpaca moves ``input`` into ``instruction``; alpaca -> alpaca is exact.
+  alpaca -> messages -> alpaca moves ``input`` into ``instruction``; alpaca -> alpaca is exact. Alpaca has
+  no per-turn fields, so a turn's extra keys (``name``, ``weight``...) are not in the output:
+  `convert_records` counts each such record (``turn_keys_dropped``, naming the keys) in its ``dropped`` log.
 - to ``messages``: ``{"messages": [{"role", "content"}, ...]}``; to ``sharegpt``:
   ``{"conversations": [{"from": "system"|"human"|"gpt", "value"}, ...]}``. Extra keys of each turn
   (``name``, ``weight``...) are kept on that turn; one that would overwrite the turn's role or content
@@ -250,7 +252,8 @@ def convert(data: Any, to: str) -> list[dict[str, Any]]:
     """Convert one chat/instruction record to ``alpaca``, ``messages`` or ``sharegpt`` records.
 
     Returns a list (a multi-turn chat gives one Alpaca record per assistant turn); raises
-    ConversionError with a ``reason`` when the record cannot be converted without losing text.
+    ConversionError with a ``reason`` when the record cannot be converted without losing text. The
+    turns' extra keys have no place in Alpaca records (`lost_turn_keys` names them).
 
     >>> convert({"id": 1, "conversations": [{"from": "human", "value": "Hi"},
     ...                                     {"from": "gpt", "value": "Hello!"}]}, to="alpaca")
@@ -258,7 +261,10 @@ def convert(data: Any, to: str) -> list[dict[str, Any]]:
     """
     if to not in TARGETS:
         raise ValueError(f"convert target must be one of {', '.join(TARGETS)}, got {to!r}")
-    chat = parse(data)
+    return _convert(parse(data), to)
+
+
+def _convert(chat: Chat, to: str) -> list[dict[str, Any]]:
     if to == "alpaca":
         return _to_alpaca(chat)
     if to == "messages":
@@ -267,6 +273,19 @@ def convert(data: Any, to: str) -> list[dict[str, Any]]:
     turns = [_turn_with_extra({"from": SHAREGPT_ROLES[t.role], "value": t.content}, t, i)
              for i, t in enumerate(chat.turns)]
     return [_with_fields({"conversations": turns}, chat.fields)]
+
+
+def lost_turn_keys(chat: Chat, to: str) -> str:
+    """The turns' extra keys that converting ``chat`` to ``to`` leaves out ("turn 0: name; turn 1: weight"), or
+    "" when none: Alpaca records have no per-turn fields; messages and ShareGPT keep them on their turn.
+
+    >>> lost_turn_keys(parse({"messages": [{"role": "user", "content": "q", "name": "bob"},
+    ...                                    {"role": "assistant", "content": "a"}]}), "alpaca")
+    'turn 0: name'
+    """
+    if to != "alpaca":
+        return ""
+    return "; ".join(f"turn {i}: {', '.join(t.extra)}" for i, t in enumerate(chat.turns) if t.extra)
 
 
 def _turn_with_extra(out: dict[str, Any], turn: Turn, i: int) -> dict[str, Any]:
@@ -346,21 +365,30 @@ def map_contents(data: dict[str, Any], fn: Callable[[str], str]) -> dict[str, An
     return out
 
 
-def convert_records(records: Iterable[Record], to: str, *, errors: ErrorLog) -> Iterator[dict[str, Any]]:
+def convert_records(records: Iterable[Record], to: str, *, errors: ErrorLog,
+                    dropped: Optional[ErrorLog] = None) -> Iterator[dict[str, Any]]:
     """Convert a stream of records, passing each unconvertible one to ``errors`` with its file:line.
 
     ``errors.counts`` then holds the failures per reason; with ``ErrorLog(strict=True)`` the first
-    failure raises DataError instead.
+    failure raises DataError instead. ``dropped`` receives each converted record whose turns had keys the
+    target cannot hold (``turn_keys_dropped``, naming them; see `lost_turn_keys`): converted, not lost silently.
 
     >>> log = ErrorLog()
     >>> recs = [Record({"prompt": "a", "completion": "b"}, "x.jsonl", 1), Record({"text": "t"}, "x.jsonl", 2)]
     >>> list(convert_records(recs, "messages", errors=log)), str(log.samples[0])
     ([{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'}]}], 'x.jsonl:2: not_chat: no messages/conversations/instruction+output/prompt+completion fields')
     """
+    if to not in TARGETS:
+        raise ValueError(f"convert target must be one of {', '.join(TARGETS)}, got {to!r}")
     for record in records:
         try:
-            out = convert(record.data, to)
+            chat = parse(record.data)
+            out = _convert(chat, to)
         except ConversionError as e:
             errors.add(record.source, record.line, e.reason, e.detail)
             continue
+        lost = lost_turn_keys(chat, to) if dropped is not None else ""
+        if lost:
+            dropped.add(record.source, record.line, "turn_keys_dropped",
+                        f"{lost} (an Alpaca record has no per-turn fields; --to messages or sharegpt keeps them)")
         yield from out

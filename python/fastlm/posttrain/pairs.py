@@ -20,18 +20,19 @@ Too long: a pair whose prompt + response exceeds ``seq_len`` has the response cu
 as ``too_long``), and so do responses that differ only past ``seq_len`` (``identical_when_cut``: the cut pair
 holds no preference). Malformed records (also a pair whose chosen and rejected responses are identical:
 ``identical_responses``) are counted by reason with file:line in an ``ErrorLog`` (never dropped silently;
-`read_pairs` raises when none is usable).
+`load_preference_data` reports them and the cut/dropped pairs per file; `read_pairs` raises when none is usable).
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
 
 from fastlm.data.chat import ConversionError, Turn, _parse_turns
-from fastlm.data.records import ErrorLog
+from fastlm.data.records import BadRecord, ErrorLog
 from fastlm.tokenizer.chat_template import ROLE_TOKENS, _render
 
 IGNORE_INDEX = -100
@@ -149,10 +150,32 @@ def fit_pair(pair: Pair, seq_len: int) -> tuple[Optional[Pair], str]:
 
 # --------------------------------------------------------------------------------------------- reading
 
+class FileErrorLog(ErrorLog):
+    """An `ErrorLog` that also counts per input file (``by_file[source][reason]``) and keeps each file's first
+    bad record (``first[source]``), so that a report says which file holds which bad records.
+
+    >>> log = FileErrorLog(); log.add("a.jsonl", 2, "bad_json", "x"); log.add("b.jsonl", 1, "bad_json", "y")
+    >>> dict(log.by_file["b.jsonl"]), log.total
+    ({'bad_json': 1}, 2)
+    """
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.by_file: dict[str, Counter[str]] = {}
+        self.first: dict[str, BadRecord] = {}
+
+    def add(self, source: str, line: int, reason: str, detail: str) -> None:
+        super().add(source, line, reason, detail)
+        self.by_file.setdefault(source, Counter())[reason] += 1
+        self.first.setdefault(source, BadRecord(source, line, reason, detail))
+
+
 def read_pairs(inputs: Iterable[str] | str, tokenizer, *, seq_len: int, errors: ErrorLog,
-               counts: Optional[dict[str, int]] = None) -> list[Pair]:
+               counts: Optional[dict[str, int]] = None,
+               by_file: Optional[dict[str, Counter[str]]] = None) -> list[Pair]:
     """Rendered pairs of every input file (dirs and globs expanded), fitted to ``seq_len``. Malformed
-    records go to ``errors`` (file:line); ``counts`` receives ``read``/``truncated``/``too_long``.
+    records go to ``errors`` (file:line); ``counts`` receives ``read``/``truncated``/``too_long``, and
+    ``by_file`` the ``truncated``/``too_long``/``identical_when_cut`` counts of each file.
 
     >>> # read_pairs(["prefs.jsonl"], tok, seq_len=256, errors=ErrorLog())
     """
@@ -169,6 +192,8 @@ def read_pairs(inputs: Iterable[str] | str, tokenizer, *, seq_len: int, errors: 
         pair, why = fit_pair(pair, seq_len)
         if why:
             counts[why] = counts.get(why, 0) + 1
+            if by_file is not None:
+                by_file.setdefault(rec.source, Counter())[why] += 1
         if pair is not None:
             pairs.append(pair)
     if not pairs:  # self-contained (under --quiet no report is printed): counts by reason, first records named
@@ -228,13 +253,34 @@ def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in val]
 
 
+def _fit_counts(c: dict, seq_len: int) -> list[str]:
+    """The cut/dropped counts of ``c`` in words, those that are not 0."""
+    words = (("truncated", f"cut to seq_len={seq_len}"), ("too_long", "dropped (prompt alone >= seq_len)"),
+             ("identical_when_cut", "dropped (chosen and rejected differ only past seq_len)"))
+    return [f"{c[k]} pair(s) {what}" for k, what in words if c.get(k)]
+
+
+def _file_report(errors: FileErrorLog, by_file: dict[str, Counter[str]], seq_len: int) -> list[str]:
+    """One line per file that had malformed, cut or dropped records, in reading order: the counts by reason,
+    then the file's first malformed record."""
+    lines = []
+    for source in dict.fromkeys([*errors.by_file, *by_file]):
+        bad = errors.by_file.get(source, Counter())
+        parts = ([f"skipped {sum(bad.values())} malformed record(s) ("
+                  + ", ".join(f"{r} {n}" for r, n in sorted(bad.items())) + ")"] if bad else [])
+        first = errors.first.get(source)
+        lines.append(f"{source}: {', '.join(parts + _fit_counts(by_file.get(source, {}), seq_len))}"
+                     + (f"; e.g. line {first.line} {first.reason}: {first.detail}" if first else ""))
+    return lines
+
+
 def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[list[Pair], list[Pair], dict]:
     """``(train, val, summary)`` pairs of a reward/dpo run: ``post.data`` (val: ``post.val_data``, else a seeded
     ``data.val_fraction`` hold-out), or without data the built-in ``post.tasks`` (``task_examples`` train
-    and ``eval_examples`` val examples per task, from the tasks' disjoint splits). Prints what was read,
-    truncated and skipped (malformed records with file:line); ``summary`` holds those counts
-    (``data/train_pairs``, ``data/val_pairs``, ``data/malformed``, ``data/truncated``, ``data/too_long``,
-    ``data/identical_when_cut``).
+    and ``eval_examples`` val examples per task, from the tasks' disjoint splits). Prints what was truncated
+    and skipped, one line per file (malformed records by reason, with the file's first one by line); ``summary``
+    holds the totals (``data/train_pairs``, ``data/val_pairs``, ``data/malformed``, ``data/truncated``,
+    ``data/too_long``, ``data/identical_when_cut``).
 
     >>> # train, val = load_preference_data(TrainConfig(task="dpo"), tok, seq_len=128)
     """
@@ -242,26 +288,29 @@ def load_preference_data(cfg, tokenizer, *, seq_len: int, log=print) -> tuple[li
     counts: dict[str, int] = {}
     malformed = 0
     if p.data:
-        errors = ErrorLog()
-        train = read_pairs(p.data, tokenizer, seq_len=seq_len, errors=errors, counts=counts)
+        def read(files: list[str]) -> list[Pair]:  # train and val apart: "no usable pairs" counts only its own
+            nonlocal malformed
+            errors, mine, by_file = FileErrorLog(), {}, {}
+            pairs = read_pairs(files, tokenizer, seq_len=seq_len, errors=errors, counts=mine, by_file=by_file)
+            for k, n in mine.items():
+                counts[k] = counts.get(k, 0) + n
+            malformed += errors.total
+            for line in _file_report(errors, by_file, seq_len):
+                log(f"preference data: {line}")
+            return pairs
+        train = read(p.data)
         if p.val_data:
-            val = read_pairs(p.val_data, tokenizer, seq_len=seq_len, errors=errors, counts=counts)
+            val = read(p.val_data)
             where = f"{len(p.data)} file(s), val {len(p.val_data)} file(s)"
         else:
             train, val = split_pairs(train, cfg.data.val_fraction, cfg.seed)
             where = f"{len(p.data)} file(s), {len(val)} held out (data.val_fraction={cfg.data.val_fraction})"
-        malformed = errors.total
-        if errors.total:
-            shown = "; ".join(f"{b.source}:{b.line} {b.reason}: {b.detail}" for b in errors.samples[:5])
-            log(f"preference data: skipped {errors.total} malformed record(s) {dict(errors.counts)}: {shown}")
     else:
         train = task_pairs(p.tasks, "train", p.task_examples, cfg.seed, tokenizer, seq_len=seq_len, counts=counts)
         val = task_pairs(p.tasks, "val", p.eval_examples, cfg.seed, tokenizer, seq_len=seq_len, counts=counts)
         where = f"built-in tasks {','.join(p.tasks)} ({p.task_examples} train / {p.eval_examples} val each)"
-    if counts.get("truncated") or counts.get("too_long") or counts.get("identical_when_cut"):
-        log(f"preference data: {counts.get('truncated', 0)} pair(s) cut to seq_len={seq_len}, "
-            f"{counts.get('too_long', 0)} dropped (prompt alone >= seq_len), {counts.get('identical_when_cut', 0)} "
-            "dropped (chosen and rejected differ only past seq_len)")
+        if _fit_counts(counts, seq_len):
+            log(f"preference data: {', '.join(_fit_counts(counts, seq_len))}")
     if not train:
         raise ValueError(f"no training pairs left ({where}; {counts.get('too_long', 0)} dropped as too long for "
                          f"seq_len={seq_len}, {counts.get('identical_when_cut', 0)} as the same within it, "

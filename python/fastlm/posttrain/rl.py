@@ -44,12 +44,16 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
   ``{"prompt": ...}``; fields ``task`` + ``answer`` make a record scorable by the task reward), visited in
   a seeded order per epoch. Held-out evaluation (greedy exact match and mean task reward, `exact_match`)
   runs on the tasks' val split, or on the ``{"prompt", "task", "answer"}`` records of ``post.val_data``
-  (else a held-out ``data.val_fraction`` of ``post.data``); other records are not evaluated.
+  (else a held-out ``data.val_fraction`` of ``post.data``); other records are not evaluated. A prompt that
+  leaves no room for ``post.max_new_tokens`` within the policy's max_seq_len is dropped and counted (``too_long``,
+  the first few named with file:line), as SFT drops an example too long to keep a target; no training prompt
+  left is an error.
 
 Logged every ``log_every`` steps (metrics.jsonl): reward/mean, reward/std (sequence scores), kl (k1 summed
 over a response, batch mean), entropy (per response token), clip_frac, approx_kl, response_len (tokens),
 value_loss (ppo; null otherwise), train/loss, grad_norm, kl_coef, lr, rollout_s, step_s, tokens_per_s
-(sampled tokens per rollout second); val/exact_match and val/reward at eval steps.
+(sampled tokens per rollout second); val/exact_match and val/reward at eval steps; data/prompts,
+data/val_prompts and data/dropped at step 0 of a new run.
 """
 
 from __future__ import annotations
@@ -71,10 +75,11 @@ from fastlm.posttrain.logprobs import token_logprobs
 from fastlm.posttrain.rl_losses import (AdaptiveKLController, entropy_from_logits, gae, group_advantages, kl_k1,
                                         kl_k3, masked_mean, policy_loss, ppo_rewards, value_loss, whiten)
 from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
+from fastlm.posttrain.sft import SFTReport
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
 from fastlm.train.trainer import (TrainResult, _grad_norm, _optimizer, _precision, _resolve_resume, _run_dir,
-                                  _open_run_dir, check_resume_meta, discard_if_unstarted)
+                                  _open_run_dir, branch_history, check_resume_meta, discard_if_unstarted)
 
 KL_HORIZON = 10000  # adaptive KL controller horizon (Ziegler et al. / TRL default)
 
@@ -151,24 +156,27 @@ def _user_prompt(tok, text: str) -> list[int]:
 
 
 def _read_prompts(paths: list[str], tok, *, max_seq_len: Optional[int] = None, max_new_tokens: int = 0,
-                  need_task: bool = False) -> list[tuple[list[int], dict, Any]]:
+                  need_task: bool = False, report: Optional[SFTReport] = None) -> list[tuple[list[int], dict, Any]]:
     """(prompt ids, reward meta, Example or None) per record of ``paths``: a record ``{"prompt": str}`` is one
     user turn, any chat record (messages, Alpaca, ShareGPT...) is rendered up to its last assistant reply;
     ``task`` + ``answer`` fields are the meta of the task reward, and make a plain prompt an `Example` that
     the held-out exact match can score.
 
+    A prompt that leaves no room for ``max_new_tokens`` within ``max_seq_len`` (when given) is dropped and
+    counted in ``report`` (``too_long``, with its file:line), as SFT drops an example with no target left.
     Like a malformed line, a record that cannot be used is refused when read (a ValueError naming its
     file:line), not when the run first samples or scores it: one that is no prompt, a ``task`` that is not
-    a built-in task, an ``answer`` that is not a string or integer, a prompt that leaves no room for
-    ``max_new_tokens`` within ``max_seq_len`` (when given), and (``need_task``: the task reward) one
+    a built-in task, an ``answer`` that is not a string or integer, and (``need_task``: the task reward) one
     without ``task`` and ``answer``."""
     from fastlm.data.readers import read_records
     from fastlm.data.records import ErrorLog
     from fastlm.posttrain.tasks import TASKS, Example
     from fastlm.tokenizer.chat_template import render_prompt
+    report = report if report is not None else SFTReport()
     items = []
     errors = ErrorLog(keep=2)  # malformed lines: all counted, then refused with file:line (below)
     for rec in read_records(paths, text_field="prompt", errors=errors):
+        report.read += 1
         d, where = rec.data, f"{rec.source}:{rec.line}"
         meta = {k: d[k] for k in ("task", "answer") if k in d}
         plain = isinstance(d.get("prompt"), str) and not any(k in d for k in ("completion", "chosen", "messages"))
@@ -189,8 +197,8 @@ def _read_prompts(paths: list[str], tok, *, max_seq_len: Optional[int] = None, m
                              f"record has no {'answer' if 'task' in meta else 'task'!r} field); give a reward "
                              "model, or add 'task' and 'answer' fields")
         if max_seq_len is not None and len(ids) + max_new_tokens > max_seq_len:
-            raise ValueError(f"{where}: prompt of {len(ids)} tokens + post.max_new_tokens {max_new_tokens} > the "
-                             f"model's max_seq_len {max_seq_len}: shorten the prompt or lower post.max_new_tokens")
+            report.drop("too_long", where)
+            continue
         ex = Example(d["prompt"], meta["answer"], meta) if plain and len(meta) == 2 else None
         items.append((ids, meta, ex))
     if errors.total:
@@ -198,35 +206,54 @@ def _read_prompts(paths: list[str], tok, *, max_seq_len: Optional[int] = None, m
     return items
 
 
-def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None,
-             task_reward: bool = False) -> tuple[list[tuple[list[int], dict]], list]:
+def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None, task_reward: bool = False,
+             report: Optional[SFTReport] = None) -> tuple[list[tuple[list[int], dict]], list]:
     """``(train items (prompt ids, reward meta), held-out Examples)``: the built-in tasks' train and val
     splits; or ``post.data`` (held out: ``post.val_data``, else a seeded ``data.val_fraction`` of its records
-    that have a task and an answer, at least one record left to train on).
-    ``max_seq_len`` (the policy's) and ``task_reward`` check every record when it is read (`_read_prompts`)."""
-    p = cfg.post
+    that have a task and an answer, at least one record left to train on). A prompt that leaves no room for
+    ``post.max_new_tokens`` within ``max_seq_len`` (the policy's) is dropped and counted in ``report``; no
+    training prompt left is a ValueError. ``task_reward`` refuses a record without task and answer when read
+    (`_read_prompts`)."""
+    p, report = cfg.post, report if report is not None else SFTReport()
     if not p.data:
         from fastlm.posttrain.tasks import examples_for
-        train = [(_user_prompt(tok, ex.prompt), ex.meta)
-                 for ex in examples_for(list(p.tasks), "train", p.task_examples, cfg.seed)]
-        longest = max((len(ids) for ids, _ in train), default=0)
-        if max_seq_len is not None and longest + p.max_new_tokens > max_seq_len:
-            raise ValueError(f"post.tasks: a built-in task prompt of {longest} tokens + post.max_new_tokens "
-                             f"{p.max_new_tokens} > the model's max_seq_len {max_seq_len}: lower post.max_new_tokens")
-        return train, examples_for(list(p.tasks), "val", p.eval_examples, cfg.seed) if p.tasks else []
-    check = dict(max_seq_len=max_seq_len, max_new_tokens=p.max_new_tokens)
-    items = _read_prompts(list(p.data), tok, need_task=task_reward, **check)
-    if p.val_data:
-        val = _read_prompts(list(p.val_data), tok, **check)
-    else:  # held out: only records the exact match can score (task + answer; the others would go unused),
-        # and never every record (data.val_fraction 1 keeps one to train on, as the other stages do)
-        order = [i for i, (_, _, ex) in enumerate(items) if ex is not None]
-        random.Random(cfg.seed).shuffle(order)
-        n_val = min(math.ceil(cfg.data.val_fraction * len(order)), len(items) - 1) if len(items) > 1 else 0
-        held = set(order[:n_val])
-        val = [it for i, it in enumerate(items) if i in held]
-        items = [it for i, it in enumerate(items) if i not in held]
-    return [(ids, meta) for ids, meta, _ in items], [ex for _, _, ex in val if ex is not None][:p.eval_examples]
+
+        def fitting(split: str, n: int) -> list:  # (ids, Example) of the split's prompts that fit
+            out = []
+            for i, ex in enumerate(examples_for(list(p.tasks), split, n, cfg.seed) if p.tasks else []):
+                report.read += 1
+                ids = _user_prompt(tok, ex.prompt)
+                if max_seq_len is not None and len(ids) + p.max_new_tokens > max_seq_len:
+                    report.drop("too_long", f"task:{ex.meta.get('task')}:{split}:{i}")
+                else:
+                    out.append((ids, ex))
+            return out
+        src = f"the built-in tasks post.tasks={list(p.tasks)}"
+        train = [(ids, ex.meta) for ids, ex in fitting("train", p.task_examples)]
+        val = [ex for _, ex in fitting("val", p.eval_examples)]
+    else:
+        src = f"post.data {list(p.data)}"
+        check = dict(max_seq_len=max_seq_len, max_new_tokens=p.max_new_tokens, report=report)
+        items = _read_prompts(list(p.data), tok, need_task=task_reward, **check)
+        if p.val_data:
+            held_out = _read_prompts(list(p.val_data), tok, **check)
+        else:  # held out: only records the exact match can score (task + answer; the others would go unused),
+            # and never every record (data.val_fraction 1 keeps one to train on, as the other stages do)
+            order = [i for i, (_, _, ex) in enumerate(items) if ex is not None]
+            random.Random(cfg.seed).shuffle(order)
+            n_val = min(math.ceil(cfg.data.val_fraction * len(order)), len(items) - 1) if len(items) > 1 else 0
+            held = set(order[:n_val])
+            held_out = [it for i, it in enumerate(items) if i in held]
+            items = [it for i, it in enumerate(items) if i not in held]
+        train = [(ids, meta) for ids, meta, _ in items]
+        val = [ex for _, _, ex in held_out if ex is not None]
+    if not train:  # self-contained: under --quiet the report is not printed
+        why = (f" (too_long: prompt + post.max_new_tokens {p.max_new_tokens} > the model's max_seq_len "
+               f"{max_seq_len}: shorten the prompts or lower post.max_new_tokens)" if report.dropped else "")
+        kept = report.read - sum(report.dropped.values())
+        raise ValueError(f"no RL training prompts in {src}: "
+                         f"{report.summary(kept, one_line=True, unit='prompts')}{why}")
+    return train, val[:p.eval_examples]
 
 
 def _find_reward_run(out: str) -> Optional[str]:
@@ -363,8 +390,14 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
         f"reward: {reward_fn.source}")
 
     # ---- prompts, evaluation set, optimizer, generator (sampling and minibatch order)
+    report = SFTReport()
     train_items, val_examples = _prompts(cfg, tok, max_seq_len=policy.config.max_seq_len,
-                                         task_reward=reward_fn.model is None)
+                                         task_reward=reward_fn.model is None, report=report)
+    dropped = sum(report.dropped.values())
+    say(f"{cfg.task} prompts: {report.summary(report.read - dropped, unit='prompts')}"
+        + (f"\n  (too_long: prompt + post.max_new_tokens {p.max_new_tokens} > the model's max_seq_len "
+           f"{policy.config.max_seq_len})" if dropped else "")
+        + f"\n  {len(train_items)} train / {len(val_examples)} held-out prompts")
     source = PromptSource(train_items, cfg.seed)
     optimizer = _optimizer(trainable, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -386,8 +419,12 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
         say(f"resumed from {resume_ckpt} at step {loop['step']}")
         del state
     start_step = loop["step"]
+    branch_history(run_dir, resume_ckpt)
     logger = MetricsLogger(run_dir, total_steps=cfg.max_steps, console=console, tensorboard=cfg.tensorboard,
                            start_step=start_step)
+    if resume_ckpt is None:  # as the other objectives' data summary
+        logger.log(0, **{"data/prompts": len(train_items), "data/val_prompts": len(val_examples),
+                         "data/dropped": dropped})
 
     def sample_line(prompt: list[int], response: list[int]) -> str:
         return f"{tok.decode(prompt)!r} -> {tok.decode(response)!r}"

@@ -53,9 +53,10 @@ class SFTReport:
         if where and len(self.where) < 5:
             self.where.append(f"{where}: {reason}")
 
-    def summary(self, kept: int, *, one_line: bool = False) -> str:
-        """The counts, then the first few records named (one per line; ``one_line``: the first two, inline)."""
-        parts = [f"{self.read} records -> {kept} examples"]
+    def summary(self, kept: int, *, one_line: bool = False, unit: str = "examples") -> str:
+        """The counts, then the first few records named (one per line; ``one_line``: the first two, inline);
+        ``unit`` names what the records became (RL: "prompts")."""
+        parts = [f"{self.read} records -> {kept} {unit}"]
         if self.dropped:
             parts.append("dropped " + ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items())))
         if self.truncated:
@@ -66,8 +67,9 @@ class SFTReport:
 
 
 def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = True) -> list[tuple[dict, str]]:
-    """``(record, "file:line")`` for every chat/instruction record of ``paths`` that parses and passes the
-    instruction filters; the others are counted in ``report`` (never dropped silently).
+    """``(record, "file:line")`` for every chat/instruction record of ``paths`` (JSON, JSONL or Parquet) that
+    parses and passes the instruction filters; the others are counted in ``report`` (never dropped silently).
+    Only the chat fields count: a record's other fields (a non-string ``text``...) do not reject it.
 
     >>> import json, tempfile
     >>> p = tempfile.mktemp(suffix=".jsonl"); _ = open(p, "w").write(json.dumps({"instruction": "a", "output": "b"}))
@@ -81,11 +83,18 @@ def read_chat_records(paths: list[str], report: SFTReport, *, filters: bool = Tr
     errors = ErrorLog(keep=5)
     checks = build_instruct_filters() if filters else []
     out = []
-    for rec in read_records(paths, errors=errors):
+    # every JSON object is read (text_field=None) and parsed here: the reader's own check would refuse a chat
+    # record for a bad "text" field that SFT never reads
+    for rec in read_records(paths, text_field=None, errors=errors):
         report.read += 1
         where = f"{rec.source}:{rec.line}"
         try:
-            check_answers(parse(rec.data))  # no training on an answer to nothing
+            chat = parse(rec.data)
+        except ConversionError as e:  # no chat record at all, or a chat record the parser refuses
+            report.drop("not_chat:not_chat" if e.reason == "not_chat" else f"malformed:{e.reason}", where)
+            continue
+        try:
+            check_answers(chat)  # no training on an answer to nothing
         except ConversionError as e:
             report.drop(f"not_chat:{e.reason}", where)
             continue

@@ -88,20 +88,26 @@ def _val_rows(ds: TokenDataset, docs: np.ndarray, seq_len: int, max_rows: int) -
     return PackedBatches(ds, batch=n, seq_len=seq_len, shuffle=False, docs=docs).next_rows(n)[:2]
 
 
+def _check_vocab(ds: TokenDataset, tokenizer, tok_path: str) -> None:
+    """The shards' vocab_size is at most the tokenizer's (the model's embedding rows)."""
+    if ds.vocab_size > tokenizer.n_vocab:
+        raise ValueError(f"{ds.paths[0]}: vocab_size {ds.vocab_size} > the tokenizer's {tokenizer.n_vocab} "
+                         f"({tok_path})")
+
+
 def load_batches(cfg: TrainConfig, prepared, info: DistInfo) -> Batches:
     """The run's batch sources from ``prepare_data``'s output (``.tokenizer``, ``.train``, ``.val``)."""
     from fastlm.tokenizer import Tokenizer
     tok_path = prepared.tokenizer
     tokenizer = Tokenizer.from_file(tok_path)
-    ds = TokenDataset(prepared.train)
-    if ds.vocab_size > tokenizer.n_vocab:
-        raise ValueError(f"{ds.paths[0]}: vocab_size {ds.vocab_size} > the tokenizer's {tokenizer.n_vocab} "
-                         f"({tok_path})")
+    ds = TokenDataset(prepared.train)  # every id checked below its shard's vocab_size, that below the model's:
+    _check_vocab(ds, tokenizer, tok_path)  # an id out of range never reaches the embedding (see `_check_ids`)
     T = cfg.data.seq_len
     val_paths = list(getattr(prepared, "val", []) or [])
     if val_paths:
         train_docs = np.arange(ds.n_docs, dtype=np.int64)
         val_ds, val_docs = TokenDataset(val_paths), None
+        _check_vocab(val_ds, tokenizer, tok_path)
     else:
         train_docs, val_docs = holdout_split(ds.n_docs, cfg.data.val_fraction)
         val_ds = ds if val_docs.size else None

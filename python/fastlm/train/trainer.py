@@ -91,12 +91,7 @@ def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str], resum
                 if list_checkpoints(run_dir):
                     raise CheckpointError(f"{run_dir} already holds checkpoints: branch the run from {resume_ckpt} "
                                           "under another --run-name (or --out)")
-                history = os.path.join(own, "metrics.jsonl")  # the branch's log starts with the run's history
-                if info.is_main and os.path.isfile(history) and not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-                    import shutil
-                    os.makedirs(run_dir, exist_ok=True)
-                    shutil.copyfile(history, os.path.join(run_dir, "metrics.jsonl"))  # cut at the step by the logger
-                return run_dir
+                return run_dir  # its log starts with the run's history: `branch_history`, once set up
         step = (resumed or {}).get("step")
         later = [os.path.basename(c) for c in list_checkpoints(own)
                  if isinstance(step, int) and checkpoint_step(c) > step]
@@ -107,6 +102,20 @@ def _run_dir(cfg: TrainConfig, info: DistInfo, resume_ckpt: Optional[str], resum
         return own
     name = cfg.run_name or f"{cfg.task}-{cfg.model.size}-{time.strftime('%Y%m%d-%H%M%S')}"
     return os.path.abspath(os.path.join(cfg.out, broadcast_object(name, info)))
+
+
+def branch_history(run_dir: str, resume_ckpt: Optional[str]) -> None:
+    """A branched resume's log starts with the history of the run it branches from: copy that run's
+    metrics.jsonl into ``run_dir`` (the logger then cuts it at the resumed step). Called once the run is set
+    up, right before its logger opens, so that a run failing at setup leaves no log behind and
+    `discard_if_unstarted` removes the directory it made."""
+    if resume_ckpt is None:
+        return
+    own = os.path.dirname(os.path.dirname(os.path.abspath(resume_ckpt)))  # <run_dir>/checkpoints/step-XXXXXXXX
+    history, log = os.path.join(own, "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl")
+    if os.path.abspath(run_dir) != own and os.path.isfile(history) and not os.path.exists(log):
+        import shutil
+        shutil.copyfile(history, log)
 
 
 def _open_run_dir(cfg: TrainConfig, run_dir: str, created: Optional[list[str]]) -> None:
@@ -305,6 +314,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
         del state
     start_step = loop["step"]
 
+    if info.is_main:
+        branch_history(run_dir, resume_ckpt)
     logger = MetricsLogger(run_dir, total_steps=cfg.max_steps, console=console,
                            tensorboard=cfg.tensorboard, start_step=start_step) if info.is_main else None
     log = logger.log if logger else (lambda *a, **k: None)
