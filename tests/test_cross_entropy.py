@@ -423,6 +423,89 @@ def test_backend_torch_and_class_weight_fallback():
     _check(x, w, t, reduction="mean", atol=1e-10, rtol=1e-9)  # float64 -> torch path
 
 
+def _weighted_case(dtype, seed=12, n=37, d=24, v=41):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen).to(dtype).requires_grad_()
+    w = (torch.randn(v, d, generator=gen) * 0.3).to(dtype).requires_grad_()
+    b = (torch.randn(v, generator=gen) * 0.1).to(dtype).requires_grad_()
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[::5] = -100
+    cw = torch.rand(v, generator=gen) + 0.1
+    g = torch.randn(n, generator=gen, dtype=torch.float64)
+    return x, w, b, t, cw, g
+
+
+def _weighted_ref(x, w, b, t, cw, reduction, softcap):
+    xr, wr, br = (z.detach().double().requires_grad_() for z in (x, w, b))
+    logits = xr @ wr.t() + br
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    out = torch.nn.functional.cross_entropy(logits, t, weight=cw.double(), reduction=reduction)
+    return out, (xr, wr, br)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not CUDA, reason="needs a CUDA GPU and fastlm._cuda"))])
+@pytest.mark.parametrize("softcap", [0.0, 4.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_class_weights_take_the_native_path(dtype, reduction, softcap, device, monkeypatch):
+    """Class weights (without label smoothing or z-loss) are a per-row scale of the loss and its
+    gradient: they run chunked on the native path (no full logits; several chunks here), against
+    F.cross_entropy(weight=) in float64, with ignored rows, a bias and soft-capping; torch's mean
+    divides by the counted rows' weight sum."""
+    import fastlm.ops.cross_entropy as ce
+
+    def no_reference(*args):
+        raise AssertionError("class weights took the full-logits PyTorch path")
+
+    monkeypatch.setattr(ce, "_reference", no_reference)
+    x, w, b, t, cw, g = _weighted_case(dtype)
+    x, w, b = (z.detach().to(device).requires_grad_() for z in (x, w, b))
+    out = linear_cross_entropy(x, w, t.to(device), linear_bias=b, weight=cw.to(device),
+                               reduction=reduction, softcap=softcap, chunk_size=8)
+    ref, leaves = _weighted_ref(x.cpu(), w.cpu(), b.cpu(), t, cw, reduction, softcap)
+    out = out.cpu()
+    gg = g if reduction == "none" else g[0]
+    (out.double() * gg).sum().backward()
+    (ref * gg).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert _rel(out.detach().double(), ref.detach()) < tol
+    if reduction == "none":
+        assert bool((out[t == -100] == 0).all())
+    for name, a, r in (("x", x.grad, leaves[0].grad), ("w", w.grad, leaves[1].grad),
+                       ("b", b.grad, leaves[2].grad)):
+        assert _rel(a.cpu(), r) < tol, name
+
+
+def test_class_weights_second_backward_compile_and_zero_weights():
+    """Weighted mean: a second backward through the graph (recomputed) gives the same gradients;
+    torch.compile gives eager's loss; weights summing to 0 give NaN as torch's mean does; with
+    label smoothing or z-loss the weights still take the (full-logits) PyTorch path, matching it."""
+    x, w, b, t, cw, _ = _weighted_case(torch.float32, seed=13)
+    out = linear_cross_entropy(x, w, t, linear_bias=b, weight=cw, chunk_size=8)
+    out.backward(retain_graph=True)
+    first = w.grad.clone()
+    w.grad = None
+    out.backward()
+    assert _rel(w.grad, first) < 1e-6
+    compiled = torch.compile(lambda x, w, t: linear_cross_entropy(x, w, t, weight=cw),
+                             backend="aot_eager", fullgraph=True)
+    assert torch.allclose(compiled(x, w, t), linear_cross_entropy(x, w, t, weight=cw), rtol=1e-6)
+    torch.library.opcheck(torch.ops.fastlm.linear_cross_entropy.default,
+                          (x.detach(), w.detach(), None, t, -100, "mean", 0.0, 0.0, 0.0, True, 0,
+                           True, True, torch.rand(t.shape[0])))
+    zero = torch.zeros_like(cw)
+    with torch.no_grad():
+        assert torch.isnan(linear_cross_entropy(x, w, t, weight=zero))
+        assert torch.isnan(torch.nn.functional.cross_entropy(x @ w.t(), t, weight=zero))
+    for kw in (dict(label_smoothing=0.1), dict(z_loss=1e-3)):
+        with torch.no_grad():
+            ours = linear_cross_entropy(x, w, t, linear_bias=b, weight=cw, **kw)
+            theirs = linear_cross_entropy(x, w, t, linear_bias=b, weight=cw, backend="torch", **kw)
+        assert torch.allclose(ours, theirs), kw
+
+
 def test_no_grad_forward_and_torch_compile():
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(20, 16, generator=gen)
@@ -463,7 +546,7 @@ def test_traced_setup_saves_the_gradients_whatever_is_compiling_says(monkeypatch
 
     def setup(make):
         x, w, t = make(5, 16), make(41, 16), torch.zeros(5, dtype=torch.long)
-        inputs = (x, w, None, t, -100, "mean", 0.0, 0.0, 0.0, True, 0, True, True)
+        inputs = (x, w, None, t, -100, "mean", 0.0, 0.0, 0.0, True, 0, True, True, None)
         ctx = Ctx()
         ce._setup_context(ctx, inputs, (make(()), make(5, 16), make(41, 16), make(0)))
         return ctx

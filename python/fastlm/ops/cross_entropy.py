@@ -6,7 +6,8 @@ loss, logsumexp and dlogits in place, and the gradients are projected back right
 (grad_input = dlogits @ W, grad_weight += dlogits^T @ x accumulated in fp32).
 For reduction 'mean'/'sum' the gradients are computed during the forward pass (one pass, as in
 Liger-Kernel); for 'none' the backward pass recomputes the chunks with the per-token grad_output.
-Unsupported cases (class weights, float64, other devices, no native module) use plain PyTorch.
+Unsupported cases (class weights with label smoothing or z-loss, float64, other devices, no
+native module) use plain PyTorch.
 """
 from __future__ import annotations
 
@@ -192,13 +193,21 @@ def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, writ
     return loss, gx, gw, gb
 
 
-def _reduce(loss_rows, target, ignore_index, reduction, dtype):
+def _reduce(loss_rows, target, ignore_index, reduction, dtype, row_weight=None):
     if reduction == "none":
         return loss_rows.to(dtype)
     total = loss_rows.sum()
-    if reduction == "mean":
-        total = total / (target != ignore_index).sum()  # 0/0 = nan when all are ignored, as torch
+    if reduction == "mean":  # 0/0 = nan when all are ignored (or weigh 0), as torch
+        total = total / (row_weight.sum() if row_weight is not None else (target != ignore_index).sum())
     return total.to(dtype)
+
+
+def _row_weights(weight: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Each row's class weight, weight[target] (0 for ignored rows), in fp32: class weights are a
+    per-row scale of the loss and of its gradient, so they take the native path (torch's mean then
+    divides by the rows' weight sum)."""
+    valid = target != ignore_index
+    return weight.float()[torch.where(valid, target, 0)] * valid
 
 
 _EMPTY = (0,)
@@ -214,18 +223,25 @@ def _check_targets(target, v, ignore_index):
 def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target: torch.Tensor,
             ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
             softcap: float, compute_grad: bool, chunk_size: int, weight_grad: bool,
-            input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss and (for mean/sum with compute_grad) the unscaled-by-grad_output gradients."""
+            input_grad: bool, row_weight: Optional[torch.Tensor] = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss and (for mean/sum with compute_grad) the unscaled-by-grad_output gradients.
+    ``row_weight`` (class weights, `_row_weights`; only without label smoothing and z-loss)
+    scales each row's loss and gradient."""
     _check_targets(target, w.shape[0], ignore_index)
     write_grad = compute_grad and reduction != "none"
     scale = 1.0
     if write_grad and reduction == "mean":
-        n_valid = int((target != ignore_index).sum())
-        scale = 1.0 / n_valid if n_valid > 0 else 0.0
+        total = (float(row_weight.sum()) if row_weight is not None
+                 else int((target != ignore_index).sum()))
+        scale = 1.0 / total if total != 0 else 0.0
+    grad_scale = row_weight * scale if write_grad and row_weight is not None else None
     loss_rows, gx, gw, gb = _fused(x, w, b, target, ignore_index, label_smoothing, z_loss,
-                                   softcap, write_grad, None, scale, chunk_size, weight_grad,
-                                   input_grad)
-    loss = _reduce(loss_rows, target, ignore_index, reduction, x.dtype)
+                                   softcap, write_grad, grad_scale, scale, chunk_size,
+                                   weight_grad, input_grad)
+    if row_weight is not None:
+        loss_rows = loss_rows * row_weight
+    loss = _reduce(loss_rows, target, ignore_index, reduction, x.dtype, row_weight)
     empty = x.new_empty(_EMPTY)
     if not write_grad:
         return loss, empty, empty.clone(), empty.clone()
@@ -236,7 +252,7 @@ def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target:
 
 @_lce_op.register_fake
 def _(x, w, b, target, ignore_index, reduction, label_smoothing, z_loss, softcap, compute_grad,
-      chunk_size, weight_grad, input_grad):
+      chunk_size, weight_grad, input_grad, row_weight=None):
     loss = x.new_empty((x.shape[0],) if reduction == "none" else ())
     write_grad = compute_grad and reduction != "none"
     if not write_grad:
@@ -272,7 +288,8 @@ def _(x, w, b, target, grad_out, ignore_index, label_smoothing, z_loss, softcap,
 
 
 def _setup_context(ctx, inputs, output):
-    x, w, b, target, ignore_index, reduction, eps, zl, softcap, compute_grad, chunk, wg, ig = inputs
+    x, w, b, target, ignore_index, reduction, eps, zl, softcap, compute_grad, chunk, wg, ig = inputs[:13]
+    rw = inputs[13] if len(inputs) > 13 else None  # row_weight (a default is not always passed)
     ctx.reduction, ctx.has_bias, ctx.compute_grad = reduction, b is not None, compute_grad
     ctx.weight_grad, ctx.input_grad = wg, ig
     ctx.args = (ignore_index, eps, zl, softcap, chunk)
@@ -283,7 +300,7 @@ def _setup_context(ctx, inputs, output):
     ctx.grads = None
     ctx.saved_grads = False
     if reduction == "none" or not compute_grad:
-        ctx.save_for_backward(x, w, b, target)  # recompute: nothing beyond the inputs is kept
+        ctx.save_for_backward(x, w, b, target, rw)  # recompute: nothing beyond the inputs is kept
     elif type(output[1]) is not torch.Tensor:
         # Traced: AOT autograd (torch.compile) hands fake / functional tensors here. Not
         # torch.compiler.is_compiling(): torch 2.11 answers False while it traces the joint graph.
@@ -295,13 +312,13 @@ def _setup_context(ctx, inputs, output):
         # instead of copying a V x d weight gradient). The inputs are saved too (no copy) for
         # a second backward (retain_graph), which recomputes.
         ctx.grads = list(output[1:])
-        ctx.save_for_backward(x, w, b, target)
+        ctx.save_for_backward(x, w, b, target, rw)
 
 
 def _backward(ctx, grad_loss, *unused):
     if grad_loss is None:  # possible without materialized grads: nothing flows back
         ctx.grads = None
-        return (None,) * 13
+        return (None,) * 14
     if not ctx.compute_grad:
         raise RuntimeError("linear_cross_entropy: gradients were not computed in the forward "
                            "pass (grad mode was off or no input required grad)")
@@ -316,16 +333,20 @@ def _backward(ctx, grad_loss, *unused):
         if type(grad_loss) is not torch.Tensor or float(grad_loss) != 1.0:
             gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
     else:  # reduction='none', or a second backward through the same graph: recompute
-        x, w, b, target = ctx.saved_tensors
+        x, w, b, target, rw = ctx.saved_tensors
         g = grad_loss
         if ctx.reduction != "none":
-            n = (target != ignore_index).sum() if ctx.reduction == "mean" else 1
+            n = 1
+            if ctx.reduction == "mean":
+                n = rw.sum() if rw is not None else (target != ignore_index).sum()
             g = (grad_loss / n).expand(target.shape[0])
+        if rw is not None:
+            g = g * rw
         gx, gw, gb = _lce_backward_op(x, w, b, target, g, ignore_index, eps, zl, softcap, chunk,
                                       ctx.weight_grad, ctx.input_grad)
     return (gx if ctx.input_grad else None, gw if ctx.weight_grad else None,
             gb if ctx.has_bias else None, None, None, None, None, None, None, None, None, None,
-            None)
+            None, None)
 
 
 _lce_op.register_autograd(_backward, setup_context=_setup_context)
@@ -387,8 +408,9 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     (...); ``reduction='none'`` returns per-token losses shaped like ``target`` (ignored tokens
     give 0).
 
-    The native path (class-index targets, 2-D weight, no class ``weight``; float32, bfloat16 or
-    float16 on CPU or CUDA) never holds the whole logits: it works in chunks of ``chunk_size``
+    The native path (class-index targets, 2-D weight, class ``weight`` only without
+    ``label_smoothing`` and ``z_loss``; float32, bfloat16 or float16 on CPU or CUDA) never holds
+    the whole logits: it works in chunks of ``chunk_size``
     rows (0 = automatic; torch's ``options`` is accepted, and its ``batch_chunk_size`` is used
     when ``chunk_size`` is 0). Every other case, and ``backend='torch'``, runs the plain PyTorch
     computation.
@@ -461,7 +483,9 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
                           ignore_index, label_smoothing, z_loss, softcap)
     x2 = input.reshape(-1, input.shape[-1])
     t1 = target.reshape(-1)
-    if backend == "torch" or weight is not None or not _native_ok(input):
+    weighted = weight is not None
+    if (backend == "torch" or not _native_ok(input)
+            or weighted and (label_smoothing > 0 or z_loss > 0 or weight.requires_grad)):
         out = _reference(x2, linear_weight, linear_bias, t1, weight, reduction, ignore_index,
                          label_smoothing, z_loss, softcap)
     else:
@@ -472,7 +496,8 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
                       None if linear_bias is None else linear_bias.contiguous(),
                       t1.contiguous(), ignore_index, reduction, float(label_smoothing),
                       float(z_loss), float(softcap), bool(compute_grad), int(chunk_size),
-                      bool(linear_weight.requires_grad), bool(input.requires_grad))[0]
+                      bool(linear_weight.requires_grad), bool(input.requires_grad),
+                      _row_weights(weight, t1, ignore_index) if weighted else None)[0]
     return out.reshape(target.shape) if reduction == "none" else out
 
 
