@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 
-from fastlm.cli.checks import check_threads
+from fastlm.cli.checks import check_output, check_threads
 from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
 from fastlm.data.records import ErrorLog
 
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # the training options' own checks, before any record is read or anything is printed
     ClassifierConfig(buckets=args.buckets, word_ngrams=args.word_ngrams, char_ngrams=args.char_ngrams,
                      epochs=args.epochs, lr=args.lr, l2=args.l2, seed=args.seed).validate()
+    check_output(args.output, "-o", folder=False)
     refuse_input_as_output(args.output, args.inputs)
     errors = ErrorLog(strict=args.strict)
     texts, labels = _read_labeled(args, errors)
@@ -156,6 +157,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.field == args.text_field:
         raise ValueError(f"--field {args.field!r} would replace each record's text with its probabilities; "
                          "choose another output field")
+    check_output(args.output, "-o", folder=False)
     refuse_input_as_output(args.output, args.inputs)
     model = TextClassifier.load(args.model)
     errors = ErrorLog(strict=args.strict)

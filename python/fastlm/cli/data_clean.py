@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from fastlm.cli.checks import check_output
 from fastlm.cli.progress import DocProgress
 from fastlm.config import apply_overrides, from_dict, load_config_file
 
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from fastlm.data.pipeline import clean
 
     cfg = config_from_args(args)
+    check_output(args.out, "-o", folder=True)
     progress = DocProgress("clean", enabled=not args.quiet)
     try:
         report = clean(args.inputs, args.out, cfg, progress=progress.callback)

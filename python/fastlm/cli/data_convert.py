@@ -6,9 +6,11 @@ import argparse
 import gzip
 import io
 import json
+import os
 import sys
 from typing import IO
 
+from fastlm.cli.checks import check_output
 from fastlm.data.chat import TARGETS, convert_records
 from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records
@@ -57,6 +59,13 @@ def _write(out: IO[bytes], lines, compression: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output != "-":
+        check_output(args.output, "-o", folder=False)
+    if args.report:
+        check_output(args.report, "--report", folder=False)
+        if args.output != "-" and os.path.abspath(args.report) == os.path.abspath(args.output):
+            raise ValueError(f"--report {args.report!r} is also -o: the counts would replace the converted records")
+        refuse_input_as_output(args.report, args.inputs, flag="--report")
     refuse_input_as_output(args.output, args.inputs)
     malformed = ErrorLog(strict=args.strict)
     failed = ErrorLog(strict=args.strict)

@@ -37,6 +37,7 @@ from fastlm.cli.progress import DocProgress
 
 STAGES = ("signatures", "bands", "cluster", "filter")
 MAX_NGRAM = 1024  # longer than a document's word count is one shingle, the whole document
+MAX_SHARD = 99_999  # the filter stage names its output part-KKKKK: five digits keep the names in shard order
 _FILTER_SHARD = re.compile(r"(part-\d{5,})-\d{5,}\.(?:jsonl|parquet)")  # the filter stage's shard names
 # Flags with a default of None, the defaults used when they apply and were not given.
 DEFAULTS = {"method": "minhash", "threshold": 0.8, "num_perm": 128, "ngram": 5, "seed": 1,
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True,
                    help="output folder (one shot, filter), file (signatures, cluster) or folder (bands)")
     p.add_argument("--stage", choices=STAGES, help="run one stage of the staged pipeline")
-    p.add_argument("--shard", type=int, help="shard index K (signatures and filter stages)")
+    p.add_argument("--shard", type=int, help=f"shard index K in [0, {MAX_SHARD}] (signatures and filter stages)")
     p.add_argument("--clusters", help="cluster file from --stage cluster (filter stage)")
     p.add_argument("--method", choices=("minhash", "simhash", "exact"), help="near-dup method (default minhash; exact: exact copies only)")
     p.add_argument("--threshold", type=float, help="MinHash Jaccard threshold in (0, 1] (default 0.8)")
@@ -123,8 +124,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--method exact with --no-exact removes nothing")
     if mode in ("signatures", "filter") and args.shard is None:
         raise ValueError(f"--stage {mode} needs --shard K")
-    if args.shard is not None and args.shard < 0:
-        raise ValueError(f"--shard must be >= 0, got {args.shard}")
+    if args.shard is not None:
+        check_range(args.shard, "--shard", 0, MAX_SHARD)
     if mode == "filter" and not args.clusters:
         raise ValueError("--stage filter needs --clusters FILE (from --stage cluster)")
     if mode == "cluster" and args.verify not in (None, "signature"):

@@ -42,7 +42,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4, o200k or a custom regex (default: gpt4)")
     p.add_argument("--backend", default="native", choices=("native", "sentencepiece"), help="default: native BPE")
     p.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"), help="sentencepiece model type")
-    p.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count, >= 1 (default: 2)")
+    p.add_argument("--min-frequency", type=int,
+                   help="native backend: stop merging below this pair count, >= 1 (default: 2)")
     p.set_defaults(func=run_train)
 
     p = commands.add_parser("encode", help="encode documents into token shards (.bin/.idx/.json)")
@@ -79,6 +80,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     check_threads(args.threads)
     check_range(args.vocab_size, "--vocab-size", 256, MAX_VOCAB_SIZE)
+    if args.min_frequency is not None and args.backend == "sentencepiece":  # its trainer has no such option
+        raise ValueError("--min-frequency applies to --backend native only: sentencepiece has no minimum pair count")
+    args.min_frequency = 2 if args.min_frequency is None else args.min_frequency
     check_range(args.min_frequency, "--min-frequency", 1, MAX_MIN_FREQUENCY)
     check_output(args.output, "-o", folder=True)
     log = ErrorLog(strict=args.strict)

@@ -26,11 +26,12 @@ stdin are sniffed: a first non-blank byte ``{`` means JSONL, ``[`` a JSON array,
 - ``builtin:NAME``: see ``fastlm.data.builtin``.
 
 A record is valid when ``text_field`` (a plain key, or a dotted path like ``meta.body`` when there
-is no such key) is a string, or when it is absent and the record is a parseable chat/instruction
-record (``fastlm.data.chat``). Malformed records go to ``errors.add(source, line, reason, detail)``
-with reasons ``invalid_utf8``, ``bad_json``, ``not_object``, ``missing_field``, ``wrong_type``
-or a chat parse reason (``unknown_role``, ``empty_conversation``, ...), and reading continues
-(``ErrorLog(strict=True)`` raises DataError with file:line instead).
+is no such key) is a string, or when the record is a parseable chat/instruction record
+(``fastlm.data.chat``), whose text field, absent or not a string, is then never read. Malformed
+records go to ``errors.add(source, line, reason, detail)`` with reasons ``invalid_utf8``,
+``bad_json``, ``not_object``, ``missing_field``, ``wrong_type`` or a chat parse reason
+(``unknown_role``, ``empty_conversation``, ...), and reading continues (``ErrorLog(strict=True)``
+raises DataError with file:line instead).
 """
 
 from __future__ import annotations
@@ -228,14 +229,14 @@ def _check(data: Any, text_field: str) -> Optional[tuple[str, str]]:
     if not isinstance(data, dict):
         return "not_object", f"expected a JSON object, got {type(data).__name__}"
     value = chat.get_field(data, text_field)
-    if value is not None:
-        if isinstance(value, str):
-            return None
-        return "wrong_type", f"field {text_field!r} is {type(value).__name__}, expected a string"
+    if isinstance(value, str):
+        return None
     if chat.detect_format(data) is None:
-        if text_field in data:  # present but null
-            return "wrong_type", f"field {text_field!r} is null, expected a string"
+        if value is not None or text_field in data:  # present but not a string (null too)
+            what = "null" if value is None else type(value).__name__
+            return "wrong_type", f"field {text_field!r} is {what}, expected a string"
         return "missing_field", f"no {text_field!r} field (and not a chat/instruction record)"
+    # a chat record: only its turns are read (`record_text` renders them when the text field is no string)
     try:
         chat.parse(data)
     except chat.ConversionError as e:
