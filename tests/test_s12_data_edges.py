@@ -157,6 +157,16 @@ def test_min_frequency_refused_with_sentencepiece(capsys, tmp_path, docs):
     assert not (tmp_path / "tok").exists()
 
 
+@pytest.mark.parametrize("backend, flag, value, message", [
+    ("sentencepiece", "--pattern", "gpt2", "--pattern applies to --backend native only"),
+    ("native", "--model-type", "unigram", "--model-type applies to --backend sentencepiece only")])
+def test_other_backends_options_refused(capsys, tmp_path, docs, backend, flag, value, message):
+    # was: silently ignored (sentencepiece has no split pattern; the native trainer no model type)
+    _refused(capsys, ["tokenizer", "train", docs, "-o", str(tmp_path / "tok"), "--vocab-size", "400", "--quiet",
+                      "--backend", backend, flag, value], message)
+    assert not (tmp_path / "tok").exists()
+
+
 @pytest.mark.parametrize("extra,want", [([], 2), (["--min-frequency", "7"], 7), (["--backend", "native"], 2)])
 def test_min_frequency_reaches_the_native_trainer(monkeypatch, tmp_path, docs, extra, want):
     from fastlm.tokenizer import Tokenizer

@@ -39,9 +39,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, required=True,
                    help="ids in total: 256 bytes + merges + specials, at most 2**31 - 1")
     p.add_argument("-o", "--output", required=True, help="output directory (tokenizer.fastlm, tokenizer.json)")
-    p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4, o200k or a custom regex (default: gpt4)")
+    p.add_argument("--pattern", help="native backend: gpt2, gpt4, o200k or a custom regex (default: gpt4)")
     p.add_argument("--backend", default="native", choices=("native", "sentencepiece"), help="default: native BPE")
-    p.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"), help="sentencepiece model type")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), help="sentencepiece backend: model type (default: bpe)")
     p.add_argument("--min-frequency", type=int,
                    help="native backend: stop merging below this pair count, >= 1 (default: 2)")
     p.set_defaults(func=run_train)
@@ -80,9 +80,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     check_threads(args.threads)
     check_range(args.vocab_size, "--vocab-size", 256, MAX_VOCAB_SIZE)
-    if args.min_frequency is not None and args.backend == "sentencepiece":  # its trainer has no such option
+    # an option of the other backend would be ignored: refused instead
+    if args.backend == "sentencepiece" and args.min_frequency is not None:
         raise ValueError("--min-frequency applies to --backend native only: sentencepiece has no minimum pair count")
+    if args.backend == "sentencepiece" and args.pattern is not None:
+        raise ValueError("--pattern applies to --backend native only: sentencepiece splits text its own way")
+    if args.backend == "native" and args.model_type is not None:
+        raise ValueError("--model-type applies to --backend sentencepiece only: the native backend trains byte-level BPE")
     args.min_frequency = 2 if args.min_frequency is None else args.min_frequency
+    args.pattern = args.pattern or "gpt4"
+    args.model_type = args.model_type or "bpe"
     check_range(args.min_frequency, "--min-frequency", 1, MAX_MIN_FREQUENCY)
     check_output(args.output, "-o", folder=True)
     log = ErrorLog(strict=args.strict)
