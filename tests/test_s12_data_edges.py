@@ -1,6 +1,7 @@
 """Data commands at their edges: outputs under a regular file refused before any work, a chat record
 whose text field is bad read as the chat it is (convert, RL prompts), dedup --shard bounded, and
-tokenizer train --min-frequency refused where the sentencepiece backend would ignore it."""
+tokenizer train options of the other backend (--min-frequency, --pattern, --model-type) refused
+where they would be ignored."""
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from fastlm.cli.main import main
 from fastlm.data.readers import read_records
 from fastlm.data.records import ErrorLog
+from test_s12_cli_limits import _refused  # noqa: F401  (exit 2, the message on stderr, nothing on stdout)
 
 CHAT = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
 
@@ -25,14 +27,6 @@ def model(tmp_path, docs):
     path = str(tmp_path / "m.cls")
     assert main(["data", "train-classifier", docs, "-o", path, "--epochs", "1", "--buckets", "1024"]) == 0
     return path
-
-
-def _refused(capsys, argv, needle):
-    assert main(argv) == 2
-    cap = capsys.readouterr()
-    assert needle in cap.err and "Traceback" not in cap.err, cap.err
-    assert cap.out == ""  # refused before any work or output
-    return cap.err
 
 
 # ------------------------------------------------------------------------------ outputs under a file
