@@ -86,8 +86,9 @@ def main():
     dt = getattr(torch, a.dtype)
     seqs = [1024, 4096] if a.quick else [1024, 2048, 4096, 8192]
     name = torch.cuda.get_device_name()
+    here = torch.device("cuda", torch.cuda.current_device())
     label = (f"v{attn_mod.KERNEL_VERSION}" if attn_mod.KERNEL_VERSION else "default: " + ", ".join(
-        f"v{v} at D={d}" for d, v in attn_mod.DEFAULT_VERSION_BY_HEAD_DIM.items()))
+        f"v{attn_mod.kernel_version_for(d, here)} at D={d}" for d in attn_mod.DEFAULT_VERSION_BY_HEAD_DIM))
     print(f"\nattention fwd+bwd {a.dtype} (fastlm = kernel {label}), {a.tokens} tokens, "
           f"{a.heads} heads ({name}), median of {a.reps}")
     print(f"{'D':>4} {'T':>5} {'causal':>6} {'fastlm ms':>10} {'TFLOP/s':>8} {'sdpa ms':>8} "
@@ -134,7 +135,7 @@ def main():
                                  tflops=flops / t_ours / 1e9, sdpa_tflops=flops / t_ref / 1e9,
                                  ratio=t_ref / t_ours, err=err, fwd_ms=f_ours, sdpa_fwd_ms=f_ref,
                                  mem_mb=m_ours, sdpa_mem_mb=m_ref, mem_ratio=m_ours / max(m_ref, 1e-9),
-                                 versions_ms=vers, version=attn_mod.kernel_version_for(d)))
+                                 versions_ms=vers, version=attn_mod.kernel_version_for(d, here)))
                 print_row(rows[-1])
                 del q, k, v, g
                 torch.cuda.empty_cache()

@@ -208,8 +208,15 @@ def test_kernel_version_from_environment(monkeypatch):
     # unset: the version measured fastest per head dim
     monkeypatch.setattr(attn_mod, "KERNEL_VERSION", None)
     assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (5, 6)
+    # a version measured faster where wgmma runs is the default there only
+    monkeypatch.setattr(attn_mod, "WGMMA_VERSION_BY_HEAD_DIM", {128: 8})
+    cuda = torch.device("cuda", 0)
+    for runs, want in ((True, (5, 8)), (False, (5, 6))):
+        monkeypatch.setattr(attn_mod, "_runs_wgmma", lambda device, runs=runs: runs)
+        assert (attn_mod.kernel_version_for(64, cuda), attn_mod.kernel_version_for(128, cuda)) == want
+    assert attn_mod.kernel_version_for(128) == 6  # no device named: the default
     monkeypatch.setattr(attn_mod, "KERNEL_VERSION", 3)  # FASTLM_ATTN_VERSION=3
-    assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128)) == (3, 3)
+    assert (attn_mod.kernel_version_for(64), attn_mod.kernel_version_for(128, cuda)) == (3, 3)
     for bad in ("10", "0", "two", "-1"):
         monkeypatch.setenv("FASTLM_ATTN_VERSION", bad)
         with pytest.raises(ValueError,

@@ -3,6 +3,7 @@
 flash attention). Registered through torch.library so torch.compile treats it as one op."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -20,6 +21,10 @@ from fastlm.ops import _dispatch
 # forces one.
 KERNEL_VERSION: Optional[int] = _dispatch.kernel_version("FASTLM_ATTN_VERSION", None, range(1, 10))
 DEFAULT_VERSION_BY_HEAD_DIM = {64: 5, 128: 6}
+# On an sm_90 GPU with this module built for sm_90a (where v7 / v8 run): the versions a GPU run
+# measured faster there than the above, by head dim. Empty until one does (csrc/kernels/NOTES.md,
+# "For the next GPU session"); other GPUs keep DEFAULT_VERSION_BY_HEAD_DIM.
+WGMMA_VERSION_BY_HEAD_DIM: dict[int, int] = {}
 # v7 / v8 only, a fallback for a GPU that reads wgmma's descriptor offsets the other way round
 # (csrc/kernels/wgmma.cuh, desc_k_major): bit 0 swaps them for the K-major operands, bit 1 for the
 # MN-major ones. tests/test_wgmma.py says which bit a failing GPU needs; unset: 0.
@@ -28,9 +33,27 @@ if WGMMA_SWAP and _dispatch.cuda_module() is not None:
     _dispatch.cuda_module().set_wgmma_swap(WGMMA_SWAP)
 
 
-def kernel_version_for(head_dim: int) -> int:
-    """The attention kernel version used for `head_dim` (KERNEL_VERSION where set)."""
-    return KERNEL_VERSION or DEFAULT_VERSION_BY_HEAD_DIM[head_dim]
+def kernel_version_for(head_dim: int, device: Optional[torch.device] = None) -> int:
+    """The attention kernel version used for `head_dim` on `device` (KERNEL_VERSION where set;
+    else WGMMA_VERSION_BY_HEAD_DIM's where the device runs wgmma, else the default)."""
+    if KERNEL_VERSION:
+        return KERNEL_VERSION
+    if head_dim in WGMMA_VERSION_BY_HEAD_DIM and device is not None and _runs_wgmma(device):
+        return WGMMA_VERSION_BY_HEAD_DIM[head_dim]
+    return DEFAULT_VERSION_BY_HEAD_DIM[head_dim]
+
+
+@functools.lru_cache(maxsize=None)
+def _runs_wgmma_on(index: int) -> bool:
+    with torch.cuda.device(index):
+        return bool(_dispatch.cuda_module().wgmma_supported())
+
+
+def _runs_wgmma(device: torch.device) -> bool:
+    """Whether attention versions 7 and 8 run on `device` (an sm_90 GPU, a build for sm_90a)."""
+    if device.type != "cuda" or _dispatch.cuda_module() is None:
+        return False
+    return _runs_wgmma_on(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -167,7 +190,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if (backend == "auto" and attn_mask is None and dropout_p == 0.0
             and kernel_supports(q, k, v, is_causal)):
         s = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        return _attn_fwd(q, k, v, bool(is_causal), s, kernel_version_for(q.shape[-1]))[0]
+        return _attn_fwd(q, k, v, bool(is_causal), s, kernel_version_for(q.shape[-1], q.device))[0]
     kw = {"enable_gqa": True} if enable_gqa else {}
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                           is_causal=is_causal, scale=scale, **kw)
