@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "and wrong types are refused)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set max_steps=100 optim.lr=1e-3 model.overrides.n_layer=2 "
-                   "(values read as YAML)")
+                   "(values read as YAML; of a key given twice, the last wins)")
     p.add_argument("--resume", metavar="RUN_OR_CKPT", help="continue from a run directory (its latest complete "
                    "checkpoint) or a checkpoint directory, with the config stored there (--config/--set/flags on top, "
                    "e.g. --set max_steps=600)")
@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-name", metavar="NAME", help="run directory name under --out (default "
                    "<task>-<size>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--device", metavar="D", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress output; print only the final summary")
+    p.add_argument("--quiet", action="store_true", help="no progress output or notes; print only the final summary")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
@@ -202,7 +202,9 @@ def resolve_config(args: argparse.Namespace):
     flags = {"task": args.task, "out": args.out, "run_name": args.run_name, "device": args.device,
              "post.train_on_prompt": getattr(args, "train_on_prompt", None)}
     overrides = list(args.overrides) + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    base = _resumed_config(args.resume) if args.resume else None
+    if args.resume == "":  # `--resume $RUN` with RUN unset: not a fresh run
+        raise ConfigError("--resume: the run or checkpoint path is empty")
+    base = _resumed_config(args.resume) if args.resume is not None else None
     try:
         return load_train_config(args.config, overrides, base=base)
     except ConfigError:
@@ -235,6 +237,10 @@ def run_args(args: argparse.Namespace, *, prog: str = "fastlm-train") -> int:
     main = _is_main_process()
     try:
         cfg = resolve_config(args)
+        if main and not args.quiet:
+            from fastlm.train.config import config_notes
+            for note in config_notes(cfg):
+                print(f"{prog}: note: {note}", file=sys.stderr)
         if args.print_config:
             import yaml
 

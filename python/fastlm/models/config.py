@@ -32,6 +32,10 @@ def _type_ok(value, kind: str) -> bool:
     return isinstance(value, {"bool": bool, "str": str}.get(kind, object))
 
 
+MAX_DIM = 2**31 - 1  # every size is an int32 somewhere (kernels, shards)
+MAX_PARAMS = 10**13  # ~20 TB of bf16 weights
+
+
 def _check_common(c) -> None:
     for f in fields(c):  # overrides and checkpoint configs come from YAML/JSON: refuse "2", 2.5, "nan"
         if not _type_ok(getattr(c, f.name), f.type):
@@ -41,6 +45,13 @@ def _check_common(c) -> None:
     for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
         if getattr(c, name) <= 0:
             raise ValueError(f"{name} must be > 0, got {getattr(c, name)}")
+        if getattr(c, name) > MAX_DIM:
+            raise ValueError(f"{name} must be at most {MAX_DIM}, got {getattr(c, name)}")
+    hidden = c.mlp_hidden or 4 * c.d_model
+    params = c.n_layer * (4 * c.d_model * c.d_model + 3 * c.d_model * hidden) + c.vocab_size * c.d_model
+    if params > MAX_PARAMS:  # building it would take hours (n_layer=10**9: a Python loop), then fail
+        raise ValueError(f"n_layer {c.n_layer}, d_model {c.d_model}, vocab_size {c.vocab_size}: ~{params:.2g} "
+                         f"parameters, more than the {MAX_PARAMS:.0e} any one machine could hold")
     if c.d_model % c.n_head:
         raise ValueError(f"d_model {c.d_model} is not a multiple of n_head {c.n_head}")
     if (c.d_model // c.n_head) % 2:

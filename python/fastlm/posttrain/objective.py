@@ -137,10 +137,13 @@ class LMObjective(Objective):
     """Pretraining: CLM (next token) or MLM (masked tokens) on token shards, via `fastlm.train.batches`."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, *, run_dir: str, log: Callable[[str], None] = print):
-        from fastlm.models import build_model, config_to_dict, model_config_for
+        from fastlm.models import build_model, config_to_dict
         from fastlm.train.batches import load_batches
         from fastlm.train.prepare import prepare_data
         self.cfg, self.info = cfg, info
+        # the model settings are checked before the data is prepared (minutes on a large corpus); the real
+        # vocabulary size is the tokenizer's, known only after
+        self._model_config(vocab_size=cfg.data.vocab_size)
         # rank 0 prepares (tokenizer, shards), the others wait and reuse it
         prepared = prepare_data(cfg, log=log) if info.is_main else None
         barrier(info)
@@ -149,12 +152,23 @@ class LMObjective(Objective):
         self.tokenizer, self.tokenizer_path = self.batches.tokenizer, self.batches.tokenizer_path
         self.seq_len = cfg.data.seq_len
         torch.manual_seed(cfg.seed)  # same init on every rank (FSDP shards a full model)
-        mcfg = model_config_for(cfg.task, cfg.model.size, cfg.model.overrides, vocab_size=self.tokenizer.n_vocab)
+        mcfg = self._model_config(vocab_size=self.tokenizer.n_vocab)
+        self.model = build_model(mcfg)
+        self.model_config = config_to_dict(mcfg)
+
+    def _model_config(self, *, vocab_size: int):
+        from fastlm.models import model_config_for
+        cfg = self.cfg
+        try:
+            mcfg = model_config_for(cfg.task, cfg.model.size, cfg.model.overrides, vocab_size=vocab_size)
+        except ValueError as e:  # "unknown size", "n_head must be > 0": say which settings
+            if str(e).startswith("model."):
+                raise
+            raise ValueError(f"model.size={cfg.model.size!r}, model.overrides={cfg.model.overrides}: {e}") from None
         if cfg.data.seq_len > mcfg.max_seq_len:
             raise ValueError(f"data.seq_len {cfg.data.seq_len} > the model's max_seq_len {mcfg.max_seq_len} "
                              "(set model.overrides.max_seq_len)")
-        self.model = build_model(mcfg)
-        self.model_config = config_to_dict(mcfg)
+        return mcfg
 
     def next_micro(self, n_global: int):
         return self.batches.next_micro(n_global)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -137,42 +138,65 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _non_finite(obj: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the float fields that are NaN (or infinite, except the ones where inf means 'off')."""
-    bad = []
+def _scalars(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted name, value)`` of every field that is not a section."""
+    out = []
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            bad += _non_finite(v, f"{prefix}{f.name}.")
-        elif isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and f.name not in _INF_OK)):
-            bad.append(f"{prefix}{f.name}={v}")
-    return bad
+        out += _scalars(v, f"{prefix}{f.name}.") if dataclasses.is_dataclass(v) else [(prefix + f.name, v)]
+    return out
 
 
 _INF_OK = ("max_time", "spike_factor")  # inf: no time limit, no spike test
+MAX_INT = 2**31 - 1  # no count, size or seed needs more (10**30 rows per micro-batch hung the run)
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+RL_TASKS = ("ppo", "grpo", "rloo")
 
 
 def _check(c: TrainConfig) -> None:
-    bad = _non_finite(c)
+    """Refuse values no run can use, naming the key and the allowed range (before any data is prepared)."""
+    bad = [f"{k}={v}" for k, v in _scalars(c)
+           if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and k not in _INF_OK))]
     if bad:
         raise ConfigError(f"{', '.join(bad)}: must be a finite number")
+    for name, v in _scalars(c):
+        if isinstance(v, int) and not isinstance(v, bool) and v > MAX_INT:
+            raise ConfigError(f"{name} must be at most {MAX_INT}, got {v}")
     positive = {"micro_batch": c.micro_batch, "max_steps": c.max_steps, "data.seq_len": c.data.seq_len,
                 "data.vocab_size": c.data.vocab_size, "keep_last": c.keep_last, "log_every": c.log_every,
                 "sample_tokens": c.sample_tokens, "eval_tokens": c.eval_tokens}
     for name, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{name} must be > 0, got {v}")
-    non_negative = {"tokens_per_step": c.tokens_per_step, "max_time": c.max_time, "eval_every": c.eval_every,
-                    "sample_every": c.sample_every, "ckpt_every": c.ckpt_every, "optim.lr": c.optim.lr,
-                    "optim.warmup_steps": c.optim.warmup_steps, "optim.weight_decay": c.optim.weight_decay,
-                    "optim.grad_clip": c.optim.grad_clip}
+    non_negative = {"seed": c.seed, "tokens_per_step": c.tokens_per_step, "max_time": c.max_time,
+                    "eval_every": c.eval_every, "sample_every": c.sample_every, "ckpt_every": c.ckpt_every,
+                    "optim.lr": c.optim.lr, "optim.warmup_steps": c.optim.warmup_steps,
+                    "optim.weight_decay": c.optim.weight_decay, "optim.grad_clip": c.optim.grad_clip,
+                    "optim.eps": c.optim.eps}
     for name, v in non_negative.items():
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}")
     for name, v in {"data.val_fraction": c.data.val_fraction, "optim.min_lr_ratio": c.optim.min_lr_ratio,
-                    "optim.decay_fraction": c.optim.decay_fraction, "mlm_probability": c.mlm_probability}.items():
+                    "optim.decay_fraction": c.optim.decay_fraction}.items():
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name} must be in [0, 1], got {v}")
+    for name, v in {"optim.beta1": c.optim.beta1, "optim.beta2": c.optim.beta2}.items():
+        if not 0.0 <= v < 1.0:  # torch's AdamW refuses the rest, but only once the data is prepared
+            raise ConfigError(f"{name} must be in [0, 1), got {v}")
+    if not 0.0 < c.mlm_probability <= 1.0:  # 0: no position has a label, nothing to learn or evaluate
+        raise ConfigError(f"mlm_probability must be in (0, 1], got {c.mlm_probability}")
+    if not DEVICE.fullmatch(c.device):  # torch would name neither the key nor the choices
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
+    if not c.out:
+        raise ConfigError("out must name a directory (use out=. for the current one), got an empty string")
+    if c.task in ("clm", "mlm", "sft") and c.tokens_per_step % (c.micro_batch * c.data.seq_len):
+        raise ConfigError(f"tokens_per_step {c.tokens_per_step} is not a multiple of micro_batch x data.seq_len "
+                          f"= {c.micro_batch * c.data.seq_len} (0: one micro-batch per rank)")
+    if c.task in ("clm", "mlm") and not c.data.tokens:  # the run trains its own tokenizer
+        from fastlm.tokenizer.core import DEFAULT_SPECIALS
+        if c.data.vocab_size < 256 + len(DEFAULT_SPECIALS):
+            raise ConfigError(f"data.vocab_size must be >= {256 + len(DEFAULT_SPECIALS)} (256 bytes + "
+                              f"{len(DEFAULT_SPECIALS)} special tokens), got {c.data.vocab_size}")
     p = c.post
     for name, v in {"post.task_examples": p.task_examples, "post.eval_examples": p.eval_examples,
                     "post.prompts_per_step": p.prompts_per_step, "post.samples_per_prompt": p.samples_per_prompt,
@@ -186,17 +210,46 @@ def _check(c: TrainConfig) -> None:
                     "post.entropy_coef": p.entropy_coef, "post.rpo_alpha": p.rpo_alpha}.items():
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}")
-    for name, v in {"post.gamma": p.gamma, "post.lam": p.lam, "post.top_p": p.top_p}.items():
+    for name, v in {"post.gamma": p.gamma, "post.lam": p.lam}.items():
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name} must be in [0, 1], got {v}")
+    if not 0.0 < p.top_p <= 1.0:  # 0 would keep no token (the sampler refuses it, after the model is loaded)
+        raise ConfigError(f"post.top_p must be in (0, 1], got {p.top_p}")
+    from fastlm.posttrain.tasks import TASKS  # plain Python, no torch
+    unknown = [t for t in p.tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"post.tasks: unknown task(s) {unknown}; built-in tasks: {list(TASKS)}")
+    if p.kl_target > 0 and p.kl_coef == 0:  # the adaptive coefficient is multiplied: from 0 it stays 0
+        raise ConfigError(f"post.kl_target={p.kl_target} adapts post.kl_coef, which is 0: set post.kl_coef > 0 "
+                          "(its starting value) or post.kl_target=0")
     if c.task in ("grpo", "rloo") and p.samples_per_prompt < 2:
         raise ConfigError(f"task={c.task} compares samples of one prompt: post.samples_per_prompt must be >= 2")
+    if c.task in RL_TASKS:
+        rollouts = p.prompts_per_step * (1 if c.task == "ppo" else p.samples_per_prompt)
+        if p.minibatches > rollouts:  # a minibatch is at least one rollout: fewer updates than asked
+            raise ConfigError(f"post.minibatches {p.minibatches} > the {rollouts} rollouts of a step "
+                              f"(post.prompts_per_step x samples per prompt)")
     if not c.spike_factor > 1.0:
         raise ConfigError(f"spike_factor must be > 1, got {c.spike_factor}")
     if c.max_bad_steps < 1:
         raise ConfigError(f"max_bad_steps must be >= 1, got {c.max_bad_steps}")
     if "/" in c.run_name or c.run_name in (".", ".."):
         raise ConfigError(f"run_name {c.run_name!r} must be a plain name, not a path (use out= for the folder)")
+
+
+def config_notes(c: TrainConfig) -> list[str]:
+    """Settings that are allowed but likely not meant, one line each (the CLI prints them). A warmup as long
+    as the run is one: refusing it would refuse every short test run (``--set max_steps=3``).
+
+    >>> config_notes(TrainConfig(max_steps=10))[0].split(":")[0]
+    'optim.warmup_steps 30 >= max_steps 10'
+    """
+    notes = []
+    w, m = c.optim.warmup_steps, c.max_steps
+    if w >= m:
+        notes.append(f"optim.warmup_steps {w} >= max_steps {m}: the whole run is lr warmup (the lr only rises, "
+                     f"to {c.optim.lr * m / w:.3g} at the last step (optim.lr={c.optim.lr:g}), and never decays)")
+    return notes
 
 
 # Defaults per task, applied by load_train_config (the CLI's path) under the file and --set values; a
@@ -236,14 +289,16 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 def load_train_config(path: Optional[str] = None, overrides: Optional[list[str]] = None, *,
                       base: Optional[dict[str, Any]] = None) -> TrainConfig:
     """The config of ``path`` (YAML/TOML, may be None) on top of ``base`` (a dict, e.g. the CLI's
-    ``--task``), with ``key=value`` overrides applied last.
+    ``--task``), with ``key=value`` overrides applied last (a key given twice: the later value wins).
 
     >>> load_train_config(None, ["optim.lr=1e-3", "task=mlm"]).optim.lr
     0.001
     """
     data: dict[str, Any] = dict(base or {})
     where = "config"
-    if path:
+    if path is not None:
+        if not path:  # `--config $CFG` with CFG unset: not the defaults
+            raise ConfigError("config file path is empty")
         file_data = load_config_file(path)
         data = _merge(data, file_data)
         where = path
@@ -256,6 +311,10 @@ def load_train_config(path: Optional[str] = None, overrides: Optional[list[str]]
     try:
         return from_dict(TrainConfig, data, where=where)
     except TypeError as e:  # a dataclass refusing its arguments
+        raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:  # a range refused by _check names the key: add where it was given
+        if where == "config" or str(e).startswith(where):
+            raise
         raise ConfigError(f"{where}: {e}") from None
 
 
