@@ -143,3 +143,16 @@ def test_model_settings_are_checked_before_the_data(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert message in err and "no-such-file" not in err and "Traceback" not in err, err
     assert not out.exists() or os.listdir(out) == []  # no run directory, no data cache left behind
+
+
+def test_a_cuda_device_past_the_machines_is_refused_naming_them(monkeypatch):
+    # old: torch's "invalid device ordinal" from set_device, exit 1, naming no setting
+    import torch
+
+    from fastlm.train.distributed import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        pick_device("cuda:3")
+    with pytest.raises(ValueError, match="has 2 CUDA device"):
+        pick_device("cuda", local_rank=5)  # torchrun with more ranks than GPUs

@@ -46,6 +46,9 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
             raise ValueError(f"device={name!r} but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
         torch.cuda.set_device(device)
     return device
 
