@@ -423,6 +423,32 @@ def test_backend_torch_and_class_weight_fallback():
     _check(x, w, t, reduction="mean", atol=1e-10, rtol=1e-9)  # float64 -> torch path
 
 
+@pytest.mark.parametrize("shape", [(0,), (2, 0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_rows_match_torch(dtype, reduction, shape):
+    """No tokens at all (an empty batch, T = 0): torch's loss (NaN mean, 0 sum, empty) and zero
+    gradients. The backward used to fail: no chunk had written the weight gradient."""
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(*shape, 16, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(41, 16, generator=gen).to(dtype).requires_grad_()
+    b = torch.randn(41, generator=gen).to(dtype).requires_grad_()
+    t = torch.zeros(shape, dtype=torch.long)
+    ours = linear_cross_entropy(x, w, t, linear_bias=b, reduction=reduction)
+    ours.sum().backward()
+    grads = [z.grad for z in (x, w, b)]
+    for z in (x, w, b):
+        z.grad = None
+    ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w, b).reshape(-1, 41),
+                                            t.reshape(-1), reduction=reduction)
+    ref = ref.reshape(t.shape) if reduction == "none" else ref
+    ref.sum().backward()
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.nan_to_num(), ref.nan_to_num())
+    for name, a, r in zip("xwb", grads, (x.grad, w.grad, b.grad)):
+        assert a is not None and a.shape == r.shape and a.dtype == r.dtype and torch.equal(a, r), name
+
+
 def _weighted_case(dtype, seed=12, n=37, d=24, v=41):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=gen).to(dtype).requires_grad_()

@@ -190,6 +190,8 @@ def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, writ
                 _accumulate_wgrad(gw, dl, xc, first=r0 == 0)
             if gb is not None:
                 gb.add_(dl.sum(0, dtype=torch.float32))
+    if write_grad and weight_grad and gw is None:  # no rows (n = 0): no chunk wrote it
+        gw = torch.zeros(v, d, dtype=w.dtype, device=x.device)
     return loss, gx, gw, gb
 
 
