@@ -32,7 +32,8 @@ def test_nested_values_and_conversions():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"inner": {"z": 1}}, "cfg.inner: unknown key(s) ['z']"),
+        ({"inner": {"z": 1}}, "cfg.inner: unknown key(s) ['z']; known"),  # nothing near: no hint
+        ({"inner": {"pairs": 1}}, "cfg.inner: unknown key(s) ['pairs'] (did you mean 'pair'?); known"),
         ({"inner": {"x": "3"}}, "cfg.inner.x: expected int, got str"),
         ({"inner": {"x": True}}, "cfg.inner.x: expected an integer"),
         ({"flag": 1}, "cfg.flag: expected true/false"),

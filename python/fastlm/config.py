@@ -201,7 +201,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        import difflib
+
+        near = [m for u in unknown for m in difflib.get_close_matches(str(u), names, n=1)]
+        hint = f" (did you mean {', '.join(repr(m) for m in near)}?)" if near else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; known: {sorted(names)}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
