@@ -121,6 +121,15 @@ def test_rl_built_in_task_prompts_that_do_not_fit_are_dropped(tmp_path):
         _prompts(cfg, TOK, max_seq_len=lengths[0] + 7)
 
 
+def test_rl_holds_out_eval_examples_per_built_in_task():
+    # post.eval_examples is per task (as SFT and the config's help say); the first version of the drop
+    # above cut the tasks' val split to eval_examples in all (200 of 600 with three tasks)
+    cfg = from_dict(TrainConfig, {"task": "grpo", "post": {"tasks": ["copy", "reverse"], "task_examples": 6,
+                                                           "eval_examples": 5, "max_new_tokens": 8}})
+    train, val = _prompts(cfg, TOK, max_seq_len=4096)
+    assert len(train) == 12 and sorted(ex.meta["task"] for ex in val) == ["copy"] * 5 + ["reverse"] * 5
+
+
 def test_rl_branched_resume_failing_at_setup_leaves_no_directory(policy_ckpt, tmp_path):
     data = "post.data=[" + _jsonl(tmp_path / "prompts.jsonl", [GOOD, {**GOOD, "prompt": "Repeat: three"}]) + "]"
     first = run_rl(_rl_cfg(tmp_path, policy_ckpt, "ckpt_every=1", data), console=False)

@@ -62,7 +62,7 @@ def load_checkpoint_model(ckpt: str, device):
 
     if not os.path.exists(ckpt):
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file or directory")
-    path = latest_checkpoint(ckpt)
+    path = latest_checkpoint(ckpt, strict=True)
     if path is None:
         raise ValueError(f"--ckpt {ckpt}: no complete checkpoint there (a step-XXXXXXXX directory "
                          "with state.json, or a run directory holding checkpoints/)")

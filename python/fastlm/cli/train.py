@@ -182,7 +182,7 @@ def _resumed_config(path: str) -> dict[str, Any]:
     """The train config stored in the latest complete checkpoint of a run (or in a checkpoint)."""
     from fastlm.train.checkpoint import CheckpointError, latest_checkpoint
 
-    ckpt = latest_checkpoint(path)
+    ckpt = latest_checkpoint(path, strict=True)
     if ckpt is None:
         raise CheckpointError(f"--resume {path}: no complete checkpoint there")
     state_path = os.path.join(ckpt, "state.json")

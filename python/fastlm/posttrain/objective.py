@@ -253,7 +253,7 @@ def resolve_init(cfg: TrainConfig) -> Optional[str]:
         raise ValueError(f"post.init_from: {src} does not exist")
     if is_hf_dir(src):
         return os.path.abspath(src)
-    ckpt = latest_checkpoint(src)
+    ckpt = latest_checkpoint(src, strict=True)
     if ckpt is None:
         raise CheckpointError(f"post.init_from: {src} holds no complete fastlm checkpoint and is not a "
                               "Hugging Face model dir (config.json)")

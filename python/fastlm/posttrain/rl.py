@@ -246,14 +246,14 @@ def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None, task_r
             held_out = [it for i, it in enumerate(items) if i in held]
             items = [it for i, it in enumerate(items) if i not in held]
         train = [(ids, meta) for ids, meta, _ in items]
-        val = [ex for _, _, ex in held_out if ex is not None]
+        val = [ex for _, _, ex in held_out if ex is not None][:p.eval_examples]
     if not train:  # self-contained: under --quiet the report is not printed
         why = (f" (too_long: prompt + post.max_new_tokens {p.max_new_tokens} > the model's max_seq_len "
                f"{max_seq_len}: shorten the prompts or lower post.max_new_tokens)" if report.dropped else "")
         kept = report.read - sum(report.dropped.values())
         raise ValueError(f"no RL training prompts in {src}: "
                          f"{report.summary(kept, one_line=True, unit='prompts')}{why}")
-    return train, val[:p.eval_examples]
+    return train, val  # the tasks' val split: post.eval_examples per task; post.data's: that many in all
 
 
 def _find_reward_run(out: str) -> Optional[str]:
@@ -289,7 +289,7 @@ class RewardFn:
             return
         from fastlm.posttrain.reward import load_reward_model
         from fastlm.tokenizer.shards import file_sha256
-        ckpt = latest_checkpoint(src) if os.path.exists(src) else None
+        ckpt = latest_checkpoint(src, strict=True) if os.path.exists(src) else None
         if ckpt is None:
             raise CheckpointError(f"post.reward_model: {src} holds no complete checkpoint (use \"task\" for the "
                                   "built-in tasks' reward, or run `fastlm-train --task reward` first)")

@@ -425,9 +425,39 @@ def checkpoint_step(ckpt: str) -> int:
     return int(m.group(1))
 
 
-def latest_checkpoint(path: str) -> Optional[str]:
+def damaged_checkpoints(path: str) -> list[tuple[str, str]]:
+    """``(dir, why)`` of the ``step-N`` directories under ``path`` newer than its newest complete checkpoint
+    that are not complete themselves. Saves are atomic (a ``.tmp-*`` dir renamed; a crash between the
+    renames leaves a ``step-N.old-<pid>`` that `list_checkpoints` takes), so such a directory was damaged
+    after it was written: truncated, replaced or half deleted.
+
+    >>> import tempfile
+    >>> damaged_checkpoints(tempfile.mkdtemp())
+    []
+    """
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    if not os.path.isdir(root):
+        return []
+    found = list_checkpoints(path)
+    newest = checkpoint_step(found[-1]) if found else -1
+    damaged = []
+    for name in sorted(os.listdir(root)):
+        m = _NAME.match(name)
+        if m is None or int(m.group(1)) <= newest:
+            continue
+        ckpt = os.path.join(root, name)
+        try:
+            _check_files(ckpt, _read_state(ckpt)["files"], hash_names=())
+        except CheckpointError as e:
+            damaged.append((ckpt, str(e)))
+    return damaged
+
+
+def latest_checkpoint(path: str, *, strict: bool = False) -> Optional[str]:
     """The newest complete checkpoint under ``path`` (a run dir, its ``checkpoints/`` dir, or a checkpoint
-    dir itself, returned as is); None when there is none (see `list_checkpoints`).
+    dir itself, returned as is); None when there is none (see `list_checkpoints`). ``strict`` (a path the user
+    named: resume, load): a damaged checkpoint newer than that (`damaged_checkpoints`) is a CheckpointError
+    naming it and why, rather than passed over for an older one, which a resume would then write over.
 
     >>> import tempfile
     >>> latest_checkpoint(tempfile.mkdtemp()) is None
@@ -436,6 +466,13 @@ def latest_checkpoint(path: str) -> Optional[str]:
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return path
     found = list_checkpoints(path)
+    damaged = damaged_checkpoints(path) if strict else []
+    if damaged:
+        ckpt, why = damaged[-1]
+        older = (f"name an older checkpoint to use it (the newest complete one: {found[-1]}), after moving "
+                 "the damaged one out of the way" if found else "it holds no complete checkpoint")
+        raise CheckpointError(f"{path}: the newest checkpoint {os.path.basename(ckpt)} is damaged ({why}); "
+                              + older)
     return found[-1] if found else None
 
 
@@ -443,7 +480,7 @@ def _resolve(path: str) -> str:
     name = os.path.basename(os.path.normpath(path))
     if os.path.isdir(path) and (_NAME.match(name) or _OLD.match(name)):
         return path  # a checkpoint dir itself: loading it says precisely what is wrong
-    found = latest_checkpoint(path)
+    found = latest_checkpoint(path, strict=True)
     if found is None:
         what = "no such directory" if not os.path.exists(path) else "no complete checkpoint in it"
         raise CheckpointError(f"{path}: {what}")

@@ -156,7 +156,7 @@ def _grad_norm(model: torch.nn.Module, max_norm: float) -> float:
 
 def _resolve_resume(resume: str) -> str:
     from fastlm.train.checkpoint import CheckpointError, latest_checkpoint
-    ckpt = latest_checkpoint(resume)
+    ckpt = latest_checkpoint(resume, strict=True)
     if ckpt is None:
         raise CheckpointError(f"--resume {resume}: no complete checkpoint there")
     return ckpt
