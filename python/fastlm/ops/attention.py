@@ -142,7 +142,8 @@ def kernel_supports(q, k, v, is_causal: bool) -> bool:
             and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
             and v.dtype == q.dtype and q.shape[-1] in (64, 128)
             and k.shape[-1] == q.shape[-1] and v.shape == k.shape
-            and q.shape[0] == k.shape[0] and k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0
+            and q.shape[0] == k.shape[0] and q.shape[0] > 0  # no batch or no heads: SDPA's empty
+            and q.shape[1] > 0 and k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0
             and q.shape[2] > 0 and k.shape[2] > 0
             and (not is_causal or q.shape[2] == k.shape[2]))
 
@@ -192,5 +193,10 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         s = q.shape[-1] ** -0.5 if scale is None else float(scale)
         return _attn_fwd(q, k, v, bool(is_causal), s, kernel_version_for(q.shape[-1], q.device))[0]
     kw = {"enable_gqa": True} if enable_gqa else {}
+    if is_causal and attn_mask is None and scale is not None and scale <= 0:
+        # torch's CPU flash kernel returns NaN for causal attention with scale <= 0 (its causal
+        # -inf times the scale); the same mask given explicitly gives the right softmax
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        is_causal = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                           is_causal=is_causal, scale=scale, **kw)

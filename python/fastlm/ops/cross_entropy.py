@@ -11,6 +11,9 @@ native module) use plain PyTorch.
 """
 from __future__ import annotations
 
+import math
+import operator
+import warnings
 from typing import Optional
 
 import torch
@@ -146,6 +149,7 @@ def _run_chunk_kernel(logits, target, loss, lse, grad_scale, grad_scale_scalar, 
     return lf if lf.dtype == logits.dtype else lf.to(logits.dtype)
 
 
+@torch.no_grad()  # custom ops see inference tensors with grad mode on (and requires_grad set)
 def _fused(x, w, b, target, ignore_index, label_smoothing, z_loss, softcap, write_grad,
            grad_scale, grad_scale_scalar, chunk_size, weight_grad=True, input_grad=True):
     """Chunk loop. Returns per-row fp32 loss and, if write_grad, (gx, gw, gb fp32); gw is None
@@ -227,7 +231,8 @@ def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target:
             softcap: float, compute_grad: bool, chunk_size: int, weight_grad: bool,
             input_grad: bool, row_weight: Optional[torch.Tensor] = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss and (for mean/sum with compute_grad) the unscaled-by-grad_output gradients.
+    """Loss (float32: the wrapper casts it) and (for mean/sum with compute_grad) the
+    unscaled-by-grad_output gradients.
     ``row_weight`` (class weights, `_row_weights`; only without label smoothing and z-loss)
     scales each row's loss and gradient."""
     _check_targets(target, w.shape[0], ignore_index)
@@ -243,7 +248,7 @@ def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target:
                                    weight_grad, input_grad)
     if row_weight is not None:
         loss_rows = loss_rows * row_weight
-    loss = _reduce(loss_rows, target, ignore_index, reduction, x.dtype, row_weight)
+    loss = _reduce(loss_rows, target, ignore_index, reduction, torch.float32, row_weight)
     empty = x.new_empty(_EMPTY)
     if not write_grad:
         return loss, empty, empty.clone(), empty.clone()
@@ -255,7 +260,7 @@ def _lce_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], target:
 @_lce_op.register_fake
 def _(x, w, b, target, ignore_index, reduction, label_smoothing, z_loss, softcap, compute_grad,
       chunk_size, weight_grad, input_grad, row_weight=None):
-    loss = x.new_empty((x.shape[0],) if reduction == "none" else ())
+    loss = x.new_empty((x.shape[0],) if reduction == "none" else (), dtype=torch.float32)
     write_grad = compute_grad and reduction != "none"
     if not write_grad:
         return loss, x.new_empty(_EMPTY), x.new_empty(_EMPTY), x.new_empty(_EMPTY)
@@ -324,6 +329,9 @@ def _backward(ctx, grad_loss, *unused):
     if not ctx.compute_grad:
         raise RuntimeError("linear_cross_entropy: gradients were not computed in the forward "
                            "pass (grad mode was off or no input required grad)")
+    if torch.is_grad_enabled() and not ctx.saved_grads:  # backward(create_graph=True)
+        ctx.grads = None
+        return _grads_with_graph(ctx, grad_loss) + (None,) * 11
     ignore_index, eps, zl, softcap, chunk = ctx.args
     if ctx.saved_grads:  # saved under torch.compile
         gx, gw, gb = ctx.saved_tensors
@@ -351,6 +359,25 @@ def _backward(ctx, grad_loss, *unused):
             None, None)
 
 
+def _grads_with_graph(ctx, grad_loss):
+    """The input, weight and bias gradients as differentiable functions of the inputs (for a
+    double backward: a gradient penalty, a Hessian-vector product), through the plain PyTorch
+    computation: the kernels' gradients carry no graph."""
+    x, w, b, target, rw = ctx.saved_tensors
+    ignore_index, eps, zl, softcap, _ = ctx.args
+    loss = _reference(x, w, b, target, None, "none", ignore_index, eps, zl, softcap)
+    if rw is not None:
+        loss = loss * rw
+    if ctx.reduction != "none":
+        loss = loss.sum()
+    if ctx.reduction == "mean":
+        loss = loss / (rw.sum() if rw is not None else (target != ignore_index).sum())
+    wanted = [t is not None and t.requires_grad for t in (x, w, b)]
+    grads = iter(torch.autograd.grad(loss, [t for t, want in zip((x, w, b), wanted) if want],
+                                     grad_loss, create_graph=True))
+    return tuple(next(grads) if want else None for want in wanted)
+
+
 _lce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
@@ -368,6 +395,8 @@ def _reference(x, w, b, target, weight, reduction, ignore_index, label_smoothing
     if softcap > 0:
         logits = softcap * torch.tanh(logits / softcap)
     probabilities = target.is_floating_point()
+    if weight is not None and _autocast_dtype(logits.device) is None:
+        weight = weight.to(logits.dtype)  # any float dtype, as on the native path
     smooth = dict(label_smoothing=label_smoothing, weight=weight)
     if not probabilities:
         smooth["ignore_index"] = ignore_index
@@ -383,6 +412,20 @@ def _reference(x, w, b, target, weight, reduction, ignore_index, label_smoothing
     ce = F.cross_entropy(logits, target, reduction=reduction, **smooth)
     # the z-loss is averaged over the counted tokens (class weights scale only the CE term)
     return ce + (zl.sum() if reduction == "sum" else zl.sum() / counted.sum())
+
+
+# What autocast casts (float64 stays), and the loss dtypes it returns as float32 (cross-entropy
+# runs in float32 under autocast).
+_AUTOCAST_FROM = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype autocast computes F.linear in on `device` while it is on there, else None."""
+    try:
+        on = torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return None
+    return torch.get_autocast_dtype(device.type) if on else None
 
 
 def _native_ok(x: torch.Tensor) -> bool:
@@ -408,7 +451,12 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     ``z_loss`` (adds ``z_loss * logsumexp^2`` per counted token) and ``softcap`` (logits become
     ``softcap * tanh(logits / softcap)`` first). ``input`` may also be (..., d) with ``target``
     (...); ``reduction='none'`` returns per-token losses shaped like ``target`` (ignored tokens
-    give 0).
+    give 0). Under ``torch.autocast`` the projection runs in the autocast dtype and the loss is
+    float32, as torch's. Class ``weight`` may be of any floating dtype (torch wants the
+    input's). Where torch is lax this refuses: a negative ``label_smoothing`` (torch
+    ignores it) and a non-integer ``ignore_index``; and a 'mean' over rows whose class weights sum
+    to 0 gives a NaN loss with zero gradients (torch's gradients are NaN there, which an optimizer
+    step would write into the weights).
 
     The native path (class-index targets, 2-D weight, class ``weight`` only without
     ``label_smoothing`` and ``z_loss``; float32, bfloat16 or float16 on CPU or CUDA) never holds
@@ -422,14 +470,19 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     >>> loss = linear_cross_entropy(x, w, torch.randint(0, 41, (8,)))
     >>> loss.backward()
     """
+    if reduction == "elementwise_mean":  # torch's deprecated spelling, still accepted there
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
+                      "instead.", stacklevel=2)
+        reduction = "mean"
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if backend not in ("auto", "torch"):
         raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
     if not (0.0 <= label_smoothing <= 1.0):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if z_loss < 0 or softcap < 0:
-        raise ValueError("z_loss and softcap must be >= 0")
+    for name, value in (("z_loss", z_loss), ("softcap", softcap)):
+        if not 0.0 <= value < math.inf:  # NaN included
+            raise ValueError(f"{name} must be a finite number >= 0 (0 = off), got {value}")
     if int(chunk_size) != chunk_size or chunk_size < 0:
         raise ValueError(f"chunk_size must be an integer >= 0 (0 = automatic), got {chunk_size!r}")
     if chunk_size == 0 and getattr(options, "batch_chunk_size", None):
@@ -439,6 +492,26 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
     if not input.is_floating_point() or input.dim() < 1:
         raise TypeError("input must be a floating-point tensor of shape (..., d)")
+    if ignore_index is not None:
+        try:
+            ignore_index = operator.index(ignore_index)
+        except TypeError:
+            raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+    cast = _autocast_dtype(input.device)
+    if cast is not None:  # as autocast runs torch's: F.linear in `cast`, the loss in float32
+        input, linear_weight, linear_bias = (
+            t.to(cast) if t is not None and t.dtype in _AUTOCAST_FROM else t
+            for t in (input, linear_weight, linear_bias))
+    out = _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction,
+                                ignore_index, label_smoothing, z_loss, softcap, chunk_size,
+                                backend, autocast=cast is not None)
+    return out.float() if cast is not None and out.dtype in _AUTOCAST_FROM else out
+
+
+def _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction,
+                          ignore_index, label_smoothing, z_loss, softcap, chunk_size, backend,
+                          autocast):
+    """linear_cross_entropy once its options are checked: the tensors' checks, then the path."""
     if linear_weight.dim() < 2 or linear_weight.shape[-1] != input.shape[-1]:
         raise ValueError(f"linear_weight must be (V, {input.shape[-1]}) (or (V, d_1, ..., d_K, "
                          f"{input.shape[-1]}) for a K-dimensional loss), "
@@ -455,8 +528,8 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
                              f"{logits_shape}, got {tuple(target.shape)}")
         if ignore_index is not None:
             raise ValueError("ignore_index cannot be given with class-probability targets")
-    elif target.dtype != torch.int64:
-        raise TypeError(f"target must be int64 class indices or floating-point class "
+    elif target.dtype not in (torch.int64, torch.uint8):
+        raise TypeError(f"target must be int64 (or uint8) class indices or floating-point class "
                         f"probabilities, got {target.dtype}")
     else:
         want = (input.shape[0], *out_features) if out_features else tuple(input.shape[:-1])
@@ -464,7 +537,8 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
             raise ValueError(f"target shape {tuple(target.shape)} does not match input "
                              f"{tuple(input.shape)} without its last dim"
                              + (f" and the weight's {out_features}" if out_features else ""))
-    ignore_index = -100 if ignore_index is None else int(ignore_index)
+        target = target.long()  # uint8 class indices, as torch takes them
+    ignore_index = -100 if ignore_index is None else ignore_index
     for name, t in (("linear_weight", linear_weight), ("target", target),
                     ("linear_bias", linear_bias), ("weight", weight)):
         if t is not None and t.device != input.device:
@@ -477,16 +551,19 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
                          f"got {tuple(linear_bias.shape)}")
     if weight is not None and tuple(weight.shape) != (v,):
         raise ValueError(f"weight (per-class) must be ({v},), got {tuple(weight.shape)}")
-    if not probabilities and not torch.compiler.is_compiling():
+    if weight is not None and not weight.is_floating_point():
+        raise TypeError(f"weight (per-class) must be floating point, got {weight.dtype}")
+    if (not probabilities and target.device.type != "meta"
+            and not torch.compiler.is_compiling()):
         # data-dependent: the op checks again when compiled
         _check_targets(target, v, ignore_index)
     if probabilities or out_features:
         return _reference(input, linear_weight, linear_bias, target, weight, reduction,
                           ignore_index, label_smoothing, z_loss, softcap)
-    x2 = input.reshape(-1, input.shape[-1])
+    x2 = input.reshape(target.numel(), input.shape[-1])  # not -1: d may be 0
     t1 = target.reshape(-1)
     weighted = weight is not None
-    if (backend == "torch" or not _native_ok(input)
+    if (backend == "torch" or not _native_ok(input) or v == 0
             or weighted and (label_smoothing > 0 or z_loss > 0 or weight.requires_grad)):
         out = _reference(x2, linear_weight, linear_bias, t1, weight, reduction, ignore_index,
                          label_smoothing, z_loss, softcap)
@@ -500,6 +577,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
                       float(z_loss), float(softcap), bool(compute_grad), int(chunk_size),
                       bool(linear_weight.requires_grad), bool(input.requires_grad),
                       _row_weights(weight, t1, ignore_index) if weighted else None)[0]
+        out = out if autocast else out.to(input.dtype)  # autocast: a float32 loss, as torch's
     return out.reshape(target.shape) if reduction == "none" else out
 
 
@@ -576,6 +654,6 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         return (f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
                 f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
                 f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
-                f"label_smoothing={self.label_smoothing}, "
+                f"label_smoothing={self.label_smoothing}, options={self.options}, "
                 + ", ".join(f"{k}={v}" for k, v in self.extra.items()))
 
