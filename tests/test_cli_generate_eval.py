@@ -250,3 +250,59 @@ def test_eval_mlm(mlm_run, tok_path, tmp_path, capsys):
     # the figures do not depend on --batch
     assert main(["eval", "--ckpt", mlm_run, shards, "--json", out, "--seed", "1", "--batch", "1"]) == 0
     assert json.load(open(out))["loss"] == pytest.approx(r["loss"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def chat_tok_path(tmp_path_factory):
+    from fastlm.tokenizer.core import DEFAULT_SPECIALS
+    p = str(tmp_path_factory.mktemp("chat-tok") / "tokenizer.fastlm")
+    Tokenizer.train_from_iterator(DOCS * 5, 320, special_tokens=DEFAULT_SPECIALS).save(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, chat_tok_path):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, max_seq_len=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    root = tmp_path_factory.mktemp("sft")
+    _ckpt(root, chat_tok_path, model, "sft")
+    return str(root)
+
+
+def test_generate_answers_as_the_assistant_for_chat_checkpoints(sft_run, capsys):
+    """An sft/dpo/RL checkpoint: the prompt is a user turn in the chat template and the answer stops at
+    <|assistant_end|> (before: the raw prompt was continued as a document, past the end of the answer);
+    --no-chat gives the document continuation, --chat the chat form for any checkpoint."""
+    from fastlm.tokenizer.chat_template import render_prompt
+    model, tok, _ = load_model(sft_run)
+    ids = render_prompt(tok, {"messages": [{"role": "user", "content": "hi"}]})
+    end = tok.special_id("<|assistant_end|>")
+    ref = []
+    for i in generate(model, ids, max_new_tokens=30, temperature=0, use_cache=False):
+        if i == end:
+            break
+        ref.append(i)
+    base = ["generate", "--ckpt", sft_run, "--prompt", "hi", "--temperature", "0", "--max-tokens", "30",
+            "--device", "cpu"]
+    assert main(base) == 0
+    assert capsys.readouterr().out == tok.decode(ref) + "\n"
+    assert main(base + ["--no-chat"]) == 0
+    assert capsys.readouterr().out.startswith("hi")
+
+
+def test_eval_task_uses_the_runs_seed_by_default(sft_run, tmp_path):
+    """eval --task draws the run's own held-out problems unless --seed says otherwise (it drew seed 0's,
+    so a checkpoint's figures differed from its own run's)."""
+    import json
+    seed = load_model(sft_run)[2]["train_config"]["seed"]
+    assert seed != 0
+    for extra, want in (([], seed), (["--seed", "3"], 3)):
+        out = str(tmp_path / f"e{len(extra)}.json")
+        assert main(["eval", "--ckpt", sft_run, "--task", "copy", "--examples", "2", "--max-new-tokens", "2",
+                     "--device", "cpu", "--json", out, *extra]) == 0
+        with open(out) as f:
+            assert json.load(f)["seed"] == want

@@ -11,7 +11,8 @@ token is conditioned only on the tokens of its row). MLM rows are masked as in t
 mlm_probability, 80/10/10), each row with a generator seeded by (--seed, row), so figures are reproducible.
 
 --task NAME[,NAME] (no DATA): ``--examples`` held-out problems per task (fastlm.posttrain.tasks: val split,
-drawn with --seed, so every checkpoint sees the same problems), each prompt rendered with the chat template
+drawn with --seed, by default the run's seed: the problems of its own held-out evaluation, whose figures
+then reproduce; the same --seed gives every checkpoint the same problems), each prompt rendered with the chat template
 and answered greedily until <|assistant_end|> or --max-new-tokens; exact-match accuracy and mean reward
 (partial credit) per task and their mean over tasks.
 """
@@ -53,8 +54,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=0,
                    help="tokens per row (default: 0 = the run's data.seq_len, else max_seq_len)")
     p.add_argument("--text-field", default="text", help="text field of JSON records (default: text)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="MLM masking seed; --task: which held-out problems; in [0, 2**32) (default: 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="MLM masking seed (default: 0); --task: which held-out problems (default: the run's seed, "
+                        "the problems of its own evaluation); in [0, 2**32)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the figures to this JSON file")
     p.set_defaults(func=run_eval)
 
@@ -221,11 +223,15 @@ def run_task_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--examples must be <= {task.size('val')} with --task {task.name} (its distinct "
                              f"held-out problems), got {args.examples}")
     check_range(args.batch, "--batch", 0, MAX_BATCH, " (0 = 32 prompts)")
-    check_range(args.seed, "--seed", 0, MAX_SEED)
+    if args.seed is not None:
+        check_range(args.seed, "--seed", 0, MAX_SEED)
     _check_json_out(args)
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
     _refuse_reward_model(model, path)
+    if args.seed is None:  # the run's own held-out problems: its figures reproduce here
+        seed = (meta.get("train_config") or {}).get("seed", 0)
+        args.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else 0
     if not isinstance(model, GPT):
         raise ValueError(f"{path}: --task needs a causal LM that generates answers; this is a masked LM")
     batch = args.batch or 32  # prompts are short: more of them per forward than DATA rows
@@ -270,6 +276,7 @@ def run_eval(args: argparse.Namespace) -> int:
     args.batch = args.batch or 8
     if args.seq_len < 0:
         raise ValueError(f"--seq-len must be >= 0, got {args.seq_len}")
+    args.seed = 0 if args.seed is None else args.seed
     check_range(args.seed, "--seed", 0, MAX_SEED)
     _check_json_out(args)
     device = pick_device(args.device)

@@ -25,7 +25,8 @@ def register(groups: argparse._SubParsersAction) -> None:
                     "generated. The prompt is encoded with the checkpoint's tokenizer after a "
                     "<|bos|> token (documents in training start with one). Generation stops after "
                     "--max-tokens or when the model ends the document (<|endoftext|>/<|eos|>, "
-                    "else the next document's <|bos|>).")
+                    "else the next document's <|bos|>). An instruction-tuned checkpoint (sft, dpo, "
+                    "ppo, grpo, rloo) answers PROMPT as a user turn instead (--chat / --no-chat).")
     add_ckpt_args(p)
     p.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
     p.add_argument("--max-tokens", type=int, default=200, help="new tokens at most (default: 200)")
@@ -38,6 +39,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
     p.add_argument("--no-bos", action="store_true", help="do not put <|bos|> before the prompt")
     p.add_argument("--ignore-eos", action="store_true", help="never stop before --max-tokens")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="the prompt is a user turn in the chat template, the answer stops at "
+                        "<|assistant_end|> (default: on for sft/dpo/ppo/grpo/rloo checkpoints, off for clm)")
     p.set_defaults(func=run_generate)
 
 
@@ -91,6 +95,9 @@ def autocast_for(device):
     return contextlib.nullcontext()
 
 
+CHAT_TASKS = ("sft", "dpo", "ppo", "grpo", "rloo")  # checkpoints trained on the chat template
+
+
 def _stop_id(tok):
     specials = tok.special_tokens
     for name in ("<|endoftext|>", "<|eos|>", "<|bos|>"):
@@ -129,23 +136,36 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     device = pick_device(args.device)
     model, tok, meta, path = load_checkpoint_model(args.ckpt, device)
-    if not isinstance(model, GPT) or isinstance(model, RewardModel):  # a reward model scores, it does not write
+    if isinstance(model, RewardModel):  # it scores text, it does not write
+        raise ValueError(f"{path} holds a reward model: it scores responses and does not generate; generate "
+                         "with a language model checkpoint (clm, or the sft/dpo/ppo/grpo/rloo policies)")
+    if not isinstance(model, GPT):
         task = (meta.get("train_config") or {}).get("task", "mlm")
         raise ValueError(f"{path} holds a {type(model).__name__} ({task}) model: generation needs a "
-                         "causal LM checkpoint (task clm); use `fastlm eval` for masked LMs")
-    ids = tok.encode_ordinary(args.prompt)
-    if not args.no_bos and "<|bos|>" in tok.special_tokens:
-        ids = [tok.special_tokens["<|bos|>"]] + ids
-    if not ids:
-        why = "--no-bos leaves no token" if args.no_bos else "the tokenizer has no <|bos|>"
-        raise ValueError(f"the prompt is empty and {why}: pass --prompt TEXT")
-    eos = None if args.ignore_eos else _stop_id(tok)
+                         "causal LM checkpoint; use `fastlm eval` for masked LMs")
+    task = (meta.get("train_config") or {}).get("task", "clm")
+    chat = task in CHAT_TASKS if args.chat is None else args.chat
+    if chat:  # an instruction-tuned model: the prompt is a user turn, the reply ends the turn
+        if "<|assistant_end|>" not in tok.special_tokens:
+            raise ValueError(f"--chat: the tokenizer of {path} has no chat special tokens (<|assistant_end|>)")
+        from fastlm.tokenizer.chat_template import render_prompt
+        ids = render_prompt(tok, {"messages": [{"role": "user", "content": args.prompt}]})
+        eos = None if args.ignore_eos else tok.special_tokens["<|assistant_end|>"]
+    else:
+        ids = tok.encode_ordinary(args.prompt)
+        if not args.no_bos and "<|bos|>" in tok.special_tokens:
+            ids = [tok.special_tokens["<|bos|>"]] + ids
+        if not ids:
+            why = "--no-bos leaves no token" if args.no_bos else "the tokenizer has no <|bos|>"
+            raise ValueError(f"the prompt is empty and {why}: pass --prompt TEXT")
+        eos = None if args.ignore_eos else _stop_id(tok)
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     print(f"{path} (step {meta.get('step', '?')}, {model.num_params():,} params, {device})",
           file=sys.stderr)
     out = sys.stdout
-    out.write(args.prompt)
-    out.flush()
+    if not chat:  # the continuation follows the prompt; a chat reply stands alone
+        out.write(args.prompt)
+        out.flush()
     t0, n = time.perf_counter(), 0
 
     def ids_until_eos():
