@@ -156,3 +156,15 @@ def test_a_cuda_device_past_the_machines_is_refused_naming_them(monkeypatch):
         pick_device("cuda:3")
     with pytest.raises(ValueError, match="has 2 CUDA device"):
         pick_device("cuda", local_rank=5)  # torchrun with more ranks than GPUs
+
+
+def test_tensorboard_without_its_package_is_refused_with_the_settings(monkeypatch):
+    # old: refused only when the logger opened, after the data was prepared and the model built
+    import importlib.util
+
+    from fastlm.train.config import ConfigError, load_train_config
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match="tensorboard=true needs the tensorboard package"):
+        load_train_config(None, ["tensorboard=true"])
+    assert load_train_config(None, ["tensorboard=false"]).tensorboard is False

@@ -229,6 +229,11 @@ def _check(c: TrainConfig) -> None:
         if p.minibatches > rollouts:  # a minibatch is at least one rollout: fewer updates than asked
             raise ConfigError(f"post.minibatches {p.minibatches} > the {rollouts} rollouts of a step "
                               f"(post.prompts_per_step x samples per prompt)")
+    if c.tensorboard:  # found before the data is prepared, not when the logger opens (no import: a lookup)
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard "
+                              "(or pip install 'fastlm[tensorboard]')")
     if not c.spike_factor > 1.0:
         raise ConfigError(f"spike_factor must be > 1, got {c.spike_factor}")
     if c.max_bad_steps < 1:
