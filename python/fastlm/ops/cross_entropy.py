@@ -423,7 +423,7 @@ def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The dtype autocast computes F.linear in on `device` while it is on there, else None."""
     try:
         on = torch.is_autocast_enabled(device.type)
-    except RuntimeError:  # a device type autocast does not know (meta)
+    except (RuntimeError, TypeError):  # a device type autocast does not know (meta)
         return None
     return torch.get_autocast_dtype(device.type) if on else None
 
