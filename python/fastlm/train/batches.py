@@ -5,7 +5,8 @@ contiguous share of every global micro-batch. MLM masks are drawn per row from a
 ``(seed, global row index)``, so they do not depend on the world size or on where a run was resumed.
 Validation: ``data.val_tokens`` (or prepared val shards), else every ``round(1 / val_fraction)``-th document
 of the train shards, never trained on. Val rows are read once (documents in file order, packed, up to
-``eval_tokens``), masked once for MLM, and split over ranks in equal counts.
+``eval_tokens`` but one row per rank at least), masked once for MLM, and split over ranks in equal counts (FSDP
+ranks must run the same forwards): the rows past a multiple of the world size are left out.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def load_batches(cfg: TrainConfig, prepared, info: DistInfo) -> Batches:
     val = None
     if val_ds is not None:
         docs = np.arange(val_ds.n_docs, dtype=np.int64) if val_docs is None else val_docs
-        max_rows = max(1, math.ceil(cfg.eval_tokens / T))
+        max_rows = max(info.world_size, math.ceil(cfg.eval_tokens / T))  # a row per rank at least
         x, y = _val_rows(val_ds, docs, T, max_rows)
         if masker is not None:  # fixed masks: every evaluation scores the same positions
             eval_masker = MLMMasker(tokenizer, seed=cfg.seed + 1, mlm_probability=cfg.mlm_probability,

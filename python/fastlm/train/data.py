@@ -191,7 +191,8 @@ class PackedBatches:
         self._order_epoch = -1
         self._order = np.zeros(0, np.int64)
         lengths = np.diff(dataset.doc_offsets)[self.docs]
-        if int(lengths.sum()) == 0:
+        self.n_tokens = int(lengths.sum())  # of these documents: with n_docs, tells another corpus apart
+        if self.n_tokens == 0:
             raise ValueError("the shards hold no tokens")
 
     def order(self, epoch: int) -> np.ndarray:
@@ -265,14 +266,11 @@ class PackedBatches:
         """The position (and the settings it depends on) as plain ints."""
         return {"epoch": self.epoch, "doc": self.doc, "offset": self.offset, "seed": self.seed,
                 "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
-                "n_docs": int(self.docs.size), "seq_len": self.seq_len, "batch": self.batch}
+                "n_docs": int(self.docs.size), "n_tokens": self.n_tokens, "seq_len": self.seq_len, "batch": self.batch}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``; the settings that decide the order must match."""
-        for key in ("seed", "rank", "world_size", "shuffle", "n_docs"):
-            mine = int(self.docs.size) if key == "n_docs" else getattr(self, key)
-            if state[key] != mine:
-                raise ValueError(f"state {key}={state[key]!r} does not match this loader's {mine!r}")
+        """Resume at ``state``; the settings that decide the order, and the corpus' size, must match."""
+        _check_state(self, state, ("seed", "rank", "world_size", "shuffle", "n_docs", "n_tokens"))
         self.epoch, self.doc, self.offset = int(state["epoch"]), int(state["doc"]), int(state["offset"])
 
 
@@ -312,6 +310,7 @@ class RandomRows:
         self.docs = np.arange(dataset.n_docs, dtype=np.int64) if docs is None else np.asarray(docs, np.int64)
         lengths = np.diff(dataset.doc_offsets)[self.docs]
         self.cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # virtual stream of the subset
+        self.n_tokens = int(self.cum[-1])
         if int(self.cum[-1]) < seq_len + 1:
             raise ValueError(f"the documents hold {int(self.cum[-1])} tokens, fewer than seq_len + 1 = {seq_len + 1}")
         self.row = 0
@@ -341,14 +340,23 @@ class RandomRows:
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
     def state_dict(self) -> dict:
-        return {"row": self.row, "seed": self.seed, "n_docs": int(self.docs.size), "seq_len": self.seq_len}
+        return {"row": self.row, "seed": self.seed, "n_docs": int(self.docs.size), "n_tokens": self.n_tokens,
+                "seq_len": self.seq_len}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "n_docs", "seq_len"):
-            mine = int(self.docs.size) if key == "n_docs" else getattr(self, key)
-            if state[key] != mine:
-                raise ValueError(f"state {key}={state[key]!r} does not match this loader's {mine!r}")
+        _check_state(self, state, ("seed", "n_docs", "n_tokens", "seq_len"))
         self.row = int(state["row"])
+
+
+def _check_state(loader, state: dict, keys: tuple[str, ...]) -> None:
+    """``state[key]`` equals the loader's own value for every key (``n_tokens``: when saved; older states
+    lack it)."""
+    for key in keys:
+        if key == "n_tokens" and key not in state:
+            continue
+        mine = int(loader.docs.size) if key == "n_docs" else getattr(loader, key)
+        if state[key] != mine:
+            raise ValueError(f"state {key}={state[key]!r} does not match this loader's {mine!r}")
 
 
 class GlobalRows:
@@ -391,5 +399,5 @@ class GlobalRows:
             self.source.load_state_dict(state["source"])
             self.rows = int(state["rows"])
         except KeyError as e:
-            raise ValueError(f"data position {state!r} was saved by another kind of loader (missing {e}); "
-                             f"this run reads with {type(self.source).__name__}") from None
+            raise ValueError(f"the data position was saved by another kind of loader (missing {e}: another "
+                             f"data.sampling?); this run reads with {type(self.source).__name__}") from None

@@ -290,9 +290,14 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     # ---- steps: rows per step, micro-steps
     micro_global = cfg.micro_batch * info.world_size
     # 0 = one micro-batch on every rank; a resumed run keeps its checkpoint's batch under any world size
-    tokens_per_step = (cfg.tokens_per_step or (state.meta.get("tokens_per_step", 0) if state else 0)
-                       or micro_global * T)
+    saved_batch = (state.meta.get("tokens_per_step") or 0) if state else 0
+    tokens_per_step = cfg.tokens_per_step or saved_batch or micro_global * T
     if tokens_per_step % (micro_global * T):
+        if not cfg.tokens_per_step:  # the batch is the checkpoint's: say where the number comes from
+            raise ValueError(f"--resume {resume_ckpt}: its batch of {tokens_per_step} tokens/step (kept when "
+                             f"tokens_per_step=0) is not a multiple of micro_batch x seq_len x world = "
+                             f"{cfg.micro_batch} x {T} x {info.world_size} = {micro_global * T}: resume with a "
+                             "micro_batch that divides it, or set tokens_per_step to change the batch")
         raise ValueError(f"tokens_per_step {tokens_per_step} is not a multiple of micro_batch x seq_len x world "
                          f"= {micro_global * T}")
     accum = tokens_per_step // (micro_global * T)
@@ -304,7 +309,15 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     if state is not None:
         _check_resume(cfg, state.meta, objective.model_config, objective.tokenizer_path, resume_ckpt)
         load_full_state(model, optimizer, state.model_state, state.optimizer_state)
-        objective.load_state_dict(state.meta["data_state"])
+        try:
+            objective.load_state_dict(state.meta["data_state"])
+        except (ValueError, KeyError, TypeError) as e:  # the loaders name the setting that differs
+            raise ck.CheckpointError(f"--resume {resume_ckpt}: its data position does not fit this run's training "
+                                     f"data ({e}): resume with the data settings saved in the checkpoint (data.*, "
+                                     "seed)") from None
+        if saved_batch and tokens_per_step != saved_batch:
+            say(f"note: the batch changes from the checkpoint's {saved_batch:,} to {tokens_per_step:,} tokens/step: "
+                "the data continues where it stopped, but the run no longer matches one that never stopped")
         loop.update(state.meta["loop"])
         if info.world_size == 1 and state.meta.get("world_size", 1) == 1:
             ck.set_rng_state(state.meta["rng"])  # exact continuation; else fresh per-rank streams
