@@ -45,16 +45,20 @@ def _ckpt(root, tok_path, model, task):
                            tokenizer_path=tok_path)
 
 
-@pytest.fixture(scope="module")
-def clm_run(tmp_path_factory, tok_path):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, max_seq_len=32))
+def _sharp_gpt(seed, max_seq_len):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, max_seq_len=max_seq_len))
     with torch.no_grad():  # sharper distributions than the 0.02 init
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(8.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def clm_run(tmp_path_factory, tok_path):
     root = tmp_path_factory.mktemp("clm")
-    _ckpt(root, tok_path, model, "clm")
+    _ckpt(root, tok_path, _sharp_gpt(0, 32), "clm")
     return str(root)
 
 
@@ -262,14 +266,8 @@ def chat_tok_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, chat_tok_path):
-    torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, max_seq_len=64))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(8.0)
     root = tmp_path_factory.mktemp("sft")
-    _ckpt(root, chat_tok_path, model, "sft")
+    _ckpt(root, chat_tok_path, _sharp_gpt(1, 64), "sft")
     return str(root)
 
 

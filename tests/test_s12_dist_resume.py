@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_trainer import data_root  # noqa: F401  (the shards fixture)
 from train_fixtures import make_shards, tiny_config, torchrun, train_in_torchrun
 
 from fastlm.tokenizer import Tokenizer
@@ -26,13 +27,6 @@ from fastlm.train.trainer import run
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("shards"))
-    make_shards(root)
-    return root
 
 
 @pytest.fixture(scope="module")
