@@ -23,10 +23,11 @@ def check_threads(value: int, flag: str = "--threads") -> None:
     check_range(value, flag, 0, MAX_THREADS, " (0 = all cores)")
 
 
-def check_output(path: str, flag: str, *, folder: bool) -> None:
+def check_output(path: str, flag: str, *, folder: bool, inputs=None) -> None:
     """Refuse an output path that cannot be made, before any work: a folder (``folder=True``) that
     is a file, a file that is a folder, or a path under a regular file (folders that do not exist
-    yet are made when it is written)."""
+    yet are made when it is written); with ``inputs``, also a file that is one of them
+    (`fastlm.data.io.refuse_input_as_output`: writing it would replace that input)."""
     if os.path.exists(path) and os.path.isdir(path) != folder:
         what, want = ("a file", "a folder") if folder else ("a directory", "a file")
         raise ValueError(f"{flag} {path}: is {what}; name {want} to write")
@@ -35,3 +36,6 @@ def check_output(path: str, flag: str, *, folder: bool) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"{flag} {path}: {parent} is a file, not a directory")
+    if inputs:
+        from fastlm.data.io import refuse_input_as_output
+        refuse_input_as_output(path, inputs, flag=flag)

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from fastlm.cli.checks import check_output, check_threads
-from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
+from fastlm.data.io import atomic_write, json_line
 from fastlm.data.records import ErrorLog
 
 
@@ -101,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # the training options' own checks, before any record is read or anything is printed
     ClassifierConfig(buckets=args.buckets, word_ngrams=args.word_ngrams, char_ngrams=args.char_ngrams,
                      epochs=args.epochs, lr=args.lr, l2=args.l2, seed=args.seed).validate()
-    check_output(args.output, "-o", folder=False)
-    refuse_input_as_output(args.output, args.inputs)
+    check_output(args.output, "-o", folder=False, inputs=args.inputs)
     errors = ErrorLog(strict=args.strict)
     texts, labels = _read_labeled(args, errors)
     if errors.total:
@@ -157,8 +156,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.field == args.text_field:
         raise ValueError(f"--field {args.field!r} would replace each record's text with its probabilities; "
                          "choose another output field")
-    check_output(args.output, "-o", folder=False)
-    refuse_input_as_output(args.output, args.inputs)
+    check_output(args.output, "-o", folder=False, inputs=args.inputs)
     model = TextClassifier.load(args.model)
     errors = ErrorLog(strict=args.strict)
     predicted: Counter = Counter()

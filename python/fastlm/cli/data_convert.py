@@ -12,7 +12,7 @@ from typing import IO
 
 from fastlm.cli.checks import check_output
 from fastlm.data.chat import TARGETS, convert_records
-from fastlm.data.io import atomic_write, json_line, refuse_input_as_output
+from fastlm.data.io import atomic_write, json_line
 from fastlm.data.readers import FORMATS, TEXT_MODES, read_records
 from fastlm.data.records import ErrorLog
 
@@ -60,13 +60,11 @@ def _write(out: IO[bytes], lines, compression: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.output != "-":
-        check_output(args.output, "-o", folder=False)
+        check_output(args.output, "-o", folder=False, inputs=args.inputs)
     if args.report:
-        check_output(args.report, "--report", folder=False)
+        check_output(args.report, "--report", folder=False, inputs=args.inputs)
         if args.output != "-" and os.path.abspath(args.report) == os.path.abspath(args.output):
             raise ValueError(f"--report {args.report!r} is also -o: the counts would replace the converted records")
-        refuse_input_as_output(args.report, args.inputs, flag="--report")
-    refuse_input_as_output(args.output, args.inputs)
     malformed = ErrorLog(strict=args.strict)
     failed = ErrorLog(strict=args.strict)
     dropped = ErrorLog()  # converted, but turn keys the target cannot hold were left out

@@ -190,13 +190,8 @@ def _write_json(path: str, result: dict) -> None:
 def _check_json_out(args: argparse.Namespace) -> None:
     """Refuse a --json OUT that cannot take the figures, before any work: a directory, a path under a
     file, or one of the DATA files (writing it would replace that input)."""
-    from fastlm.data.io import refuse_input_as_output
-
-    if not args.json_out:
-        return
-    check_output(args.json_out, "--json", folder=False)
-    if args.data:
-        refuse_input_as_output(args.json_out, args.data, flag="--json")
+    if args.json_out:
+        check_output(args.json_out, "--json", folder=False, inputs=args.data)
 
 
 def _refuse_reward_model(model, path: str) -> None:
