@@ -216,3 +216,33 @@ def test_convert_records_reports_file_and_line():
 def test_unknown_target():
     with pytest.raises(ValueError, match="alpaca, messages, sharegpt"):
         convert(PROMPT, "chatml")
+
+
+def test_alpaca_skips_weight_zero_turns_as_outputs():
+    # a "weight": 0 assistant turn (not trained on, as SFT's loss mask has it) became an Alpaca output,
+    # which SFT on the converted file then trained on
+    data = {"conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Old answer.", "weight": 0},
+        {"from": "human", "value": "Again"}, {"from": "gpt", "value": "Good answer.", "weight": 1}]}
+    out = convert(data, "alpaca")
+    assert [(r["instruction"], r["output"]) for r in out] == [("Again", "Good answer.")]
+    assert out[0]["input"] == "User: Hi\n\nAssistant: Old answer."  # still there, as context
+    for w in (0, 0.0, False):  # every assistant turn untrained: nothing to train on, said by name
+        data["conversations"][3]["weight"] = w
+        with pytest.raises(ConversionError) as e:
+            convert(data, "alpaca")
+        assert e.value.reason == "no_trained_turn"
+    for w in ("0", 0.5, None):  # not a zero weight (a string is not a number): trained, as SFT has it
+        data["conversations"][3]["weight"] = w
+        assert [r["output"] for r in convert(data, "alpaca")] == ["Good answer."]
+    assert len(convert(data, "messages")) == 1  # other targets keep the turns and their weights
+
+
+def test_alpaca_weight_zero_turns_agree_with_sft_mask():
+    from fastlm.data.chat import parse, untrained
+    from fastlm.tokenizer import chat_template
+
+    turns = parse({"messages": [{"role": "user", "content": "q"},
+                                {"role": "assistant", "content": "a", "weight": 0}]}).turns
+    assert untrained(turns[1]) and not untrained(turns[0])
+    assert chat_template.untrained is untrained  # one rule for the mask and the conversion

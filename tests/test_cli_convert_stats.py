@@ -46,14 +46,15 @@ def test_convert_to_alpaca_counts_and_report(tmp_path, capsys):
         (1, "Hi", "Hello"), (1, "Bye", "Ciao"), (2, "2+2?", "4"), (3, "Echo", "x")]
     assert records[1]["input"] == "User: Hi\n\nAssistant: Hello"
     rep = json.loads(report.read_text())
-    assert (rep["read"], rep["converted"], rep["output_records"]) == (5, 3, 4)
+    assert (rep["records"], rep["read"], rep["converted"], rep["output_records"]) == (7, 5, 3, 4)
     assert rep["read"] == rep["converted"] + rep["failed"]["total"]
+    assert rep["records"] == rep["read"] + rep["malformed"]["total"]
     assert rep["failed"]["by_reason"] == {"not_chat": 1, "no_assistant_turn": 1}
     assert rep["malformed"]["by_reason"] == {"bad_json": 1, "unknown_role": 1}
     assert [(s["line"], s["reason"]) for s in rep["malformed"]["samples"]] == [(6, "bad_json"), (7, "unknown_role")]
     assert [(s["line"], s["reason"]) for s in rep["failed"]["samples"]] == [(4, "not_chat"), (5, "no_assistant_turn")]
     text = capsys.readouterr().out
-    assert "read 5 records (2 malformed, skipped)" in text and "wrote 4 alpaca records" in text
+    assert "read 7 records: 5 well-formed, 2 malformed (skipped)" in text and "wrote 4 alpaca records" in text
     assert f"{src}:4: not_chat" in text
 
 

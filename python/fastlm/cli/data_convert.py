@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         with atomic_write(args.output, "wb") as f:
             n_out = _write(f, converted, compression)
     report = {
-        "read": counter["read"],
+        "records": counter["read"] + malformed.total,  # every record in the inputs, malformed ones included
+        "read": counter["read"],  # the well-formed ones: converted + failed
         "converted": counter["read"] - failed.total,
         "failed": failed.to_dict(),
         "output_records": n_out,
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         with atomic_write(args.report) as f:
             json.dump(report, f, indent=2)
     log = sys.stderr if args.output == "-" else sys.stdout
-    print(f"read {report['read']} records ({malformed.total} malformed, skipped)", file=log)
+    print(f"read {report['records']} records: {report['read']} well-formed, {malformed.total} malformed (skipped)",
+          file=log)
     lost = f" ({dropped.total} with turn keys dropped)" if dropped.total else ""
     print(f"converted {report['converted']}{lost}, failed {failed.total}; wrote {n_out} {args.to} records to "
           f"{args.output}", file=log)

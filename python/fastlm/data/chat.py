@@ -17,7 +17,9 @@ Conversion layouts:
 
 - to ``alpaca``: one record per assistant turn. ``instruction`` is the user turn just before it,
   ``input`` is every earlier turn (system included) rendered as ``"System: ...\\n\\nUser: ...\\n\\n
-  Assistant: ..."`` (empty when there are none), ``output`` is the assistant turn. A chat whose last
+  Assistant: ..."`` (empty when there are none), ``output`` is the assistant turn. An assistant turn
+  marked ``"weight": 0`` (not trained on, see `untrained`) gets no record of its own: it stays in the
+  later records' ``input``, as SFT keeps it in context without training on it. A chat whose last
   user turn has no answer, or an assistant turn with no user turn before it, raises ConversionError
   instead of losing text. An Alpaca record's user turn is ``instruction + "\\n\\n" + input``, so
   alpaca -> messages -> alpaca moves ``input`` into ``instruction``; alpaca -> alpaca is exact. Alpaca has
@@ -202,6 +204,12 @@ def _with_fields(out: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, **out}
 
 
+def untrained(turn: Turn) -> bool:
+    """A turn marked not to be trained on: ShareGPT's per-turn ``"weight": 0`` (axolotl's convention)."""
+    w = turn.extra.get("weight")
+    return w is not None and not isinstance(w, str) and w == 0
+
+
 def check_answers(chat: Chat) -> None:
     """Every assistant turn answers a user turn: ConversionError("no_user_turn") for an assistant turn
     with no user turn before it (a Vicuna conversation starting with "gpt"),
@@ -233,6 +241,8 @@ def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
             raise ConversionError("system_before_answer",
                                   f"assistant turn {i} follows a {chat.turns[i - 1].role} turn, not the user's")
         prev = i - 1
+        if untrained(turn):  # context for the later turns, not an output to train on
+            continue
         out.append(
             _with_fields(
                 {"instruction": chat.turns[prev].content, "input": render_turns(chat.turns[:prev]),
@@ -240,6 +250,9 @@ def _to_alpaca(chat: Chat) -> list[dict[str, Any]]:
                 chat.fields,
             )
         )
+    if not out and any(t.role == "assistant" for t in chat.turns):
+        raise ConversionError("no_trained_turn", 'every assistant turn has "weight": 0: no Alpaca output to '
+                                                 "train on (--to messages or sharegpt keeps the weights)")
     if not out:
         raise ConversionError("no_assistant_turn", "the conversation has no assistant turn")
     last_assistant = max(i for i, t in enumerate(chat.turns) if t.role == "assistant")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastlm.data.chat import Chat, Turn, parse
+from fastlm.data.chat import Chat, Turn, parse, untrained
 
 BOS = "<|bos|>"
 ROLE_TOKENS = {
@@ -39,19 +39,13 @@ def _ids(tokenizer) -> dict[str, int]:
     return {name: tokenizer.special_id(name) for name in CHAT_SPECIALS}
 
 
-def _weight_zero(turn: Turn) -> bool:
-    """A turn marked not to be trained on: ShareGPT's per-turn ``"weight": 0`` (axolotl's convention)."""
-    w = turn.extra.get("weight")
-    return w is not None and not isinstance(w, str) and w == 0
-
-
 def _render(tokenizer, turns: list[Turn]) -> tuple[list[int], list[int]]:
     sp = _ids(tokenizer)
     ids, mask = [sp[BOS]], [0]
     for turn in turns:
         start, end = ROLE_TOKENS[turn.role]
         body = tokenizer.encode_ordinary(turn.content)
-        learn = 1 if turn.role == "assistant" and not _weight_zero(turn) else 0
+        learn = 1 if turn.role == "assistant" and not untrained(turn) else 0
         ids.append(sp[start])
         mask.append(0)
         ids.extend(body)
