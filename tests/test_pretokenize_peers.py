@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fastlm import _C
+from fastlm.tokenizer.hf import onig_pattern
 from fastlm.tokenizer.patterns import PATTERN_IDS as IDS, PATTERNS
 
 tiktoken = pytest.importorskip("tiktoken")
@@ -35,8 +36,8 @@ def context(cp: int) -> str:
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_every_code_point_matches_hf_tokenizers(name):
     """Each code point of CPS in `context`, 1,000 contexts per text: the pieces equal tokenizers' Split with
-    the same pattern (no newlines in the contexts: Oniguruma's `$` is end of line, tiktoken's end of text)."""
-    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(PATTERNS[name]), behavior="isolated")
+    the pattern as `Tokenizer.save_hf` writes it (`onig_pattern`)."""
+    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(onig_pattern(PATTERNS[name])), behavior="isolated")
     texts = ["".join(context(c) for c in CPS[i:i + 1000]) for i in range(0, len(CPS), 1000)]
     ours = _C.tok_pretokenize(texts, IDS[name], 0)
     for i, (text, pieces) in enumerate(zip(texts, ours)):
