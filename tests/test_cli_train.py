@@ -202,6 +202,17 @@ def test_fastlm_parser_does_not_import_torch():
     assert out.strip() == "False"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--set", "optim.lr=-1"], ["--set", "optim.lrr=1"]])
+def test_fastlm_train_settings_do_not_import_torch(argv):
+    # fastlm.train's package __init__ imported its torch modules, so every config error and --help
+    # loaded torch first (~2 s of a 2.4 s config error)
+    code = (f"import sys; from fastlm.cli.train import main\ntry: main({argv!r})\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stderr
+    assert err.strip().splitlines()[-1] == "False", err
+
+
 CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 
 
