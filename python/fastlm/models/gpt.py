@@ -17,11 +17,9 @@ def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, *, kernel
               reduction: str) -> torch.Tensor:
     """Cross-entropy of ``h @ w.T`` against ``targets`` (-100 = no loss). 'fastlm' fuses the head
     matmul with the loss and never holds the (N, V) logits; 'torch' is the plain reference."""
-    if torch.is_autocast_enabled(h.device.type):  # a custom op: cast as autocast would
-        dt = torch.get_autocast_dtype(h.device.type)
-        h, w = h.to(dt), w.to(dt)
     if kernels == "fastlm":
-        # fp32 loss on both paths (the op returns the input dtype; bf16 under autocast)
+        # Under autocast the op projects in the autocast dtype and returns an fp32 loss, as torch's
+        # does; a bf16 model without autocast gets a bf16 loss, made fp32 as on the torch path.
         return linear_cross_entropy(h, w, targets, reduction=reduction,
                                     ignore_index=-100).float()
     logits = F.linear(h, w).float()
