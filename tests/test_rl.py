@@ -243,6 +243,32 @@ def test_resume_continues_exactly(sft_model, task):
     assert ra == rb
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(sft_model, monkeypatch):
+    import signal
+
+    import fastlm.posttrain.rl as rl
+
+    d, ckpt, _ = sft_model
+    extra = ("post.prompts_per_step=4", "post.eval_examples=8", "ckpt_every=100")
+    full = run_rl(_cfg(os.path.join(d, "full-term"), ckpt, "grpo", 4, *extra), console=False)
+    rollouts, sample = [0], rl.sample_responses
+
+    def term_during_step_2(*a, **k):
+        rollouts[0] += 1
+        if rollouts[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only raises a flag: this step finishes
+        return sample(*a, **k)
+
+    monkeypatch.setattr(rl, "sample_responses", term_during_step_2)
+    cut = run_rl(_cfg(os.path.join(d, "cut-term"), ckpt, "grpo", 4, *extra), console=False)
+    assert (cut.stopped, cut.step, rollouts[0]) == ("sigterm", 2, 2) and cut.checkpoint.endswith("step-00000002")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+    monkeypatch.setattr(rl, "sample_responses", sample)
+    resumed = run_rl(_cfg(os.path.join(d, "cut-term"), ckpt, "grpo", 4, *extra), resume=cut.checkpoint, console=False)
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert resumed.step == 4 and all(torch.equal(v, b.model_state[k]) for k, v in a.model_state.items())
+
+
 def test_rloo_short_run_logs_and_checkpoints(sft_model):
     d, ckpt, _ = sft_model
     res = run_rl(_cfg(os.path.join(d, "rloo"), ckpt, "rloo", 3, "post.prompts_per_step=4", "post.eval_examples=8",

@@ -20,7 +20,8 @@ from train_fixtures import make_shards, tiny_config, torchrun, train_in_torchrun
 from fastlm.tokenizer import Tokenizer
 from fastlm.tokenizer.shards import TokenShardWriter, file_sha256
 from fastlm.train.batches import load_batches
-from fastlm.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from fastlm.train.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, list_checkpoints,
+                                     load_checkpoint)
 from fastlm.train.data import PackedBatches, RandomRows, TokenDataset
 from fastlm.train.distributed import DistInfo
 from fastlm.train.trainer import run
@@ -188,7 +189,7 @@ sys.path.insert(0, {tests!r})
 from fastlm.train import data as D
 take = D.GlobalRows.take
 def slow(self, *a, **k):
-    time.sleep(0.2)
+    time.sleep(0.5)
     return take(self, *a, **k)
 D.GlobalRows.take = slow
 from fastlm.cli.train import main
@@ -197,9 +198,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 130)], ids=["term", "int"])
+@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"])
 def test_a_stopped_run_resumes_to_the_uninterrupted_weights(data_root, tmp_path, sig, rc):
-    over = dict(max_steps=8, ckpt_every=2, keep_last=2)
+    over = dict(max_steps=8, ckpt_every=3, keep_last=3)
     a = run(tiny_config(data_root, str(tmp_path / "a"), **over), console=False)
     cfg = tiny_config(data_root, str(tmp_path / "b"), **over)
     (tmp_path / "cfg.yaml").write_text(json.dumps(cfg.to_dict()))
@@ -212,7 +213,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(data_root, tmp_path,
         while not list_checkpoints(run_b):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode() if proc.poll() else ""
             time.sleep(0.05)
-        time.sleep(0.3)  # into the next steps
+        time.sleep(0.25)  # into the next step (0.5 s each)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -220,9 +221,52 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(data_root, tmp_path,
             proc.kill()
             proc.wait()
     assert proc.returncode == rc, err.decode()
+    stopped_at = checkpoint_step(latest_checkpoint(run_b))
     if sig == signal.SIGINT:
         assert "interrupted (continue with --resume and the run directory)" in err.decode()
-    assert not latest_checkpoint(run_b).endswith("step-00000008")
+        assert stopped_at < 8 and stopped_at % 3 == 0  # the last periodic checkpoint: Ctrl-C stops at once
+    else:  # SIGTERM: the step in progress, a checkpoint at it, exit 143 (fastlm.train.stop)
+        assert f"stopped by SIGTERM at step {stopped_at} (continue with --resume {run_b})" in err.decode()
+        assert 3 < stopped_at < 8 and stopped_at % 3, stopped_at  # not a ckpt_every step: written on the way out
+        meta = load_checkpoint(latest_checkpoint(run_b)).meta
+        assert meta["loop"]["step"] == stopped_at
     b = run(cfg, resume=run_b, console=False)
     wa, wb = load_checkpoint(a.checkpoint).model_state, load_checkpoint(b.checkpoint).model_state
     assert b.step == 8 and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+TERM_ONE_RANK = """import json, os, signal, sys, torch
+torch.set_num_threads(1)
+from fastlm.train import data as D
+take, calls = D.GlobalRows.take, [0]
+def term_rank_1(self, n, rank=0, world_size=1):
+    calls[0] += 1
+    if rank == 1 and calls[0] == 4:  # during step 4 (the first take is validation's)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return take(self, n, rank, world_size)
+D.GlobalRows.take = term_rank_1
+from fastlm.config import from_dict
+from fastlm.train.config import TrainConfig
+from fastlm.train.trainer import run
+r = run(from_dict(TrainConfig, json.loads(sys.argv[1])), resume=sys.argv[2] or None, console=False)
+with open(sys.argv[3] + os.environ["RANK"], "w") as f:
+    json.dump({"stopped": r.stopped, "step": r.step, "checkpoint": r.checkpoint}, f)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(data_root, tmp_path):
+    # the flag travels in the step's all-reduce: rank 0, never signalled, stops at rank 1's step
+    cfg = tiny_config(data_root, str(tmp_path), max_steps=10, ckpt_every=100, eval_every=0, micro_batch=2)
+    (tmp_path / "worker.py").write_text(TERM_ONE_RANK)
+    torchrun([str(tmp_path / "worker.py"), json.dumps(cfg.to_dict()), "", str(tmp_path / "rank")])
+    ranks = [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["stopped"] == "sigterm", ranks
+    step = ranks[0]["step"]
+    assert 0 < step < 10
+    run_dir = os.path.join(str(tmp_path), "run")
+    assert checkpoint_step(latest_checkpoint(run_dir)) == step  # written on the way out (ckpt_every 100)
+    assert ranks[0]["checkpoint"] == latest_checkpoint(run_dir)
+    train_in_torchrun(tmp_path, cfg, resume=run_dir)  # and it goes on to the end
+    assert checkpoint_step(latest_checkpoint(run_dir)) == 10
+

@@ -270,6 +270,11 @@ def run_args(args: argparse.Namespace, *, prog: str = "fastlm-train") -> int:
         return 130
     if main:
         print("\n".join(_summary(result)), flush=True)
+    if getattr(result, "stopped", None) == "sigterm":  # a checkpoint, not a finished run: 128 + SIGTERM
+        if main:
+            print(f"{prog}: stopped by SIGTERM at step {result.step} (continue with --resume {result.run_dir})",
+                  file=sys.stderr)
+        return 143
     return 0
 
 

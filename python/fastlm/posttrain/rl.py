@@ -78,6 +78,7 @@ from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
 from fastlm.posttrain.sft import SFTReport
 from fastlm.train.config import TrainConfig
 from fastlm.train.schedule import learning_rate
+from fastlm.train.stop import StopOnSignal
 from fastlm.train.trainer import (TrainResult, _grad_norm, _optimizer, _precision, _resolve_resume, _run_dir,
                                   _open_run_dir, branch_history, check_resume_meta, discard_if_unstarted)
 
@@ -340,14 +341,14 @@ def run_rl(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = Tr
     info = init_distributed(cfg.device)
     created: list[str] = []
     try:
-        with discard_if_unstarted(created):
-            return _train_rl(cfg, info, resume, console, created)
+        with discard_if_unstarted(created), StopOnSignal() as stop:
+            return _train_rl(cfg, info, resume, console, created, stop)
     finally:
         cleanup(info)
 
 
 def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
-              created: Optional[list[str]] = None) -> TrainResult:
+              created: Optional[list[str]] = None, stop: Optional[StopOnSignal] = None) -> TrainResult:
     from fastlm.posttrain.objective import load_init
     from fastlm.posttrain.tasks import exact_match
     from fastlm.train import checkpoint as ck
@@ -432,14 +433,20 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
     # ---- the loop
     result = TrainResult(run_dir=run_dir, checkpoint=resume_ckpt, step=start_step)
     t_start, step, last_sample = time.time(), start_step, ""
+    stop = stop or StopOnSignal()
+    stop.arm()  # a SIGTERM from here on: this step, a checkpoint, then stop (fastlm.train.stop)
     while True:
         last = step >= cfg.max_steps
         fresh = step == start_step and resume_ckpt is not None
         if cfg.max_time > 0 and not last and time.time() - t_start > cfg.max_time:
             last, result.stopped = True, "max_time"
+        if not last and stop.requested:
+            last, result.stopped = True, "sigterm"
+            say(f"SIGTERM: stopping at step {step} with a checkpoint (another SIGTERM ends the run at once)")
+        quick = result.stopped == "sigterm"  # a grace period before SIGKILL: the checkpoint only
 
         # -- occasional blocks: eval, sample, checkpoint
-        if val_examples and (last or (cfg.eval_every and step % cfg.eval_every == 0)) and not fresh:
+        if val_examples and (last or (cfg.eval_every and step % cfg.eval_every == 0)) and not fresh and not quick:
             with autocast:
                 r = exact_match(policy, tok, val_examples, max_new_tokens=p.max_new_tokens, device=device,
                                 batch=64, kernels=cfg.model.kernels)
@@ -562,5 +569,6 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
     logger.close()
     if cfg.plot:
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
-    say(f"done: {step} steps in {time.time() - t_start:.1f}s")
+    if result.stopped != "sigterm":  # (fastlm-train says how to continue a stopped run)
+        say(f"done: {step} steps in {time.time() - t_start:.1f}s")
     return result

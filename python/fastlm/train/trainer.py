@@ -38,6 +38,7 @@ from fastlm.train.config import TrainConfig
 from fastlm.train.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, full_state,
                                       init_distributed, load_full_state, no_grad_sync, wrap_model)
 from fastlm.train.schedule import learning_rate
+from fastlm.train.stop import StopOnSignal
 
 SPIKE_WARMUP = 20   # good steps before the spike test starts (the early loss falls too fast to judge)
 SPIKE_EMA = 0.9     # running mean of the loss: ema = 0.9 ema + 0.1 loss
@@ -56,7 +57,7 @@ class TrainResult:
     step: int                          # optimizer steps done
     val: dict = field(default_factory=dict)  # last evaluation (loss, ppl, bpb | accuracy, tokens)
     sample: str = ""                   # last sample text
-    stopped: str = "max_steps"         # max_steps | max_time
+    stopped: str = "max_steps"         # max_steps | max_time | sigterm (checkpoint written, run not finished)
     skipped: int = 0                   # optimizer steps skipped (spike / NaN)
 
 
@@ -217,8 +218,8 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, console: bool = True)
     info = init_distributed(cfg.device)
     created: list[str] = []
     try:
-        with discard_if_unstarted(created):
-            result = _train(cfg, info, resume, console, created)
+        with discard_if_unstarted(created), StopOnSignal() as stop:
+            result = _train(cfg, info, resume, console, created, stop)
         if started_pg:
             barrier(info)  # every rank leaves together (rank 0 may still be plotting): then tear down
         return result
@@ -244,7 +245,7 @@ def discard_if_unstarted(created: list[str]):
 
 
 def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: bool,
-           created: Optional[list[str]] = None) -> TrainResult:
+           created: Optional[list[str]] = None, stop: Optional[StopOnSignal] = None) -> TrainResult:
     from fastlm.train import checkpoint as ck
     from fastlm.train.metrics import MetricsLogger, plot_losses
 
@@ -342,6 +343,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
     tokens_log, time_log, train_time = 0, 0.0, 0.0  # tokens/s over training time only (no eval, no saving)
     loss_log, n_loss_log = loop.pop("loss_log", 0.0), loop.pop("n_loss_log", 0)  # the log interval so far
     step = start_step
+    stop = stop or StopOnSignal()
+    stop.arm()  # a SIGTERM from here on: this step, a checkpoint, then stop (fastlm.train.stop)
+    signalled = False  # some rank had a SIGTERM by the end of the last step (it travels in the step's all-reduce)
     while True:
         last = step >= cfg.max_steps
         fresh = step == start_step and resume_ckpt is not None  # this iteration's blocks ran before the stop
@@ -349,14 +353,18 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             over = all_reduce_sum([float(time.time() - t_start > cfg.max_time)], info)[0] > 0
             if over:
                 last, result.stopped = True, "max_time"
+        if not last and (signalled or (not info.distributed and stop.requested)):
+            last, result.stopped = True, "sigterm"
+            say(f"SIGTERM: stopping at step {step} with a checkpoint (another SIGTERM ends the run at once)")
+        quick = result.stopped == "sigterm"  # a grace period before SIGKILL: the checkpoint only
 
         # -- occasional blocks: eval, sample, checkpoint
-        if (last or (cfg.eval_every and step % cfg.eval_every == 0)) and not fresh:
+        if (last or (cfg.eval_every and step % cfg.eval_every == 0)) and not fresh and not quick:
             vals = objective.evaluate(raw)
             if vals:
                 result.val = {k.split("/", 1)[1] if k.startswith("val/") else k: v for k, v in vals.items()}
                 log(step, **vals)
-        if (last or (cfg.sample_every and step % cfg.sample_every == 0 and step > 0)) and not fresh:
+        if (last or (cfg.sample_every and step % cfg.sample_every == 0 and step > 0)) and not fresh and not quick:
             result.sample = objective.sample(raw, device, autocast)
             if not last:  # the final sample is in the result (fastlm-train prints it with the summary)
                 message(f"sample @ {step}: {result.sample!r}")
@@ -399,7 +407,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             for key, v in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(v)
         keys = sorted(sums)
-        totals = all_reduce_sum([loss_sum, units, float(step_tokens)] + [sums[key] for key in keys], info)
+        totals = all_reduce_sum([loss_sum, units, float(step_tokens)] + [sums[key] for key in keys]
+                                + [float(stop.requested)], info)
+        signalled = totals.pop() > 0
         n_units = max(totals[1], 1.0)
         train_loss = totals[0] / n_units
         step_tokens = int(totals[2])
@@ -460,5 +470,6 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
             png = plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
             if png is None:
                 say("loss plot skipped (pip install matplotlib for loss.png)")
-    say(f"done: {step} steps in {time.time() - t_start:.1f}s ({train_time:.1f}s training)")
+    if result.stopped != "sigterm":  # (fastlm-train says how to continue a stopped run)
+        say(f"done: {step} steps in {time.time() - t_start:.1f}s ({train_time:.1f}s training)")
     return result
