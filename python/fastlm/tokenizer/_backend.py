@@ -6,6 +6,11 @@ Interface (kept tiny so the native work can be switched in by merging):
 ``train(pieces, counts, vocab_size, min_frequency) -> int32 (m, 2) merges``,
 ``Encoder(tokens, pattern)`` with ``encode_ordinary_batch(texts, num_threads) -> list[np.ndarray]``
 and ``decode(ids) -> bytes``.
+
+Unicode: the native pre-tokenizer classifies by Unicode 16.0, as tiktoken and HF tokenizers do
+(``_C.TOK_UNICODE_VERSION``; tools/gen_unicode_tables.py). The Python path (custom patterns,
+``FASTLM_TOKENIZER_BACKEND=python``) classifies by the installed ``regex`` module, which may know a newer
+Unicode: the two differ only on text holding code points assigned after 16.0.
 """
 
 from __future__ import annotations
