@@ -45,6 +45,27 @@ def _chunks(texts: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _check_text(text, name: str = "text") -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+
+
+def _text_list(texts) -> list[str]:
+    """``texts`` as a list of str (an iterator is read once); a single str is refused, since iterating
+    it would encode each character as a document."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of documents, not a single str/bytes")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        _check_text(t, f"texts[{i}]")
+    return texts
+
+
+def _check_threads(num_threads) -> None:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+        raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer: ``tokens[rank]`` bytes, a pre-tokenization pattern, special tokens.
 
@@ -223,6 +244,7 @@ class Tokenizer:
         >>> tok.encode_ordinary("<|")
         [60, 124]
         """
+        _check_text(text)
         return self._encoder.encode_ordinary(text, as_lists=True)
 
     def _special_regex(self, specials: AbstractSet[str]):
@@ -285,6 +307,7 @@ class Tokenizer:
         >>> tok.encode("<|bos|>hi", allowed_special={"<|bos|>"})
         [256, 104, 105]
         """
+        _check_text(text)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         self._check_disallowed(text, disallowed)
         return self._encode_one(text, allowed)
@@ -304,6 +327,8 @@ class Tokenizer:
         >>> tok.encode_batch(["a", "bc"])
         [[97], [98, 99]]
         """
+        texts = _text_list(texts)  # the checks below and the encoding each read every text
+        _check_threads(num_threads)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         for t in texts:
             self._check_disallowed(t, disallowed)
@@ -343,7 +368,12 @@ class Tokenizer:
         >>> Tokenizer([bytes([b]) for b in range(256)]).decode_bytes([104, 105])
         b'hi'
         """
-        ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        try:
+            ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        except ValueError:  # ragged nesting: [[1], [2, 3]]
+            ids = None
+        if ids is None or ids.ndim != 1:  # a batch would be decoded as one concatenated sequence
+            raise ValueError("ids must be one flat sequence of token ids (use decode_batch for many sequences)")
         if ids.size and ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
             raise ValueError(f"token id {int(ids.max())} is out of range (n_vocab {self.n_vocab})")
         if ids.size and ids.dtype.kind not in "iu":  # floats, strings, Python ints past int64

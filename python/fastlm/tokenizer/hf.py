@@ -5,7 +5,10 @@ are derived from the ranks the way tiktoken would build each token (for rank r >
 tiktoken's merge on the token's bytes with only ranks < r; the last two parts are the merge).
 Pre-tokenizer: ``ByteLevel`` (its built-in GPT-2 regex) for the gpt2 pattern, otherwise
 ``Split(pattern, Isolated)`` followed by ``ByteLevel(use_regex=False)``; decoder ``ByteLevel``.
-Special tokens become ``added_tokens`` with ``special: true``.
+Special tokens become ``added_tokens`` with ``special: true`` and are also model ``vocab`` entries
+at their ids, as in GPT-2's own file: ``tokenizers`` gives an added token that is not in the vocab
+the next free id after the vocab, whatever id the file says, so a special id past a gap (cl100k's
+``<|endoftext|>`` is 100257, after 100256 mergeable ranks) would otherwise change.
 """
 
 from __future__ import annotations
@@ -75,10 +78,20 @@ def to_hf_json(tok) -> dict:
     else:
         split = {"type": "Split", "pattern": {"Regex": onig_pattern(tok.pat_str)}, "behavior": "Isolated", "invert": False}
         pre = {"type": "Sequence", "pretokenizers": [split, byte_level]}
+    specials = sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
     added = [
         {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-        for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+        for s, i in specials
     ]
+    vocab = {_to_str(t): i for i, t in enumerate(tok.tokens)}
+    for s, i in specials:
+        # one string, one id in tokenizer.json: tokenizers would give the special the token's id
+        if s in vocab:
+            raise ValueError(
+                f"special token {s!r} (id {i}) is spelled like mergeable token {tok.tokens[vocab[s]]!r} (id {vocab[s]}) "
+                "in tokenizer.json's byte-level vocab, which maps a string to one id; rename the special token"
+            )
+        vocab[s] = i
     return {
         "version": "1.0",
         "truncation": None,
@@ -97,7 +110,7 @@ def to_hf_json(tok) -> dict:
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": False,
-            "vocab": {_to_str(t): i for i, t in enumerate(tok.tokens)},
+            "vocab": vocab,
             "merges": [[_to_str(a), _to_str(b)] for a, b in derive_merges(tok.tokens)],
         },
     }
@@ -105,8 +118,9 @@ def to_hf_json(tok) -> dict:
 
 def save_hf(tok, path: str) -> None:
     """Write ``tokenizer.json`` atomically."""
+    doc = to_hf_json(tok)  # before opening: a tokenizer that cannot be exported leaves no file
     with atomic_write(path) as f:
-        json.dump(to_hf_json(tok), f, ensure_ascii=False)
+        json.dump(doc, f, ensure_ascii=False)
 
 
 def _pattern_of(pre: Optional[dict], path: str) -> str:
