@@ -361,3 +361,12 @@ def test_bad_arguments_name_what_is_wrong(peers):
         tok.encode_batch(["a"], num_threads=1.5)
     with pytest.raises(ValueError, match="num_threads"):
         tok.encode_batch(["a"], num_threads=-1)
+
+
+def test_special_policy_refuses_a_str_other_than_all():
+    # allowed_special="<|bos|>" was read as the set of its characters: "names tokens this tokenizer lacks: ['<', 'b', ...]"
+    tok = Tokenizer([bytes([b]) for b in range(256)], special_tokens={"<|bos|>": 256})
+    for kw in ({"allowed_special": "<|bos|>"}, {"disallowed_special": "<|bos|>"}):
+        with pytest.raises(ValueError, match=r"must be 'all' or a set of special tokens, got the str '<\|bos\|>'"):
+            tok.encode("<|bos|>x", **kw)
+    assert tok.encode("<|bos|>x", allowed_special={"<|bos|>"}) == [256, 120]

@@ -258,6 +258,10 @@ class Tokenizer:
         return pat
 
     def _policy(self, allowed_special, disallowed_special) -> tuple[set[str], set[str]]:
+        for name, value in (("allowed_special", allowed_special), ("disallowed_special", disallowed_special)):
+            if isinstance(value, str) and value != "all":  # set("<|bos|>") would be its characters
+                raise ValueError(f"{name} must be 'all' or a set of special tokens, got the str {value!r} "
+                                 f"(a set of one: {{{value!r}}})")
         allowed = self.special_tokens_set if allowed_special == "all" else set(allowed_special)
         unknown = allowed - self.special_tokens_set
         if unknown:
