@@ -3,8 +3,11 @@
 Matching is native and takes one pass over a document's words: text and entries go through the
 same Unicode-aware tokenizer (letters with diacritics, combining marks and CJK characters are
 word characters; punctuation, symbols and spaces separate words) and are lowercased, so
-matching is case-insensitive and never inside a word: "ass" matches "Ass!" and "ass_hat" (the
-underscore separates words) but not "class" or "assé". Multi-word entries
+matching ignores case and is never inside a word: "ass" matches "Ass!" and "ass_hat" (the
+underscore separates words) but not "class" or "assé". Lowercasing is the classifier tokenizer's
+simple one-to-one table (csrc/classify/tokenize.cpp): ASCII, Latin-1, Latin Extended-A, and the
+basic Greek (Α-Ω) and Cyrillic (Ѐ-Я) capitals; other capitals ("Ά", "Ǆ", "Ա") match only as
+written, "ẞ" does not match "ß", and "Σ" lowers to "σ", never to the final "ς". Multi-word entries
 match consecutive words whatever separates them ("bad  word", "bad-word", "bad, word").
 Entries and texts are compared in Unicode NFC, so "naïve" matches whether the text spells the
 "ï" as one code point or as "i" + combining diaeresis (texts already in NFC, such as the output

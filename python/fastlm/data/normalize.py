@@ -45,6 +45,10 @@ __all__ = ["FTFY_DEFAULTS", "NormalizeConfig", "Normalizer", "ftfy_trigger_set",
            "strip_latex"]
 
 # ftfy options used by the mojibake step; keys are ftfy.TextFixerConfig fields.
+# ftfy 6.3's fix_text (explain=False, what this step calls) runs fix_encoding with ftfy's default
+# config, so restore_byte_a0, replace_lossy_sequences and decode_inconsistent_utf8 stay on whatever
+# is set here (fix_text("voilÃ  le travail", restore_byte_a0=False) == "voilà le travail");
+# only ftfy.fix_and_explain honours them.
 FTFY_DEFAULTS: dict = {
     "unescape_html": False,  # the html step decodes entities; plain text keeps "&amp;" as written
     "remove_terminal_escapes": True,
