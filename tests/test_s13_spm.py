@@ -259,3 +259,17 @@ def test_cli_sentencepiece_errors(tmp_path, capsys):
     sp = sentencepiece.SentencePieceProcessor(model_proto=load(str(tmp_path / "t")).model_proto())
     assert main(["tokenizer", "decode", "0", str(sp.piece_to_id("<0x41>")), "--tokenizer", str(tmp_path / "t")]) == 0
     assert capsys.readouterr().out == " \u2047 A\n"
+
+
+@pytest.mark.parametrize("kw", [{"pattern": "gpt2"}, {"min_frequency": 5}, {"progress": True}])
+def test_library_refuses_bpe_options_on_the_sentencepiece_backend(kw):
+    # they were dropped silently (the CLI refused them; the library did not)
+    from fastlm.tokenizer import Tokenizer
+    with pytest.raises(ValueError, match="apply to the byte-level BPE backend"):
+        Tokenizer.train_from_iterator(["ab ab"] * 20, 300, backend="sentencepiece", **kw)
+
+
+def test_library_refuses_model_type_on_the_bpe_backend():
+    from fastlm.tokenizer import Tokenizer
+    with pytest.raises(ValueError, match="model_type='unigram' applies to backend='sentencepiece'"):
+        Tokenizer.train_from_iterator(["ab ab"] * 20, 300, model_type="unigram")

@@ -134,11 +134,19 @@ class Tokenizer:
         if backend == "sentencepiece":
             from fastlm.tokenizer.spm import SentencePieceTokenizer
 
+            ignored = [f"{k}={v!r}" for k, v, default in (("pattern", pattern, "gpt4"), ("min_frequency", min_frequency, 2),
+                                                          ("progress", progress, False)) if v != default]
+            if ignored:  # sentencepiece has its own pre-tokenization and counts: say so rather than drop them
+                raise ValueError(f"{', '.join(ignored)} apply to the byte-level BPE backend, not to "
+                                 "backend='sentencepiece'")
+
             return SentencePieceTokenizer.train_from_iterator(
                 texts, vocab_size, special_tokens=special_tokens, model_type=model_type, num_threads=num_threads
             )
         if backend not in ("bpe", "native"):
             raise ValueError(f"backend must be 'bpe' (alias 'native') or 'sentencepiece', got {backend!r}")
+        if model_type != "bpe":
+            raise ValueError(f"model_type={model_type!r} applies to backend='sentencepiece' (this backend is byte-level BPE)")
         if vocab_size < 256 + len(special_tokens):
             raise ValueError(f"vocab_size {vocab_size} is below 256 bytes + {len(special_tokens)} special tokens")
         if min_frequency < 1:
