@@ -16,7 +16,9 @@ The interface (helpers writing an objective subclass `Objective` and register it
     obj.summary          # {key: number} logged once at the start of a fresh run (data report), may be {}
     obj.next_micro(n_global) -> batch        # this rank's contiguous share of the next global micro-batch
                                              # of n_global rows (rows: packed/padded sequences, or pairs)
-    obj.state_dict() / obj.load_state_dict(d)  # the data position (JSON-safe), for exact resume
+    obj.state_dict() / obj.load_state_dict(d)  # the data position (JSON-safe), for exact resume; it also
+                                               # holds what the position means (seed, example count and
+                                               # digest: `check_data_state`), so other data is refused
     obj.loss(model, batch, kernels=) -> (loss_sum, n_units, metric_sums)
         # loss_sum: 0-dim tensor, the SUM of the loss over this rank's units (graph attached);
         # n_units: float, how many units it sums over (tokens with a label for LM losses, pairs for
@@ -44,11 +46,13 @@ trained with.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from fastlm.train.config import TrainConfig
@@ -129,6 +133,38 @@ def make_objective(cfg: TrainConfig, info: DistInfo, *, run_dir: str,
                          "ppo/grpo/rloo run in fastlm.posttrain.rl)")
     module, cls = OBJECTIVES[cfg.task].split(":")
     return getattr(importlib.import_module(module), cls)(cfg, info, run_dir=run_dir, log=log)
+
+
+def examples_digest(examples: Iterable[Sequence[Sequence[int]]]) -> str:
+    """A short sha256 of training examples, each a tuple of int lists (ids, masks...), in order: two runs
+    with the same digest train on the same rendered examples (same records, template, truncation, masks).
+
+    >>> a, b = examples_digest([([1, 2], [0, 1])]), examples_digest([([1, 2], [1, 1])])
+    >>> a == examples_digest([([1, 2], [0, 1])]) != b, len(a)
+    (True, 16)
+    """
+    h = hashlib.sha256()
+    for example in examples:
+        for part in example:
+            a = np.asarray(part, dtype=np.int64)
+            h.update(np.int64(a.size).tobytes())  # lengths too: [1, 2] + [3] is not [1] + [2, 3]
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_data_state(state: dict, mine: dict, settings: dict[str, str], *, what: str) -> None:
+    """Refuse a saved data position (``state``) taken over other training data: every key of ``mine`` (this
+    run's seed, example count, digest...) must equal the saved one; ``settings[key]`` names the settings that
+    decide it. Keys a position saved before they existed lacks are not checked.
+
+    >>> check_data_state({"seed": 0}, {"seed": 1}, {"seed": "seed"}, what="SFT examples")
+    Traceback (most recent call last):
+    ValueError: SFT examples: state seed=0 does not match this run's 1 (set by seed)
+    """
+    for key, value in mine.items():
+        if key in state and state[key] != value:
+            raise ValueError(f"{what}: state {key}={state[key]!r} does not match this run's {value!r} "
+                             f"(set by {settings[key]})")
 
 
 # ------------------------------------------------------------------------------------------ CLM / MLM

@@ -33,6 +33,7 @@ import torch
 
 from fastlm.data.chat import ConversionError, Turn, _parse_turns
 from fastlm.data.records import BadRecord, ErrorLog
+from fastlm.posttrain.objective import check_data_state, examples_digest
 from fastlm.tokenizer.chat_template import ROLE_TOKENS, _render
 
 IGNORE_INDEX = -100
@@ -345,9 +346,12 @@ class PairStream:
     """Seeded epochs over training pairs; `next_micro` returns this rank's contiguous share of the next
     global micro-batch (so the data position is one cursor, free of the world size), resumable.
 
+    The state also holds what the position counts in (the seed, the pair count and digest), so a resume over
+    other pairs is refused, naming the settings that decide them.
+
     >>> s = PairStream([Pair([i, i], [i, 0], [0, 1], [0, 1], 1) for i in range(5)], seed=0, rank=0, world=1)
-    >>> len(s.next_micro(2)), s.state_dict()
-    (2, {'epoch': 0, 'pos': 2})
+    >>> len(s.next_micro(2)), {k: s.state_dict()[k] for k in ("epoch", "pos", "seed", "pairs")}
+    (2, {'epoch': 0, 'pos': 2, 'seed': 0, 'pairs': 5})
     """
 
     def __init__(self, pairs: list[Pair], *, seed: int, rank: int, world: int):
@@ -355,6 +359,7 @@ class PairStream:
             raise ValueError("PairStream: no training pairs")
         self.pairs, self.seed, self.rank, self.world = pairs, seed, rank, world
         self.epoch, self.pos = 0, 0
+        self._sha: Optional[str] = None  # examples_digest of the pairs, at the first state_dict/load_state_dict
         self._order = self._shuffle(0)
 
     def _shuffle(self, epoch: int) -> list[int]:
@@ -376,9 +381,26 @@ class PairStream:
         share = n_global // self.world
         return [self.pairs[i] for i in picked[self.rank * share:(self.rank + 1) * share]]
 
+    def _meaning(self) -> dict:
+        if self._sha is None:
+            self._sha = examples_digest((p.chosen, p.rejected, p.chosen_mask, p.rejected_mask, [p.prompt_len])
+                                        for p in self.pairs)
+        return {"seed": self.seed, "pairs": len(self.pairs), "pairs_sha256": self._sha}
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, **self._meaning()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; a position over other pairs or another order is refused (older positions hold
+        only epoch and pos)."""
+        check_data_state(state, self._meaning(), PAIR_SETTINGS, what="preference training pairs")
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._order = self._shuffle(self.epoch)
+
+
+# the settings that decide each part of a pair data position (`PairStream.load_state_dict` names them)
+PAIR_SETTINGS = {"seed": "seed",
+                 "pairs": "post.data, post.val_data, data.val_fraction, post.tasks, post.task_examples, "
+                          "data.seq_len",
+                 "pairs_sha256": "the records of post.data (or post.tasks), data.seq_len: as many pairs, "
+                                 "other tokens"}

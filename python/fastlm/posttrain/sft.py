@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from fastlm.posttrain.objective import Objective, load_init
+from fastlm.posttrain.objective import Objective, check_data_state, examples_digest, load_init
 from fastlm.train.collate import IGNORE_INDEX, pack, pad_collate
 from fastlm.train.config import TrainConfig
 from fastlm.train.distributed import DistInfo
@@ -167,6 +167,7 @@ class SFTRows:
         self.examples, self.seq_len, self.pad_id = examples, seq_len, pad_id
         self.packing, self.seed, self.shuffle = packing, seed, shuffle
         self.epoch, self.pos = 0, 0
+        self._sha: Optional[str] = None  # examples_digest, computed at the first state_dict/load_state_dict
         self._rows: Optional[Any] = None
         self._rows_epoch = -1
         self.padding_fraction = self._waste(group)  # padded: ``group`` = rows per rank's micro-batch
@@ -216,11 +217,32 @@ class SFTRows:
         del batch["position_ids"]  # right padding: the default 0..T-1 positions are the same
         return batch
 
+    def _meaning(self) -> dict:
+        """What the position counts in: the order's seed, rows packed or not (and their length), the examples."""
+        mine = {"seed": self.seed, "packing": self.packing}
+        if self.packing:
+            mine["seq_len"] = self.seq_len  # the rows' boundaries
+        if self._sha is None:
+            self._sha = examples_digest(self.examples)
+        return {**mine, "examples": len(self.examples), "examples_sha256": self._sha}
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, **self._meaning()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; a position over other examples, another order or other rows is refused, naming
+        the settings that decide it (older positions hold only epoch and pos)."""
+        check_data_state(state, self._meaning(), DATA_SETTINGS, what="SFT training examples")
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+# the settings that decide each part of an SFT data position (`SFTRows.load_state_dict` names them)
+DATA_SETTINGS = {"seed": "seed", "packing": "post.packing",
+                 "seq_len": "data.seq_len (packed rows)",
+                 "examples": "post.data, post.val_data, data.val_fraction, post.tasks, post.task_examples, "
+                             "data.seq_len",
+                 "examples_sha256": "the records of post.data (or post.tasks), post.train_on_prompt, data.seq_len: "
+                                    "as many examples, other tokens"}
 
 
 def sft_loss(model, batch: dict, *, kernels: str) -> tuple[torch.Tensor, float]:

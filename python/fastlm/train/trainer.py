@@ -315,7 +315,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: Optional[str], console: boo
         except (ValueError, KeyError, TypeError) as e:  # the loaders name the setting that differs
             raise ck.CheckpointError(f"--resume {resume_ckpt}: its data position does not fit this run's training "
                                      f"data ({e}): resume with the data settings saved in the checkpoint (data.*, "
-                                     "seed)") from None
+                                     "post.* data, seed)") from None
         if saved_batch and tokens_per_step != saved_batch:
             say(f"note: the batch changes from the checkpoint's {saved_batch:,} to {tokens_per_step:,} tokens/step: "
                 "the data continues where it stopped, but the run no longer matches one that never stopped")
