@@ -148,6 +148,11 @@ def check_args(args: argparse.Namespace) -> None:
         if mode is None and args.bands * args.rows > num_perm:  # bands stage: checked against the files
             raise ValueError(f"--bands {args.bands} x --rows {args.rows} = {args.bands * args.rows} "
                              f"exceeds --num-perm {num_perm}")
+    from fastlm.data.dedup import MAX_AUTO_BANDS_PERM
+
+    if mode is None and method == "minhash" and args.bands is None and num_perm > MAX_AUTO_BANDS_PERM:
+        raise ValueError(f"--num-perm {num_perm} needs --bands and --rows: the default banding is searched "
+                         f"for --num-perm <= {MAX_AUTO_BANDS_PERM} only")
     if args.seed is not None and _opt(args, "hash") == "fast" and not 0 <= args.seed < 1 << 64:
         raise ValueError(f"--seed must be in [0, 2**64), got {args.seed}")
     check_threads(args.threads)

@@ -39,7 +39,7 @@ from fastlm import _C
 __all__ = [
     "NORMALIZATION_VERSION", "DedupResult", "MinHasher", "exact_hashes", "exact_dedup",
     "optimal_bands", "recall_bands", "minhash_dedup", "simhash", "simhash_and_counts",
-    "simhash_dedup", "normalize",
+    "simhash_dedup", "normalize", "MAX_AUTO_BANDS_PERM",
 ]
 
 NORMALIZATION_VERSION: int = _C.DEDUP_NORMALIZATION_VERSION
@@ -47,6 +47,7 @@ _P61 = (1 << 61) - 1
 _M64 = (1 << 64) - 1
 _MODES = {"fast": 0, "datasketch": 1, "datasketch-legacy": 2}
 _VERIFY = {"signature": 0, "jaccard": 1, "auto": 2}
+MAX_AUTO_BANDS_PERM = 8192  # largest num_perm whose (bands, rows) optimal_bands will search
 
 
 def _texts(texts) -> list:
@@ -125,6 +126,24 @@ class DedupResult:
         sizes = np.bincount(self.cluster, minlength=n) if n else np.zeros(0, np.int64)
         return {"documents": n, "kept": n - removed, "removed": removed,
                 "clusters": int(np.count_nonzero(sizes >= 2))}
+
+
+def _check_max_compare(max_compare) -> None:
+    if isinstance(max_compare, bool) or not isinstance(max_compare, (int, np.integer)) or max_compare < 1:
+        raise ValueError(f"max_compare must be an int >= 1, got {max_compare!r}")
+
+
+def _band_pair(bands, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) as given by the caller, checked: two ints >= 1 using at most num_perm slots."""
+    try:
+        b, r = bands
+    except (TypeError, ValueError):
+        raise ValueError(f"bands must be a pair (bands, rows), got {bands!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (b, r)):
+        raise ValueError(f"bands must be a pair of ints (bands, rows), got {bands!r}")
+    if b < 1 or r < 1 or b * r > num_perm:
+        raise ValueError(f"bands={b} x rows={r} must be >= 1 and use at most num_perm={num_perm}")
+    return int(b), int(r)
 
 
 def _keep_longest(keep: str) -> bool:
@@ -221,6 +240,9 @@ class MinHasher:
             raise ValueError(f"ngram must be >= 1, got {ngram}")
         if hash != "fast" and not 0 <= seed < 1 << 32:
             raise ValueError(f"datasketch seeds are numpy RandomState seeds in [0, 2^32), got {seed}")
+        if hash == "fast" and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                               or not 0 <= seed < 1 << 64):  # else seed and seed mod 2^64 would agree
+            raise ValueError(f"seed must be in [0, 2^64), got {seed}")
         self.num_perm, self.ngram, self.seed, self.hash = num_perm, ngram, seed, hash
         self.a, self.b = _permutations(num_perm, seed, hash)
 
@@ -253,7 +275,8 @@ def optimal_bands(threshold: float, num_perm: int, *,
                   weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
     """(bands, rows) minimizing fp_weight * FP area + fn_weight * FN area, as datasketch's
     ``MinHashLSH`` does (``lsh._optimal_param``); integrals by Gauss-Legendre quadrature, exact
-    for these polynomials (degree <= num_perm) up to rounding.
+    for these polynomials (degree <= num_perm) up to rounding. The search costs
+    O(num_perm^2 log num_perm), so num_perm > MAX_AUTO_BANDS_PERM (8192) is refused: pass bands.
 
     >>> optimal_bands(0.8, 128)
     (9, 13)
@@ -262,6 +285,11 @@ def optimal_bands(threshold: float, num_perm: int, *,
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if num_perm < 1:
         raise ValueError(f"num_perm must be >= 1, got {num_perm}")
+    if num_perm > MAX_AUTO_BANDS_PERM:
+        # The search costs O(num_perm^2 log num_perm): ~75 s at 8192, hours (and a companion
+        # matrix of 8 GiB for the quadrature nodes) at 65536.
+        raise ValueError(f"choosing bands for num_perm={num_perm} is too costly (at most "
+                         f"{MAX_AUTO_BANDS_PERM}): pass bands=(bands, rows) explicitly")
     return _optimal_bands(float(threshold), int(num_perm), float(weights[0]), float(weights[1]))
 
 
@@ -273,12 +301,16 @@ def _optimal_bands(threshold: float, num_perm: int, fpw: float, fnw: float) -> t
     bs = np.array([p[0] for p in pairs], np.float64)
     rs = np.array([p[1] for p in pairs], np.float64)
 
-    def area(lo, hi, miss):  # integral over [lo, hi] of P(candidate) (or of 1 - it if miss)
-        s = (0.5 * (hi - lo) * x + 0.5 * (hi + lo))[:, None]
-        q = (1.0 - s ** rs) ** bs
+    def area(lo, hi, miss, k0, k1):  # integral over [lo, hi] of P(candidate) (or of 1 - it if
+        s = (0.5 * (hi - lo) * x + 0.5 * (hi + lo))[:, None]  # miss) for pairs k0 <= k < k1
+        q = (1.0 - s ** rs[k0:k1]) ** bs[k0:k1]
         return 0.5 * (hi - lo) * (w @ (q if miss else 1.0 - q))
 
-    err = area(0.0, threshold, False) * fpw + area(threshold, 1.0, True) * fnw
+    # In chunks of pairs, so the (nodes x pairs) matrices stay ~32 MB whatever num_perm is.
+    step = max(1, (1 << 22) // len(x))
+    err = np.concatenate([area(0.0, threshold, False, k, k + step) * fpw
+                          + area(threshold, 1.0, True, k, k + step) * fnw
+                          for k in range(0, len(pairs), step)])
     opt = pairs[int(np.argmin(err))]  # first minimum, as datasketch's strict "<" scan
     return opt
 
@@ -330,9 +362,9 @@ def minhash_dedup(texts: Sequence[str | bytes], *, threshold: float = 0.8, num_p
     if verify not in _VERIFY:
         raise ValueError(f"verify must be one of {sorted(_VERIFY)}, got {verify!r}")
     mh = MinHasher(num_perm=num_perm, ngram=ngram, seed=seed, hash=hash)
-    b, r = bands if bands is not None else recall_bands(min(threshold, 0.99), num_perm)
-    if b < 1 or r < 1 or b * r > num_perm:
-        raise ValueError(f"bands={b} x rows={r} must be >= 1 and use at most num_perm={num_perm}")
+    _check_max_compare(max_compare)
+    b, r = (_band_pair(bands, num_perm) if bands is not None
+            else recall_bands(min(threshold, 0.99), num_perm))
     kept = None  # exact checks use the shingle hashes kept from hashing (no re-shingling)
     if verify == "signature":
         sig, counts = mh.signatures_and_counts(texts, num_threads=num_threads)
@@ -379,8 +411,9 @@ def simhash_dedup(texts: Sequence[str | bytes], *, k: int = 3, ngram: int = 3, k
     [-1, 0, -1]
     """
     texts = _texts(texts)
-    if not 0 <= k < 64:
-        raise ValueError(f"k must be in [0, 63], got {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < 64:
+        raise ValueError(f"k must be an int in [0, 63], got {k!r}")
+    _check_max_compare(max_compare)
     fps, counts = simhash_and_counts(texts, ngram=ngram, num_threads=num_threads)
     cluster, dup, stats = _C.dedup_simhash_cluster(fps, counts, _lengths(texts), k, max_compare,
                                                    _keep_longest(keep), num_threads)

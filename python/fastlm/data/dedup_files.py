@@ -39,8 +39,8 @@ import numpy as np
 
 from fastlm import _C
 from fastlm.data.io import atomic_write
-from fastlm.data.dedup import (DedupResult, MinHasher, _clusters_from_groups, _keep_longest, _lengths,
-                               _texts, exact_hashes, recall_bands)
+from fastlm.data.dedup import (DedupResult, MinHasher, _band_pair, _check_max_compare, _clusters_from_groups,
+                               _keep_longest, _lengths, _texts, exact_hashes, recall_bands)
 
 __all__ = ["write_signatures", "write_band_keys", "cluster_files", "shard_keep_mask", "shard_result",
            "ShardResult", "read_header", "is_dedup_file"]
@@ -137,9 +137,8 @@ def write_band_keys(path: str, signature_file: str, *, threshold: float = 0.8,
     h, a = _load(signature_file, "minhash-signatures")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    b, r = bands if bands is not None else recall_bands(min(threshold, 0.99), h["num_perm"])
-    if b < 1 or r < 1 or b * r > h["num_perm"]:
-        raise ValueError(f"bands={b} x rows={r} must be >= 1 and use at most num_perm={h['num_perm']}")
+    b, r = (_band_pair(bands, h["num_perm"]) if bands is not None
+            else recall_bands(min(threshold, 0.99), h["num_perm"]))
     keys = _C.dedup_band_keys(a["signatures"], b, r, num_threads)
     header = {**h, "kind": "minhash-band-keys", "bands": b, "rows": r, "threshold": threshold}
     _save(path, header, keys=keys, **a)
@@ -177,6 +176,7 @@ def cluster_files(path: str, key_files: Sequence[str], *, threshold: float | Non
         raise ValueError(f"threshold={threshold} differs from threshold={banded_for} that {loaded[0][0]} "
                          f"was banded for: re-run the band stage with the threshold you want")
     keep_longest = _keep_longest(keep)
+    _check_max_compare(max_compare)
     shards = [h["shard"] for _, h, _ in loaded]
     sizes = [len(a["counts"]) for _, _, a in loaded]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
