@@ -316,3 +316,24 @@ def test_cli_large_num_perm_needs_bands(tmp_path, capsys):
     assert "--num-perm 9000 needs --bands and --rows" in capsys.readouterr().err
     assert main(["data", "dedup", str(src), "-o", str(tmp_path / "o"), "--num-perm", "9000", "--bands", "90",
                  "--rows", "100", "--quiet", "--no-exact"]) == 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: dedup.minhash_dedup(["a b c d e f"] * 2, margin=float("nan")),
+    lambda: dedup.minhash_dedup(["a b c d e f"] * 2, margin=-0.1),
+    lambda: dedup.minhash_dedup(["a b c d e f"] * 2, num_threads=-1),
+    lambda: dedup.simhash_dedup(["a b c d e f"] * 2, num_threads=1.5),
+    lambda: dedup.exact_hashes(["a"], num_threads=-2),
+    lambda: dedup.MinHasher().signatures(["a"], num_threads=-1),
+])
+def test_margin_and_threads_checked_by_name(call):
+    # a NaN or negative margin silently meant signature-only checks; negative threads were taken as all cores
+    with pytest.raises(ValueError, match="margin must be in|num_threads must be an int"):
+        call()
+
+
+def test_pipeline_config_refuses_large_num_perm_without_bands_up_front():
+    from fastlm.data.pipeline import check_dedup_config
+    with pytest.raises(ValueError, match="dedup.num_perm=9000 needs dedup.bands"):
+        check_dedup_config(DedupConfig(num_perm=9000))
+    check_dedup_config(DedupConfig(num_perm=9000, bands=(100, 90)))  # explicit bands: fine

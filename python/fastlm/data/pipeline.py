@@ -134,6 +134,9 @@ def check_dedup_config(config: DedupConfig) -> None:
             b, r = config.bands
             if b < 1 or r < 1 or b * r > config.num_perm:
                 raise ValueError(f"dedup.bands={b} x rows={r} must be >= 1 and use at most num_perm={config.num_perm}")
+        elif config.num_perm > dd.MAX_AUTO_BANDS_PERM:  # else refused by the dedup step, after the reading
+            raise ValueError(f"dedup.num_perm={config.num_perm} needs dedup.bands: the default banding is searched "
+                             f"for num_perm <= {dd.MAX_AUTO_BANDS_PERM} only")
     elif config.near == "simhash":
         if not 0 <= config.simhash_k < 64:
             raise ValueError(f"dedup.simhash_k must be in [0, 63], got {config.simhash_k}")
