@@ -4,6 +4,7 @@ classifier on labeled records, and score records with it."""
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -157,6 +158,9 @@ def run_classify(args: argparse.Namespace) -> int:
         raise ValueError(f"--field {args.field!r} would replace each record's text with its probabilities; "
                          "choose another output field")
     check_output(args.output, "-o", folder=False, inputs=args.inputs)
+    if os.path.exists(args.output) and os.path.exists(args.model) and os.path.samefile(args.output, args.model):
+        raise ValueError(f"-o {args.output!r} is the model file (-m): writing it would replace the model; "
+                         "choose another output file")
     model = TextClassifier.load(args.model)
     errors = ErrorLog(strict=args.strict)
     predicted: Counter = Counter()

@@ -36,6 +36,27 @@ VERSION = 1
 
 Label = Union[str, int]
 
+_INT32_MAX = 2**31 - 1
+_F32 = np.finfo(np.float32)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _as_float32(v: float) -> float:
+    """v as the native trainer receives it (float32): tiny values round to 0, huge ones to inf."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(v))
+
+
+def _check_num_threads(num_threads: Any) -> None:
+    from fastlm.data.records import MAX_THREADS
+
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) \
+            or not 0 <= num_threads <= MAX_THREADS:
+        raise ValueError(f"num_threads must be an int in [0, {MAX_THREADS}] (0 = all cores), got {num_threads!r}")
+
 
 @dataclasses.dataclass
 class ClassifierConfig:
@@ -67,12 +88,15 @@ class ClassifierConfig:
                 raise ValueError(f"char_ngrams must satisfy 1 <= min <= max <= 32, got {tuple(cn)}")
         if self.word_ngrams == 0 and self.char_ngrams is None:
             raise ValueError("no features: set word_ngrams >= 1 or char_ngrams")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and np.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.l2, (int, float)) and self.l2 >= 0 and np.isfinite(self.l2)):
-            raise ValueError(f"l2 must be a number >= 0, got {self.l2!r}")
+        if not 0 <= self.epochs <= _INT32_MAX:  # the native loop counts epochs in an int32
+            raise ValueError(f"epochs must be in [0, 2**31 - 1], got {self.epochs}")
+        # lr and l2 reach the native trainer as float32, which refuses an lr that rounds to 0 and
+        # an lr or l2 that overflows to inf: check them here, by name, before any data is read.
+        if not (_is_real(self.lr) and self.lr > 0 and 0 < _as_float32(self.lr) < np.inf):
+            raise ValueError(f"lr must be a positive number within float32 range "
+                             f"(about 1.4e-45 to {float(_F32.max):.3g}), got {self.lr!r}")
+        if not (_is_real(self.l2) and self.l2 >= 0 and _as_float32(self.l2) < np.inf):
+            raise ValueError(f"l2 must be a number >= 0 and at most {float(_F32.max):.3g} (float32), got {self.l2!r}")
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
@@ -151,14 +175,23 @@ class TextClassifier:
         classes = sorted(set(labels))
         if len(classes) < 2:
             raise ValueError(f"need at least 2 distinct labels to train, got {classes!r}")
-        if not isinstance(num_threads, int) or num_threads < 0:
-            raise ValueError(f"num_threads must be an int >= 0, got {num_threads!r}")
+        _check_num_threads(num_threads)
         index = {c: i for i, c in enumerate(classes)}
         y = np.fromiter((index[v] for v in labels), dtype=np.int32, count=len(labels))
         cmin, cmax = config.char_range
-        weights, bias, losses = _C.classify_train(
-            texts, y, len(classes), config.buckets, config.word_ngrams, cmin, cmax,
-            config.epochs, config.lr, config.l2, config.seed, num_threads)
+        try:
+            weights, bias, losses = _C.classify_train(
+                texts, y, len(classes), config.buckets, config.word_ngrams, cmin, cmax,
+                config.epochs, config.lr, config.l2, config.seed, int(num_threads))
+        except MemoryError:  # weights and AdaGrad state: 2 float32 per bucket and class
+            gib = 8 * config.buckets * len(classes) / 2**30
+            raise ValueError(f"buckets={config.buckets} with {len(classes)} classes needs {gib:.1f} GiB for the "
+                             "weights and their AdaGrad state, more than could be allocated; lower buckets") from None
+        # A too large lr (or l2) overflows float32 weights to inf and then NaN: such a model would
+        # give NaN probabilities, which every threshold comparison silently treats as "keep".
+        if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
+            raise ValueError(f"training diverged (weights overflowed float32 to inf/NaN) with lr={config.lr}, "
+                             f"l2={config.l2}; lower lr")
         return cls(weights, bias, classes, config, losses)
 
     def predict_proba(self, texts: Sequence[str], *, num_threads: int = 0) -> np.ndarray:
@@ -169,9 +202,10 @@ class TextClassifier:
         from fastlm import _C
 
         texts = _check_texts(texts)
+        _check_num_threads(num_threads)
         cmin, cmax = self.config.char_range
         return _C.classify_predict_proba(texts, self.weights, self.bias, self.config.word_ngrams,
-                                         cmin, cmax, num_threads)
+                                         cmin, cmax, int(num_threads))
 
     def predict(self, texts: Sequence[str], *, num_threads: int = 0) -> list[Label]:
         """Most probable label of each text."""
@@ -241,8 +275,10 @@ class TextClassifier:
         def bad(what: str) -> ValueError:
             return ValueError(f"{path}: not a valid fastlm classifier file: {what}")
 
-        if len(data) < len(MAGIC) + 4 or data[: len(MAGIC)] != MAGIC:
+        if data[: len(MAGIC)] != MAGIC:
             raise bad(f"missing the {MAGIC.decode()} signature (not a .fastlm-cls file?)")
+        if len(data) < len(MAGIC) + 4:
+            raise bad(f"truncated after the signature ({len(data)} bytes)")
         (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
         start = len(MAGIC) + 4
         if start + hlen > len(data):
@@ -260,6 +296,13 @@ class TextClassifier:
         try:
             cfg = header["config"]
             train = header.get("train", {})
+            if not isinstance(train, dict):
+                raise TypeError(f"'train' must be an object, got {type(train).__name__}")
+            losses = train.get("losses") or []
+            if not isinstance(losses, list) or not all(_is_real(x) for x in losses):
+                raise TypeError(f"'train.losses' must be a list of numbers, got {losses!r:.60}")
+            if not isinstance(header["labels"], list):  # list("ab") would read as the labels a, b
+                raise TypeError(f"'labels' must be a list, got {type(header['labels']).__name__}")
             config = ClassifierConfig(
                 buckets=cfg["buckets"], word_ngrams=cfg["word_ngrams"],
                 char_ngrams=tuple(cfg["char_ngrams"]) if cfg["char_ngrams"] is not None else None,
@@ -270,7 +313,9 @@ class TextClassifier:
             k = len(labels)
             if k < 2 or len(set(labels)) != k:
                 raise ValueError(f"labels must be at least 2 distinct values, got {labels!r}")
-            payload_bytes, crc = int(header["payload_bytes"]), int(header["crc32"])
+            payload_bytes, crc = header["payload_bytes"], header["crc32"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (payload_bytes, crc)):
+                raise TypeError(f"'payload_bytes' and 'crc32' must be integers, got {payload_bytes!r}, {crc!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise bad(f"bad header field ({type(e).__name__}: {e})") from None
         expected = 4 * (config.buckets * k + k)
@@ -283,7 +328,9 @@ class TextClassifier:
         arr = np.frombuffer(payload, dtype="<f4")
         weights = arr[: config.buckets * k].reshape(config.buckets, k).astype(np.float32)
         bias = arr[config.buckets * k :].astype(np.float32)
-        return cls(weights, bias, labels, config, train.get("losses"))
+        if not (np.isfinite(weights).all() and np.isfinite(bias).all()):  # NaN probabilities otherwise
+            raise bad("weights hold NaN or infinity (a diverged training run?)")
+        return cls(weights, bias, labels, config, losses)
 
 
 class ScoreFilter(DocFilter):
