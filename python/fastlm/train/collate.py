@@ -8,6 +8,7 @@ Causal labels here are *shifted*: ``labels[t]`` is the target of position ``t`` 
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
@@ -40,10 +41,28 @@ def _word_ids(word_start: torch.Tensor, no_mask: torch.Tensor) -> torch.Tensor:
     """Per-row word index of each token (-1 on tokens that are never masked); a word begins at a word start
     or after a never-masked token."""
     starts = word_start | torch.roll(no_mask, 1, dims=-1)
-    starts[..., 0] = True
+    if starts.shape[-1]:  # rows of length 0 have no first token
+        starts[..., 0] = True
     starts &= ~no_mask
     ids = torch.cumsum(starts.long(), dim=-1) - 1
     return torch.where(no_mask, torch.full_like(ids, -1), ids)
+
+
+def _check_masking(*, mask_token_id: int, vocab_size: int, mlm_probability: float, mask_replace_prob: float,
+                   random_replace_prob: float) -> None:
+    """Refuse masking settings by name (torch.bernoulli's own error names no argument; a negative or NaN
+    ``random_replace_prob`` was taken as 0)."""
+    for name, p in (("mlm_probability", mlm_probability), ("mask_replace_prob", mask_replace_prob),
+                    ("random_replace_prob", random_replace_prob)):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:  # NaN fails too
+            raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
+    if mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
+        raise ValueError(f"mask_replace_prob + random_replace_prob must not exceed 1, got {mask_replace_prob} + "
+                         f"{random_replace_prob}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size <= 0:
+        raise ValueError(f"vocab_size (the range of random replacement ids) must be an integer > 0, got {vocab_size!r}")
+    if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, numbers.Integral) or mask_token_id < 0:
+        raise ValueError(f"mask_token_id must be an integer >= 0, got {mask_token_id!r}")
 
 
 def mask_tokens(input_ids: torch.Tensor, *, mask_token_id: int, vocab_size: int, special_ids: Iterable[int] = (),
@@ -54,7 +73,9 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_token_id: int, vocab_size: int,
     ones become ``mask_token_id`` (80%), a random id (10%) or stay (10%); labels are the original ids there
     and -100 elsewhere. Special ids and ``pad_id`` are never chosen. With ``word_start`` (bool ``[n_vocab]``
     table, see ``word_start_table``) whole words are chosen: a word is picked with ``mlm_probability`` and
-    all its tokens are masked, each then replaced 80/10/10 on its own (as transformers does).
+    all its tokens are masked, each then replaced 80/10/10 on its own (as transformers 4.x's
+    ``DataCollatorForWholeWordMask``; 5.x's ``whole_word_mask=True`` forces ``mask_replace_prob=1``).
+    Settings out of range, float/bool or negative ids are refused naming the argument.
 
     >>> ids = torch.arange(10, 30).view(2, 10)
     >>> g = torch.Generator().manual_seed(0)
@@ -62,8 +83,16 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_token_id: int, vocab_size: int,
     >>> bool(((y == -100) | (y == ids)).all()), bool((y[:, 0] == -100)[0])
     (True, True)
     """
-    if not 0.0 <= mlm_probability <= 1.0 or mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
-        raise ValueError("probabilities must lie in [0, 1] and mask + random replace must not exceed 1")
+    _check_masking(mask_token_id=mask_token_id, vocab_size=vocab_size, mlm_probability=mlm_probability,
+                   mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dim() == 0:
+        raise ValueError("input_ids must be a (seq,) or (batch, seq) tensor of ids, got a scalar")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")  # .long() would truncate
+    if input_ids.numel() and int(input_ids.min()) < 0:  # -100 would be masked with a label saying "not masked"
+        raise ValueError(f"input_ids hold a negative id {int(input_ids.min())}; token ids are >= 0")
     inputs = input_ids.clone().long()
     labels = input_ids.clone().long()
     no_mask = torch.zeros_like(inputs, dtype=torch.bool)
@@ -76,13 +105,14 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_token_id: int, vocab_size: int,
     else:
         if word_start.dtype != torch.bool or word_start.dim() != 1:
             raise ValueError("word_start must be a 1-D bool table over the vocabulary")
-        if int(inputs.max()) >= word_start.numel():
+        if inputs.numel() and int(inputs.max()) >= word_start.numel():
             raise ValueError(f"token id {int(inputs.max())} outside the word_start table ({word_start.numel()})")
-        wid = _word_ids(word_start[inputs.clamp_min(0)], no_mask)
+        wid = _word_ids(word_start[inputs], no_mask)
         n_words = int(wid.max()) + 1 if wid.numel() else 0
-        pick = torch.bernoulli(torch.full((inputs.shape[0] if inputs.dim() > 1 else 1, max(n_words, 1)),
-                                          float(mlm_probability)), generator=generator).bool()
-        w2 = wid.view(-1, wid.shape[-1])
+        w2 = wid.flatten(0, -2) if wid.dim() > 1 else wid[None]  # (rows, T): any leading dims flattened
+        # one draw per (row, word)
+        pick = torch.bernoulli(torch.full((w2.shape[0], max(n_words, 1)), float(mlm_probability)),
+                               generator=generator).bool()
         masked = torch.gather(pick, 1, w2.clamp_min(0)) & (w2 >= 0)
         masked = masked.view(inputs.shape)
     labels[~masked] = IGNORE_INDEX
@@ -109,6 +139,8 @@ class MLMCollator:
     def __init__(self, *, mask_token_id: int, pad_id: int, vocab_size: int, special_ids: Iterable[int] = (),
                  mlm_probability: float = 0.15, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
                  word_start: Optional[torch.Tensor] = None, seed: Optional[int] = None):
+        _check_masking(mask_token_id=mask_token_id, vocab_size=vocab_size, mlm_probability=mlm_probability,
+                       mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
         self.mask_token_id, self.pad_id, self.vocab_size = mask_token_id, pad_id, vocab_size
         self.special_ids = set(special_ids) | {mask_token_id}
         self.mlm_probability, self.mask_replace_prob = mlm_probability, mask_replace_prob
@@ -116,6 +148,8 @@ class MLMCollator:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def __call__(self, examples: Sequence[Sequence[int]]) -> dict:
+        if len(examples) == 0:
+            raise ValueError("MLMCollator: no examples to collate")
         n = max(len(e) for e in examples)
         ids = torch.full((len(examples), n), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(examples), n), dtype=torch.long)
