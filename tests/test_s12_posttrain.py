@@ -180,9 +180,9 @@ def test_convert_to_alpaca_counts_records_whose_turn_keys_are_dropped(tmp_path, 
     from fastlm.cli.main import main
     src = _jsonl(tmp_path / "chats.jsonl", [
         {"id": 1, "messages": [{"role": "user", "content": "Hi", "name": "bob"},
-                               {"role": "assistant", "content": "Hello", "weight": 0}]},
+                               {"role": "assistant", "content": "Hello", "weight": 1}]},
         {"id": 2, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}])
-    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"  # (weight 0 would make no record: test_chat)
     assert main(["data", "convert", src, "--to", "alpaca", "-o", str(out), "--report", str(report)]) == 0
     text = capsys.readouterr().out
     assert "converted 2 (1 with turn keys dropped), failed 0; wrote 2 alpaca records" in text, text

@@ -44,10 +44,22 @@ Simplifications (deliberate; each is where TRL or the papers offer more):
   ``{"prompt": ...}``; fields ``task`` + ``answer`` make a record scorable by the task reward), visited in
   a seeded order per epoch. Held-out evaluation (greedy exact match and mean task reward, `exact_match`)
   runs on the tasks' val split, or on the ``{"prompt", "task", "answer"}`` records of ``post.val_data``
-  (else a held-out ``data.val_fraction`` of ``post.data``); other records are not evaluated. A prompt that
-  leaves no room for ``post.max_new_tokens`` within the policy's max_seq_len is dropped and counted (``too_long``,
-  the first few named with file:line), as SFT drops an example too long to keep a target; no training prompt
-  left is an error.
+  (else a held-out ``data.val_fraction`` of ``post.data``'s distinct prompts: the copies of a held-out prompt
+  leave training with it; copies are scored once, in ``post.val_data`` too); other records are not evaluated.
+  A prompt that leaves no room for ``post.max_new_tokens`` within the policy's max_seq_len is dropped and
+  counted (``too_long``, the first few named with file:line), as SFT drops an example too long to keep a
+  target; no training prompt left is an error.
+
+Resume (``--resume``): weights, value head, optimizer, prompt position, loop state, KL controller and RNG states come
+back, so a stopped and resumed run ends as one that never stopped (same weights and metrics). The reference
+and an "auto" ``post.reward_model`` are the checkpoint's (a newer reward run in ``out`` is not picked up); the
+KL coefficient is the checkpoint's under an adaptive ``post.kl_target``, else ``post.kl_coef`` as given. The
+prompt position counts prompts, not steps: another ``post.prompts_per_step`` or ``post.samples_per_prompt``
+continues with the next prompt not yet visited (a note says the run no longer matches one that never stopped).
+A position over other training prompts (``post.data`` or its records, ``post.tasks``, ``post.task_examples``,
+``seed``, the hold-out: ``post.val_data``, ``data.val_fraction``; a ``post.max_new_tokens`` that drops other
+prompts) is refused, naming the setting; evaluation-only changes (``post.eval_examples``, one
+``post.val_data`` file for another) are allowed.
 
 Logged every ``log_every`` steps (metrics.jsonl): reward/mean, reward/std (sequence scores), kl (k1 summed
 over a response, batch mean), entropy (per response token), clip_frac, approx_kl, response_len (tokens),
@@ -72,6 +84,7 @@ import torch
 import torch.nn as nn
 
 from fastlm.posttrain.logprobs import token_logprobs
+from fastlm.posttrain.objective import check_data_state, examples_digest
 from fastlm.posttrain.rl_losses import (AdaptiveKLController, entropy_from_logits, gae, group_advantages, kl_k1,
                                         kl_k3, masked_mean, policy_loss, ppo_rewards, value_loss, whiten)
 from fastlm.posttrain.rollout import RolloutBatch, build_batch, sample_responses
@@ -120,12 +133,23 @@ class PolicyWithValue(nn.Module):
 
 
 class PromptSource:
-    """Prompts in a seeded order per epoch; the cursor (epoch, pos) is the resumable data position."""
+    """Prompts in a seeded order per epoch; the cursor (epoch, pos) is the resumable data position.
+
+    The position counts in prompts, not steps, so a resume with another ``post.prompts_per_step`` or
+    ``post.samples_per_prompt`` continues with the next prompt not yet visited. The state also holds what it
+    counts in (the seed, the prompt count and a digest of the prompts and their reward meta), so a resume over
+    other prompts is refused, naming the settings that decide them.
+
+    >>> s = PromptSource([([i], {}) for i in range(5)], seed=0)
+    >>> len(s.next(2)), {k: s.state_dict()[k] for k in ("epoch", "pos", "seed", "prompts")}
+    (2, {'epoch': 0, 'pos': 2, 'seed': 0, 'prompts': 5})
+    """
 
     def __init__(self, items: list[tuple[list[int], dict]], seed: int):
         if not items:
             raise ValueError("no RL prompts: post.data gave no records and post.tasks is empty")
         self.items, self.seed, self.epoch, self.pos = items, seed, 0, 0
+        self._sha: Optional[str] = None  # examples_digest of the items, at the first state_dict/load_state_dict
         self._order = self._perm()
 
     def _perm(self) -> list[int]:
@@ -143,12 +167,47 @@ class PromptSource:
             self.pos += 1
         return out
 
+    def _meaning(self) -> dict:
+        """What the position counts in: the order's seed and the prompts (ids, and the meta that the task
+        reward scores against: the same prompts with other answers are other data)."""
+        if self._sha is None:
+            self._sha = examples_digest((ids, list(json.dumps(meta, sort_keys=True).encode("utf-8")))
+                                        for ids, meta in self.items)
+        return {"seed": self.seed, "prompts": len(self.items), "prompts_sha256": self._sha}
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, **self._meaning()}
 
     def load_state_dict(self, s: dict) -> None:
+        """Resume at ``s``; a position over other prompts or another order is refused (a ValueError naming the
+        settings; positions saved before these checks hold only epoch and pos, and still load)."""
+        check_data_state(s, self._meaning(), PROMPT_SETTINGS, what="RL training prompts")
         self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
         self._order = self._perm()
+
+
+# the settings that decide each part of an RL data position (`PromptSource.load_state_dict` names them)
+PROMPT_SETTINGS = {"seed": "seed",
+                   "prompts": "post.data, post.val_data, data.val_fraction, post.tasks, post.task_examples, "
+                              "post.max_new_tokens (prompts too long for it are dropped)",
+                   "prompts_sha256": "the records of post.data (or post.tasks), post.val_data, data.val_fraction, "
+                                     "post.max_new_tokens: as many prompts, other tokens or answers"}
+# the config keys behind them, compared with the checkpoint's to say which one changed (`_changed_data_settings`)
+PROMPT_CONFIG = (("seed",), ("post", "data"), ("post", "val_data"), ("data", "val_fraction"), ("post", "tasks"),
+                 ("post", "task_examples"), ("post", "max_new_tokens"))
+
+
+def _changed_data_settings(saved: dict, cfg: TrainConfig) -> list[str]:
+    """``name: saved -> now`` for each setting of `PROMPT_CONFIG` that differs from the checkpoint's config."""
+    now, out = cfg.to_dict(), []
+    for path in PROMPT_CONFIG:
+        a, b = saved, now
+        for k in path:
+            a = a.get(k) if isinstance(a, dict) else None
+            b = b.get(k) if isinstance(b, dict) else None
+        if a is not None and a != b:
+            out.append(f"{'.'.join(path)}: {a!r} -> {b!r}")
+    return out
 
 
 def _user_prompt(tok, text: str) -> list[int]:
@@ -239,15 +298,28 @@ def _prompts(cfg: TrainConfig, tok, *, max_seq_len: Optional[int] = None, task_r
         if p.val_data:
             held_out = _read_prompts(list(p.val_data), tok, **check)
         else:  # held out: only records the exact match can score (task + answer; the others would go unused),
-            # and never every record (data.val_fraction 1 keeps one to train on, as the other stages do)
-            order = [i for i, (_, _, ex) in enumerate(items) if ex is not None]
+            # and never every record (data.val_fraction 1 keeps one to train on, as the other stages do). A
+            # prompt is held out with all its copies (records rendering the same ids): a copy left to train on
+            # would make the held-out exact match score a trained prompt
+            copies: dict[tuple, list[int]] = {}
+            for i, (ids, _, _) in enumerate(items):
+                copies.setdefault(tuple(ids), []).append(i)
+            order = [key for key, idx in copies.items() if any(items[i][2] is not None for i in idx)]
             random.Random(cfg.seed).shuffle(order)
-            n_val = min(math.ceil(cfg.data.val_fraction * len(order)), len(items) - 1) if len(items) > 1 else 0
-            held = set(order[:n_val])
+            held: set[int] = set()
+            for key in order[:math.ceil(cfg.data.val_fraction * len(order))]:
+                if len(items) - len(held) - len(copies[key]) < 1:
+                    break
+                held.update(copies[key])
             held_out = [it for i, it in enumerate(items) if i in held]
             items = [it for i, it in enumerate(items) if i not in held]
         train = [(ids, meta) for ids, meta, _ in items]
-        val = [ex for _, _, ex in held_out if ex is not None][:p.eval_examples]
+        val, seen = [], set()  # a record and its copies are one held-out prompt, scored once
+        for ids, _, ex in held_out:
+            if ex is not None and (tuple(ids), ex.answer) not in seen:
+                seen.add((tuple(ids), ex.answer))
+                val.append(ex)
+        val = val[:p.eval_examples]
     if not train:  # self-contained: under --quiet the report is not printed
         why = (f" (too_long: prompt + post.max_new_tokens {p.max_new_tokens} > the model's max_seq_len "
                f"{max_seq_len}: shorten the prompts or lower post.max_new_tokens)" if report.dropped else "")
@@ -385,7 +457,10 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
     reference = copy.deepcopy(policy).requires_grad_(False) if use_ref else None
     t_score = p.temperature if p.temperature > 0 else 1.0  # log-probs of the sampling distribution; greedy: t=1
     trainable = PolicyWithValue(policy, value=ppo, temperature=t_score).to(device)
-    reward_fn = RewardFn(cfg, tok, init.tokenizer_path, device, say)
+    reward_cfg = cfg  # resumed: the reward the run was trained with, not a newer "auto" one (as init_from)
+    if state is not None and p.reward_model == "auto" and isinstance(state.meta.get("reward_model"), str):
+        reward_cfg = replace(cfg, post=replace(p, reward_model=state.meta["reward_model"]))
+    reward_fn = RewardFn(reward_cfg, tok, init.tokenizer_path, device, say)
     eos, pad_id = tok.special_id("<|assistant_end|>"), tok.special_id("<|bos|>")  # pad: any id (masked)
     say(f"policy: {init.source} ({policy.num_params():,} params); reference: {'yes' if use_ref else 'none'}; "
         f"reward: {reward_fn.source}")
@@ -408,13 +483,28 @@ def _train_rl(cfg: TrainConfig, info, resume: Optional[str], console: bool,
 
     # ---- resume: weights, value head, optimizer, prompt cursor, loop state, RNG
     if state is not None:
+        saved_cfg = state.meta["train_config"]
+        try:
+            source.load_state_dict(state.meta["data_state"])
+        except (ValueError, KeyError, TypeError) as e:  # PromptSource names the settings; say which ones changed
+            changed = _changed_data_settings(saved_cfg, cfg)
+            raise ck.CheckpointError(
+                f"--resume {resume_ckpt}: its data position does not fit this run's training data ({e})"
+                + (f"; changed since the checkpoint: {'; '.join(changed)}" if changed else "")
+                + ": resume with the data settings saved in the checkpoint (post.* data, seed)") from None
+        saved_post = saved_cfg.get("post") or {}
+        changed = [f"post.{k} {saved_post[k]} -> {getattr(p, k)}" for k in ("prompts_per_step", "samples_per_prompt")
+                   if saved_post.get(k, getattr(p, k)) != getattr(p, k) and not (ppo and k == "samples_per_prompt")]
+        if changed:  # allowed: the prompts continue where they stopped (PromptSource counts prompts, not steps)
+            say(f"note: {', '.join(changed)}: the prompts continue where they stopped, but the run no longer "
+                "matches one that never stopped")
         mstate = {f"policy.{k}": v for k, v in state.model_state.items()}
         if ppo:
             mstate.update({f"value_head.{k}": torch.tensor(v) for k, v in state.meta["value_head"].items()})
         load_full_state(trainable, optimizer, mstate, state.optimizer_state)
-        source.load_state_dict(state.meta["data_state"])
         loop.update(state.meta["loop"])
-        kl_ctl.value = float(state.meta["kl_coef"])
+        if p.kl_target > 0:  # the adaptive controller's state; a fixed coefficient is post.kl_coef's (as changed)
+            kl_ctl.value = float(state.meta["kl_coef"])
         ck.set_rng_state(state.meta["rng"])
         _set_b64_state(gen, state.meta["generator"])
         say(f"resumed from {resume_ckpt} at step {loop['step']}")
