@@ -12,18 +12,10 @@ import torch.nn.functional as F  # noqa: E402
 from fastlm.models import Encoder, EncoderConfig  # noqa: E402
 from fastlm.models.export import export_hf, to_hf_model  # noqa: E402
 from fastlm.train.collate import IGNORE_INDEX, MLMCollator, mask_tokens  # noqa: E402
+from test_export import perturb  # noqa: E402  (non-trivial weights, so a swapped tensor shows)
 
 torch.set_num_threads(2)
 MODERN = dict(positions="rotary", mlp="swiglu", embed_norm=True)
-
-
-def perturb(model, seed=0):
-    """Non-trivial norm weights/biases (and every other weight) so a swapped tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def ids(shape, v, seed=0):

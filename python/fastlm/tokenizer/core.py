@@ -61,6 +61,17 @@ def _text_list(texts) -> list[str]:
     return texts
 
 
+def flat_ids(ids) -> np.ndarray:
+    """``ids`` as a 1-D array; nested or 2-D ids (a batch) are refused: decoded, they would run together."""
+    try:
+        arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+    except ValueError:  # ragged nesting: [[1], [2, 3]]
+        arr = None
+    if arr is None or arr.ndim != 1:
+        raise ValueError("ids must be one flat sequence of token ids (use decode_batch for many sequences)")
+    return arr
+
+
 def _check_threads(num_threads) -> None:
     if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
         raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
@@ -380,12 +391,7 @@ class Tokenizer:
         >>> Tokenizer([bytes([b]) for b in range(256)]).decode_bytes([104, 105])
         b'hi'
         """
-        try:
-            ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
-        except ValueError:  # ragged nesting: [[1], [2, 3]]
-            ids = None
-        if ids is None or ids.ndim != 1:  # a batch would be decoded as one concatenated sequence
-            raise ValueError("ids must be one flat sequence of token ids (use decode_batch for many sequences)")
+        ids = flat_ids(ids)
         if ids.size and ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
             raise ValueError(f"token id {int(ids.max())} is out of range (n_vocab {self.n_vocab})")
         if ids.size and ids.dtype.kind not in "iu":  # floats, strings, Python ints past int64

@@ -29,7 +29,7 @@ import numpy as np
 
 from fastlm.data.io import MissingDependencyError
 from fastlm.tokenizer._backend import fix_surrogates
-from fastlm.tokenizer.core import Tokenizer, _check_text, _check_threads, _text_list
+from fastlm.tokenizer.core import Tokenizer, _check_text, _check_threads, _text_list, flat_ids
 
 _META = "\u2581"  # sentencepiece's whitespace symbol: U+2581 in a piece stands for a space
 _MAX_LINE_BYTES = 1 << 16  # sentencepiece's max_sentence_length: longer lines would be dropped from training
@@ -95,12 +95,7 @@ def _training_error(e: RuntimeError, vocab_size: int, n_special: int) -> ValueEr
 
 def _id_list(ids) -> list[int]:
     """``ids`` as a list of ints: one flat sequence of integers (no floats, bools or nesting)."""
-    try:
-        arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
-    except ValueError:  # ragged nesting: [[1], [2, 3]]
-        arr = None
-    if arr is None or arr.ndim != 1:  # a batch would be decoded as one concatenated sequence
-        raise ValueError("ids must be one flat sequence of token ids (use decode_batch for many sequences)")
+    arr = flat_ids(ids)
     out = arr.tolist()
     if arr.size and arr.dtype.kind not in "iu":  # floats, bools, strings, Python ints past int64
         for i in out:
