@@ -74,7 +74,7 @@ def test_other_training_data_is_refused_naming_the_checkpoint(data_root, saved, 
     for data, what in [({"val_fraction": 0.2}, "n_docs=54"), ({"shuffle": False}, "shuffle=True")]:
         cfg = tiny_config(data_root, str(tmp_path), max_steps=4, run_name="b", data=data)
         with pytest.raises(CheckpointError, match=rf"--resume .*step-00000002: its data position does not fit "
-                                                  rf"this run's training data \(state {what} .*\(data\.\*, seed\)"):
+                                                  rf"this run's training data \(state {what} .*\(data\.\*, post\.\* data, seed\)"):
             run(cfg, resume=saved, console=False)
 
 
