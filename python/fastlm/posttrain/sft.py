@@ -10,7 +10,7 @@ Data, in this order: ``post.data`` (Alpaca, ShareGPT/Vicuna, ``messages``, promp
 `fastlm.data.readers.read_records` reads) through `fastlm.data.chat.parse` and the instruction filters
 (`fastlm.data.instruct`, default config), every record dropped counted by reason, the first few named
 with file:line; else the built-in tasks (``post.tasks``: ``post.task_examples`` each as Alpaca records).
-Validation: ``post.val_data``, else every ``round(1 / data.val_fraction)``-th record held out, else (tasks)
+Validation: ``post.val_data``, else a ``data.val_fraction`` share of the records held out (evenly spaced: ``holdout_split``), else (tasks)
 their val split, which also gives ``val/exact_match`` (greedy answers, `fastlm.posttrain.tasks.exact_match`).
 Examples longer than ``data.seq_len`` are truncated; one left without a target is dropped (both counted).
 

@@ -3,10 +3,10 @@
 Train rows come from ``GlobalRows`` over the train documents (packed or random windows); each rank takes its
 contiguous share of every global micro-batch. MLM masks are drawn per row from a generator seeded with
 ``(seed, global row index)``, so they do not depend on the world size or on where a run was resumed.
-Validation: ``data.val_tokens`` (or prepared val shards), else every ``round(1 / val_fraction)``-th document
-of the train shards, never trained on. Val rows are read once (documents in file order, packed, up to
-``eval_tokens`` but one row per rank at least), masked once for MLM, and split over ranks in equal counts (FSDP
-ranks must run the same forwards): the rows past a multiple of the world size are left out.
+Validation: ``data.val_tokens`` (or prepared val shards), else a ``val_fraction`` share of the train shards'
+documents, evenly spaced (``holdout_split``), never trained on. Val rows are read once (documents in file order,
+packed, up to ``eval_tokens`` but one row per rank at least), masked once for MLM, and split over ranks in equal
+counts (FSDP ranks must run the same forwards): the rows past a multiple of the world size are left out.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from fractions import Fraction
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -194,6 +195,8 @@ class PackedBatches:
         self.n_tokens = int(lengths.sum())  # of these documents: with n_docs, tells another corpus apart
         if self.n_tokens == 0:
             raise ValueError("the shards hold no tokens")
+        if self.n_tokens < seq_len + 1:  # a row would hold the same tokens several times (epochs over)
+            raise ValueError(f"the documents hold {self.n_tokens} tokens, fewer than seq_len + 1 = {seq_len + 1}")
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's document indices for ``epoch``."""
@@ -275,20 +278,27 @@ class PackedBatches:
 
 
 def holdout_split(n_docs: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_docs, val_docs)``: every ``round(1 / val_fraction)``-th document (indices ``k-1, 2k-1, ...``)
-    is held out for validation, the rest trains; ``val_fraction == 0`` holds out nothing.
+    """``(train_docs, val_docs)``: ``floor(n_docs * val_fraction)`` documents evenly spaced (document ``i`` when
+    ``floor((i + 1) f) > floor(i f)``; for ``f = 1/k`` every ``k``-th one, indices ``k-1, 2k-1, ...``) are held
+    out for validation, the rest trains; at least one is held out, and one always trains (``val_fraction``
+    1); ``val_fraction == 0`` holds out nothing.
 
     >>> tr, va = holdout_split(10, 0.2); va.tolist(), tr.size
     ([4, 9], 8)
+    >>> holdout_split(10, 0.7)[1].tolist()  # 7 of 10 (not every round(1/0.7) = 1st)
+    [1, 2, 4, 5, 7, 8, 9]
     """
     docs = np.arange(n_docs, dtype=np.int64)
     if val_fraction <= 0:
         return docs, docs[:0]
-    k = max(1, round(1.0 / val_fraction))
     if n_docs < 2:
         raise ValueError(f"cannot hold out validation documents from {n_docs} document(s); give data.val_tokens "
                          "or set data.val_fraction=0")
-    val = docs[k - 1::k] if k <= n_docs else docs[-1:]
+    # Exact rational arithmetic: 1/3 as a float times 3 is 0.999..., which would move every held-out index.
+    # (A split of every round(1/f)-th document held out 50% for f = 0.4 and 99% for f = 0.7.)
+    f = Fraction(val_fraction).limit_denominator(1 << 20)
+    held = (docs + 1) * f.numerator // f.denominator > docs * f.numerator // f.denominator
+    val = docs[held] if held.any() else docs[-1:]  # a share under one document: the last one
     if val.size == n_docs:  # val_fraction 1: keep one document to train on
         val = val[1:]
     return np.setdiff1d(docs, val), val

@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from typing import Any, Callable
 
 import fastlm
@@ -147,6 +148,10 @@ def cache_key(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
         "pattern": PATTERN,
         "separator": SEPARATOR,
     }
+    if Fraction(cfg.data.val_fraction).limit_denominator(1 << 20).numerator > 1:
+        # the tokenizer's held-out documents: a share that is not 1/k was split as every round(1/share)-th
+        # document before `holdout_split` held out the share itself (0.7: 70%, not 99%); 1/k splits are unchanged
+        recipe["holdout_split"] = "share"
     blob = json.dumps(recipe, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16], recipe
 
@@ -169,15 +174,32 @@ def _publish(tmp: str, final: str) -> bool:
         raise
 
 
-def _clean_counts(rep) -> str:
-    """One line: documents read, removed and malformed by reason, the first malformed records named."""
-    parts = [f"{rep.documents_in} read, {rep.kept} kept"]
-    for what, counts in (("removed", rep.removed), ("malformed", rep.malformed)):
+def _drop_reasons(rep: dict) -> str:
+    """Documents removed and malformed by reason, the first malformed ones named by file and line, from a clean
+    report (``StageReport.to_dict()`` or its report.json)."""
+    parts = []
+    for what in ("removed", "malformed"):
+        counts = rep.get(what) or {}
         if counts:
             parts.append(f"{what} " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items())))
-    for b in rep.malformed_samples[:2]:
+    for b in (rep.get("malformed_samples") or [])[:2]:
         parts.append(" ".join(f"e.g. {b.get('source')}:{b.get('line')}: {b.get('reason')}: {b.get('detail')}".split()))
     return "; ".join(parts)
+
+
+def _clean_counts(rep: dict) -> str:
+    """One line: documents read and kept, then `_drop_reasons`."""
+    return "; ".join(p for p in (f"{rep.get('documents_in', 0):,} read, {rep.get('kept', 0):,} kept",
+                                 _drop_reasons(rep)) if p)
+
+
+def _log_dropped(rep: dict, text_dir: str, log: Callable[[str], Any]) -> None:
+    """Say how many input records the cleaning dropped, and why (malformed ones named by file:line), when any:
+    a run never drops a user's records without a word (also when it reuses the cleaned text)."""
+    dropped = sum((rep.get("removed") or {}).values()) + sum((rep.get("malformed") or {}).values())
+    if dropped:
+        log(f"data: dropped {dropped:,} of {rep.get('documents_in', 0):,} documents: {_drop_reasons(rep)} "
+            f"(every one counted in {os.path.join(text_dir, 'report.json')})")
 
 
 def _step_dir(key_dir: str, name: str) -> str:
@@ -201,6 +223,11 @@ def _prepare_text(cfg: TrainConfig, log: Callable[[str], Any]) -> PreparedData:
     # 1. clean: normalize, filter, dedup into JSONL shards
     if os.path.isdir(text_dir):
         log(f"data: reusing cleaned text in {text_dir}")
+        try:
+            with open(os.path.join(text_dir, "report.json"), encoding="utf-8") as f:
+                _log_dropped(json.load(f), text_dir, log)
+        except (OSError, ValueError, AttributeError, TypeError):  # an older or hand-edited cache: no counts
+            pass
     else:
         from fastlm.data.pipeline import clean
 
@@ -209,11 +236,19 @@ def _prepare_text(cfg: TrainConfig, log: Callable[[str], Any]) -> PreparedData:
         rep = clean(list(cfg.data.text), tmp)
         if rep.kept == 0:  # say why here (the report may not have been printed: --quiet), not at the tokenizer
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ValueError(f"data.text {list(cfg.data.text)}: no usable documents: {_clean_counts(rep)}")
+            hint = ("; the Gopher quality filter keeps English text only: for another language, train on token "
+                    "shards (fastlm tokenizer train / encode, then data.tokens and data.tokenizer)"
+                    if rep.removed.get("gopher_quality:stop_words") else "")
+            raise ValueError(f"data.text {list(cfg.data.text)}: no usable documents: {_clean_counts(rep.to_dict())}"
+                             + hint)
+        # the report names the shards where they will be, not in the temp folder
+        rep.outputs = [os.path.join(text_dir, os.path.basename(o)) for o in rep.outputs]
+        rep.write_json(os.path.join(tmp, "report.json"))
         _publish(tmp, text_dir)
         stats["clean"] = {"docs_in": rep.documents_in, "docs": rep.kept, "bytes": rep.bytes_out, "seconds": rep.seconds}
         log(f"data: cleaned {rep.documents_in:,} documents -> {rep.kept:,} kept ({rep.bytes_out / 1e6:.2f} MB) "
             f"in {rep.seconds:.1f} s -> {text_dir}")
+        _log_dropped(rep.to_dict(), text_dir, log)
 
     def texts():
         from fastlm.data.readers import read_records, record_text
