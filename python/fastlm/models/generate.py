@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import numbers
+import operator
 import warnings
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -110,7 +111,7 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     """
     if top_k <= 0:
         return logits
-    k = min(top_k, logits.shape[-1])
+    k = min(int(top_k), logits.shape[-1])
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
@@ -131,7 +132,28 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
 
 
+def _is_int(x) -> bool:
+    """An integer (Python, NumPy, a 0-d integer tensor), not a bool: 2.0, True or "2" would be taken
+    silently or fail deep inside torch."""
+    if isinstance(x, bool) or (torch.is_tensor(x) and x.dtype == torch.bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    for name, value, ok, kind in (("temperature", temperature, _is_real, "a number"),
+                                  ("top_k", top_k, _is_int, "an integer"),
+                                  ("top_p", top_p, _is_real, "a number")):
+        if not ok(value):
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
@@ -168,10 +190,20 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
         return logits.argmax(dim=-1)
     probs = process_logits(logits, temperature=temperature, top_k=top_k,
                            top_p=top_p).softmax(dim=-1).cpu()
+    if not torch.isfinite(probs).all():  # torch.multinomial's own error names neither cause
+        bad = torch.isnan(logits).any() or torch.isposinf(logits).any()
+        if not bad and torch.isfinite(logits).any(dim=-1).all():
+            raise ValueError(f"temperature {temperature} is too small: logits / temperature overflow "
+                             "float32; use temperature=0 for greedy decoding")
+        raise ValueError("logits hold NaN or +inf, or are -inf for every token: nothing to sample from")
     return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
 def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
+    if isinstance(prompt_ids, (str, bytes)) or not (torch.is_tensor(prompt_ids) or
+                                                    hasattr(prompt_ids, "__iter__")):
+        raise ValueError(f"prompt_ids must be a list or 1-D tensor of token ids, got "
+                         f"{type(prompt_ids).__name__}")
     if torch.is_tensor(prompt_ids) and (prompt_ids.dim() != 1 or not is_integer_dtype(prompt_ids.dtype)):
         raise ValueError(f"prompt_ids must be a 1-D integer tensor, got {prompt_ids.dtype} of shape "
                          f"{tuple(prompt_ids.shape)}")
@@ -206,6 +238,8 @@ def generate(model, prompt_ids: Sequence[int], *, max_new_tokens: int, temperatu
     >>> len(ids)
     5
     """
+    if not _is_int(max_new_tokens):  # 1.5 failed inside range(), True was taken as 1
+        raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     cfg = getattr(model, "config", None)
@@ -214,6 +248,10 @@ def generate(model, prompt_ids: Sequence[int], *, max_new_tokens: int, temperatu
                          f"(a masked LM cannot generate text)")
     tokens = _check_prompt(prompt_ids, cfg.vocab_size)
     _check_sampling(temperature, top_k, top_p)
+    # an eos_id the model cannot emit (1.5, -1, vocab_size) would never stop generation
+    if eos_id is not None and not (_is_int(eos_id) and 0 <= eos_id < cfg.vocab_size):
+        raise ValueError(f"eos_id must be None or a token id in [0, {cfg.vocab_size}), got {eos_id!r}")
+    max_new_tokens, eos_id = int(max_new_tokens), None if eos_id is None else int(eos_id)
     if max_new_tokens == 0:
         return
     device = next(model.parameters()).device

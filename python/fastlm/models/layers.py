@@ -51,7 +51,9 @@ class Rotary(nn.Module):
         """position_ids (B, T) or (T,) -> cos, sin of shape (B or 1, 1, T, head_dim), fp32."""
         if position_ids.dim() == 1:
             position_ids = position_ids[None]
-        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        # fp32 angles in every model dtype, as transformers' LlamaRotaryEmbedding (model.double()
+        # casts the buffer: fp64 angles made an fp64 model's logits differ from Llama's by ~1e-6)
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos()[:, None], emb.sin()[:, None]
 
@@ -62,8 +64,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, hd) rotated by position; math in fp32, result in x's dtype."""
-    xf = x.float()
+    """x (B, H, T, hd) rotated by position; math in fp32 (fp64 for an fp64 x, not rounded to fp32:
+    transformers' Llama does the same; its ModernBERT rounds, ~1e-7 apart), result in x's dtype."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
 
 
