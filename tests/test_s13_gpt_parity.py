@@ -17,6 +17,7 @@ from fastlm.models import GPT, GPTConfig  # noqa: E402
 from fastlm.models.export import export_hf, to_hf_model  # noqa: E402
 from fastlm.models.generate import generate, process_logits, sample_next  # noqa: E402
 from fastlm.posttrain.hf_import import load_hf  # noqa: E402
+from test_generate import _warpers  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -235,15 +236,8 @@ def test_seeded_sampling_draws_the_same_ids_as_transformers(pair, temperature, t
 
 
 def _warped(logits, temperature, top_k, top_p):
-    """transformers' warpers in generate()'s order, each added when generate() adds it."""
-    procs = []
-    if temperature != 1.0:
-        procs.append(lp.TemperatureLogitsWarper(temperature))
-    if top_k:
-        procs.append(lp.TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        procs.append(lp.TopPLogitsWarper(top_p))
-    return lp.LogitsProcessorList(procs)(torch.zeros(len(logits), 1, dtype=torch.long), logits.clone())
+    """transformers' warpers in generate()'s order (test_generate's list) applied to ``logits``."""
+    return _warpers(temperature, top_k, top_p)(torch.zeros(len(logits), 1, dtype=torch.long), logits.clone())
 
 
 def _edge_logits():

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from fastlm.data.filter_base import DocFilter
+from fastlm.data.records import check_num_threads
 
 MAGIC = b"FASTLMCL"
 FORMAT = "fastlm-text-classifier"
@@ -48,14 +49,6 @@ def _as_float32(v: float) -> float:
     """v as the native trainer receives it (float32): tiny values round to 0, huge ones to inf."""
     with np.errstate(over="ignore"):
         return float(np.float32(v))
-
-
-def _check_num_threads(num_threads: Any) -> None:
-    from fastlm.data.records import MAX_THREADS
-
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) \
-            or not 0 <= num_threads <= MAX_THREADS:
-        raise ValueError(f"num_threads must be an int in [0, {MAX_THREADS}] (0 = all cores), got {num_threads!r}")
 
 
 @dataclasses.dataclass
@@ -175,7 +168,7 @@ class TextClassifier:
         classes = sorted(set(labels))
         if len(classes) < 2:
             raise ValueError(f"need at least 2 distinct labels to train, got {classes!r}")
-        _check_num_threads(num_threads)
+        check_num_threads(num_threads)
         index = {c: i for i, c in enumerate(classes)}
         y = np.fromiter((index[v] for v in labels), dtype=np.int32, count=len(labels))
         cmin, cmax = config.char_range
@@ -202,7 +195,7 @@ class TextClassifier:
         from fastlm import _C
 
         texts = _check_texts(texts)
-        _check_num_threads(num_threads)
+        check_num_threads(num_threads)
         cmin, cmax = self.config.char_range
         return _C.classify_predict_proba(texts, self.weights, self.bias, self.config.word_ngrams,
                                          cmin, cmax, int(num_threads))

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from fastlm import _C
+from fastlm.data.records import check_num_threads
 
 __all__ = [
     "NORMALIZATION_VERSION", "DedupResult", "MinHasher", "exact_hashes", "exact_dedup",
@@ -82,7 +83,7 @@ def exact_hashes(texts: Sequence[str | bytes], *, num_threads: int = 0) -> np.nd
     >>> h = exact_hashes(["A b.", "a  B"]); bool((h[0] == h[1]).all())
     True
     """
-    return _C.dedup_exact_hashes(_texts(texts), _threads(num_threads))
+    return _C.dedup_exact_hashes(_texts(texts), check_num_threads(num_threads))
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -126,13 +127,6 @@ class DedupResult:
         sizes = np.bincount(self.cluster, minlength=n) if n else np.zeros(0, np.int64)
         return {"documents": n, "kept": n - removed, "removed": removed,
                 "clusters": int(np.count_nonzero(sizes >= 2))}
-
-
-def _threads(num_threads) -> int:
-    """``num_threads`` checked: an int >= 0 (0 = all cores)."""
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-        raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
-    return int(num_threads)
 
 
 def _check_max_compare(max_compare) -> None:
@@ -262,7 +256,7 @@ class MinHasher:
                               num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(signatures (n, num_perm) uint64, shingle counts (n,) uint64; 0 = empty document)."""
         return _C.dedup_minhash(_texts(texts), self.a, self.b, self.ngram, _MODES[self.hash],
-                                _threads(num_threads))
+                                check_num_threads(num_threads))
 
     def _signatures_and_hashes(self, texts: list, num_threads: int):
         """(signatures, counts, the kept 32-bit shingle hashes for exact checks, native)."""
@@ -370,7 +364,7 @@ def minhash_dedup(texts: Sequence[str | bytes], *, threshold: float = 0.8, num_p
         raise ValueError(f"verify must be one of {sorted(_VERIFY)}, got {verify!r}")
     if not 0.0 <= margin <= 1.0:  # NaN included: it would silently mean signature-only checks
         raise ValueError(f"margin must be in [0, 1], got {margin!r}")
-    num_threads = _threads(num_threads)
+    num_threads = check_num_threads(num_threads)
     mh = MinHasher(num_perm=num_perm, ngram=ngram, seed=seed, hash=hash)
     _check_max_compare(max_compare)
     b, r = (_band_pair(bands, num_perm) if bands is not None
@@ -396,7 +390,7 @@ def simhash_and_counts(texts: Sequence[str | bytes], *, ngram: int = 3,
     """(fingerprints (n,) uint64, feature occurrences (n,) uint64; 0 = empty document)."""
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
-    return _C.dedup_simhash(_texts(texts), ngram, _threads(num_threads))
+    return _C.dedup_simhash(_texts(texts), ngram, check_num_threads(num_threads))
 
 
 def simhash(texts: Sequence[str | bytes], *, ngram: int = 3, num_threads: int = 0) -> np.ndarray:
@@ -424,7 +418,7 @@ def simhash_dedup(texts: Sequence[str | bytes], *, k: int = 3, ngram: int = 3, k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < 64:
         raise ValueError(f"k must be an int in [0, 63], got {k!r}")
     _check_max_compare(max_compare)
-    num_threads = _threads(num_threads)
+    num_threads = check_num_threads(num_threads)
     fps, counts = simhash_and_counts(texts, ngram=ngram, num_threads=num_threads)
     cluster, dup, stats = _C.dedup_simhash_cluster(fps, counts, _lengths(texts), k, max_compare,
                                                    _keep_longest(keep), num_threads)

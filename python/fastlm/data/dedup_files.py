@@ -40,7 +40,8 @@ import numpy as np
 from fastlm import _C
 from fastlm.data.io import atomic_write
 from fastlm.data.dedup import (DedupResult, MinHasher, _band_pair, _check_max_compare, _clusters_from_groups,
-                               _keep_longest, _lengths, _texts, _threads, exact_hashes, recall_bands)
+                               _keep_longest, _lengths, _texts, exact_hashes, recall_bands)
+from fastlm.data.records import check_num_threads
 
 __all__ = ["write_signatures", "write_band_keys", "cluster_files", "shard_keep_mask", "shard_result",
            "ShardResult", "read_header", "is_dedup_file"]
@@ -139,7 +140,7 @@ def write_band_keys(path: str, signature_file: str, *, threshold: float = 0.8,
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     b, r = (_band_pair(bands, h["num_perm"]) if bands is not None
             else recall_bands(min(threshold, 0.99), h["num_perm"]))
-    keys = _C.dedup_band_keys(a["signatures"], b, r, _threads(num_threads))
+    keys = _C.dedup_band_keys(a["signatures"], b, r, check_num_threads(num_threads))
     header = {**h, "kind": "minhash-band-keys", "bands": b, "rows": r, "threshold": threshold}
     _save(path, header, keys=keys, **a)
     return {**header, "path": os.fspath(path)}
@@ -203,7 +204,7 @@ def cluster_files(path: str, key_files: Sequence[str], *, threshold: float | Non
         cat.update({k: np.ascontiguousarray(cat[k][live]) for k in names})
     sub_cluster, sub_dup, stats = _C.dedup_lsh_cluster(
         cat["keys"], cat["signatures"], cat["counts"], cat["lengths"], threshold, 0, 0.0, None,
-        h0["ngram"], max_compare, keep_longest, _threads(num_threads))
+        h0["ngram"], max_compare, keep_longest, check_num_threads(num_threads))
     if exact:  # back to global ids; exact-removed documents are singletons of the near pass
         cluster = np.arange(n, dtype=np.int64)
         cluster[live] = live[sub_cluster]

@@ -17,6 +17,22 @@ from typing import Any
 MAX_THREADS = 4096
 
 
+def check_num_threads(num_threads: Any) -> int:
+    """A library call's ``num_threads``: an int in [0, MAX_THREADS] (0 = all cores), refused by name otherwise
+    (a negative count was taken as all cores, a float or 2**31 failed inside pybind).
+
+    >>> check_num_threads(-1)
+    Traceback (most recent call last):
+    ValueError: num_threads must be an int in [0, 4096] (0 = all cores), got -1
+    """
+    import numbers
+
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) \
+            or not 0 <= num_threads <= MAX_THREADS:
+        raise ValueError(f"num_threads must be an int in [0, {MAX_THREADS}] (0 = all cores), got {num_threads!r}")
+    return int(num_threads)
+
+
 class DataError(ValueError):
     """Malformed input, with the file and line it came from in the message."""
 

@@ -9,6 +9,7 @@ from typing import AbstractSet, Collection, Iterable, Iterator, Literal, Optiona
 
 import numpy as np
 
+from fastlm.data.records import check_num_threads
 from fastlm.tokenizer import _backend
 from fastlm.tokenizer.patterns import resolve_pattern
 
@@ -70,11 +71,6 @@ def flat_ids(ids) -> np.ndarray:
     if arr is None or arr.ndim != 1:
         raise ValueError("ids must be one flat sequence of token ids (use decode_batch for many sequences)")
     return arr
-
-
-def _check_threads(num_threads) -> None:
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-        raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
 
 
 class Tokenizer:
@@ -351,7 +347,7 @@ class Tokenizer:
         [[97], [98, 99]]
         """
         texts = _text_list(texts)  # the checks below and the encoding each read every text
-        _check_threads(num_threads)
+        check_num_threads(num_threads)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         for t in texts:
             self._check_disallowed(t, disallowed)

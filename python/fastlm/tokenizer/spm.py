@@ -29,7 +29,8 @@ import numpy as np
 
 from fastlm.data.io import MissingDependencyError
 from fastlm.tokenizer._backend import fix_surrogates
-from fastlm.tokenizer.core import Tokenizer, _check_text, _check_threads, _text_list, flat_ids
+from fastlm.data.records import check_num_threads
+from fastlm.tokenizer.core import Tokenizer, _check_text, _text_list, flat_ids
 
 _META = "\u2581"  # sentencepiece's whitespace symbol: U+2581 in a piece stands for a space
 _MAX_LINE_BYTES = 1 << 16  # sentencepiece's max_sentence_length: longer lines would be dropped from training
@@ -153,7 +154,7 @@ class SentencePieceTokenizer(Tokenizer):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-        _check_threads(num_threads)
+        check_num_threads(num_threads)
         special_tokens = list(special_tokens)
         for s in special_tokens:
             _check_special(s)
@@ -325,7 +326,7 @@ class SentencePieceTokenizer(Tokenizer):
                      disallowed_special: Union[Literal["all"], Collection[str]] = "all", as_numpy: bool = False) -> list:
         """Encode many texts with sentencepiece's thread pool (``num_threads`` 0 = all cores); equals a loop of encode."""
         texts = _text_list(texts)
-        _check_threads(num_threads)
+        check_num_threads(num_threads)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         for t in texts:
             self._check_disallowed(t, disallowed)
